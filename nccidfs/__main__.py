@@ -1,0 +1,5 @@
+"""``python -m nccidfs`` runs the command line."""
+
+from nccidfs.cli import main
+
+raise SystemExit(main())

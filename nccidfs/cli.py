@@ -1,0 +1,201 @@
+"""The command line: parse flags into a frozen Config, run start-up checks, mount, and map errors to exits.
+
+    nccidfs MOUNTPOINT [options]     mount the warehouse (daemonizes once the mount is ready)
+    nccidfs demo [MOUNTPOINT]        mount a synthetic warehouse served from 127.0.0.1, no AWS account
+
+Exit codes: 0 success, 1 a runtime failure, 2 bad input (flags, mount point, credentials, access).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nccidfs import __version__
+from nccidfs.config import (
+    DEFAULT_BUCKET,
+    DEFAULT_PREFIX,
+    DEFAULT_REGION,
+    KNOWN_FOLDERS,
+    CacheConfig,
+    Config,
+    MountConfig,
+    ReadConfig,
+    S3Config,
+    default_cache_dir,
+    normalize_prefix,
+    parse_size,
+)
+from nccidfs.errors import ConfigError, NccidfsError
+from nccidfs.log import LEVELS, setup_logging
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+READY_TIMEOUT = 60.0
+SUBCOMMANDS = ("demo",)
+
+
+def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> None:
+    if with_bucket:
+        bucket = parser.add_argument_group("Bucket")
+        bucket.add_argument("--bucket", default=DEFAULT_BUCKET, help="S3 bucket (default: %(default)s)")
+        bucket.add_argument("--prefix", default=DEFAULT_PREFIX,
+                            help="key prefix to mount, with or without its trailing slash (default: %(default)s)")
+        bucket.add_argument("--profile", help="AWS profile from ~/.aws/config (default: boto3's usual chain)")
+        bucket.add_argument("--region", default=DEFAULT_REGION, help="bucket region (default: %(default)s)")
+        bucket.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+        bucket.add_argument("--modalities", metavar="LIST",
+                            help="comma-separated folders to probe when the prefix itself may not be listed "
+                                 f"(default: {','.join(KNOWN_FOLDERS)})")
+    mount = parser.add_argument_group("Mount")
+    mount.add_argument("--listing-ttl", type=float, default=300.0, metavar="SECONDS",
+                       help="how long a directory listing is trusted before S3 is asked again (default: 300)")
+    mount.add_argument("--allow-other", action="store_true",
+                       help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
+    cache = parser.add_argument_group("Cache")
+    cache.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help=f"where fetched bytes are kept across restarts (default: {default_cache_dir()})")
+    cache.add_argument("--cache-size", default="10G", metavar="SIZE",
+                       help="bound on the cache's disk use; bytes or K/M/G/T (powers of 1024) (default: 10G)")
+    logging_group = parser.add_argument_group("Logging")
+    logging_group.add_argument("--log-level", default="info", choices=LEVELS,
+                               help="debug shows every S3 request (default: info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nccidfs",
+        description="Mount the NCCID imaging warehouse (s3://nccid-data-warehouse-prod/training/) read-only. "
+                    "Listings come from S3 lazily and are cached; file bytes are fetched as they are read "
+                    "into a bounded disk cache that survives restarts.",
+        epilog="Other commands: 'nccidfs demo [MOUNTPOINT]' mounts a synthetic warehouse with no AWS account "
+               "(see 'nccidfs demo --help').",
+    )
+    parser.add_argument("mountpoint", type=Path, help="an empty directory to mount on")
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="stay in the foreground (default: return once the mount is ready)")
+    parser.add_argument("--version", action="version", version=f"nccidfs {__version__}")
+    _add_common_options(parser, with_bucket=True)
+    return parser
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nccidfs demo",
+        description="Start an S3 server on 127.0.0.1 seeded with a small synthetic NCCID warehouse (DICOM, "
+                    "metadata JSON, clinical JSON) and mount it in the foreground through the same code as the "
+                    "real bucket. Ctrl-C unmounts and stops the server.",
+    )
+    parser.add_argument("mountpoint", type=Path, nargs="?", default=Path("nccid-demo"),
+                        help="where to mount; created if missing (default: ./nccid-demo)")
+    _add_common_options(parser, with_bucket=False)
+    return parser
+
+
+def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
+    if args.listing_ttl < 0:
+        raise ConfigError("--listing-ttl must be zero or more seconds")
+    cache_dir = (args.cache_dir or default_cache_dir()).expanduser().absolute()
+    return Config(
+        mount=MountConfig(mountpoint=args.mountpoint.expanduser().absolute(), foreground=foreground,
+                          allow_other=args.allow_other, listing_ttl=args.listing_ttl,
+                          log_level=args.log_level.upper(),
+                          log_file=None if foreground else cache_dir / "nccidfs.log"),
+        s3=s3,
+        cache=CacheConfig(directory=cache_dir, size_bytes=parse_size(args.cache_size)),
+        read=ReadConfig(),
+    )
+
+
+def _s3_config(args: argparse.Namespace) -> S3Config:
+    folders = KNOWN_FOLDERS
+    if args.modalities:
+        folders = tuple(name.strip().strip("/") for name in args.modalities.split(",") if name.strip())
+    return S3Config(bucket=args.bucket, prefix=normalize_prefix(args.prefix), region=args.region,
+                    profile=args.profile, endpoint_url=args.endpoint_url, folders=folders)
+
+
+def _serve_in_background(config: Config) -> int:
+    """Fork; the child mounts and says when it is ready; the parent returns 0 then, or the child's error."""
+    from nccidfs import mount
+
+    store, folders = mount.connect(config.s3)
+    ready_read, ready_write = os.pipe()
+    if os.fork() != 0:
+        os.close(ready_write)
+        message = b""
+        while select.select([ready_read], [], [], READY_TIMEOUT)[0]:
+            chunk = os.read(ready_read, 4096)
+            if not chunk:
+                break
+            message += chunk
+            if message.startswith(b"ok"):
+                return EXIT_OK
+        text = message.decode(errors="replace").strip() or f"see {config.mount.log_file}"
+        print(f"nccidfs: mount failed: {text}", file=sys.stderr)
+        return EXIT_FAILURE
+    os.close(ready_read)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    setup_logging(config.mount.log_level, config.mount.log_file)
+    try:
+        mount.serve(config, store, folders, on_ready=lambda: os.write(ready_write, b"ok"))
+    except BaseException as error:  # the parent prints it; the child must not return into the CLI
+        os.write(ready_write, str(error).encode())
+        os._exit(EXIT_FAILURE)
+    os._exit(EXIT_OK)
+
+
+def run_mount(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    config = _config(args, _s3_config(args), args.foreground)
+    from nccidfs import mount
+
+    mount.check_mountpoint(config.mount.mountpoint)
+    os.makedirs(config.cache.directory, mode=0o700, exist_ok=True)
+    if not config.mount.foreground:
+        return _serve_in_background(config)
+    setup_logging(config.mount.log_level)
+    store, folders = mount.connect(config.s3)
+    mount.serve(config, store, folders)
+    return EXIT_OK
+
+
+def run_demo(argv: Sequence[str]) -> int:
+    args = build_demo_parser().parse_args(argv)
+    from nccidfs import mount
+    from nccidfs.demo.server import DemoServer
+
+    args.mountpoint.mkdir(parents=True, exist_ok=True)
+    if args.cache_dir is None:
+        args.cache_dir = default_cache_dir().with_name("nccidfs-demo")
+    setup_logging(args.log_level)
+    with DemoServer() as server:
+        config = _config(args, server.s3_config(), foreground=True)
+        mount.check_mountpoint(config.mount.mountpoint)
+        store, folders = mount.connect(config.s3)
+        print(f"nccidfs demo: serving {server.object_count} objects from {server.endpoint_url}; "
+              f"mounted at {config.mount.mountpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        mount.serve(config, store, folders)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "demo":
+            return run_demo(argv[1:])
+        return run_mount(argv)
+    except ConfigError as error:
+        print(f"nccidfs: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except NccidfsError as error:
+        print(f"nccidfs: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE

@@ -1,0 +1,149 @@
+"""The fetcher: turns reads of object byte ranges into ranged GETs, through the disk cache.
+
+- A read waits only for the blocks it needs; they are fetched in the caller's priority pool as one
+  ranged GET per missing run (single flight: a block already being fetched is waited for, not fetched
+  again).
+- A sequential reader gets a read-ahead window that starts at ``initial_window`` and doubles up to
+  ``max_window``, fetched in the background as parallel GETs of at most ``part_size``.
+- Every wait is bounded by the deadline, so no caller blocks forever on S3.
+
+Talks to an :class:`~nccidfs.store.ObjectStore` and a :class:`~nccidfs.cache.DiskCache` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from nccidfs.cache import CacheEntry, DiskCache, InflightPart
+from nccidfs.config import ReadConfig
+from nccidfs.errors import TransientError
+from nccidfs.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadCursor:
+    """Per open file: where the next sequential read would start and how far ahead we fetch."""
+
+    next_offset: int = 0
+    window: int = 0
+    ahead_until: int = 0
+
+
+class Fetcher:
+    def __init__(self, store: ObjectStore, cache: DiskCache, config: ReadConfig, deadline: float) -> None:
+        self._store = store
+        self._cache = cache
+        self._config = config
+        self._deadline = deadline
+        self._block = cache.block_size
+        self._foreground = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fetch")
+        self._background = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="readahead")
+
+    def shutdown(self) -> None:
+        self._foreground.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end)."""
+        end = min(offset + size, entry.size)
+        if offset >= end:
+            return b""
+        first, last = offset // self._block, -(-end // self._block)
+        if cursor is not None:
+            self._read_ahead(entry, offset, end, cursor)
+        for _attempt in range(3):
+            parts = self._ensure(entry, first, last, self._foreground)
+            data = self._assemble(entry, first, last, parts)
+            if data is not None:
+                start = first * self._block
+                return data[offset - start:end - start]
+        raise TransientError(f"{entry.key}: cached blocks kept failing verification")
+
+    def fetch_all(self, entry: CacheEntry) -> int:
+        """Fetch every missing block (in parts, in the background pool); returns bytes downloaded."""
+        parts = self._ensure(entry, 0, entry.block_count, self._background)
+        return sum(len(part.future.result(timeout=self._deadline)) for part in parts)
+
+    def _read_ahead(self, entry: CacheEntry, offset: int, end: int, cursor: ReadCursor) -> None:
+        """Grow the window on sequential reads and keep ``window`` bytes fetched ahead of ``end``."""
+        if offset == cursor.next_offset and offset > 0:
+            cursor.window = min(max(cursor.window * 2, self._config.initial_window), self._config.max_window)
+        elif offset != cursor.next_offset:
+            cursor.window, cursor.ahead_until = 0, 0
+        cursor.next_offset = end
+        if not cursor.window or end >= entry.size or cursor.ahead_until - end > cursor.window // 2:
+            return
+        start = max(end, cursor.ahead_until)
+        stop = min(end + cursor.window, entry.size)
+        cursor.ahead_until = stop
+        self._ensure(entry, start // self._block, -(-stop // self._block), self._background, wait=False)
+
+    # -- planning -------------------------------------------------------------------------------
+    def _ensure(self, entry: CacheEntry, first: int, last: int, pool: ThreadPoolExecutor,
+                wait: bool = True) -> list[InflightPart]:
+        """Start GETs for the missing blocks of ``[first, last)``; return every part to wait for."""
+        part_blocks = max(1, self._config.part_size // self._block)
+        with entry.lock:
+            waits = [p for p in entry.inflight if p.first < last and p.last > first]
+            new: list[InflightPart] = []
+            for run_first, run_last in list(entry.missing_runs(first, last)):
+                for lo in range(run_first, run_last, part_blocks):
+                    part = InflightPart(lo, min(lo + part_blocks, run_last), Future())
+                    entry.inflight.append(part)
+                    new.append(part)
+        for part in new:
+            pool.submit(self._fetch_part, entry, part)
+        parts = waits + new
+        if wait:
+            for part in parts:
+                try:
+                    part.future.result(timeout=self._deadline)
+                except FutureTimeout:
+                    raise TransientError(f"{entry.key}: no answer from S3 within {self._deadline:.0f}s") from None
+        return parts
+
+    def _fetch_part(self, entry: CacheEntry, part: InflightPart) -> None:
+        start, stop = entry.block_span(part.first, part.last)
+        try:
+            data = self._store.get_range(entry.key, start, stop, entry.etag)
+            if not self._cache.store(entry, part.first, data):
+                log.debug("no cache room for %s [%d, %d); serving uncached", entry.key, start, stop)
+        except BaseException as error:
+            with entry.lock:
+                entry.inflight.remove(part)
+            part.future.set_exception(error)
+            return
+        with entry.lock:
+            entry.inflight.remove(part)
+        part.future.set_result(data)
+
+    def _assemble(self, entry: CacheEntry, first: int, last: int, parts: list[InflightPart]) -> bytes | None:
+        """Blocks ``[first, last)`` from the cache file, or from the bytes of parts that were not cached."""
+        cached = self._cache.read(entry, first, last)
+        if cached is not None:
+            return cached
+        pieces: list[bytes] = []
+        block = first
+        while block < last:
+            part = next((p for p in parts if p.first <= block < p.last and p.future.done()), None)
+            if part is not None:
+                stop = min(part.last, last)
+                data = part.future.result()
+                pieces.append(data[(block - part.first) * self._block:(stop - part.first) * self._block])
+                block = stop
+                continue
+            run_last = block + 1
+            while run_last < last and not any(p.first <= run_last < p.last for p in parts):
+                run_last += 1
+            data = self._cache.read(entry, block, run_last)
+            if data is None:
+                return None
+            pieces.append(data)
+            block = run_last
+        return b"".join(pieces)

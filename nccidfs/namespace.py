@@ -1,0 +1,175 @@
+"""Key <-> path rules and the TTL'd, bounded cache of directory listings. No FUSE, no boto3.
+
+The tree is a pure function of the listing: a directory per common prefix, a file per object.
+The root is built from the folders the credentials may list (the warehouse refuses a listing of
+``training/`` to most users), then every directory is listed lazily, once per TTL, with one
+in-flight listing per directory however many callers want it.
+
+Keys that cannot be file names (empty, ``.`` or ``..`` segments, NUL or ``/`` in a segment, over 255
+bytes, a directory marker) are left out with one warning each; a name that is both an object and a
+prefix is shown as the directory. See docs/semantics.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from nccidfs.errors import NotFound
+from nccidfs.store import Listing, ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_BYTES = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A name in a directory: a sub-directory, or a file backed by one object."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    obj: ObjectInfo | None = None
+
+
+def split_path(path: str) -> list[str]:
+    """``/ct/Covid1`` -> ``["ct", "Covid1"]``; the root is ``[]``."""
+    return [part for part in path.split("/") if part]
+
+
+def dir_prefix(root_prefix: str, parts: list[str]) -> str:
+    """The S3 prefix (with trailing slash) that a directory path stands for."""
+    return root_prefix + "".join(f"{part}/" for part in parts)
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether an S3 key segment can be shown as a file name without escaping or clashing."""
+    return (name not in ("", ".", "..") and "\x00" not in name and "/" not in name
+            and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES)
+
+
+class _WarnOnce:
+    """Logs each skipped key once per process, so a bad key does not flood the log."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, why: str) -> None:
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+        log.warning("skipping key %r: %s", key, why)
+
+
+warn_skipped = _WarnOnce()
+
+
+def entries_from_listing(listing: Listing, prefix: str, default_mtime: float) -> dict[str, Entry]:
+    """One directory's entries, sorted by name; odd keys are dropped as the module docstring says."""
+    entries: dict[str, Entry] = {}
+    for sub in listing.prefixes:
+        name = sub[len(prefix):].rstrip("/")
+        if sub[len(prefix):].count("/") != 1 or not is_safe_name(name):
+            warn_skipped(sub, "not a usable directory name")
+            continue
+        entries[name] = Entry(name, True, mtime=default_mtime)
+    for obj in listing.objects:
+        name = obj.key[len(prefix):]
+        if name == "":
+            continue  # the directory marker of this directory itself
+        if not is_safe_name(name):
+            warn_skipped(obj.key, "not a usable file name")
+            continue
+        if name in entries:
+            warn_skipped(obj.key, "an object and a prefix share this name; the directory is shown")
+            continue
+        entries[name] = Entry(name, False, obj.size, obj.mtime, obj)
+    return dict(sorted(entries.items()))
+
+
+class Namespace:
+    """Answers lookups and listings of mount paths from cached S3 listings."""
+
+    def __init__(self, store: ObjectStore, prefix: str, root_folders: Iterable[str], ttl: float,
+                 max_entries: int) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._started = time.time()
+        self._root = {name: Entry(name, True, mtime=self._started) for name in sorted(root_folders)}
+        # Each listing weighs its number of entries, so the bound is on names held, not directories.
+        self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(
+            maxsize=max_entries, ttl=ttl, getsizeof=lambda entries: len(entries) + 1)
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[dict[str, Entry]]] = {}
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def mount_time(self) -> float:
+        return self._started
+
+    def list(self, path: str) -> dict[str, Entry]:
+        """The entries of directory ``path``, from the cache or one listing of S3."""
+        parts = split_path(path)
+        if not parts:
+            return self._root
+        if parts[0] not in self._root:
+            raise NotFound(path)
+        prefix = dir_prefix(self._prefix, parts)
+        with self._lock:
+            cached = self._listings.get(prefix)
+            if cached is not None:
+                return cached
+            future = self._inflight.get(prefix)
+            owner = future is None
+            if future is None:
+                future = self._inflight[prefix] = Future()
+        if not owner:
+            return future.result()
+        try:
+            entries = entries_from_listing(self._store.list_dir(prefix), prefix, self._started)
+        except BaseException as error:
+            future.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(prefix, None)
+        with self._lock:
+            try:
+                self._listings[prefix] = entries
+            except ValueError:
+                log.warning("listing of %s (%d entries) exceeds the listing cache bound", prefix, len(entries))
+        future.set_result(entries)
+        return entries
+
+    def lookup(self, path: str) -> Entry:
+        """The entry for ``path``, answered from its parent's listing (no request per file)."""
+        parts = split_path(path)
+        if not parts:
+            return Entry("", True, mtime=self._started)
+        parent = "/" + "/".join(parts[:-1])
+        entry = self.list(parent).get(parts[-1])
+        if entry is None:
+            raise NotFound(path)
+        return entry
+
+    def invalidate(self, path: str = "/") -> int:
+        """Drop cached listings at and below ``path``; returns how many were dropped."""
+        prefix = dir_prefix(self._prefix, split_path(path))
+        with self._lock:
+            stale = [key for key in self._listings if key.startswith(prefix)]
+            for key in stale:
+                del self._listings[key]
+        return len(stale)
