@@ -77,6 +77,8 @@ class CacheEntry:
     cached_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     fd: int | None = None
+    # Whether a map exists on disk, i.e. whether ENTRY_OVERHEAD is counted in the cache's bytes.
+    on_disk: bool = False
 
     @property
     def data_path(self) -> Path:
@@ -188,6 +190,7 @@ class DiskCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         entry.cached_bytes = sum(entry.bytes_in(i, i + 1) for i, flag in enumerate(entry.present) if flag)
+        entry.on_disk = True
         return entry
 
     # -- pinning --------------------------------------------------------------------------------
@@ -202,7 +205,6 @@ class DiskCache:
                 entry.present = bytearray(entry.block_count)
                 entry.crcs = array("I", bytes(4 * entry.block_count))
                 self._entries[digest] = entry
-                self._used += ENTRY_OVERHEAD
             else:
                 self._entries.move_to_end(digest)
             entry.pins += 1
@@ -215,7 +217,7 @@ class DiskCache:
                 if entry.fd is not None:
                     os.close(entry.fd)
                     entry.fd = None
-                if entry.cached_bytes == 0 and not entry.map_path.exists():
+                if not entry.on_disk:
                     self._forget(entry)  # never stored anything: leave no trace
                 else:
                     self._evict_until(0)
@@ -252,12 +254,14 @@ class DiskCache:
     def store(self, entry: CacheEntry, first: int, data: bytes) -> bool:
         """Write blocks starting at ``first`` and mark them present; False if the bound leaves no room."""
         last = first + -(-len(data) // self.block_size)
-        if not self._reserve(len(data)):
+        overhead = 0 if entry.on_disk else ENTRY_OVERHEAD
+        reserved = len(data) + overhead
+        if not self._reserve(reserved):
             return False
         try:
             os.pwrite(self._fd(entry), data, first * self.block_size)
         except OSError as error:
-            self._release_reservation(len(data))
+            self._release_reservation(reserved)
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.warning("cache disk full while storing %s; evicting and serving from S3", entry.key)
                 with self._lock:
@@ -270,8 +274,10 @@ class DiskCache:
             entry.present[first:last] = b"\x01" * (last - first)
             entry.crcs[first:last] = array("I", crcs)
             entry.cached_bytes += len(data) - already
-            document = entry.map_document()
-            self._write_map(entry, document)
+            self._write_map(entry, entry.map_document())
+            if overhead and entry.on_disk:
+                already += overhead  # reserved, but another part of this entry counted it first
+            entry.on_disk = True
         self._release_reservation(already)
         return True
 
@@ -316,7 +322,7 @@ class DiskCache:
     def _forget(self, entry: CacheEntry) -> None:
         """Drop an unpinned entry from the index and the disk. Hold ``_lock``."""
         del self._entries[entry.digest]
-        self._used -= entry.cached_bytes + ENTRY_OVERHEAD
+        self._used -= entry.cached_bytes + (ENTRY_OVERHEAD if entry.on_disk else 0)
         entry.map_path.unlink(missing_ok=True)
         entry.data_path.unlink(missing_ok=True)
 

@@ -14,6 +14,7 @@ import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from nccidfs import __version__
 from nccidfs.config import (
@@ -36,6 +37,13 @@ from nccidfs.log import LEVELS, setup_logging
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 READY_TIMEOUT = 60.0
 SUBCOMMANDS = ("demo",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line and exit 2, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> None:
@@ -66,7 +74,7 @@ def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nccidfs",
         description="Mount the NCCID imaging warehouse (s3://nccid-data-warehouse-prod/training/) read-only. "
                     "Listings come from S3 lazily and are cached; file bytes are fetched as they are read "
@@ -83,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_demo_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nccidfs demo",
         description="Start an S3 server on 127.0.0.1 seeded with a small synthetic NCCID warehouse (DICOM, "
                     "metadata JSON, clinical JSON) and mount it in the foreground through the same code as the "
@@ -143,8 +151,11 @@ def _serve_in_background(config: Config) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     setup_logging(config.mount.log_level, config.mount.log_file)
+    def say_ready() -> None:
+        os.write(ready_write, b"ok")
+
     try:
-        mount.serve(config, store, folders, on_ready=lambda: os.write(ready_write, b"ok"))
+        mount.serve(config, store, folders, on_ready=say_ready)
     except BaseException as error:  # the parent prints it; the child must not return into the CLI
         os.write(ready_write, str(error).encode())
         os._exit(EXIT_FAILURE)

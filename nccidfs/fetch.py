@@ -141,9 +141,9 @@ class Fetcher:
             run_last = block + 1
             while run_last < last and not any(p.first <= run_last < p.last for p in parts):
                 run_last += 1
-            data = self._cache.read(entry, block, run_last)
-            if data is None:
+            cached_run = self._cache.read(entry, block, run_last)
+            if cached_run is None:
                 return None
-            pieces.append(data)
+            pieces.append(cached_run)
             block = run_last
         return b"".join(pieces)

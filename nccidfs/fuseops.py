@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+LOOP_ENDED_BY_SIGNAL = 8
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
 
@@ -130,4 +131,10 @@ def run_mount(operations: FuseOperations, mountpoint: str, allow_other: bool, tt
     }
     if allow_other:
         options["allow_other"] = True
-    mfusepy.FUSE(operations, mountpoint, raw_fi=True, **options)
+    try:
+        mfusepy.FUSE(operations, mountpoint, raw_fi=True, **options)
+    except RuntimeError as error:
+        # libfuse >= 3.12 reports a loop ended by SIGINT/SIGTERM/SIGHUP as error 8 after unmounting.
+        if str(error) != str(LOOP_ENDED_BY_SIGNAL) or os.path.ismount(mountpoint):
+            raise
+        log.info("stopped by a signal")

@@ -165,7 +165,7 @@ class Boto3Store:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}",
                                                IfMatch=f'"{etag}"')
-            body = response["Body"].read()
+            body: bytes = response["Body"].read()
         except Exception as error:
             self.stats.record("GetObject", error=_error_code(error))
             log.debug("GET %s bytes=%d-%d failed after %.3fs: %s", key, start, end - 1,

@@ -1,0 +1,1 @@
+"""Synthetic stand-ins for the NCCID warehouse, to demonstrate and test nccidfs without real data."""

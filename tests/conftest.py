@@ -1,0 +1,45 @@
+"""Shared fixtures: a moto S3 server over HTTP on 127.0.0.1, buckets seeded per test, mounts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import CREDENTIALS, fuse_available
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One moto S3 server for the whole run (a bucket per test keeps tests apart)."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(CREDENTIALS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket_name() -> str:
+    return f"nccid-test-{uuid.uuid4().hex[:12]}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if fuse_available():
+        return
+    skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
+    for item in items:
+        if "fuse" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A per-test directory holding the mount point, cache directory and daemon log."""
+    return tmp_path

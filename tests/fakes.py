@@ -1,0 +1,64 @@
+"""In-memory stores at the storage seam, for unit tests of the namespace, cache and fetcher."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+
+from nccidfs.errors import AccessDenied, NotFound, ObjectChanged
+from nccidfs.store import Listing, ObjectInfo
+
+
+class MemoryStore:
+    """A dict of key -> bytes behaving like the warehouse: delimiter listings, ranged GETs pinned by ETag."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None, denied_prefixes: tuple[str, ...] = (),
+                 latency: float = 0.0) -> None:
+        self.objects = dict(objects or {})
+        self.denied_prefixes = denied_prefixes
+        self.latency = latency
+        self.requests: Counter[str] = Counter()
+        self.ranges: list[tuple[str, int, int]] = []
+        self._lock = threading.Lock()
+
+    def info(self, key: str) -> ObjectInfo:
+        body = self.objects[key]
+        return ObjectInfo(key, len(body), hashlib.md5(body).hexdigest(), 1_600_000_000.0)
+
+    def _check(self, prefix: str) -> None:
+        if prefix in self.denied_prefixes:
+            raise AccessDenied(f"list {prefix}")
+
+    def list_dir(self, prefix: str) -> Listing:
+        self._check(prefix)
+        with self._lock:
+            self.requests["list"] += 1
+        prefixes: set[str] = set()
+        objects = []
+        for key in sorted(self.objects):
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            if "/" in rest:
+                prefixes.add(prefix + rest.split("/", 1)[0] + "/")
+            else:
+                objects.append(self.info(key))
+        return Listing(tuple(sorted(prefixes)), tuple(objects))
+
+    def probe(self, prefix: str) -> bool:
+        self._check(prefix)
+        return any(key.startswith(prefix) for key in self.objects)
+
+    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        if self.latency:
+            time.sleep(self.latency)
+        with self._lock:
+            self.requests["get"] += 1
+            self.ranges.append((key, start, end))
+        if key not in self.objects:
+            raise NotFound(key)
+        if self.info(key).etag != etag:
+            raise ObjectChanged(key)
+        return self.objects[key][start:end]

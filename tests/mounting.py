@@ -1,0 +1,115 @@
+"""Test support: a moto S3 server on loopback and an nccidfs daemon mounted on it as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+BUCKET = "nccid-data-warehouse-prod"
+REGION = "eu-west-2"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# libfuse 3.14 prints this on every mount; it is harmless.
+HARMLESS_LOG_LINES = ("Ignoring invalid max threads value",)
+
+
+def fuse_available() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def s3_client(endpoint_url: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=REGION, **{
+        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]})
+
+
+def create_bucket(endpoint_url: str, bucket: str, objects: Iterable[tuple[str, bytes]]) -> Any:
+    client = s3_client(endpoint_url)
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    for key, body in objects:
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return client
+
+
+def daemon_env() -> dict[str, str]:
+    # No instance-metadata lookups: tests send traffic to loopback only.
+    env = dict(os.environ, **CREDENTIALS, AWS_EC2_METADATA_DISABLED="true")
+    env.pop("AWS_PROFILE", None)
+    return env
+
+
+class MountedDaemon:
+    """``nccidfs MOUNTPOINT -f`` in a subprocess; unmounted and reaped on exit, its log kept for checks."""
+
+    def __init__(self, mountpoint: Path, endpoint_url: str, cache_dir: Path, log_path: Path,
+                 bucket: str = BUCKET, extra: Sequence[str] = ()) -> None:
+        self.mountpoint = mountpoint
+        self.cache_dir = cache_dir
+        self.log_path = log_path
+        self.args = [sys.executable, "-m", "nccidfs", str(mountpoint), "-f", "--bucket", bucket,
+                     "--endpoint-url", endpoint_url, "--cache-dir", str(cache_dir), "--log-level", "debug",
+                     *extra]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def __enter__(self) -> MountedDaemon:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=log, env=daemon_env())
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.mountpoint):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nccidfs exited {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nccidfs did not mount within 30 s:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Unmount (SIGTERM makes libfuse unmount cleanly) and reap the daemon we started."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.returncode = self.process.returncode
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash) and clear the dead mount."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def unexpected_log_lines(self, allowed: Sequence[str] = ()) -> list[str]:
+        """WARNING/ERROR/CRITICAL lines and tracebacks that no test expected."""
+        bad = []
+        for line in self.log().splitlines():
+            if any(marker in line for marker in (*HARMLESS_LOG_LINES, *allowed)):
+                continue
+            if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+                bad.append(line)
+        return bad

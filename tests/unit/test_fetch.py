@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nccidfs.cache import DiskCache
+from nccidfs.config import ReadConfig
+from nccidfs.errors import ObjectChanged, TransientError
+from nccidfs.fetch import Fetcher, ReadCursor
+from tests.fakes import MemoryStore
+
+BLOCK = 4096
+BODY = os.urandom(BLOCK * 40 + 123)
+KEY = "training/xray/Covid1/s/t/x.dcm"
+
+
+def make(tmp_path: Path, store: MemoryStore, cache_size: int = 1 << 24, deadline: float = 5.0,
+         **read: int) -> tuple[Fetcher, DiskCache]:
+    config = ReadConfig(block_size=BLOCK, initial_window=BLOCK * 4, max_window=BLOCK * 16, part_size=BLOCK * 8,
+                        fetch_threads=4, **read)
+    cache = DiskCache(tmp_path / "cache", cache_size, "b", BLOCK)
+    return Fetcher(store, cache, config, deadline), cache
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reads=st.lists(st.tuples(st.integers(0, len(BODY) + 10), st.integers(1, BLOCK * 12)), min_size=1,
+                      max_size=12))
+def test_random_reads_return_the_object_bytes(tmp_path: Path, reads: list[tuple[int, int]]) -> None:
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path / str(time.monotonic_ns()), store)
+    entry = cache.pin(store.info(KEY))
+    cursor = ReadCursor()
+    for offset, size in reads:
+        assert fetcher.read(entry, offset, size, cursor) == BODY[offset:offset + size]
+    cache.unpin(entry)
+    fetcher.shutdown()
+
+
+def test_first_read_fetches_only_the_blocks_it_needs(tmp_path: Path) -> None:
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    assert fetcher.read(entry, 0, 1000, ReadCursor()) == BODY[:1000]
+    assert store.ranges == [(KEY, 0, BLOCK)]
+
+
+def test_sequential_reads_grow_a_read_ahead_window(tmp_path: Path) -> None:
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    cursor = ReadCursor()
+    offset = 0
+    while offset < len(BODY):
+        assert fetcher.read(entry, offset, BLOCK, cursor) == BODY[offset:offset + BLOCK]
+        offset += BLOCK
+    assert cursor.window == BLOCK * 16
+    assert store.requests["get"] < 40 // 2, "read-ahead should batch blocks into larger GETs"
+    fetched = sorted((start, end) for _, start, end in store.ranges)
+    assert all(a[1] <= b[0] for a, b in zip(fetched, fetched[1:], strict=False)), "no byte fetched twice"
+
+
+def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
+    store = MemoryStore({KEY: BODY}, latency=0.2)
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(fetcher.read(entry, 0, BLOCK * 6)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [BODY[:BLOCK * 6]] * 8
+    assert store.requests["get"] == 1
+
+
+def test_fetch_all_completes_the_object(tmp_path: Path) -> None:
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    fetcher.read(entry, BLOCK * 3, 10)
+    assert fetcher.fetch_all(entry) == len(BODY) - BLOCK
+    assert entry.is_complete()
+    before = store.requests["get"]
+    assert fetcher.read(entry, 0, len(BODY)) == BODY
+    assert store.requests["get"] == before
+
+
+def test_reads_are_served_uncached_when_the_cache_has_no_room(tmp_path: Path) -> None:
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path, store, cache_size=BLOCK)
+    entry = cache.pin(store.info(KEY))
+    assert fetcher.read(entry, 100, BLOCK * 5) == BODY[100:100 + BLOCK * 5]
+    assert cache.used_bytes <= cache.size_bytes
+
+
+def test_a_slow_store_gives_an_error_within_the_deadline(tmp_path: Path) -> None:
+    store = MemoryStore({KEY: BODY}, latency=3.0)
+    fetcher, cache = make(tmp_path, store, deadline=0.5)
+    entry = cache.pin(store.info(KEY))
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        fetcher.read(entry, 0, 10)
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_replaced_object_is_an_error_not_mixed_bytes(tmp_path: Path) -> None:
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    assert fetcher.read(entry, 0, 10) == BODY[:10]
+    store.objects[KEY] = b"new" + BODY
+    with pytest.raises(ObjectChanged):
+        fetcher.read(entry, BLOCK * 10, 10)

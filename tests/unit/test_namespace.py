@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nccidfs.errors import AccessDenied, NotFound
+from nccidfs.namespace import Namespace, dir_prefix, entries_from_listing, is_safe_name, split_path
+from nccidfs.store import Listing, ObjectInfo
+from tests.fakes import MemoryStore
+
+KEYS = {
+    "training/ct/Covid1/1.2/1.3/a.dcm": b"a" * 100,
+    "training/ct/Covid1/1.2/1.3/b.dcm": b"b" * 50,
+    "training/ct-metadata/Covid1/1.2/1.3/a.json": b"{}",
+    "training/data/Covid1/status_2020-05-01.json": b'{"Pseudonym": "Covid1"}',
+}
+
+
+def make(store: MemoryStore, ttl: float = 300.0, max_entries: int = 1000) -> Namespace:
+    return Namespace(store, "training/", ["ct", "ct-metadata", "data"], ttl, max_entries)
+
+
+def test_path_and_key_rules() -> None:
+    assert split_path("/") == []
+    assert split_path("/ct/Covid1/") == ["ct", "Covid1"]
+    assert dir_prefix("training/", ["ct", "Covid1"]) == "training/ct/Covid1/"
+    assert dir_prefix("training/", []) == "training/"
+
+
+def test_directories_and_files_mirror_the_keys() -> None:
+    ns = make(MemoryStore(KEYS))
+    assert list(ns.list("/")) == ["ct", "ct-metadata", "data"]
+    assert list(ns.list("/ct/Covid1/1.2/1.3")) == ["a.dcm", "b.dcm"]
+    entry = ns.lookup("/ct/Covid1/1.2/1.3/b.dcm")
+    assert not entry.is_dir and entry.size == 50
+    assert entry.obj is not None and entry.obj.key == "training/ct/Covid1/1.2/1.3/b.dcm"
+    assert ns.lookup("/ct/Covid1").is_dir
+
+
+def test_missing_names_are_not_found_without_more_requests() -> None:
+    store = MemoryStore(KEYS)
+    ns = make(store)
+    ns.list("/ct/Covid1/1.2/1.3")
+    before = store.requests["list"]
+    for name in (".Trash", "autorun.inf", "desktop.ini", "c.dcm"):
+        with pytest.raises(NotFound):
+            ns.lookup(f"/ct/Covid1/1.2/1.3/{name}")
+    assert store.requests["list"] == before
+    with pytest.raises(NotFound):
+        ns.list("/mri")
+
+
+def test_listing_is_cached_until_ttl_then_listed_again() -> None:
+    store = MemoryStore(KEYS)
+    ns = make(store, ttl=0.3)
+    ns.list("/data/Covid1")
+    ns.list("/data/Covid1")
+    assert store.requests["list"] == 1
+    store.objects["training/data/Covid1/data_2020-06-01.json"] = b"{}"
+    assert "data_2020-06-01.json" not in ns.list("/data/Covid1")
+    time.sleep(0.35)
+    assert "data_2020-06-01.json" in ns.list("/data/Covid1")
+    assert store.requests["list"] == 2
+
+
+def test_invalidate_drops_a_subtree() -> None:
+    store = MemoryStore(KEYS)
+    ns = make(store)
+    ns.list("/ct/Covid1")
+    ns.list("/data/Covid1")
+    assert ns.invalidate("/ct") == 1
+    ns.list("/ct/Covid1")
+    ns.list("/data/Covid1")
+    assert store.requests["list"] == 3
+
+
+def test_listing_cache_is_bounded_by_entries() -> None:
+    keys = {f"training/data/Covid{i}/status_2020-01-01.json": b"{}" for i in range(50)}
+    store = MemoryStore(keys)
+    ns = make(store, max_entries=10)
+    for i in range(50):
+        ns.list(f"/data/Covid{i}")
+    assert ns._listings.currsize <= 10
+
+
+def test_listing_errors_propagate_and_are_not_cached() -> None:
+    store = MemoryStore(KEYS, denied_prefixes=("training/ct/",))
+    ns = make(store)
+    with pytest.raises(AccessDenied):
+        ns.list("/ct")
+    store.denied_prefixes = ()
+    assert list(ns.list("/ct")) == ["Covid1"]
+
+
+def test_odd_keys_are_skipped_and_the_rest_is_served() -> None:
+    prefix = "training/ct/P/"
+    objects = tuple(ObjectInfo(prefix + name, 1, "e", 0.0) for name in
+                    ("good.dcm", "", "..", ".", "x" * 300, "bad\x00name", "both"))
+    listing = Listing((prefix + "both/", prefix + "sub/", prefix + "../", prefix + "a//"), objects)
+    entries = entries_from_listing(listing, prefix, 0.0)
+    assert sorted(entries) == ["both", "good.dcm", "sub"]
+    assert entries["both"].is_dir
+    assert not is_safe_name("..") and not is_safe_name("a/b") and is_safe_name("Covid1")
