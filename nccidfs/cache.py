@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import zlib
 from array import array
@@ -79,6 +80,8 @@ class CacheEntry:
     fd: int | None = None
     # Whether a map exists on disk, i.e. whether ENTRY_OVERHEAD is counted in the cache's bytes.
     on_disk: bool = False
+    # Whether the complete object was checked against its ETag's MD5 in this run.
+    verified: bool = False
 
     @property
     def data_path(self) -> Path:
@@ -280,6 +283,28 @@ class DiskCache:
             entry.on_disk = True
         self._release_reservation(already)
         return True
+
+    def verify_whole(self, entry: CacheEntry) -> bool:
+        """Check a complete object against its ETag when the ETag is a plain MD5 (single-part upload).
+
+        A mismatch drops every block, so the object is fetched again rather than served wrong.
+        """
+        if not re.fullmatch(r"[0-9a-f]{32}", entry.etag) or not entry.is_complete():
+            return True
+        with entry.lock:
+            if entry.verified:
+                return True
+            entry.verified = True
+        digest = hashlib.md5(usedforsecurity=False)
+        fd = self._fd(entry)
+        for offset in range(0, entry.size, 8 << 20):
+            digest.update(os.pread(fd, min(8 << 20, entry.size - offset), offset))
+        if digest.hexdigest() == entry.etag:
+            return True
+        log.error("%s: cached bytes do not match the ETag's MD5; discarding them", entry.key)
+        entry.verified = False
+        self._drop_blocks(entry, list(range(entry.block_count)))
+        return False
 
     def _write_map(self, entry: CacheEntry, document: bytes) -> None:
         tmp = entry.base.with_suffix(".map.tmp")

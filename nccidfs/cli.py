@@ -9,6 +9,7 @@ Exit codes: 0 success, 1 a runtime failure, 2 bad input (flags, mount point, cre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import select
 import sys
@@ -61,6 +62,15 @@ def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> N
     mount = parser.add_argument_group("Mount")
     mount.add_argument("--listing-ttl", type=float, default=300.0, metavar="SECONDS",
                        help="how long a directory listing is trusted before S3 is asked again (default: 300)")
+    mount.add_argument("--max-listing-entries", type=int, default=200_000, metavar="N",
+                       help="bound on directory entries held in memory; least recently used listings are "
+                            "dropped first (default: 200000)")
+    mount.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="a read or listing that S3 cannot serve within this time fails with EIO, "
+                            "after retries (default: 30)")
+    mount.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                       help="when a .dcm is opened, fetch the rest of its series in the background "
+                            "(default: on)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
     cache = parser.add_argument_group("Cache")
@@ -106,15 +116,20 @@ def build_demo_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
     if args.listing_ttl < 0:
         raise ConfigError("--listing-ttl must be zero or more seconds")
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be more than zero seconds")
+    if args.max_listing_entries < 1000:
+        raise ConfigError("--max-listing-entries must be at least 1000")
     cache_dir = (args.cache_dir or default_cache_dir()).expanduser().absolute()
     return Config(
         mount=MountConfig(mountpoint=args.mountpoint.expanduser().absolute(), foreground=foreground,
                           allow_other=args.allow_other, listing_ttl=args.listing_ttl,
+                          max_listing_entries=args.max_listing_entries,
                           log_level=args.log_level.upper(),
                           log_file=None if foreground else cache_dir / "nccidfs.log"),
-        s3=s3,
+        s3=dataclasses.replace(s3, deadline=args.timeout),
         cache=CacheConfig(directory=cache_dir, size_bytes=parse_size(args.cache_size)),
-        read=ReadConfig(),
+        read=ReadConfig(prefetch=args.prefetch),
     )
 
 

@@ -84,7 +84,7 @@ class MountConfig:
     foreground: bool = False
     allow_other: bool = False
     listing_ttl: float = 300.0
-    max_listing_entries: int = 500_000
+    max_listing_entries: int = 200_000
     log_level: str = "INFO"
     log_file: Path | None = None
 

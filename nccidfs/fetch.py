@@ -114,6 +114,8 @@ class Fetcher:
             data = self._store.get_range(entry.key, start, stop, entry.etag)
             if not self._cache.store(entry, part.first, data):
                 log.debug("no cache room for %s [%d, %d); serving uncached", entry.key, start, stop)
+            elif entry.is_complete():
+                self._cache.verify_whole(entry)
         except BaseException as error:
             with entry.lock:
                 entry.inflight.remove(part)

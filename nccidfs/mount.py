@@ -16,6 +16,7 @@ from nccidfs.config import Config, S3Config
 from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
+from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
 from nccidfs.store import Boto3Store, ObjectStore
 
@@ -82,8 +83,9 @@ def connect(s3: S3Config) -> tuple[ObjectStore, list[str]]:
 
 
 def build_filesystem(config: Config, store: ObjectStore, folders: list[str]) -> FileSystem:
+    index = ListingIndex(config.cache.directory / "listings.sqlite3", config.s3.bucket)
     namespace = Namespace(store, config.s3.prefix, folders, config.mount.listing_ttl,
-                          config.mount.max_listing_entries)
+                          config.mount.max_listing_entries, index)
     cache = DiskCache(config.cache.directory, config.cache.size_bytes, config.s3.bucket, config.read.block_size)
     fetcher = Fetcher(store, cache, config.read, config.s3.deadline)
     return FileSystem(namespace, cache, fetcher)
@@ -101,4 +103,5 @@ def serve(config: Config, store: ObjectStore, folders: list[str],
                           debug=False)
     finally:
         filesystem.fetcher.shutdown()
+        filesystem.namespace.shutdown()
     log.info("unmounted %s", config.mount.mountpoint)

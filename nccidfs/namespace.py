@@ -16,13 +16,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from nccidfs.errors import NotFound
+from nccidfs.errors import NccidfsError, NotFound, TransientError
 from nccidfs.store import Listing, ObjectInfo, ObjectStore
+
+if TYPE_CHECKING:
+    from nccidfs.index import ListingIndex
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +102,19 @@ def entries_from_listing(listing: Listing, prefix: str, default_mtime: float) ->
 
 
 class Namespace:
-    """Answers lookups and listings of mount paths from cached S3 listings."""
+    """Answers lookups and listings of mount paths from cached S3 listings.
+
+    Where a listing comes from, in order: the in-memory TTL cache; the persisted index when the row is
+    younger than the TTL, or was written by an earlier run (served at once, refreshed in the background);
+    S3. When S3 fails and the index has any copy, that copy is served with a warning (offline mode).
+    """
 
     def __init__(self, store: ObjectStore, prefix: str, root_folders: Iterable[str], ttl: float,
-                 max_entries: int) -> None:
+                 max_entries: int, index: ListingIndex | None = None) -> None:
         self._store = store
         self._prefix = prefix
+        self._ttl = ttl
+        self._index = index
         self._started = time.time()
         self._root = {name: Entry(name, True, mtime=self._started) for name in sorted(root_folders)}
         # Each listing weighs its number of entries, so the bound is on names held, not directories.
@@ -111,6 +122,7 @@ class Namespace:
             maxsize=max_entries, ttl=ttl, getsizeof=lambda entries: len(entries) + 1)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
+        self._refresher: ThreadPoolExecutor | None = None
 
     @property
     def prefix(self) -> str:
@@ -121,7 +133,7 @@ class Namespace:
         return self._started
 
     def list(self, path: str) -> dict[str, Entry]:
-        """The entries of directory ``path``, from the cache or one listing of S3."""
+        """The entries of directory ``path``."""
         parts = split_path(path)
         if not parts:
             return self._root
@@ -130,8 +142,29 @@ class Namespace:
         prefix = dir_prefix(self._prefix, parts)
         with self._lock:
             cached = self._listings.get(prefix)
-            if cached is not None:
-                return cached
+        if cached is not None:
+            return cached
+        stored = self._index.get(prefix, self._started) if self._index else None
+        if stored is not None:
+            fetched, entries = stored
+            fresh = time.time() - fetched < self._ttl
+            if fresh or fetched < self._started:
+                self._remember(prefix, entries)
+                if not fresh:
+                    self._refresh_in_background(prefix)
+                return entries
+        try:
+            return self._list_once(prefix)
+        except TransientError:
+            if stored is None:
+                raise
+            log.warning("S3 unreachable; serving the listing of %s saved at %s", prefix,
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored[0])))
+            return stored[1]
+
+    def _list_once(self, prefix: str) -> dict[str, Entry]:
+        """List ``prefix`` from S3; concurrent callers share one listing."""
+        with self._lock:
             future = self._inflight.get(prefix)
             owner = future is None
             if future is None:
@@ -146,13 +179,32 @@ class Namespace:
         finally:
             with self._lock:
                 self._inflight.pop(prefix, None)
+        if self._index is not None:
+            self._index.put(prefix, entries, time.time())
+        self._remember(prefix, entries)
+        future.set_result(entries)
+        return entries
+
+    def _remember(self, prefix: str, entries: dict[str, Entry]) -> None:
         with self._lock:
             try:
                 self._listings[prefix] = entries
             except ValueError:
                 log.warning("listing of %s (%d entries) exceeds the listing cache bound", prefix, len(entries))
-        future.set_result(entries)
-        return entries
+
+    def _refresh_in_background(self, prefix: str) -> None:
+        with self._lock:
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(2, thread_name_prefix="relist")
+            refresher = self._refresher
+
+        def refresh() -> None:
+            try:
+                self._list_once(prefix)
+            except NccidfsError as error:
+                log.debug("background refresh of %s failed: %s", prefix, error)
+
+        refresher.submit(refresh)
 
     def lookup(self, path: str) -> Entry:
         """The entry for ``path``, answered from its parent's listing (no request per file)."""
@@ -166,10 +218,19 @@ class Namespace:
         return entry
 
     def invalidate(self, path: str = "/") -> int:
-        """Drop cached listings at and below ``path``; returns how many were dropped."""
+        """Forget listings at and below ``path`` (memory and index); returns how many were dropped."""
         prefix = dir_prefix(self._prefix, split_path(path))
         with self._lock:
             stale = [key for key in self._listings if key.startswith(prefix)]
             for key in stale:
                 del self._listings[key]
-        return len(stale)
+        dropped = self._index.delete_under(prefix) if self._index else 0
+        return max(len(stale), dropped)
+
+    def cached_entries(self) -> int:
+        with self._lock:
+            return int(self._listings.currsize)
+
+    def shutdown(self) -> None:
+        if self._refresher is not None:
+            self._refresher.shutdown(wait=False, cancel_futures=True)

@@ -7,20 +7,31 @@ Everything above this module sees :class:`ObjectInfo`, :class:`Listing` and the 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from nccidfs.errors import AccessDenied, ConfigError, NccidfsError, NotFound, ObjectChanged, TransientError
+from nccidfs.errors import (
+    AccessDenied,
+    ConfigError,
+    CorruptData,
+    NccidfsError,
+    NotFound,
+    ObjectChanged,
+    TransientError,
+)
 
 if TYPE_CHECKING:
     from nccidfs.config import S3Config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +109,16 @@ def classify(error: Exception, what: str) -> NccidfsError:
 class Boto3Store:
     """:class:`ObjectStore` over boto3, with botocore's standard retries and short timeouts."""
 
-    def __init__(self, config: S3Config, max_attempts: int = 4) -> None:
+    def __init__(self, config: S3Config, max_attempts: int = 3) -> None:
         import boto3
         from botocore.config import Config as BotoConfig
+        from botocore.exceptions import ProfileNotFound
 
         self.bucket = config.bucket
         self.stats = RequestStats()
-        from botocore.exceptions import ProfileNotFound
-
+        self._deadline = config.deadline
+        # One attempt means "fail fast": the start-up probe must report an unreachable endpoint in seconds.
+        self._retry = max_attempts > 1
         try:
             session = boto3.session.Session(profile_name=config.profile)
         except ProfileNotFound:
@@ -122,23 +135,48 @@ class Boto3Store:
             s3={"addressing_style": "path"} if config.endpoint_url else {},
             tcp_keepalive=True,
         )
-        self._client = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+        self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+
+    def _retrying(self, kind: str, what: str, call: Callable[[], T]) -> T:
+        """Run ``call`` until it succeeds, fails for good, or the deadline passes (then TransientError).
+
+        botocore already retries a failed request a few times; this loop also covers failures while a
+        body streams and keeps trying, with jittered backoff, for as long as the deadline allows.
+        """
+        deadline = time.monotonic() + self._deadline
+        for attempt in itertools.count():
+            started = time.monotonic()
+            try:
+                return call()
+            except NccidfsError as error:
+                failure = error
+                code = type(error).__name__
+            except Exception as error:
+                failure = classify(error, what)
+                code = _error_code(error)
+            self.stats.record(kind, error=code)
+            log.debug("%s %s failed after %.3fs: %s", kind, what, time.monotonic() - started, code)
+            pause = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            if not isinstance(failure, TransientError) or not self._retry or time.monotonic() + pause > deadline:
+                raise failure from None
+            if attempt == 2:
+                log.warning("%s: still failing (%s); retrying until %.0fs have passed", what, code, self._deadline)
+            time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _list_page(self, params: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        page: dict[str, Any] = self._client.list_objects_v2(**params)
+        self.stats.record("ListObjectsV2")
+        log.debug("LIST %s -> %d keys %.3fs", params["Prefix"], page.get("KeyCount", 0), time.monotonic() - started)
+        return page
 
     def _pages(self, prefix: str, max_keys: int | None = None) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
         if max_keys:
             params["MaxKeys"] = max_keys
         while True:
-            started = time.monotonic()
-            try:
-                page = self._client.list_objects_v2(**params)
-            except Exception as error:
-                self.stats.record("ListObjectsV2", error=_error_code(error))
-                log.debug("LIST %s failed after %.3fs: %s", prefix, time.monotonic() - started,
-                          _error_code(error))
-                raise classify(error, f"list {prefix}") from None
-            self.stats.record("ListObjectsV2")
-            log.debug("LIST %s -> %d keys %.3fs", prefix, page.get("KeyCount", 0), time.monotonic() - started)
+            page = self._retrying("ListObjectsV2", f"list {prefix}", lambda: self._list_page(params))
             yield page
             if max_keys or not page.get("IsTruncated"):
                 return
@@ -160,20 +198,25 @@ class Boto3Store:
         return bool(page.get("KeyCount") or page.get("Contents") or page.get("CommonPrefixes"))
 
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
-        started = time.monotonic()
-        what = f"get {key} [{start}, {end})"
-        try:
-            response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+        """Resumes a body that breaks off from the byte reached, pinned to ``etag`` with If-Match."""
+        body = bytearray()
+
+        def fetch_rest() -> None:
+            begin = start + len(body)
+            started = time.monotonic()
+            response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={begin}-{end - 1}",
                                                IfMatch=f'"{etag}"')
-            body: bytes = response["Body"].read()
-        except Exception as error:
-            self.stats.record("GetObject", error=_error_code(error))
-            log.debug("GET %s bytes=%d-%d failed after %.3fs: %s", key, start, end - 1,
-                      time.monotonic() - started, _error_code(error))
-            raise classify(error, what) from None
-        self.stats.record("GetObject", len(body))
-        log.debug("GET %s bytes=%d-%d -> %d bytes %.3fs", key, start, end - 1, len(body),
-                  time.monotonic() - started)
-        if len(body) != end - start:
-            raise TransientError(f"{what}: short body ({len(body)} of {end - start} bytes)")
-        return body
+            try:
+                for chunk in response["Body"].iter_chunks(1 << 20):
+                    body.extend(chunk)
+                    if len(body) > end - start:
+                        raise CorruptData(f"get {key}: more bytes than asked for")
+            finally:
+                self.stats.record("GetObject", len(body) - (begin - start))
+            log.debug("GET %s bytes=%d-%d -> %d bytes %.3fs", key, begin, end - 1, start + len(body) - begin,
+                      time.monotonic() - started)
+            if len(body) != end - start:
+                raise TransientError(f"get {key}: body ended after {len(body)} of {end - start} bytes")
+
+        self._retrying("GetObject", f"get {key} [{start}, {end})", fetch_rest)
+        return bytes(body)

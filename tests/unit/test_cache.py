@@ -111,3 +111,20 @@ def test_cache_directory_and_files_are_private(tmp_path: Path) -> None:
     for path in (root / "objects").rglob("*"):
         expected = 0o700 if path.is_dir() else 0o600
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_a_complete_object_that_does_not_match_its_md5_etag_is_discarded(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1 << 20, "b", BLOCK)
+    body = os.urandom(2 * BLOCK)
+    good = obj("k", body)
+    entry = cache.pin(good)
+    cache.store(entry, 0, body)
+    assert cache.verify_whole(entry)
+    cache.unpin(entry)
+    lying = obj("k2", body)
+    lying = type(lying)(lying.key, lying.size, hashlib.md5(b"other").hexdigest(), 0.0)
+    entry = cache.pin(lying)
+    cache.store(entry, 0, body)
+    assert not cache.verify_whole(entry)
+    assert cache.read(entry, 0, 2) is None and not entry.is_complete()
+    cache.unpin(entry)

@@ -1,0 +1,219 @@
+"""DICOM header tags as extended attributes: one flat ``Keyword -> text`` mapping per image, built either
+from the image's warehouse metadata JSON twin or from the first bytes of the image itself.
+
+Both sources yield the same mapping for the same image. Values go through pydicom on both paths and are
+then rendered by one formatter. Numbers are normalised because the JSON twin stores DS values as JSON
+floats and so loses their original strings. Only top-level, standard, non-empty, non-binary,
+non-sequence elements appear. Every function here is pure: it parses the bytes it is given and does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+from pydicom.valuerep import PersonName
+
+XATTR_PREFIX = "user.dicom."
+# Kernel xattr values may reach 64 KiB; a header value longer than this is free text nobody wants there.
+MAX_VALUE_BYTES = 4096
+
+_BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+# Leading spaces are significant only in these texts (PS3.5 6.2); every other VR is stripped both ends.
+_LEADING_SPACE_VRS = frozenset({"LT", "ST", "UT"})
+# Command (0000) and file meta (0002) groups are not part of the dataset the JSON twin was made from.
+_NON_DATASET_GROUPS = frozenset({0x0000, 0x0002})
+# The element headers dcmread(stop_before_pixels=True) stops at: Pixel Data, Float and Double Float
+# Pixel Data, as their tag's first 4 bytes in either byte order.
+_PIXEL_TAG_BYTES = frozenset(
+    struct.pack(order + "HH", 0x7FE0, element) for order in "<>" for element in (0x0010, 0x0009, 0x0008)
+)
+
+
+def xattr_name(keyword: str) -> str:
+    """The extended attribute that carries the element with this pydicom keyword."""
+    return XATTR_PREFIX + keyword
+
+
+def tags_from_metadata_json(raw: bytes) -> dict[str, str]:
+    """Keyword -> display string for the top-level, text-like elements of a warehouse metadata JSON.
+
+    Only elements with a ``"Value"`` are converted, and one at a time. The warehouse's nulls
+    (``"InlineBinary": null`` and ``"00283010": null``) sit on binary elements and sequences, which are
+    never shown, so they are dropped without being parsed. One malformed element costs only itself.
+    Anything that is not a DICOM JSON object gives ``{}``.
+    """
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):  # ValueError covers bad UTF-8 and bad JSON
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return _render(_json_elements(document))
+
+
+def tags_from_dicom_header(head: bytes, complete: bool = False) -> dict[str, str] | None:
+    """The same mapping from the first bytes of a DICOM file (Part 10 or a raw dataset).
+
+    Returns None when ``head`` stops short of the Pixel Data element header, even if it holds every
+    element before it. A cut exactly at an element boundary looks like a small complete dataset, so
+    pydicom's partial result is not trusted. The caller then reads a longer range and calls again.
+    With ``complete=True`` the caller says ``head`` is the whole object. A dataset without Pixel Data is
+    then accepted, and bytes that do not parse give ``{}`` instead of None.
+    """
+    dataset = _read_header(head, complete)
+    if dataset is None:
+        return {} if complete else None
+    return _render(_header_elements(dataset))
+
+
+def _read_header(head: bytes, complete: bool) -> Dataset | None:
+    """The dataset before Pixel Data if ``head`` holds all of it, else None."""
+    buffer = BytesIO(head)
+    try:
+        dataset = dcmread(buffer, stop_before_pixels=True, force=True)
+    except Exception:  # force=True on arbitrary bytes: pydicom fails with many exception types
+        return None
+    # dcmread leaves the buffer at the Pixel Data tag when it stopped there. Anywhere else, it ran out of
+    # bytes, maybe in the middle of a value, which pydicom then keeps short without complaint.
+    end = buffer.tell()
+    if head[end : end + 4] in _PIXEL_TAG_BYTES:
+        return dataset
+    if complete and end == len(head) and not _has_short_value(dataset):
+        return dataset
+    return None
+
+
+def _has_short_value(dataset: Dataset) -> bool:
+    """Whether a value was cut off by the end of the bytes: pydicom reads short values silently."""
+    for elem in dataset.elements():
+        value = elem.value
+        if isinstance(value, bytes) and elem.length != 0xFFFFFFFF and len(value) < elem.length:
+            return True
+    return False
+
+
+def _header_elements(dataset: Dataset) -> Iterator[tuple[str, DataElement]]:
+    """(keyword, converted element) for the shown tags of a dataset read from DICOM bytes."""
+    for tag in sorted(dataset.keys()):
+        keyword = _shown_keyword(tag)
+        if keyword is None:
+            continue
+        try:
+            elem = dataset[tag]
+        except Exception:  # a corrupt value (bad length, bad encoding) costs only its own element
+            continue
+        yield keyword, elem
+
+
+def _json_elements(document: dict[Any, Any]) -> Iterator[tuple[str, DataElement]]:
+    """(keyword, element) for the shown tags of a DICOM JSON object, nulls and binaries skipped."""
+    tags: list[tuple[BaseTag, str, dict[Any, Any]]] = []
+    for key, attribute in document.items():
+        try:
+            tag = Tag(key)  # accepts the JSON model's 8 hex digits, and keywords: both are fine here
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if isinstance(attribute, dict):
+            tags.append((tag, key, attribute))
+    tags.sort(key=lambda entry: entry[0])
+    for tag, key, attribute in tags:
+        keyword = _shown_keyword(tag)
+        vr, value = attribute.get("vr"), attribute.get("Value")
+        if keyword is None or not isinstance(vr, str) or _is_hidden_vr(vr) or not isinstance(value, list):
+            continue
+        try:
+            elem = DataElement.from_json(Dataset, f"{tag:08X}", vr, value, "Value")
+        except Exception:  # malformed JSON values raise anything from KeyError to ValueError
+            continue
+        yield keyword, elem
+
+
+def _shown_keyword(tag: BaseTag) -> str | None:
+    """The keyword a tag is shown under, or None for private, group length, file meta or unknown tags."""
+    if tag.is_private or tag.element == 0 or tag.group in _NON_DATASET_GROUPS:
+        return None
+    return keyword_for_tag(tag) or None
+
+
+def _is_hidden_vr(vr: str) -> bool:
+    """Sequences and binary values have no text form; ambiguous VRs such as "OB or OW" count as binary."""
+    return any(part == "SQ" or part in _BINARY_VRS for part in vr.split(" or "))
+
+
+def _render(elements: Iterator[tuple[str, DataElement]]) -> dict[str, str]:
+    """The display mapping; the first element wins when repeating groups (60xx overlays) share a keyword."""
+    tags: dict[str, str] = {}
+    for keyword, elem in elements:
+        if keyword in tags or _is_hidden_vr(elem.VR):
+            continue
+        text = _display(elem)
+        if text:
+            tags[keyword] = text
+    return tags
+
+
+def _display(elem: DataElement) -> str:
+    """An element's value as text: values joined with the DICOM separator, empty if all are empty."""
+    value = elem.value
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    parts = [_display_one(item, elem.VR) for item in values]
+    if not any(parts):
+        return ""
+    text = "\\".join(parts)
+    encoded = text.encode("utf-8")
+    if len(encoded) <= MAX_VALUE_BYTES:
+        return text
+    return encoded[:MAX_VALUE_BYTES].decode("utf-8", errors="ignore")  # never split a character
+
+
+def _display_one(item: Any, vr: str) -> str:
+    """One value as text. Numbers are normalised so the DICOM and JSON paths agree; strings as stored."""
+    if item is None:
+        return ""
+    if isinstance(item, PersonName):
+        return item.components[0].strip() if item.components else ""
+    try:
+        if vr == "DS" or vr == "FD":
+            return _number(float(item))
+        if vr == "FL":
+            return _number(_shortest_float32(float(item)))
+        if vr == "IS":
+            return str(int(item))
+        if vr == "AT":
+            tag = Tag(item)
+            return f"({tag.group:04X},{tag.element:04X})"
+    except (ValueError, TypeError, OverflowError):  # an invalid number is shown as stored
+        pass
+    text = str(item)
+    return text.rstrip(" \x00") if vr in _LEADING_SPACE_VRS else text.strip(" \x00")
+
+
+def _number(value: float) -> str:
+    """Shortest round-trip text, integral values without ".0": "120" from the file's "120" and from
+    the JSON's 120.0 alike."""
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+def _shortest_float32(value: float) -> float:
+    """The shortest decimal that is still the same 32-bit float: 0.1 rather than 0.10000000149011612."""
+    try:
+        single = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # not a 32-bit float at all (only malformed JSON gets here)
+        return value
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", candidate))[0] == single:
+            return candidate
+    return value

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from nccidfs.errors import TransientError
+from nccidfs.index import ListingIndex
+from nccidfs.namespace import Namespace
+from tests.fakes import MemoryStore
+
+KEYS = {
+    "training/ct/Covid1/1.2/1.3/a.dcm": b"a" * 100,
+    "training/data/Covid1/status_2020-05-01.json": b'{"Pseudonym": "Covid1"}',
+}
+
+
+class FlakyStore(MemoryStore):
+    """A MemoryStore that can be switched off, like an endpoint that stops answering."""
+
+    down = False
+
+    def list_dir(self, prefix: str):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise TransientError(f"list {prefix}: unreachable")
+        return super().list_dir(prefix)
+
+
+def namespace(store: MemoryStore, path: Path, ttl: float = 300.0) -> Namespace:
+    return Namespace(store, "training/", ["ct", "data"], ttl, 10_000, ListingIndex(path / "index.db", "bucket"))
+
+
+def test_a_remount_answers_from_the_index_without_listing(tmp_path: Path) -> None:
+    first = MemoryStore(KEYS)
+    ns = namespace(first, tmp_path)
+    entry = ns.lookup("/ct/Covid1/1.2/1.3/a.dcm")
+    assert first.requests["list"] == 1  # only the parent: lookups never list ancestors of their own accord
+
+    second = MemoryStore(KEYS)
+    again = namespace(second, tmp_path)
+    assert again.lookup("/ct/Covid1/1.2/1.3/a.dcm") == entry
+    assert second.requests["list"] == 0
+    assert list(again.list("/data/Covid1")) == ["status_2020-05-01.json"]
+
+
+def test_rows_of_an_earlier_run_are_refreshed_in_the_background(tmp_path: Path) -> None:
+    namespace(MemoryStore(KEYS), tmp_path, ttl=0.05).list("/data/Covid1")
+    time.sleep(0.1)
+    grown = MemoryStore({**KEYS, "training/data/Covid1/data_2020-06-01.json": b"{}"})
+    ns = namespace(grown, tmp_path, ttl=0.05)
+    assert list(ns.list("/data/Covid1")) == ["status_2020-05-01.json"]
+    deadline = time.monotonic() + 5
+    while "data_2020-06-01.json" not in ns.list("/data/Covid1"):
+        assert time.monotonic() < deadline, "background refresh never showed the new object"
+        time.sleep(0.05)
+
+
+def test_offline_serves_the_saved_listing_and_fails_without_one(tmp_path: Path) -> None:
+    store = FlakyStore(KEYS)
+    ns = namespace(store, tmp_path, ttl=0.05)
+    ns.list("/data/Covid1")
+    store.down = True
+    time.sleep(0.1)
+    assert list(ns.list("/data/Covid1")) == ["status_2020-05-01.json"]
+    with pytest.raises(TransientError):
+        ns.list("/ct/Covid1")
+
+
+def test_invalidate_forgets_index_rows_too(tmp_path: Path) -> None:
+    store = MemoryStore(KEYS)
+    ns = namespace(store, tmp_path)
+    ns.list("/data/Covid1")
+    store.objects["training/data/Covid1/data_2020-06-01.json"] = b"{}"
+    assert ns.invalidate("/data") >= 1
+    assert "data_2020-06-01.json" in ns.list("/data/Covid1")
+
+
+def test_an_index_of_another_bucket_is_not_used(tmp_path: Path) -> None:
+    ListingIndex(tmp_path / "index.db", "one").put("training/ct/", {}, time.time())
+    assert ListingIndex(tmp_path / "index.db", "one").count() == 1
+    assert ListingIndex(tmp_path / "index.db", "two").count() == 0
