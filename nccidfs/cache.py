@@ -29,11 +29,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,8 +133,11 @@ class CacheEntry:
 class DiskCache:
     """Byte-bounded LRU of :class:`CacheEntry`, persisted under ``directory`` across restarts."""
 
-    def __init__(self, directory: Path, size_bytes: int, bucket: str, block_size: int) -> None:
+    def __init__(self, directory: Path, size_bytes: int, bucket: str, block_size: int,
+                 other_usage: Callable[[], int] = lambda: 0) -> None:
         self.directory = directory
+        # Bytes that other files in the directory (the listing index) take from the same bound.
+        self._other_usage = other_usage
         self.size_bytes = size_bytes
         self.block_size = block_size
         self._bucket = bucket
@@ -335,12 +339,13 @@ class DiskCache:
 
     def _evict_until(self, room: int) -> bool:
         """Evict unpinned entries, least recently used first, until ``room`` bytes fit. Hold ``_lock``."""
-        if self._used + room <= self.size_bytes:
+        budget = self.size_bytes - self._other_usage()
+        if self._used + room <= budget:
             return True
         for entry in [e for e in self._entries.values() if e.pins == 0]:
             self._forget(entry)
             self.evictions += 1
-            if self._used + room <= self.size_bytes:
+            if self._used + room <= budget:
                 return True
         return False
 
@@ -370,3 +375,22 @@ class DiskCache:
             for entry in victims:
                 self._forget(entry)
             return len(victims)
+
+
+def disk_usage(directory: Path) -> dict[str, Any]:
+    """What a cache directory holds on disk, read without a daemon (for ``nccidfs cache stats``)."""
+    objects = directory / "objects"
+    maps = list(objects.glob("*/*.map")) if objects.is_dir() else []
+    used = sum(p.stat().st_blocks * 512 for p in objects.rglob("*") if p.is_file()) if objects.is_dir() else 0
+    return {"directory": str(directory), "objects": len(maps), "used_bytes": used}
+
+
+def clear_directory(directory: Path) -> int:
+    """Delete every cached object under ``directory`` (no daemon may be using it); returns how many."""
+    objects = directory / "objects"
+    count = len(list(objects.glob("*/*.map"))) if objects.is_dir() else 0
+    if objects.is_dir():
+        shutil.rmtree(objects)
+    for name in ("listings.sqlite3", "listings.sqlite3-wal", "listings.sqlite3-shm"):
+        (directory / name).unlink(missing_ok=True)
+    return count

@@ -2,6 +2,10 @@
 
     nccidfs MOUNTPOINT [options]     mount the warehouse (daemonizes once the mount is ready)
     nccidfs demo [MOUNTPOINT]        mount a synthetic warehouse served from 127.0.0.1, no AWS account
+    nccidfs refresh MOUNTPOINT [PATH]  drop cached listings so new uploads show at once
+    nccidfs status MOUNTPOINT        what the daemon is doing: cache, requests, errors, downloads
+    nccidfs cache stats|clear        what a cache directory holds; empty it
+    nccidfs prefetch PATH...         warm the cache for patients, studies or series, with progress
 
 Exit codes: 0 success, 1 a runtime failure, 2 bad input (flags, mount point, credentials, access).
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import select
 import sys
@@ -29,15 +34,15 @@ from nccidfs.config import (
     ReadConfig,
     S3Config,
     default_cache_dir,
+    default_log_file,
     normalize_prefix,
     parse_size,
 )
 from nccidfs.errors import ConfigError, NccidfsError
 from nccidfs.log import LEVELS, setup_logging
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 READY_TIMEOUT = 60.0
-SUBCOMMANDS = ("demo",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +86,9 @@ def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> N
     logging_group = parser.add_argument_group("Logging")
     logging_group.add_argument("--log-level", default="info", choices=LEVELS,
                                help="debug shows every S3 request (default: info)")
+    logging_group.add_argument("--log-file", type=Path, metavar="FILE",
+                               help="where a background daemon logs; with --foreground logs go to stderr "
+                                    f"(default: {default_log_file()})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mount the NCCID imaging warehouse (s3://nccid-data-warehouse-prod/training/) read-only. "
                     "Listings come from S3 lazily and are cached; file bytes are fetched as they are read "
                     "into a bounded disk cache that survives restarts.",
-        epilog="Other commands: 'nccidfs demo [MOUNTPOINT]' mounts a synthetic warehouse with no AWS account "
-               "(see 'nccidfs demo --help').",
+        epilog="Other commands (each has --help): 'nccidfs demo [MOUNTPOINT]' mounts a synthetic warehouse "
+               "with no AWS account; 'nccidfs refresh MOUNTPOINT [PATH]' drops cached listings (so does "
+               "SIGHUP); 'nccidfs status MOUNTPOINT' shows the daemon's counters; 'nccidfs cache stats|clear' "
+               "inspects or empties a cache directory; 'nccidfs prefetch PATH...' warms the cache.",
     )
     parser.add_argument("mountpoint", type=Path, help="an empty directory to mount on")
     parser.add_argument("-f", "--foreground", action="store_true",
@@ -126,7 +136,7 @@ def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
                           allow_other=args.allow_other, listing_ttl=args.listing_ttl,
                           max_listing_entries=args.max_listing_entries,
                           log_level=args.log_level.upper(),
-                          log_file=None if foreground else cache_dir / "nccidfs.log"),
+                          log_file=None if foreground else (args.log_file or default_log_file()).absolute()),
         s3=dataclasses.replace(s3, deadline=args.timeout),
         cache=CacheConfig(directory=cache_dir, size_bytes=parse_size(args.cache_size)),
         read=ReadConfig(prefetch=args.prefetch),
@@ -184,6 +194,8 @@ def run_mount(argv: Sequence[str]) -> int:
 
     mount.check_mountpoint(config.mount.mountpoint)
     os.makedirs(config.cache.directory, mode=0o700, exist_ok=True)
+    if config.mount.log_file is not None:
+        config.mount.log_file.parent.mkdir(parents=True, exist_ok=True)
     if not config.mount.foreground:
         return _serve_in_background(config)
     setup_logging(config.mount.log_level)
@@ -211,11 +223,81 @@ def run_demo(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def run_refresh(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="nccidfs refresh",
+                     description="Drop the daemon's cached listings (memory and index) at and below PATH, so "
+                                 "objects uploaded since they were listed show at once. Sending SIGHUP to the "
+                                 "daemon drops them all.")
+    parser.add_argument("mountpoint", type=Path, help="the nccidfs mount point")
+    parser.add_argument("path", nargs="?", help="a directory under the mount (default: everything)")
+    args = parser.parse_args(argv)
+    from nccidfs import commands
+
+    dropped = commands.refresh(args.mountpoint.absolute(), args.path)
+    print(f"dropped {dropped} cached listings")
+    return EXIT_OK
+
+
+def run_status(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="nccidfs status",
+                     description="Show a running mount's bucket and prefix, uptime, cache use and hit ratio, "
+                                 "S3 requests and errors, and downloads in flight (JSON). The same data is "
+                                 "readable at MOUNTPOINT/.nccidfs/status.json.")
+    parser.add_argument("mountpoint", type=Path, help="the nccidfs mount point")
+    args = parser.parse_args(argv)
+    from nccidfs import commands
+
+    print(json.dumps(commands.daemon_status(args.mountpoint.absolute()), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def run_cache(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="nccidfs cache", description="Inspect or empty an nccidfs cache directory.")
+    parser.add_argument("action", choices=("stats", "clear"),
+                        help="stats: objects and bytes held; clear: delete them (refused while a daemon "
+                             "uses the directory)")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), metavar="DIR",
+                        help="the cache directory (default: %(default)s)")
+    args = parser.parse_args(argv)
+    from nccidfs import commands
+
+    if args.action == "stats":
+        print(json.dumps(commands.cache_stats(args.cache_dir), indent=2))
+    else:
+        print(f"removed {commands.cache_clear(args.cache_dir)} cached objects from {args.cache_dir}")
+    return EXIT_OK
+
+
+def run_prefetch(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="nccidfs prefetch",
+                     description="Warm a mount's cache for patients, studies or series: reads every file under "
+                                 "each PATH through the mount with parallel downloads, showing bytes, files, "
+                                 "rate and ETA. Ctrl-C stops cleanly.")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="a directory or file under an nccidfs mount, or a key such as training/ct/<id>")
+    parser.add_argument("-j", "--jobs", type=int, default=8, help="files read at once (default: 8)")
+    parser.add_argument("--force", action="store_true", help="read even when it is more than the cache holds")
+    args = parser.parse_args(argv)
+    from nccidfs import commands
+
+    try:
+        files, size = commands.prefetch(args.paths, max(1, args.jobs), args.force)
+    except KeyboardInterrupt:
+        print("nccidfs prefetch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"prefetched {files} files, {size} bytes")
+    return EXIT_OK
+
+
+SUBCOMMANDS = {"demo": run_demo, "refresh": run_refresh, "status": run_status, "cache": run_cache,
+               "prefetch": run_prefetch}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "demo":
-            return run_demo(argv[1:])
+        if argv and argv[0] in SUBCOMMANDS:
+            return SUBCOMMANDS[argv[0]](argv[1:])
         return run_mount(argv)
     except ConfigError as error:
         print(f"nccidfs: {error}", file=sys.stderr)
@@ -224,4 +306,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nccidfs: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED

@@ -38,6 +38,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "nccidfs"
 
 
+def default_log_file() -> Path:
+    """``$XDG_STATE_HOME/nccidfs/nccidfs.log``, else ``~/.local/state/nccidfs/nccidfs.log``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "nccidfs" / "nccidfs.log"
+
+
 def normalize_prefix(prefix: str) -> str:
     """Prefixes are always listed with their trailing slash (the IAM policy refuses them without)."""
     prefix = prefix.strip("/")

@@ -10,14 +10,15 @@ non-sequence elements appear. Every function here is pure: it parses the bytes i
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
@@ -27,6 +28,7 @@ XATTR_PREFIX = "user.dicom."
 # Kernel xattr values may reach 64 KiB; a header value longer than this is free text nobody wants there.
 MAX_VALUE_BYTES = 4096
 
+_JSON_TAG = re.compile(r"[0-9A-Fa-f]{8}")  # DICOM JSON model keys: the tag as 8 hex digits
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 # Leading spaces are significant only in these texts (PS3.5 6.2); every other VR is stripped both ends.
 _LEADING_SPACE_VRS = frozenset({"LT", "ST", "UT"})
@@ -78,6 +80,10 @@ def tags_from_dicom_header(head: bytes, complete: bool = False) -> dict[str, str
 
 def _read_header(head: bytes, complete: bool) -> Dataset | None:
     """The dataset before Pixel Data if ``head`` holds all of it, else None."""
+    # Without a Pixel Data tag in the bytes no parse can succeed. Skipping pydicom then saves time and
+    # the warnings it logs about values cut short (a transfer syntax UID, a character set).
+    if not complete and not any(tag in head for tag in _PIXEL_TAG_BYTES):
+        return None
     buffer = BytesIO(head)
     try:
         dataset = dcmread(buffer, stop_before_pixels=True, force=True)
@@ -95,11 +101,13 @@ def _read_header(head: bytes, complete: bool) -> Dataset | None:
 
 def _has_short_value(dataset: Dataset) -> bool:
     """Whether a value was cut off by the end of the bytes: pydicom reads short values silently."""
-    for elem in dataset.elements():
-        value = elem.value
-        if isinstance(value, bytes) and elem.length != 0xFFFFFFFF and len(value) < elem.length:
-            return True
-    return False
+    return any(
+        isinstance(elem, RawDataElement)
+        and elem.value is not None
+        and elem.length != 0xFFFFFFFF
+        and len(elem.value) < elem.length
+        for elem in dataset.elements()
+    )
 
 
 def _header_elements(dataset: Dataset) -> Iterator[tuple[str, DataElement]]:
@@ -117,25 +125,28 @@ def _header_elements(dataset: Dataset) -> Iterator[tuple[str, DataElement]]:
 
 def _json_elements(document: dict[Any, Any]) -> Iterator[tuple[str, DataElement]]:
     """(keyword, element) for the shown tags of a DICOM JSON object, nulls and binaries skipped."""
-    tags: list[tuple[BaseTag, str, dict[Any, Any]]] = []
+    tags: list[tuple[BaseTag, dict[Any, Any]]] = []
     for key, attribute in document.items():
-        try:
-            tag = Tag(key)  # accepts the JSON model's 8 hex digits, and keywords: both are fine here
-        except (ValueError, TypeError, OverflowError):
-            continue
-        if isinstance(attribute, dict):
-            tags.append((tag, key, attribute))
+        if isinstance(key, str) and _JSON_TAG.fullmatch(key) and isinstance(attribute, dict):
+            tags.append((BaseTag(int(key, 16)), attribute))
     tags.sort(key=lambda entry: entry[0])
-    for tag, key, attribute in tags:
+    for tag, attribute in tags:
         keyword = _shown_keyword(tag)
         vr, value = attribute.get("vr"), attribute.get("Value")
-        if keyword is None or not isinstance(vr, str) or _is_hidden_vr(vr) or not isinstance(value, list):
+        if keyword is None or not isinstance(vr, str) or _is_hidden_vr(vr) or not _is_json_value(vr, value):
             continue
         try:
             elem = DataElement.from_json(Dataset, f"{tag:08X}", vr, value, "Value")
         except Exception:  # malformed JSON values raise anything from KeyError to ValueError
             continue
         yield keyword, elem
+
+
+def _is_json_value(vr: str, value: Any) -> bool:
+    """Whether a "Value" has the JSON model's shape: a list of person-name objects or of plain scalars.
+    pydicom would turn anything else into the text of a Python object."""
+    item_type = dict if vr == "PN" else str | int | float
+    return isinstance(value, list) and all(item is None or isinstance(item, item_type) for item in value)
 
 
 def _shown_keyword(tag: BaseTag) -> str | None:
@@ -178,12 +189,12 @@ def _display(elem: DataElement) -> str:
 
 def _display_one(item: Any, vr: str) -> str:
     """One value as text. Numbers are normalised so the DICOM and JSON paths agree; strings as stored."""
-    if item is None:
+    if item is None or isinstance(item, bytes):  # bytes: a value pydicom could not convert to text
         return ""
     if isinstance(item, PersonName):
         return item.components[0].strip() if item.components else ""
     try:
-        if vr == "DS" or vr == "FD":
+        if vr in ("DS", "FD"):
             return _number(float(item))
         if vr == "FL":
             return _number(_shortest_float32(float(item)))

@@ -13,9 +13,11 @@ Talks to an :class:`~nccidfs.store.ObjectStore` and a :class:`~nccidfs.cache.Dis
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any
 
 from nccidfs.cache import CacheEntry, DiskCache, InflightPart
 from nccidfs.config import ReadConfig
@@ -43,6 +45,13 @@ class Fetcher:
         self._block = cache.block_size
         self._foreground = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fetch")
         self._background = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="readahead")
+        self._counter_lock = threading.Lock()
+        self._in_flight: dict[int, tuple[str, int]] = {}
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """The ranged GETs under way: key and bytes asked for."""
+        with self._counter_lock:
+            return [{"key": key, "bytes": size} for key, size in self._in_flight.values()]
 
     def shutdown(self) -> None:
         self._foreground.shutdown(wait=False, cancel_futures=True)
@@ -110,6 +119,8 @@ class Fetcher:
 
     def _fetch_part(self, entry: CacheEntry, part: InflightPart) -> None:
         start, stop = entry.block_span(part.first, part.last)
+        with self._counter_lock:
+            self._in_flight[id(part)] = (entry.key, stop - start)
         try:
             data = self._store.get_range(entry.key, start, stop, entry.etag)
             if not self._cache.store(entry, part.first, data):
@@ -117,13 +128,17 @@ class Fetcher:
             elif entry.is_complete():
                 self._cache.verify_whole(entry)
         except BaseException as error:
-            with entry.lock:
-                entry.inflight.remove(part)
+            self._finish(entry, part)
             part.future.set_exception(error)
             return
+        self._finish(entry, part)
+        part.future.set_result(data)
+
+    def _finish(self, entry: CacheEntry, part: InflightPart) -> None:
         with entry.lock:
             entry.inflight.remove(part)
-        part.future.set_result(data)
+        with self._counter_lock:
+            self._in_flight.pop(id(part), None)
 
     def _assemble(self, entry: CacheEntry, first: int, last: int, parts: list[InflightPart]) -> bytes | None:
         """Blocks ``[first, last)`` from the cache file, or from the bytes of parts that were not cached."""

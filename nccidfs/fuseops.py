@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from nccidfs.dicom import XATTR_PREFIX
 from nccidfs.errors import NccidfsError, to_errno
 from nccidfs.fs import FileSystem
 from nccidfs.namespace import Entry
@@ -27,8 +28,13 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOOP_ENDED_BY_SIGNAL = 8
+# The daemon answers lookups from its listing cache in microseconds, so the kernel need not trust its own
+# copy for long: short timeouts let a refreshed listing (new size, deleted or new file) show at once.
+KERNEL_ATTR_TIMEOUT = 5.0
+KERNEL_NEGATIVE_TIMEOUT = 1.0
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
+LINK_MODE = stat.S_IFLNK | 0o777
 
 
 def libfuse_version() -> int:
@@ -75,6 +81,8 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         }
         if entry.is_dir:
             attrs.update(st_mode=DIR_MODE, st_nlink=2, st_size=0)
+        elif entry.link is not None:
+            attrs.update(st_mode=LINK_MODE, st_nlink=1, st_size=len(entry.link))
         else:
             attrs.update(st_mode=FILE_MODE, st_nlink=1, st_size=entry.size, st_blocks=-(-entry.size // 512))
         return attrs
@@ -90,17 +98,40 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_errors_to_errno
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, Any], int]]:
-        entries = [(".", DIR_MODE), ("..", DIR_MODE)]
-        listing = [(entry.name, DIR_MODE if entry.is_dir else FILE_MODE) for entry in self._fs.readdir(path)]
-        return [(name, {"st_mode": mode}, 0) for name, mode in entries + listing]
+        return [(name, attrs, 0) for name, attrs in self.readdir_attrs(path)]
+
+    @_errors_to_errno
+    def readdir_attrs(self, path: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every name with its full attributes, so the kernel needs no lookup per entry (readdirplus)."""
+        dot = self._stat(Entry(".", True, mtime=0.0))
+        return [(".", dot), ("..", dot)] + [(entry.name, self._stat(entry)) for entry in self._fs.readdir(path)]
+
+    @_errors_to_errno
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        # Only user.dicom.* exists: answer the kernel's own probes (security.*, system.*) without work.
+        if not name.startswith(XATTR_PREFIX):
+            raise mfusepy.FuseOSError(errno.ENODATA)
+        value = self._fs.xattrs(path).get(name)
+        if value is None:
+            raise mfusepy.FuseOSError(errno.ENODATA)
+        return value.encode()
+
+    @_errors_to_errno
+    def listxattr(self, path: str) -> list[str]:
+        return list(self._fs.xattrs(path))
+
+    @_errors_to_errno
+    def readlink(self, path: str) -> str:
+        return self._fs.readlink(path)
 
     @_errors_to_errno
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise mfusepy.FuseOSError(errno.EROFS)
-        handle, keep_cache = self._fs.open(path)
-        fi.fh = handle
-        fi.keep_cache = 1 if keep_cache else 0
+        opened = self._fs.open(path)
+        fi.fh = opened.handle
+        fi.keep_cache = int(opened.keep_cache)
+        fi.direct_io = int(opened.direct_io)
         return 0
 
     @_errors_to_errno
@@ -119,6 +150,29 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
                 "f_bfree": 0, "f_bavail": 0, "f_namemax": 255}
 
 
+class _ReaddirPlusFUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy 3.1 passes no attributes to libfuse3's filler; this passes them (FUSE_FILL_DIR_PLUS).
+
+    With them, ``ls -l`` of a directory costs one READDIRPLUS round per page and no LOOKUP per entry.
+    Offsets must be nonzero: libfuse 3.14 drops the attributes in its offset-less mode.
+    """
+
+    FILL_DIR_PLUS = 2
+
+    def readdir_fuse_3(self, path: bytes, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        try:
+            items = self.operations.readdir_attrs(path.decode(self.encoding, self.errors))
+        except mfusepy.FuseOSError as error:
+            return -int(error.errno)
+        for index in range(offset, len(items)):
+            name, attrs = items[index]
+            st = mfusepy.c_stat()
+            mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            if filler(buf, name.encode(self.encoding, self.errors), st, index + 1, self.FILL_DIR_PLUS) != 0:
+                break
+        return 0
+
+
 def run_mount(operations: FuseOperations, mountpoint: str, allow_other: bool, ttl: float,
               debug: bool = False) -> None:
     """Mount and serve until unmounted or signalled (SIGINT/SIGTERM unmount cleanly)."""
@@ -126,13 +180,15 @@ def run_mount(operations: FuseOperations, mountpoint: str, allow_other: bool, tt
         log.warning("libfuse %d loaded; libfuse3 gives larger reads (install fuse3)", libfuse_version())
     options: dict[str, Any] = {
         "foreground": True, "ro": True, "fsname": "nccidfs", "subtype": "nccidfs",
-        "entry_timeout": ttl, "attr_timeout": ttl, "negative_timeout": min(ttl, 60.0),
+        "entry_timeout": min(ttl, KERNEL_ATTR_TIMEOUT), "attr_timeout": min(ttl, KERNEL_ATTR_TIMEOUT),
+        "negative_timeout": min(ttl, KERNEL_NEGATIVE_TIMEOUT),
         "default_permissions": True, "debug": debug,
     }
     if allow_other:
         options["allow_other"] = True
     try:
-        mfusepy.FUSE(operations, mountpoint, raw_fi=True, **options)
+        fuse_class = _ReaddirPlusFUSE if libfuse_version() == 3 else mfusepy.FUSE
+        fuse_class(operations, mountpoint, raw_fi=True, **options)
     except RuntimeError as error:
         # libfuse >= 3.12 reports a loop ended by SIGINT/SIGTERM/SIGHUP as error 8 after unmounting.
         if str(error) != str(LOOP_ENDED_BY_SIGNAL) or os.path.ismount(mountpoint):

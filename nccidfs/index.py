@@ -8,8 +8,10 @@ written in one statement each, so a crash leaves either the old or the new listi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import zlib
@@ -41,6 +43,7 @@ class ListingIndex:
     """Directory listings by S3 prefix, with the time each was fetched."""
 
     def __init__(self, path: Path, bucket: str) -> None:
+        self._path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         path.chmod(0o600)
@@ -79,6 +82,14 @@ class ListingIndex:
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM listings").fetchone()[0])
+
+    def disk_usage(self) -> int:
+        """Bytes the index files take on disk (they share the cache's bound)."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(f"{self._path}{suffix}").st_blocks * 512
+        return total
 
     def close(self) -> None:
         with self._lock:

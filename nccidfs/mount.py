@@ -11,13 +11,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from nccidfs.cache import DiskCache
 from nccidfs.config import Config, S3Config
 from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
-from nccidfs.fetch import Fetcher
-from nccidfs.fs import FileSystem
-from nccidfs.index import ListingIndex
-from nccidfs.namespace import Namespace
 from nccidfs.store import Boto3Store, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -82,26 +77,9 @@ def connect(s3: S3Config) -> tuple[ObjectStore, list[str]]:
     return Boto3Store(s3), folders
 
 
-def build_filesystem(config: Config, store: ObjectStore, folders: list[str]) -> FileSystem:
-    index = ListingIndex(config.cache.directory / "listings.sqlite3", config.s3.bucket)
-    namespace = Namespace(store, config.s3.prefix, folders, config.mount.listing_ttl,
-                          config.mount.max_listing_entries, index)
-    cache = DiskCache(config.cache.directory, config.cache.size_bytes, config.s3.bucket, config.read.block_size)
-    fetcher = Fetcher(store, cache, config.read, config.s3.deadline)
-    return FileSystem(namespace, cache, fetcher)
-
-
 def serve(config: Config, store: ObjectStore, folders: list[str],
           on_ready: Callable[[], None] | None = None) -> None:
     """Mount in the foreground of this process and serve until unmounted."""
-    from nccidfs import fuseops
+    from nccidfs.daemon import Daemon
 
-    filesystem = build_filesystem(config, store, folders)
-    try:
-        fuseops.run_mount(fuseops.FuseOperations(filesystem, on_ready), str(config.mount.mountpoint),
-                          config.mount.allow_other, config.mount.listing_ttl,
-                          debug=False)
-    finally:
-        filesystem.fetcher.shutdown()
-        filesystem.namespace.shutdown()
-    log.info("unmounted %s", config.mount.mountpoint)
+    Daemon(config, store, folders).serve(on_ready)

@@ -35,13 +35,14 @@ MAX_NAME_BYTES = 255
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A name in a directory: a sub-directory, or a file backed by one object."""
+    """A name in a directory: a sub-directory, a file backed by one object, or a symlink (views only)."""
 
     name: str
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
     obj: ObjectInfo | None = None
+    link: str | None = None
 
 
 def split_path(path: str) -> list[str]:
@@ -219,7 +220,9 @@ class Namespace:
 
     def invalidate(self, path: str = "/") -> int:
         """Forget listings at and below ``path`` (memory and index); returns how many were dropped."""
-        prefix = dir_prefix(self._prefix, split_path(path))
+        return self.invalidate_prefix(dir_prefix(self._prefix, split_path(path)))
+
+    def invalidate_prefix(self, prefix: str) -> int:
         with self._lock:
             stale = [key for key in self._listings if key.startswith(prefix)]
             for key in stale:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import CREDENTIALS, fuse_available
+from nccidfs.demo.warehouse import DemoObject, generate_warehouse
+from tests.mounting import CREDENTIALS, PREFIX, fuse_available
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def workdir(tmp_path: Path) -> Path:
     """A per-test directory holding the mount point, cache directory and daemon log."""
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def warehouse() -> list[DemoObject]:
+    """The demo warehouse, generated once per run."""
+    return generate_warehouse(prefix=PREFIX)

@@ -14,7 +14,10 @@ from typing import Any
 
 import boto3
 
+from nccidfs.demo.warehouse import DemoObject
+
 BUCKET = "nccid-data-warehouse-prod"
+PREFIX = "training/"
 REGION = "eu-west-2"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 # libfuse 3.14 prints this on every mount; it is harmless.
@@ -37,6 +40,12 @@ def create_bucket(endpoint_url: str, bucket: str, objects: Iterable[tuple[str, b
     for key, body in objects:
         client.put_object(Bucket=bucket, Key=key, Body=body)
     return client
+
+
+def seed_demo_bucket(endpoint_url: str, bucket: str, objects: Iterable[DemoObject]) -> str:
+    """A bucket holding the demo warehouse; each test module seeds its own so that none sees another's edits."""
+    create_bucket(endpoint_url, bucket, ((o.key, o.body) for o in objects))
+    return bucket
 
 
 def daemon_env() -> dict[str, str]:

@@ -16,23 +16,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from nccidfs.demo.warehouse import DemoObject, generate_warehouse
-from tests.mounting import BUCKET, MountedDaemon, create_bucket, daemon_env
+from nccidfs.demo.warehouse import DemoObject
+from tests.mounting import BUCKET, PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
 
 pytestmark = pytest.mark.fuse
-PREFIX = "training/"
-
-
-@pytest.fixture(scope="module")
-def warehouse() -> list[DemoObject]:
-    return generate_warehouse(prefix=PREFIX)
 
 
 @pytest.fixture(scope="module")
 def demo_bucket(s3_endpoint: str, warehouse: list[DemoObject]) -> str:
-    name = f"{BUCKET}-mount"
-    create_bucket(s3_endpoint, name, ((o.key, o.body) for o in warehouse))
-    return name
+    return seed_demo_bucket(s3_endpoint, f"{BUCKET}-mount", warehouse)
 
 
 @pytest.fixture(scope="module")
@@ -192,16 +184,16 @@ def test_background_mode_returns_once_mounted(tmp_path: Path, s3_endpoint: str, 
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     result = run_cli(str(mountpoint), "--endpoint-url", s3_endpoint, "--bucket", demo_bucket,
-                     "--cache-dir", str(tmp_path / "cache"))
+                     "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "log" / "nccidfs.log"))
     try:
         assert result.returncode == 0, result.stderr
         assert os.path.ismount(mountpoint)
-        assert sorted(os.listdir(mountpoint)) == sorted(["ct", "ct-metadata", "data", "mri", "mri-metadata",
+        assert sorted(os.listdir(mountpoint)) == sorted(["ct", "ct-metadata", "data", "mri", "mri-metadata", "patients",
                                                          "xray", "xray-metadata"])
     finally:
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
     assert not os.path.ismount(mountpoint)
-    assert "mounted" in (tmp_path / "cache" / "nccidfs.log").read_text()
+    assert "mounted" in (tmp_path / "log" / "nccidfs.log").read_text()
 
 
 def test_help_explains_every_flag() -> None:

@@ -1,0 +1,167 @@
+"""The commands that work on a running mount or a cache directory: refresh, status, cache, prefetch.
+
+They find the daemon through the mount's ``.nccidfs/status.json`` (its control socket and its cache
+bound), so they need no flags repeated from the mount command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from nccidfs import control
+from nccidfs.cache import clear_directory, disk_usage
+from nccidfs.errors import ConfigError, NccidfsError
+
+STATUS_RELATIVE = ".nccidfs/status.json"
+READ_CHUNK = 1 << 20
+
+
+def mounted_nccidfs() -> list[Path]:
+    """Mount points of nccidfs filesystems, from /proc/self/mounts."""
+    found = []
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "fuse.nccidfs":
+                found.append(Path(fields[1].replace("\\040", " ")))
+    return found
+
+
+def mount_status(mountpoint: Path) -> dict[str, Any]:
+    """The daemon's status.json, or a ConfigError naming the problem."""
+    try:
+        status: dict[str, Any] = json.loads((mountpoint / STATUS_RELATIVE).read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{mountpoint} is not an nccidfs mount") from None
+    except OSError as error:
+        raise ConfigError(f"{mountpoint}: {error.strerror}") from None
+    return status
+
+
+def find_mount(path: Path) -> Path:
+    """The nccidfs mount point that ``path`` lies in."""
+    path = path.absolute()
+    for mountpoint in sorted(mounted_nccidfs(), key=lambda p: len(p.parts), reverse=True):
+        if path == mountpoint or mountpoint in path.parents:
+            return mountpoint
+    raise ConfigError(f"{path} is not under an nccidfs mount")
+
+
+def refresh(mountpoint: Path, path: str | None) -> int:
+    """Drop the daemon's cached listings at and below ``path`` (a mount path); returns how many."""
+    status = mount_status(mountpoint)
+    inside = "/"
+    if path:
+        candidate = Path(path).absolute()
+        inside = "/" + str(candidate.relative_to(mountpoint)) if mountpoint in candidate.parents else path
+        inside = "/" + inside.strip("/")
+    reply = _ask(status, {"op": "refresh", "path": inside})
+    return int(reply["dropped"])
+
+
+def daemon_status(mountpoint: Path) -> dict[str, Any]:
+    return _ask(mount_status(mountpoint), {"op": "status"})
+
+
+def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        reply = control.send(Path(status["control_socket"]), request)
+    except (OSError, ValueError) as error:
+        raise NccidfsError(f"cannot reach the daemon at {status.get('control_socket')}: {error}") from None
+    if "error" in reply:
+        raise NccidfsError(str(reply["error"]))
+    return reply
+
+
+def cache_stats(directory: Path) -> dict[str, Any]:
+    return disk_usage(directory)
+
+
+def cache_clear(directory: Path) -> int:
+    if (directory / "control.sock").exists():
+        try:
+            control.send(directory / "control.sock", {"op": "status"}, timeout=2)
+        except OSError:
+            pass  # a socket left by a daemon that died: nobody is using the cache
+        else:
+            raise ConfigError(f"a running nccidfs daemon uses {directory}; unmount it first")
+    return clear_directory(directory)
+
+
+def _files(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            for root, _dirs, names in os.walk(path):
+                for name in sorted(names):
+                    yield Path(root) / name
+        else:
+            yield path
+
+
+def resolve_prefetch_targets(arguments: list[str]) -> list[Path]:
+    """Paths under a mount as given, or warehouse keys (``training/ct/<id>/...``) mapped into the mount."""
+    targets = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.exists():
+            targets.append(path.absolute())
+            continue
+        for mountpoint in mounted_nccidfs():
+            prefix = str(mount_status(mountpoint)["prefix"])
+            if argument.startswith(prefix) and (mountpoint / argument[len(prefix):]).exists():
+                targets.append(mountpoint / argument[len(prefix):].strip("/"))
+                break
+        else:
+            raise ConfigError(f"{argument}: no such path, nor a key under a mounted prefix")
+    return targets
+
+
+def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
+    """Read every file under the targets through the mount, in parallel, so the daemon caches them.
+
+    Returns (files, bytes). Refuses, unless ``force``, more than the cache can hold. Ctrl-C stops the
+    workers after their current chunk.
+    """
+    from tqdm import tqdm
+
+    targets = resolve_prefetch_targets(arguments)
+    files = [(path, path.stat().st_size) for path in _files(targets)]
+    total = sum(size for _, size in files)
+    bound = int(mount_status(find_mount(targets[0]))["cache"]["bound_bytes"]) if targets else 0
+    if total > bound and not force:
+        raise ConfigError(f"{total} bytes requested but the cache holds {bound}; use --force to read anyway")
+    stop = threading.Event()
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"0/{len(files)} files",
+              dynamic_ncols=True) as progress:
+        lock = threading.Lock()
+        done = 0
+
+        def read_one(path: Path) -> None:
+            with open(path, "rb", buffering=0) as handle:
+                while not stop.is_set():
+                    chunk = handle.read(READ_CHUNK)
+                    if not chunk:
+                        return
+                    with lock:
+                        progress.update(len(chunk))
+
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(read_one, path) for path, _ in files]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    with lock:
+                        done += 1
+                        progress.set_description(f"{done}/{len(files)} files")
+            except BaseException:
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+    return len(files), total

@@ -1,0 +1,84 @@
+"""DICOM tags of a mounted ``.dcm`` as ``user.dicom.<Keyword>`` extended attributes, without downloading it.
+
+The tags come from the image's ``-metadata`` JSON twin (a few KiB, cached like any file). Where there is
+no readable twin, the image's header is read with ranged reads that start at 64 KiB and double until the
+header is whole. Parsed tags are kept in a small LRU keyed by the object version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from cachetools import LRUCache
+
+from nccidfs.cache import DiskCache
+from nccidfs.dicom import tags_from_dicom_header, tags_from_metadata_json
+from nccidfs.errors import AccessDenied, NotFound
+from nccidfs.fetch import Fetcher
+from nccidfs.namespace import Namespace, split_path
+from nccidfs.store import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIX = ".dcm"
+METADATA_SUFFIX = "-metadata"
+FIRST_HEADER_READ = 64 * 1024
+
+
+def metadata_twin(path: str) -> str | None:
+    """``/ct/P/S/Se/X.dcm`` -> ``/ct-metadata/P/S/Se/X.json``; None for paths outside an image folder."""
+    parts = split_path(path)
+    if len(parts) < 2 or not parts[-1].endswith(IMAGE_SUFFIX) or parts[0].endswith(METADATA_SUFFIX):
+        return None
+    return "/" + "/".join([parts[0] + METADATA_SUFFIX, *parts[1:-1], parts[-1][: -len(IMAGE_SUFFIX)] + ".json"])
+
+
+class TagReader:
+    def __init__(self, namespace: Namespace, cache: DiskCache, fetcher: Fetcher) -> None:
+        self._namespace = namespace
+        self._cache = cache
+        self._fetcher = fetcher
+        self._lock = threading.Lock()
+        self._tags: LRUCache[tuple[str, str], dict[str, str]] = LRUCache(maxsize=4096)
+
+    def tags(self, path: str, obj: ObjectInfo) -> dict[str, str]:
+        """The image's tags; an empty dict for files that are not DICOM images."""
+        twin = metadata_twin(path)
+        if twin is None:
+            return {}
+        with self._lock:
+            cached = self._tags.get((obj.key, obj.etag))
+        if cached is not None:
+            return cached
+        tags = self._from_twin(twin)
+        if tags is None:
+            tags = self._from_header(obj)
+        with self._lock:
+            self._tags[(obj.key, obj.etag)] = tags
+        return tags
+
+    def _read(self, obj: ObjectInfo, size: int) -> bytes:
+        entry = self._cache.pin(obj)
+        try:
+            return self._fetcher.read(entry, 0, size)
+        finally:
+            self._cache.unpin(entry)
+
+    def _from_twin(self, twin: str) -> dict[str, str] | None:
+        try:
+            entry = self._namespace.lookup(twin)
+        except (NotFound, AccessDenied):
+            return None
+        if entry.obj is None:
+            return None
+        return tags_from_metadata_json(self._read(entry.obj, entry.obj.size))
+
+    def _from_header(self, obj: ObjectInfo) -> dict[str, str]:
+        size = FIRST_HEADER_READ
+        while True:
+            size = min(size, obj.size)
+            tags = tags_from_dicom_header(self._read(obj, size), complete=size == obj.size)
+            if tags is not None:
+                return tags
+            size *= 2

@@ -1,0 +1,280 @@
+"""Tests for nccidfs.dicom: the tags from a metadata JSON twin and from the head of the DICOM agree, carry
+the image's real values, never come from truncated bytes, and garbage gives an empty answer, not an error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import pytest
+from pydicom import dcmread, dcmwrite
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.valuerep import PersonName
+
+from nccidfs.demo.warehouse import generate_warehouse
+from nccidfs.dicom import MAX_VALUE_BYTES, tags_from_dicom_header, tags_from_metadata_json, xattr_name
+
+IMAGE_KEY = re.compile(
+    r"^training/(?P<folder>ct|mri|xray)/(?P<pid>[^/]+)/(?P<study>[^/]+)/(?P<series>[^/]+)/(?P<stem>[^/]+)\.dcm$"
+)
+MODALITIES = {"ct": {"CT"}, "mri": {"MR"}, "xray": {"DX", "CR"}}
+REQUIRED = (
+    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "StudyDate", "SeriesDescription",
+    "BodyPartExamined", "Rows", "Columns", "InstanceNumber",
+)  # fmt: skip
+HIDDEN_VRS = {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+# Pixel Data's element header in Explicit VR Little Endian, as the demo writes it: tag, "OW", 2 reserved bytes.
+PIXEL_HEADER = b"\xe0\x7f\x10\x00OW\x00\x00"
+PIXEL_HEADER_LENGTH = 12  # the 8 bytes above plus a 4-byte length
+
+
+@dataclass(frozen=True)
+class Image:
+    key: re.Match[str]
+    dicom: bytes
+    metadata: bytes
+
+    @property
+    def header_end(self) -> int:
+        """Offset of the Pixel Data element: every byte before it is header."""
+        return self.dicom.index(PIXEL_HEADER)
+
+    def dataset(self) -> FileDataset:
+        return dcmread(BytesIO(self.dicom))
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image]:
+    """Every image of a small demo warehouse with its metadata twin (all modalities, both JSON quirks)."""
+    bodies = {obj.key: obj.body for obj in generate_warehouse(ct_slices=2)}
+    found = []
+    for key, body in bodies.items():
+        if match := IMAGE_KEY.match(key):
+            twin = f"training/{match['folder']}-metadata/{match['pid']}/{match['study']}/{match['series']}"
+            found.append(Image(match, body, bodies[f"{twin}/{match['stem']}.json"]))
+    assert {image.key["folder"] for image in found} == set(MODALITIES)
+    return found
+
+
+def first(images: list[Image], folder: str) -> Image:
+    return next(image for image in images if image.key["folder"] == folder)
+
+
+def write(ds: Dataset, **encoding: bool) -> bytes:
+    buffer = BytesIO()
+    dcmwrite(buffer, ds, **encoding)
+    return buffer.getvalue()
+
+
+def warehouse_json(ds: Dataset) -> bytes:
+    """A dataset's metadata twin as the warehouse loader writes it (the demo's quirks, on any dataset)."""
+
+    def nullify(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: None if key == "InlineBinary" else nullify(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [nullify(item) for item in node]
+        return node
+
+    document = nullify(ds.to_json_dict(bulk_data_threshold=10**20))
+    if "00283010" in document:
+        document["00283010"] = None
+    return json.dumps(document).encode()
+
+
+def test_xattr_name() -> None:
+    assert xattr_name("PatientID") == "user.dicom.PatientID"
+
+
+def test_metadata_tags_carry_the_image_values(images: list[Image]) -> None:
+    for image in images:
+        tags, ds = tags_from_metadata_json(image.metadata), image.dataset()
+        assert set(REQUIRED) <= tags.keys(), image.key[0]
+        assert tags["PatientID"] == tags["PatientName"] == image.key["pid"]
+        assert tags["StudyInstanceUID"] == image.key["study"]
+        assert tags["SeriesInstanceUID"] == image.key["series"]
+        assert tags["Modality"] in MODALITIES[image.key["folder"]]
+        assert tags["Rows"] == str(ds.Rows) and tags["Columns"] == str(ds.Columns)
+        assert tags["InstanceNumber"] == str(ds.InstanceNumber)
+        assert tags["StudyDate"] == ds.StudyDate and re.fullmatch(r"\d{8}", tags["StudyDate"])
+        assert tags["SeriesDescription"] == ds.SeriesDescription
+        assert tags["BodyPartExamined"] == "CHEST"
+        assert tags["PixelSpacing"].count("\\") == 1
+        if image.key["folder"] == "ct":
+            assert tags["SliceThickness"] in {"1.25", "2.5"}
+            assert tags["ImageType"] == "ORIGINAL\\PRIMARY\\AXIAL"
+            assert tags["RescaleIntercept"] == "-1024"
+        # Empty in the image (AccessionNumber, PatientBirthDate), so absent here.
+        assert "AccessionNumber" not in tags and "PatientBirthDate" not in tags
+
+
+def test_only_standard_text_like_elements_appear(images: list[Image]) -> None:
+    for image in images:
+        tags = tags_from_metadata_json(image.metadata)
+        for keyword, value in tags.items():
+            tag = tag_for_keyword(keyword)
+            assert tag is not None and not (tag >> 16) % 2, keyword  # standard and not private
+            assert dictionary_VR(tag) not in HIDDEN_VRS, keyword
+            assert value and isinstance(value, str)
+        assert "VOILUTSequence" not in tags and "PixelData" not in tags
+        assert "TransferSyntaxUID" not in tags  # the file meta group is not in the twin
+
+
+def test_warehouse_json_quirks_are_real_and_handled(images: list[Image]) -> None:
+    xray = first(images, "xray")
+    document = json.loads(xray.metadata)
+    assert document["00283010"] is None
+    assert document["00091010"] == {"vr": "OB", "InlineBinary": None}
+    with pytest.raises(TypeError):  # pydicom's own reader cannot take the warehouse JSON as it is
+        Dataset.from_json(xray.metadata.decode())
+    without_nulled_binaries = {key: value for key, value in document.items() if key != "00091010"}
+    with pytest.raises(TypeError):  # and the nulled VOI LUT Sequence alone is enough to break it
+        Dataset.from_json(without_nulled_binaries)
+    tags = tags_from_metadata_json(xray.metadata)
+    assert tags["WindowWidth"] == str(int(xray.dataset().WindowWidth))  # integral DS values lose any ".0"
+    assert tags["PatientID"] == xray.key["pid"]
+
+
+def test_header_agrees_with_metadata_json(images: list[Image], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    for image in images:
+        expected = tags_from_metadata_json(image.metadata)
+        exact = image.header_end + PIXEL_HEADER_LENGTH
+        for size in (exact, exact + 1, 2 * exact, len(image.dicom)):
+            assert tags_from_dicom_header(image.dicom[:size]) == expected, (image.key[0], size)
+        assert tags_from_dicom_header(image.dicom, complete=True) == expected
+    assert not caplog.records, "a well-formed header logs nothing"
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [{"implicit_vr": True, "little_endian": True}, {"implicit_vr": False, "little_endian": False}],
+    ids=["implicit-little", "explicit-big"],
+)
+def test_raw_dataset_without_file_meta(images: list[Image], encoding: dict[str, bool]) -> None:
+    """A bare dataset (no preamble, no file meta) in another transfer syntax reads the same."""
+    image = first(images, "ct")
+    ds = image.dataset()
+    del ds.file_meta
+    ds.preamble = None
+    raw = write(ds, **encoding)
+    pixel_tag = b"\xe0\x7f\x10\x00" if encoding["little_endian"] else b"\x7f\xe0\x00\x10"
+    assert tags_from_dicom_header(raw) == tags_from_metadata_json(image.metadata)
+    assert tags_from_dicom_header(raw[: raw.index(pixel_tag)]) is None
+
+
+@pytest.mark.parametrize("folder", ["ct", "xray"])
+def test_truncated_heads_give_none(images: list[Image], folder: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    """Every cut short of the Pixel Data element header, from the empty head through 128 bytes, 1 KiB, a cut
+    inside the transfer syntax UID or character set, to the whole header without the Pixel Data tag."""
+    image = first(images, folder)
+    end = image.header_end + PIXEL_HEADER_LENGTH
+    for size in range(end):
+        assert tags_from_dicom_header(image.dicom[:size]) is None, size
+    assert tags_from_dicom_header(image.dicom[:end]) is not None
+    assert not caplog.records, "an expected short read logs nothing"
+
+
+@pytest.mark.parametrize("folder", ["ct", "xray"])
+def test_every_cut_after_a_decoy_pixel_tag_gives_none(images: list[Image], folder: str) -> None:
+    """A Pixel Data tag inside an earlier value lets every cut reach pydicom; none of its partial datasets
+    (cut inside a value, a nested sequence or at an element boundary) may pass for the whole header."""
+    image = first(images, folder)
+    ds = image.dataset()
+    ds[0x00091010].value = PIXEL_HEADER * 8  # the demo's private OB blob, early in the header
+    dicom = write(ds)
+    decoy = dicom.index(PIXEL_HEADER)
+    end = dicom.index(PIXEL_HEADER, decoy + len(PIXEL_HEADER) * 8)
+    for size in range(decoy, end + PIXEL_HEADER_LENGTH):
+        assert tags_from_dicom_header(dicom[:size]) is None, size
+    full = tags_from_dicom_header(dicom[: end + PIXEL_HEADER_LENGTH])
+    assert full == tags_from_metadata_json(image.metadata)
+
+
+def test_complete_object(images: list[Image]) -> None:
+    """complete=True: a dataset without Pixel Data is read to its end; a file cut inside a value is not."""
+    image = first(images, "mri")
+    ds = image.dataset()
+    del ds.PixelData
+    no_pixels = write(ds)
+    assert tags_from_dicom_header(no_pixels) is None
+    assert tags_from_dicom_header(no_pixels, complete=True) == tags_from_metadata_json(image.metadata)
+    cut_in_uid = image.dicom.index(image.key["series"].encode()) + 5
+    assert tags_from_dicom_header(image.dicom[:cut_in_uid], complete=True) == {}
+
+
+def test_values_are_formatted_the_same_from_both_sources() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = PersonName("Müller^Hans=ミュラー^ハンス")
+    ds.PatientID = "  P1  "
+    ds.ImageType = ["DERIVED", "", "AXIAL"]
+    ds.KVP = "120"
+    ds.SliceThickness = "1.0E-3"
+    ds.PixelSpacing = ["0.70", "0.5"]
+    ds.InstanceNumber = "007"
+    ds.add_new(0x00189074, "DT", "")  # empty: left out
+    ds.ExaminedBodyThickness = 0.1  # FL: no float32 noise
+    ds.FrameIncrementPointer = [0x00200032, 0x00280010]  # AT
+    ds.ImageComments = " notes\n" + "é" * MAX_VALUE_BYTES  # LT keeps its leading space, is cut at a char
+    ds.add_new(0x00290010, "LO", "VENDOR")  # private creator: left out
+    ds.add_new(0x00280000, "UL", 0)  # group length: left out
+    ds.add_new(0x00282000, "OB", b"\x00\x01")  # ICCProfile, binary: left out
+    ds.ReferencedImageSequence = [Dataset()]  # sequence: left out
+
+    from_header = tags_from_dicom_header(write(ds, implicit_vr=False, little_endian=True), complete=True)
+    from_json = tags_from_metadata_json(warehouse_json(ds))
+    assert from_header == from_json
+    comments = from_json.pop("ImageComments")
+    assert from_json == {
+        "SpecificCharacterSet": "ISO_IR 192",
+        "PatientName": "Müller^Hans",
+        "PatientID": "P1",
+        "ImageType": "DERIVED\\\\AXIAL",
+        "KVP": "120",
+        "SliceThickness": "0.001",
+        "PixelSpacing": "0.7\\0.5",
+        "InstanceNumber": "7",
+        "ExaminedBodyThickness": "0.1",
+        "FrameIncrementPointer": "(0020,0032)\\(0028,0010)",
+    }
+    assert comments.startswith(" notes\né") and comments.endswith("é")
+    assert len(comments.encode()) == MAX_VALUE_BYTES - 1  # 7 + 2 * 2044 bytes: the next "é" did not fit
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"null", b"[]", b'"text"', b"{", b"\xff\xfe\x00", b"[" * 100_000, b'{"x": 1, "0010": {}}'],
+    ids=["empty", "null", "list", "string", "broken", "not-utf8", "deep", "no-tags"],
+)
+def test_json_garbage_gives_empty(raw: bytes) -> None:
+    assert tags_from_metadata_json(raw) == {}
+
+
+def test_json_malformed_elements_cost_only_themselves() -> None:
+    document = {
+        "00100020": {"vr": "LO", "Value": ["P1"]},
+        "00100010": {"vr": "PN", "Value": ["not an object"]},
+        "00080060": {"vr": "CS", "Value": [{"nested": 1}]},
+        "00280010": {"vr": "US", "Value": ["abc"]},
+        "00080020": {"vr": "DA"},
+        "00180050": None,
+        "00091010": {"vr": "OB", "InlineBinary": None},
+    }
+    assert tags_from_metadata_json(json.dumps(document).encode()) == {"PatientID": "P1"}
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"", b"\x00" * 4096, bytes(range(256)) * 64, b"not a dicom file " * 500, b"\xe0\x7f\x10\x00OW" * 100],
+    ids=["empty", "zeros", "bytes", "text", "pixel-tags"],
+)
+def test_dicom_garbage_gives_none_or_empty(head: bytes) -> None:
+    assert tags_from_dicom_header(head) is None
+    assert tags_from_dicom_header(head, complete=True) == {}
