@@ -53,13 +53,16 @@ def entry_digest(bucket: str, key: str, etag: str) -> str:
     return hashlib.sha256(f"{CACHE_VERSION}\0{bucket}\0{key}\0{etag}".encode()).hexdigest()
 
 
-@dataclass
+@dataclass(eq=False)
 class InflightPart:
     """A ranged GET under way for blocks ``[first, last)``; its future yields the bytes."""
 
     first: int
     last: int
     future: Future[bytes]
+    # Monotonic time after which waiters give up: fixed when the GET starts, so that a second reader of a
+    # stalled part does not wait a whole deadline again.
+    deadline: float = 0.0
 
 
 @dataclass(eq=False)
@@ -83,6 +86,8 @@ class CacheEntry:
     on_disk: bool = False
     # Whether the complete object was checked against its ETag's MD5 in this run.
     verified: bool = False
+    # (monotonic time until which it counts, error) of the last failed foreground fetch.
+    recent_failure: tuple[float, Exception] | None = None
 
     @property
     def data_path(self) -> Path:

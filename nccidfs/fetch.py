@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from nccidfs.errors import TransientError
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
+
+# Seconds for which a failed fetch fails the next reads of the same object at once.
+FAILURE_MEMORY = 2.0
 
 
 @dataclass
@@ -67,17 +71,35 @@ class Fetcher:
         if cursor is not None:
             self._read_ahead(entry, offset, end, cursor)
         for _attempt in range(3):
-            parts = self._ensure(entry, first, last, self._foreground)
+            parts = self._ensure_or_fail_fast(entry, first, last)
             data = self._assemble(entry, first, last, parts)
             if data is not None:
                 start = first * self._block
                 return data[offset - start:end - start]
         raise TransientError(f"{entry.key}: cached blocks kept failing verification")
 
+    def _ensure_or_fail_fast(self, entry: CacheEntry, first: int, last: int) -> list[InflightPart]:
+        """Like ``_ensure`` in the foreground pool, but a failure is remembered for a moment.
+
+        When a read-ahead page fails, the kernel asks again for the single page at once; answering that
+        from the remembered failure keeps the time to EIO at one deadline instead of two.
+        """
+        failure = entry.recent_failure
+        if failure is not None and time.monotonic() < failure[0]:
+            with entry.lock:
+                missing = entry.present.find(0, first, last) >= 0
+            if missing:
+                raise failure[1]
+        try:
+            return self._ensure(entry, first, last, self._foreground)
+        except TransientError as error:
+            entry.recent_failure = (time.monotonic() + FAILURE_MEMORY, error)
+            raise
+
     def fetch_all(self, entry: CacheEntry) -> int:
         """Fetch every missing block (in parts, in the background pool); returns bytes downloaded."""
         parts = self._ensure(entry, 0, entry.block_count, self._background)
-        return sum(len(part.future.result(timeout=self._deadline)) for part in parts)
+        return sum(len(part.future.result()) for part in parts)
 
     def _read_ahead(self, entry: CacheEntry, offset: int, end: int, cursor: ReadCursor) -> None:
         """Grow the window on sequential reads and keep ``window`` bytes fetched ahead of ``end``."""
@@ -103,7 +125,8 @@ class Fetcher:
             new: list[InflightPart] = []
             for run_first, run_last in list(entry.missing_runs(first, last)):
                 for lo in range(run_first, run_last, part_blocks):
-                    part = InflightPart(lo, min(lo + part_blocks, run_last), Future())
+                    part = InflightPart(lo, min(lo + part_blocks, run_last), Future(),
+                                        time.monotonic() + self._deadline)
                     entry.inflight.append(part)
                     new.append(part)
         for part in new:
@@ -112,10 +135,17 @@ class Fetcher:
         if wait:
             for part in parts:
                 try:
-                    part.future.result(timeout=self._deadline)
+                    part.future.result(timeout=max(0.0, part.deadline - time.monotonic()))
                 except FutureTimeout:
+                    self._abandon(entry, part)
                     raise TransientError(f"{entry.key}: no answer from S3 within {self._deadline:.0f}s") from None
         return parts
+
+    def _abandon(self, entry: CacheEntry, part: InflightPart) -> None:
+        """Stop sharing a part past its deadline, so the next reader starts a fresh GET instead of waiting."""
+        with entry.lock:
+            if part in entry.inflight:
+                entry.inflight.remove(part)
 
     def _fetch_part(self, entry: CacheEntry, part: InflightPart) -> None:
         start, stop = entry.block_span(part.first, part.last)
@@ -135,8 +165,7 @@ class Fetcher:
         part.future.set_result(data)
 
     def _finish(self, entry: CacheEntry, part: InflightPart) -> None:
-        with entry.lock:
-            entry.inflight.remove(part)
+        self._abandon(entry, part)
         with self._counter_lock:
             self._in_flight.pop(id(part), None)
 

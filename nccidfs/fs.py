@@ -48,7 +48,7 @@ class Opened:
     handle: int
     # The kernel may keep pages from an earlier open: the object's ETag has not changed since.
     keep_cache: bool
-    # Generated content whose size is not known in advance: bypass the page cache.
+    # Bypass the page cache and the kernel's idea of the size: generated content, replaced objects.
     direct_io: bool
 
 
@@ -110,12 +110,16 @@ class FileSystem:
             raise NotFound(f"{path}: not a regular file")
         obj = entry.obj
         with self._lock:
-            keep_cache = self._opened_etags.get(obj.key) == obj.etag
+            previous = self._opened_etags.get(obj.key)
             self._opened_etags[obj.key] = obj.etag
+        keep_cache = previous == obj.etag
+        # A replaced object may have a new size that the kernel's attribute cache does not know yet; direct
+        # I/O stops the kernel from cutting or padding reads to the old size.
+        replaced = previous is not None and not keep_cache
         handle = self._add(OpenFile(path, obj, self.cache.pin(obj)))
         for listener in self._listeners:
             listener(path, obj)
-        return Opened(handle, keep_cache, False)
+        return Opened(handle, keep_cache, replaced)
 
     def _add(self, open_file: OpenFile) -> int:
         with self._lock:
