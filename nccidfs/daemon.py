@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,20 @@ from nccidfs.store import Boto3Store, ObjectStore
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024
+
+
+def notify_systemd(message: bytes) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, when systemd started us (Type=notify)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message, address)
+    except OSError as error:
+        log.warning("could not notify systemd: %s", error)
 
 
 class Daemon:
@@ -90,6 +105,7 @@ class Daemon:
         self._control.start()
         threading.Thread(target=self._refresh_on_sighup, name="sighup", daemon=True).start()
         threading.Thread(target=self._raise_read_ahead, name="read-ahead", daemon=True).start()
+        notify_systemd(b"READY=1\nSTATUS=mounted " + str(self.config.mount.mountpoint).encode())
 
     def _refresh_on_sighup(self) -> None:
         """Each SIGHUP byte that Python's C-level handler writes to the wake-up pipe drops all listings."""
@@ -133,6 +149,7 @@ class Daemon:
         log.info("unmounted %s", self.config.mount.mountpoint)
 
     def shutdown(self) -> None:
+        notify_systemd(b"STOPPING=1")
         if self._control is not None:
             self._control.close()
         if self.prefetcher is not None:

@@ -5,14 +5,15 @@ The root is built from the folders the credentials may list (the warehouse refus
 ``training/`` to most users), then every directory is listed lazily, once per TTL, with one
 in-flight listing per directory however many callers want it.
 
-Keys that cannot be file names (empty, ``.`` or ``..`` segments, NUL or ``/`` in a segment, over 255
-bytes, a directory marker) are left out with one warning each; a name that is both an object and a
-prefix is shown as the directory. See docs/semantics.md.
+Keys that cannot be file names (empty, ``.`` or ``..`` segments, control characters, over 255 bytes) are
+left out with one warning each; a directory marker (a key ending in ``/``) is the directory itself; a
+name that is both an object and a prefix is shown as the directory. See docs/semantics.md.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +58,12 @@ def dir_prefix(root_prefix: str, parts: list[str]) -> str:
 
 
 def is_safe_name(name: str) -> bool:
-    """Whether an S3 key segment can be shown as a file name without escaping or clashing."""
-    return (name not in ("", ".", "..") and "\x00" not in name and "/" not in name
+    """Whether an S3 key segment can be shown as a file name without escaping, clashing or confusing tools.
+
+    Control characters are legal in Linux names but break shells, ``find | xargs`` and viewers; the
+    warehouse loader never writes them, so such a key is a damaged one and is skipped.
+    """
+    return (name not in ("", ".", "..") and "/" not in name and not _CONTROL.search(name)
             and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES)
 
 

@@ -101,4 +101,4 @@ def test_odd_keys_are_skipped_and_the_rest_is_served() -> None:
     entries = entries_from_listing(listing, prefix, 0.0)
     assert sorted(entries) == ["both", "good.dcm", "sub"]
     assert entries["both"].is_dir
-    assert not is_safe_name("..") and not is_safe_name("a/b") and is_safe_name("Covid1")
+    assert not is_safe_name("..") and not is_safe_name("a/b") and not is_safe_name("bell\x07") and is_safe_name("Covid1")
