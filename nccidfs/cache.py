@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nccidfs.store import ObjectInfo
+from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,6 @@ class DiskCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._used = 0
-        self.hits = 0
-        self.misses = 0
         self.evictions = 0
         os.makedirs(self._objects, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
@@ -248,7 +246,6 @@ class DiskCache:
         """Blocks ``[first, last)`` from disk if all are present and pass their CRC, else None."""
         with entry.lock:
             if entry.present.find(0, first, last) >= 0:
-                self.misses += 1
                 return None
         start, stop = entry.block_span(first, last)
         data = os.pread(self._fd(entry), stop - start, start)
@@ -260,7 +257,6 @@ class DiskCache:
                         len(bad) or last - first)
             self._drop_blocks(entry, bad or list(range(first, last)))
             return None
-        self.hits += 1
         return data
 
     def store(self, entry: CacheEntry, first: int, data: bytes) -> bool:
@@ -370,8 +366,7 @@ class DiskCache:
         with self._lock:
             complete = sum(1 for e in self._entries.values() if e.present.find(0) < 0)
             return {"directory": str(self.directory), "bound_bytes": self.size_bytes, "used_bytes": self._used,
-                    "objects": len(self._entries), "complete_objects": complete, "hits": self.hits,
-                    "misses": self.misses, "evictions": self.evictions}
+                    "objects": len(self._entries), "complete_objects": complete, "evictions": self.evictions}
 
     def clear(self) -> int:
         """Remove every unpinned entry; returns how many were removed."""

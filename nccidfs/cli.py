@@ -74,8 +74,8 @@ def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> N
                        help="a read or listing that S3 cannot serve within this time fails with EIO, "
                             "after retries (default: 30)")
     mount.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
-                       help="when a .dcm is opened, fetch the rest of its series in the background "
-                            "(default: on)")
+                       help="when a .dcm is read past its header, fetch the rest of its series in the "
+                            "background (default: on)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
     cache = parser.add_argument_group("Cache")

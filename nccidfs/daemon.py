@@ -52,6 +52,7 @@ class Daemon:
         self.config = config
         self.store = store
         self.started = time.time()
+        os.makedirs(config.cache.directory, mode=0o700, exist_ok=True)
         self.index = ListingIndex(config.cache.directory / "listings.sqlite3", config.s3.bucket)
         self.namespace = Namespace(store, config.s3.prefix, folders, config.mount.listing_ttl,
                                    config.mount.max_listing_entries, self.index)
@@ -64,14 +65,14 @@ class Daemon:
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,
                                                config.read.prefetch_threads)
-            self.fs.add_open_listener(self.prefetcher.opened)
+            self.fs.add_read_listener(self.prefetcher.reading)
         self.control_path = config.cache.directory / "control.sock"
         self._control: ControlServer | None = None
         self._sighup_pipe = os.pipe()
 
     # -- status and commands ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        cache = self.cache.stats()
+        cache = {**self.cache.stats(), "hits": self.fetcher.hits, "misses": self.fetcher.misses}
         lookups = cache["hits"] + cache["misses"]
         requests = self.store.stats.snapshot() if isinstance(self.store, Boto3Store) else {}
         prefetch = self.prefetcher

@@ -51,6 +51,9 @@ class Fetcher:
         self._background = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="readahead")
         self._counter_lock = threading.Lock()
         self._in_flight: dict[int, tuple[str, int]] = {}
+        # Reads served wholly from the cache, and reads that had to fetch.
+        self.hits = 0
+        self.misses = 0
 
     def in_flight(self) -> list[dict[str, Any]]:
         """The ranged GETs under way: key and bytes asked for."""
@@ -84,12 +87,16 @@ class Fetcher:
         When a read-ahead page fails, the kernel asks again for the single page at once; answering that
         from the remembered failure keeps the time to EIO at one deadline instead of two.
         """
-        failure = entry.recent_failure
-        if failure is not None and time.monotonic() < failure[0]:
-            with entry.lock:
-                missing = entry.present.find(0, first, last) >= 0
+        with entry.lock:
+            missing = entry.present.find(0, first, last) >= 0
+        with self._counter_lock:
             if missing:
-                raise failure[1]
+                self.misses += 1
+            else:
+                self.hits += 1
+        failure = entry.recent_failure
+        if missing and failure is not None and time.monotonic() < failure[0]:
+            raise failure[1]
         try:
             return self._ensure(entry, first, last, self._foreground)
         except TransientError as error:

@@ -24,7 +24,7 @@ from nccidfs.dicom import xattr_name
 from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace import Entry, Namespace
-from nccidfs.store import ObjectInfo
+from nccidfs.objects import ObjectInfo
 from nccidfs.views import VIEW, PatientView
 from nccidfs.xattrs import TagReader
 
@@ -41,6 +41,7 @@ class OpenFile:
     entry: CacheEntry | None
     snapshot: bytes = b""
     cursor: ReadCursor = field(default_factory=ReadCursor)
+    reading_whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,11 @@ class Opened:
     direct_io: bool
 
 
-# Called with (path, object) when a file is opened: the series prefetcher hooks in here.
-OpenListener = Callable[[str, ObjectInfo], None]
+# Called with (path, object) once per open file, when a read goes past the header (or reaches the end of
+# a small file): the reader wants whole images. The series prefetcher hooks in here; header scans
+# (pydicom's stop_before_pixels, dcmdump of a few tags) never trigger it.
+ReadListener = Callable[[str, ObjectInfo], None]
+WHOLE_FILE_READ = 256 * 1024
 StatusProvider = Callable[[], dict[str, Any]]
 
 
@@ -68,10 +72,10 @@ class FileSystem:
         self._next_handle = itertools.count(1)
         self._lock = threading.Lock()
         self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=100_000)
-        self._listeners: list[OpenListener] = []
+        self._listeners: list[ReadListener] = []
         self._status: StatusProvider = lambda: {}
 
-    def add_open_listener(self, listener: OpenListener) -> None:
+    def add_read_listener(self, listener: ReadListener) -> None:
         self._listeners.append(listener)
 
     def set_status_provider(self, provider: StatusProvider) -> None:
@@ -117,8 +121,6 @@ class FileSystem:
         # I/O stops the kernel from cutting or padding reads to the old size.
         replaced = previous is not None and not keep_cache
         handle = self._add(OpenFile(path, obj, self.cache.pin(obj)))
-        for listener in self._listeners:
-            listener(path, obj)
         return Opened(handle, keep_cache, replaced)
 
     def _add(self, open_file: OpenFile) -> int:
@@ -131,12 +133,18 @@ class FileSystem:
         open_file = self._handles[handle]
         if open_file.entry is None:
             return open_file.snapshot[offset:offset + size]
+        obj = open_file.obj
+        assert obj is not None
+        end = offset + size
+        if not open_file.reading_whole and (end >= WHOLE_FILE_READ or end >= obj.size):
+            open_file.reading_whole = True
+            for listener in self._listeners:
+                listener(open_file.path, obj)
         try:
             return self.fetcher.read(open_file.entry, offset, size, open_file.cursor)
         except ObjectChanged:
             # The listing is stale: the next lookup lists again and sees the new version (or ENOENT).
-            assert open_file.obj is not None
-            self.namespace.invalidate_prefix(open_file.obj.key.rsplit("/", 1)[0] + "/")
+            self.namespace.invalidate_prefix(obj.key.rsplit("/", 1)[0] + "/")
             raise
 
     def xattrs(self, path: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from nccidfs.namespace import Entry
-from nccidfs.store import ObjectInfo
+from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 

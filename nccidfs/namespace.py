@@ -12,6 +12,7 @@ name that is both an object and a prefix is shown as the directory. See docs/sem
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import threading
@@ -24,7 +25,8 @@ from typing import TYPE_CHECKING
 from cachetools import TTLCache
 
 from nccidfs.errors import NccidfsError, NotFound, TransientError
-from nccidfs.store import Listing, ObjectInfo, ObjectStore
+from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.store import ObjectStore
 
 if TYPE_CHECKING:
     from nccidfs.index import ListingIndex
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 255
+# Directories this deep under the mount root (``ct/<patient>/``) are listed with their whole subtree.
+SUBTREE_DEPTH = 2
+# How many following sibling subtrees a walk lists ahead, and with how many threads.
+SIBLINGS_AHEAD = 16
+BACKGROUND_LISTINGS = 8
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -108,6 +115,36 @@ def entries_from_listing(listing: Listing, prefix: str, default_mtime: float) ->
     return dict(sorted(entries.items()))
 
 
+def entries_from_tree(listing: Listing, prefix: str, default_mtime: float) -> dict[str, dict[str, Entry]]:
+    """Every directory's entries under ``prefix`` from one flat listing; the same rules as per directory."""
+    tree: dict[str, dict[str, Entry]] = {prefix: {}}
+    files_seen: dict[tuple[str, str], str] = {}
+    for obj in listing.objects:
+        *folders, leaf = obj.key[len(prefix):].split("/")
+        directory = prefix
+        for name in folders:
+            if not is_safe_name(name):
+                warn_skipped(directory + name + "/", "not a usable directory name")
+                break
+            clash = files_seen.pop((directory, name), None)
+            if clash is not None:
+                warn_skipped(clash, "an object and a prefix share this name; the directory is shown")
+            tree[directory][name] = Entry(name, True, mtime=default_mtime)
+            directory += name + "/"
+            tree.setdefault(directory, {})
+        else:
+            if leaf == "":
+                continue  # a directory marker
+            if not is_safe_name(leaf):
+                warn_skipped(obj.key, "not a usable file name")
+            elif leaf in tree[directory] and tree[directory][leaf].is_dir:
+                warn_skipped(obj.key, "an object and a prefix share this name; the directory is shown")
+            else:
+                tree[directory][leaf] = Entry(leaf, False, obj.size, obj.mtime, obj)
+                files_seen[(directory, leaf)] = obj.key
+    return {directory: dict(sorted(entries.items())) for directory, entries in tree.items()}
+
+
 class Namespace:
     """Answers lookups and listings of mount paths from cached S3 listings.
 
@@ -129,7 +166,7 @@ class Namespace:
             maxsize=max_entries, ttl=ttl, getsizeof=lambda entries: len(entries) + 1)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
-        self._refresher: ThreadPoolExecutor | None = None
+        self._background: ThreadPoolExecutor | None = None
 
     @property
     def prefix(self) -> str:
@@ -158,10 +195,13 @@ class Namespace:
             if fresh or fetched < self._started:
                 self._remember(prefix, entries)
                 if not fresh:
-                    self._refresh_in_background(prefix)
+                    self._in_background(prefix)
                 return entries
         try:
-            return self._list_once(prefix)
+            entries = self._list_once(prefix)
+            if len(parts) == SUBTREE_DEPTH:
+                self._list_siblings_ahead("/" + "/".join(parts[:-1]), parts[-1])
+            return entries
         except TransientError:
             if stored is None:
                 raise
@@ -170,7 +210,12 @@ class Namespace:
             return stored[1]
 
     def _list_once(self, prefix: str) -> dict[str, Entry]:
-        """List ``prefix`` from S3; concurrent callers share one listing."""
+        """List ``prefix`` from S3; concurrent callers share one listing.
+
+        From patient depth down, one flat listing of the whole subtree replaces a listing per directory:
+        a patient's studies, series and images usually fit in one or two pages, so a walk of the subtree
+        then costs nothing more.
+        """
         with self._lock:
             future = self._inflight.get(prefix)
             owner = future is None
@@ -179,18 +224,23 @@ class Namespace:
         if not owner:
             return future.result()
         try:
-            entries = entries_from_listing(self._store.list_dir(prefix), prefix, self._started)
+            if prefix[len(self._prefix):].count("/") >= SUBTREE_DEPTH:
+                tree = entries_from_tree(self._store.list_tree(prefix), prefix, self._started)
+            else:
+                tree = {prefix: entries_from_listing(self._store.list_dir(prefix), prefix, self._started)}
+            fetched = time.time()
+            for directory, entries in tree.items():
+                if self._index is not None:
+                    self._index.put(directory, entries, fetched)
+                self._remember(directory, entries)
         except BaseException as error:
             future.set_exception(error)
             raise
         finally:
             with self._lock:
                 self._inflight.pop(prefix, None)
-        if self._index is not None:
-            self._index.put(prefix, entries, time.time())
-        self._remember(prefix, entries)
-        future.set_result(entries)
-        return entries
+        future.set_result(tree[prefix])
+        return tree[prefix]
 
     def _remember(self, prefix: str, entries: dict[str, Entry]) -> None:
         with self._lock:
@@ -199,19 +249,38 @@ class Namespace:
             except ValueError:
                 log.warning("listing of %s (%d entries) exceeds the listing cache bound", prefix, len(entries))
 
-    def _refresh_in_background(self, prefix: str) -> None:
+    def _in_background(self, prefix: str) -> None:
+        """List ``prefix`` in the background (a refresh, or a sibling a walk will reach soon)."""
         with self._lock:
-            if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(2, thread_name_prefix="relist")
-            refresher = self._refresher
+            if self._background is None:
+                self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list")
+            background = self._background
 
-        def refresh() -> None:
+        def list_quietly() -> None:
             try:
                 self._list_once(prefix)
             except NccidfsError as error:
-                log.debug("background refresh of %s failed: %s", prefix, error)
+                log.debug("background listing of %s failed: %s", prefix, error)
 
-        refresher.submit(refresh)
+        background.submit(list_quietly)
+
+    def _list_siblings_ahead(self, parent: str, name: str) -> None:
+        """A walk (``find``, ``os.walk``) visits sibling directories in order: list the next ones now.
+
+        Only when the parent's listing is already held: a walk has listed it; a lone lookup has not.
+        """
+        with self._lock:
+            listing = self._listings.get(dir_prefix(self._prefix, split_path(parent)))
+        if listing is None:
+            return
+        siblings = [entry.name for entry in listing.values() if entry.is_dir]
+        start = bisect.bisect_right(siblings, name)
+        for sibling in siblings[start:start + SIBLINGS_AHEAD]:
+            prefix = dir_prefix(self._prefix, [*split_path(parent), sibling])
+            with self._lock:
+                known = prefix in self._listings or prefix in self._inflight
+            if not known and (self._index is None or self._index.get(prefix, self._started) is None):
+                self._in_background(prefix)
 
     def lookup(self, path: str) -> Entry:
         """The entry for ``path``, answered from its parent's listing (no request per file)."""
@@ -241,5 +310,5 @@ class Namespace:
             return int(self._listings.currsize)
 
     def shutdown(self) -> None:
-        if self._refresher is not None:
-            self._refresher.shutdown(wait=False, cancel_futures=True)
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)

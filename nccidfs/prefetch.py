@@ -1,8 +1,9 @@
-"""Series-aware prefetch: when a ``.dcm`` is opened, fetch the rest of its series in the background.
+"""Series-aware prefetch: when a ``.dcm`` is read whole, fetch the rest of its series in the background.
 
 Tools such as dcm2niix, SimpleITK and viewers walk a series file by file; fetching the series ahead of
 them turns a run of small serial reads into parallel bulk downloads. The prefetcher works one series at a
-time: opening an image in another series cancels what is still queued for the old one. It skips series
+time: reading an image in another series cancels what is still queued for the old one. It starts only
+when a reader goes past an image's header, so header scans never pull pixel data. It skips series
 larger than half the cache, so prefetching never evicts most of what a reader is using.
 """
 
@@ -16,7 +17,7 @@ from nccidfs.cache import DiskCache
 from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.namespace import Namespace
-from nccidfs.store import ObjectInfo
+from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ class SeriesPrefetcher:
         self.objects_prefetched = 0
         self.bytes_prefetched = 0
 
-    def opened(self, path: str, obj: ObjectInfo) -> None:
-        """Open listener for :class:`~nccidfs.fs.FileSystem`: start on the first image of a new series."""
+    def reading(self, path: str, obj: ObjectInfo) -> None:
+        """Read listener of :class:`~nccidfs.fs.FileSystem`: start on the first image read in a new series."""
         if not path.endswith(IMAGE_SUFFIX):
             return
         series, name = path.rsplit("/", 1)

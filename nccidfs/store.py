@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from nccidfs.errors import (
@@ -26,6 +25,8 @@ from nccidfs.errors import (
     ObjectChanged,
     TransientError,
 )
+from nccidfs.listparse import PAGE_KEY, ListPage, take_page
+from nccidfs.objects import Listing, ObjectInfo
 
 if TYPE_CHECKING:
     from nccidfs.config import S3Config
@@ -34,29 +35,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One object as the listing describes it; size and time never need a HEAD."""
-
-    key: str
-    size: int
-    etag: str
-    mtime: float
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """One level of the key space: sub-prefixes (ending in ``/``) and the objects directly in it."""
-
-    prefixes: tuple[str, ...]
-    objects: tuple[ObjectInfo, ...]
-
-
 class ObjectStore(Protocol):
     """What the filesystem asks of S3."""
 
     def list_dir(self, prefix: str) -> Listing:
         """Every page of one level under ``prefix`` (which ends in ``/``)."""
+
+    def list_tree(self, prefix: str) -> Listing:
+        """Every object at any depth under ``prefix``, in one flat paginated listing (no prefixes)."""
 
     def probe(self, prefix: str) -> bool:
         """True when ``prefix`` holds something; raises AccessDenied when it may not be listed."""
@@ -136,6 +122,7 @@ class Boto3Store:
             tcp_keepalive=True,
         )
         self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+        self._client.meta.events.register("before-parse.s3.ListObjectsV2", take_page)
 
     def _retrying(self, kind: str, what: str, call: Callable[[], T]) -> T:
         """Run ``call`` until it succeeds, fails for good, or the deadline passes (then TransientError).
@@ -164,38 +151,45 @@ class Boto3Store:
             time.sleep(pause)
         raise AssertionError("unreachable")
 
-    def _list_page(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _list_page(self, params: dict[str, Any]) -> ListPage:
         started = time.monotonic()
-        page: dict[str, Any] = self._client.list_objects_v2(**params)
+        page: ListPage = self._client.list_objects_v2(**params)[PAGE_KEY]
         self.stats.record("ListObjectsV2")
-        log.debug("LIST %s -> %d keys %.3fs", params["Prefix"], page.get("KeyCount", 0), time.monotonic() - started)
+        flat = "" if "Delimiter" in params else " (flat)"
+        log.debug("LIST %s%s -> %d keys %d prefixes %.3fs", params["Prefix"], flat,
+                  len(page.objects), len(page.prefixes), time.monotonic() - started)
         return page
 
-    def _pages(self, prefix: str, max_keys: int | None = None) -> Iterator[dict[str, Any]]:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+    def _pages(self, prefix: str, delimiter: bool = True, max_keys: int | None = None) -> Iterator[ListPage]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            params["Delimiter"] = "/"
         if max_keys:
             params["MaxKeys"] = max_keys
         while True:
             page = self._retrying("ListObjectsV2", f"list {prefix}", lambda: self._list_page(params))
             yield page
-            if max_keys or not page.get("IsTruncated"):
+            if max_keys or not page.truncated or not page.token:
                 return
-            params["ContinuationToken"] = page["NextContinuationToken"]
+            params["ContinuationToken"] = page.token
 
-    def list_dir(self, prefix: str) -> Listing:
+    def _listing(self, prefix: str, delimiter: bool) -> Listing:
         prefixes: list[str] = []
         objects: list[ObjectInfo] = []
-        for page in self._pages(prefix):
-            prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
-            objects.extend(
-                ObjectInfo(o["Key"], int(o["Size"]), o["ETag"].strip('"'), o["LastModified"].timestamp())
-                for o in page.get("Contents", ())
-            )
+        for page in self._pages(prefix, delimiter):
+            prefixes.extend(page.prefixes)
+            objects.extend(page.objects)
         return Listing(tuple(prefixes), tuple(objects))
+
+    def list_dir(self, prefix: str) -> Listing:
+        return self._listing(prefix, delimiter=True)
+
+    def list_tree(self, prefix: str) -> Listing:
+        return self._listing(prefix, delimiter=False)
 
     def probe(self, prefix: str) -> bool:
         page = next(self._pages(prefix, max_keys=1))
-        return bool(page.get("KeyCount") or page.get("Contents") or page.get("CommonPrefixes"))
+        return bool(page.objects or page.prefixes)
 
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
         """Resumes a body that breaks off from the byte reached, pinned to ``etag`` with If-Match."""

@@ -17,7 +17,7 @@ from nccidfs.dicom import tags_from_dicom_header, tags_from_metadata_json
 from nccidfs.errors import AccessDenied, NotFound
 from nccidfs.fetch import Fetcher
 from nccidfs.namespace import Namespace, split_path
-from nccidfs.store import ObjectInfo
+from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from nccidfs.errors import AccessDenied, NotFound, ObjectChanged
-from nccidfs.store import Listing, ObjectInfo
+from nccidfs.objects import Listing, ObjectInfo
 
 
 class MemoryStore:
@@ -46,6 +46,12 @@ class MemoryStore:
             else:
                 objects.append(self.info(key))
         return Listing(tuple(sorted(prefixes)), tuple(objects))
+
+    def list_tree(self, prefix: str) -> Listing:
+        self._check(prefix)
+        with self._lock:
+            self.requests["list"] += 1
+        return Listing((), tuple(self.info(key) for key in sorted(self.objects) if key.startswith(prefix)))
 
     def probe(self, prefix: str) -> bool:
         self._check(prefix)

@@ -20,7 +20,7 @@ import pytest
 from nccidfs.demo.warehouse import DemoObject
 from nccidfs.dicom import tags_from_metadata_json
 from tests.faultproxy import FaultProxy
-from tests.mounting import BUCKET, PREFIX, MountedDaemon, daemon_env, s3_client, seed_demo_bucket
+from tests.mounting import BUCKET, PREFIX, MountedDaemon, create_bucket, daemon_env, s3_client, seed_demo_bucket
 
 pytestmark = pytest.mark.fuse
 
@@ -58,21 +58,40 @@ def nccidfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
                           env=daemon_env())
 
 
-def test_ls_l_costs_one_listing_and_missing_names_cost_nothing(mount: MountedDaemon, proxy: FaultProxy,
-                                                               warehouse: list[DemoObject]) -> None:
+def test_ls_l_costs_listing_pages_only_and_missing_names_cost_nothing(
+        tmp_path: Path, proxy: FaultProxy, s3_endpoint: str, bucket_name: str) -> None:
+    patients = 2500
+    create_bucket(s3_endpoint, bucket_name, ((f"{PREFIX}data/Covid{i}/status_2020-05-01.json", b"{}")
+                                             for i in range(patients)))
+    with MountedDaemon(tmp_path / "mnt", proxy.url, tmp_path / "cache", tmp_path / "log",
+                       bucket=bucket_name) as daemon:
+        proxy.reset_counts()
+        out = subprocess.run(["ls", "-l", str(daemon.mountpoint / "data")], capture_output=True, text=True,
+                             check=True)
+        assert len(out.stdout.splitlines()) == patients + 1
+        assert proxy.counts()["ListObjectsV2"] == -(-patients // 1000)
+        assert gets(proxy) == 0
+        proxy.reset_counts()
+        for i in range(1000):
+            assert not (daemon.mountpoint / "data" / f"Missing{i}").exists()
+        for name in (".Trash", ".hidden", "autorun.inf", "desktop.ini"):
+            assert not (daemon.mountpoint / "data" / name).exists()
+        assert all(count == 0 for kind, count in proxy.counts().items() if kind != "bytes")
+
+
+def test_a_patient_is_listed_once_for_its_whole_subtree(mount: MountedDaemon, proxy: FaultProxy,
+                                                         warehouse: list[DemoObject]) -> None:
     series = mount.mountpoint / series_dirs(warehouse, "ct")[0]
-    os.listdir(series.parent)  # the ancestors are listed once on the way
+    os.listdir(mount.mountpoint / "ct")
     proxy.reset_counts()
+    os.listdir(series.parent.parent)
+    lists = proxy.counts()["ListObjectsV2"]
+    assert lists >= 1
     out = subprocess.run(["ls", "-l", str(series)], capture_output=True, text=True, check=True)
     assert len(out.stdout.splitlines()) > 20
-    assert proxy.counts()["ListObjectsV2"] == 1
+    subprocess.run(["find", str(series.parent.parent)], capture_output=True, check=True)
+    assert proxy.counts()["ListObjectsV2"] == lists, "the patient's flat listing did not answer its subtree"
     assert gets(proxy) == 0
-    proxy.reset_counts()
-    for i in range(1000):
-        assert not (series / f"missing-{i}.dcm").exists()
-    for name in (".Trash", ".hidden", "autorun.inf", "desktop.ini"):
-        assert not (series / name).exists()
-    assert sum(proxy.counts()[kind] for kind in ("ListObjectsV2", "GetObject", "GetObject(range)", "HeadObject")) == 0
 
 
 def test_dicom_tags_are_xattrs_from_the_metadata_twin(mount: MountedDaemon, proxy: FaultProxy,

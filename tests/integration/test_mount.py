@@ -132,9 +132,9 @@ def test_restart_serves_from_the_cache_that_survived(tmp_path: Path, s3_endpoint
                                                      warehouse: list[DemoObject]) -> None:
     obj = next(o for o in warehouse if o.key.endswith(".dcm"))
     args = (tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log")
-    with MountedDaemon(*args, bucket=demo_bucket) as daemon:
+    with MountedDaemon(*args, bucket=demo_bucket, extra=["--no-prefetch"]) as daemon:
         assert (daemon.mountpoint / relative(obj.key)).read_bytes() == obj.body
-    with MountedDaemon(*args, bucket=demo_bucket) as daemon:
+    with MountedDaemon(*args, bucket=demo_bucket, extra=["--no-prefetch"]) as daemon:
         daemon.log_path.write_text("")
         assert (daemon.mountpoint / relative(obj.key)).read_bytes() == obj.body
         assert " GET " not in daemon.log(), "a restarted daemon fetched bytes it had cached"

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from nccidfs.cache import ENTRY_OVERHEAD, DiskCache
-from nccidfs.store import ObjectInfo
+from nccidfs.objects import ObjectInfo
 
 BLOCK = 4096
 

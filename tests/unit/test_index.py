@@ -26,6 +26,11 @@ class FlakyStore(MemoryStore):
             raise TransientError(f"list {prefix}: unreachable")
         return super().list_dir(prefix)
 
+    def list_tree(self, prefix: str):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise TransientError(f"list {prefix}: unreachable")
+        return super().list_tree(prefix)
+
 
 def namespace(store: MemoryStore, path: Path, ttl: float = 300.0) -> Namespace:
     return Namespace(store, "training/", ["ct", "data"], ttl, 10_000, ListingIndex(path / "index.db", "bucket"))

@@ -3,10 +3,20 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nccidfs.errors import AccessDenied, NotFound
-from nccidfs.namespace import Namespace, dir_prefix, entries_from_listing, is_safe_name, split_path
-from nccidfs.store import Listing, ObjectInfo
+from nccidfs.namespace import (
+    SIBLINGS_AHEAD,
+    Namespace,
+    dir_prefix,
+    entries_from_listing,
+    entries_from_tree,
+    is_safe_name,
+    split_path,
+)
+from nccidfs.objects import Listing, ObjectInfo
 from tests.fakes import MemoryStore
 
 KEYS = {
@@ -69,7 +79,7 @@ def test_invalidate_drops_a_subtree() -> None:
     ns = make(store)
     ns.list("/ct/Covid1")
     ns.list("/data/Covid1")
-    assert ns.invalidate("/ct") == 1
+    assert ns.invalidate("/ct") == 3  # the flat listing of Covid1 held its study and series too
     ns.list("/ct/Covid1")
     ns.list("/data/Covid1")
     assert store.requests["list"] == 3
@@ -101,4 +111,40 @@ def test_odd_keys_are_skipped_and_the_rest_is_served() -> None:
     entries = entries_from_listing(listing, prefix, 0.0)
     assert sorted(entries) == ["both", "good.dcm", "sub"]
     assert entries["both"].is_dir
-    assert not is_safe_name("..") and not is_safe_name("a/b") and not is_safe_name("bell\x07") and is_safe_name("Covid1")
+    assert not is_safe_name("..") and not is_safe_name("a/b") and not is_safe_name("bell\x07")
+    assert is_safe_name("Covid1")
+
+
+SEGMENTS = st.sampled_from(["a", "b", "Covid1", "x.dcm", "", ".", "..", "bell\x07", "both", "y" * 260])
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.lists(SEGMENTS, min_size=1, max_size=4).map("/".join), max_size=25))
+def test_a_flat_listing_gives_the_same_tree_as_listing_each_directory(keys: list[str]) -> None:
+    store = MemoryStore({f"training/ct/P/{key}": b"x" for key in keys})
+    tree = entries_from_tree(store.list_tree("training/ct/P/"), "training/ct/P/", 0.0)
+    pending = ["training/ct/P/"]
+    while pending:
+        prefix = pending.pop()
+        expected = entries_from_listing(store.list_dir(prefix), prefix, 0.0)
+        assert tree.get(prefix, {}) == expected, prefix
+        pending.extend(prefix + name + "/" for name, entry in expected.items() if entry.is_dir)
+
+
+def test_patient_subtrees_are_listed_flat_and_siblings_ahead_of_a_walk() -> None:
+    keys = {f"training/ct/Covid{i}/s/t/{n}.dcm": b"x" for i in range(40) for n in range(3)}
+    store = MemoryStore(keys)
+    ns = make(store)
+    ns.list("/ct")
+    start = store.requests["list"]
+    ns.list("/ct/Covid0")
+    deadline = time.monotonic() + 5
+    while store.requests["list"] < start + 1 + SIBLINGS_AHEAD:
+        assert time.monotonic() < deadline, "siblings were not listed ahead"
+        time.sleep(0.01)
+    time.sleep(0.1)
+    walked = store.requests["list"]
+    assert walked == start + 1 + SIBLINGS_AHEAD
+    assert list(ns.list("/ct/Covid0/s/t")) == ["0.dcm", "1.dcm", "2.dcm"]
+    ns.list("/ct/Covid10/s")  # sorted by name, Covid10 follows Covid0 and Covid1
+    assert store.requests["list"] == walked, "the flat listings answered the series and the siblings"
