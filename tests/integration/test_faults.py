@@ -274,14 +274,15 @@ def test_dead_endpoint_serves_cached_files(rig: Rig, faults: FaultLog) -> None:
 
 @pytest.mark.fuse
 def test_failed_listing_is_eio_not_empty(rig: Rig, faults: FaultLog) -> None:
-    directory = rig.path("ct/Covid1/1.2")
-    rule = rig.proxy.fail(500, "InternalError", op="list", pattern=r"^training/ct/Covid1/1\.2/$")
-    outcome = faults.run(lambda: os.listdir(directory), ["1.3"])
+    # A patient's folder is listed in one flat listing of its whole subtree: make that listing fail.
+    directory = rig.path("ct/Covid1")
+    rule = rig.proxy.fail(500, "InternalError", op="list", pattern=r"^training/ct/Covid1/$")
+    outcome = faults.run(lambda: os.listdir(directory), ["1.2"])
     assert outcome.error == errno.EIO, outcome
     assert outcome.seconds < EIO_BOUND_S
     assert rule.hits > 0
     rig.proxy.clear()
-    assert faults.run(lambda: os.listdir(directory), ["1.3"]).data == ["1.3"]
+    assert faults.run(lambda: os.listdir(directory), ["1.2"]).data == ["1.2"]
 
 
 @pytest.mark.fuse
