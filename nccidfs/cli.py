@@ -293,9 +293,41 @@ SUBCOMMANDS = {"demo": run_demo, "refresh": run_refresh, "status": run_status, "
                "prefetch": run_prefetch}
 
 
+# fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.
+FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
+                       "cache_size", "listing_ttl", "max_listing_entries", "timeout", "log_level", "log_file")
+FSTAB_FLAG_OPTIONS = ("allow_other", "no_prefetch")
+# Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
+FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",
+                 "dev", "nodev", "async", "sync", "atime", "noatime", "relatime", "defaults", "nofail", "_netdev")
+
+
+def from_mount_helper(argv: list[str]) -> list[str]:
+    """Translate ``SOURCE MOUNTPOINT -o opts`` from an fstab line into nccidfs's own flags."""
+    positional = [arg for i, arg in enumerate(argv) if arg != "-o" and (i == 0 or argv[i - 1] != "-o")]
+    options = ",".join(argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-o")
+    if len(positional) != 2:
+        raise ConfigError("as a mount helper: nccidfs SOURCE MOUNTPOINT -o OPTIONS")
+    source, mountpoint = positional
+    flags = [mountpoint]
+    if source not in ("nccidfs", "none", ""):
+        flags += ["--bucket", source]
+    for option in filter(None, options.split(",")):
+        name, _, value = option.partition("=")
+        if name in FSTAB_VALUE_OPTIONS and value:
+            flags += [f"--{name.replace('_', '-')}", value]
+        elif name in FSTAB_FLAG_OPTIONS and not value:
+            flags.append(f"--{name.replace('_', '-')}")
+        elif name not in FSTAB_IGNORED and not name.startswith("x-"):
+            raise ConfigError(f"unknown mount option {option!r}")
+    return flags
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if "-o" in argv:
+            argv = from_mount_helper(argv)
         if argv and argv[0] in SUBCOMMANDS:
             return SUBCOMMANDS[argv[0]](argv[1:])
         return run_mount(argv)

@@ -44,3 +44,29 @@ def test_daemon_notifies_systemd_when_mounted(tmp_path: Path, s3_endpoint: str, 
             assert message.startswith(b"READY=1")
             assert (daemon.mountpoint / "data").is_dir()
         assert listener.recv(4096) == b"STOPPING=1"
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(shutil.which("mount.fuse3") is None or shutil.which("nccidfs") is None,
+                    reason="needs mount.fuse3 (fuse3) and an installed nccidfs")
+def test_an_fstab_style_mount_works(tmp_path: Path, s3_endpoint: str, bucket_name: str) -> None:
+    import os
+
+    from tests.mounting import daemon_env
+
+    create_bucket(s3_endpoint, bucket_name, [(f"{PREFIX}data/Covid1/status_2020-05-01.json", b"{}")])
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    options = (f"_netdev,nofail,bucket={bucket_name},endpoint_url={s3_endpoint},cache_dir={tmp_path / 'cache'},"
+               f"cache_size=1G,listing_ttl=60,log_file={tmp_path / 'log'},no_prefetch")
+    # mount(8) runs helpers with a fixed PATH, so the fstab line names the program by its absolute path.
+    source = f"{shutil.which('nccidfs')}#{bucket_name}"
+    options = options.replace(f"bucket={bucket_name},", "")
+    result = subprocess.run(["mount", "-t", "fuse", source, str(mountpoint), "-o", options],
+                            capture_output=True, text=True, timeout=60, env=daemon_env())
+    try:
+        assert result.returncode == 0, result.stderr
+        assert (mountpoint / "data" / "Covid1" / "status_2020-05-01.json").read_bytes() == b"{}"
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+    assert not os.path.ismount(mountpoint)
