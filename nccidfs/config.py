@@ -81,7 +81,7 @@ class ReadConfig:
     part_size: int = 8 * 1024**2
     fetch_threads: int = 16
     prefetch: bool = True
-    prefetch_threads: int = 4
+    prefetch_threads: int = 8
 
 
 @dataclass(frozen=True)

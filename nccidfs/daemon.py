@@ -65,6 +65,7 @@ class Daemon:
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,
                                                config.read.prefetch_threads)
+            self.fs.add_open_listener(self.prefetcher.opened)
             self.fs.add_read_listener(self.prefetcher.reading)
         self.control_path = config.cache.directory / "control.sock"
         self._control: ControlServer | None = None

@@ -103,9 +103,9 @@ class Fetcher:
             entry.recent_failure = (time.monotonic() + FAILURE_MEMORY, error)
             raise
 
-    def fetch_all(self, entry: CacheEntry) -> int:
-        """Fetch every missing block (in parts, in the background pool); returns bytes downloaded."""
-        parts = self._ensure(entry, 0, entry.block_count, self._background)
+    def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
+        """Fetch the missing blocks of ``[first, last)`` in the background pool; returns bytes downloaded."""
+        parts = self._ensure(entry, first, min(last, entry.block_count), self._background)
         return sum(len(part.future.result()) for part in parts)
 
     def _read_ahead(self, entry: CacheEntry, offset: int, end: int, cursor: ReadCursor) -> None:

@@ -53,10 +53,10 @@ class Opened:
     direct_io: bool
 
 
-# Called with (path, object) once per open file, when a read goes past the header (or reaches the end of
-# a small file): the reader wants whole images. The series prefetcher hooks in here; header scans
-# (pydicom's stop_before_pixels, dcmdump of a few tags) never trigger it.
-ReadListener = Callable[[str, ObjectInfo], None]
+# Called with (path, object): open listeners on every open; read listeners once per open file, when a
+# read goes past the header (or reaches the end of a small file), i.e. when the reader wants whole images.
+# The series prefetcher hooks in to both; header scans (pydicom's stop_before_pixels) never reach the second.
+Listener = Callable[[str, ObjectInfo], None]
 WHOLE_FILE_READ = 256 * 1024
 StatusProvider = Callable[[], dict[str, Any]]
 
@@ -72,10 +72,15 @@ class FileSystem:
         self._next_handle = itertools.count(1)
         self._lock = threading.Lock()
         self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=100_000)
-        self._listeners: list[ReadListener] = []
+        self._listeners: list[Listener] = []
+        self._open_listeners: list[Listener] = []
         self._status: StatusProvider = lambda: {}
 
-    def add_read_listener(self, listener: ReadListener) -> None:
+    def add_open_listener(self, listener: Listener) -> None:
+        """Called with (path, object) on every open of an object."""
+        self._open_listeners.append(listener)
+
+    def add_read_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def set_status_provider(self, provider: StatusProvider) -> None:
@@ -121,6 +126,8 @@ class FileSystem:
         # I/O stops the kernel from cutting or padding reads to the old size.
         replaced = previous is not None and not keep_cache
         handle = self._add(OpenFile(path, obj, self.cache.pin(obj)))
+        for listener in self._open_listeners:
+            listener(path, obj)
         return Opened(handle, keep_cache, replaced)
 
     def _add(self, open_file: OpenFile) -> int:

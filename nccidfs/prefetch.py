@@ -1,9 +1,12 @@
-"""Series-aware prefetch: when a ``.dcm`` is read whole, fetch the rest of its series in the background.
+"""Series-aware prefetch: fetch the other images of a series in the background, as far as the reader goes.
+
+Opening a ``.dcm`` fetches the first block (the header) of every image in its series: a header scan then
+finds its headers already here. Reading an image past its header fetches the whole series.
 
 Tools such as dcm2niix, SimpleITK and viewers walk a series file by file; fetching the series ahead of
 them turns a run of small serial reads into parallel bulk downloads. The prefetcher works one series at a
-time: reading an image in another series cancels what is still queued for the old one. It starts only
-when a reader goes past an image's header, so header scans never pull pixel data. It skips series
+time: opening an image in another series cancels what is still queued for the old one. Whole images are
+fetched only once a reader goes past a header, so header scans never pull pixel data. It skips series
 larger than half the cache, so prefetching never evicts most of what a reader is using.
 """
 
@@ -22,9 +25,12 @@ from nccidfs.objects import ObjectInfo
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = ".dcm"
+HEADERS, WHOLE = "headers", "whole"
 
 
 class SeriesPrefetcher:
+    """Two stages per series: headers when an image is opened, whole images once one is read whole."""
+
     def __init__(self, namespace: Namespace, cache: DiskCache, fetcher: Fetcher, threads: int) -> None:
         self._namespace = namespace
         self._cache = cache
@@ -32,47 +38,58 @@ class SeriesPrefetcher:
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._series = ""
+        self._stages: dict[str, str] = {}  # the current series' path -> the stage it reached
         self._generation = 0
         self.objects_prefetched = 0
         self.bytes_prefetched = 0
 
+    def opened(self, path: str, obj: ObjectInfo) -> None:
+        """Open listener: fetch the first block of every image of the series, so a header scan runs in
+        parallel rather than one request at a time."""
+        self._start(path, HEADERS)
+
     def reading(self, path: str, obj: ObjectInfo) -> None:
-        """Read listener of :class:`~nccidfs.fs.FileSystem`: start on the first image read in a new series."""
+        """Read listener: an image is being read whole, so fetch the whole series."""
+        self._start(path, WHOLE)
+
+    def _start(self, path: str, stage: str) -> None:
         if not path.endswith(IMAGE_SUFFIX):
             return
         series, name = path.rsplit("/", 1)
         with self._lock:
-            if series == self._series:
+            reached = self._stages.get(series)
+            if reached in (WHOLE, stage):
                 return
-            self._series = series
-            self._generation += 1
+            if reached is None:  # a new series: whatever is queued for the old one is dropped
+                self._generation += 1
+                self._stages = {}
+            self._stages[series] = stage
             generation = self._generation
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="prefetch")
             pool = self._pool
         try:
-            images = [e for e in self._namespace.list(series).values() if e.obj is not None
+            images = [e.obj for e in self._namespace.list(series).values() if e.obj is not None
                       and e.name.endswith(IMAGE_SUFFIX)]
         except NccidfsError:
             return
-        total = sum(e.size for e in images)
-        if total > self._cache.size_bytes // 2:
+        total = sum(obj.size for obj in images)
+        if stage == WHOLE and total > self._cache.size_bytes // 2:
             log.debug("series %s (%d bytes) is over half the cache; not prefetching", series, total)
             return
         # Readers usually walk forward from the image they opened: fetch from there, then wrap around.
-        names = [e.name for e in images]
+        names = [obj.key.rsplit("/", 1)[1] for obj in images]
         start = names.index(name) + 1 if name in names else 0
-        for image in images[start:] + images[:start]:
-            if image.obj is not None and image.name != name:
-                pool.submit(self._fetch, generation, image.obj)
+        for obj in images[start:] + images[:start]:
+            if not obj.key.endswith("/" + name):
+                pool.submit(self._fetch, generation, obj, stage)
 
-    def _fetch(self, generation: int, obj: ObjectInfo) -> None:
+    def _fetch(self, generation: int, obj: ObjectInfo, stage: str) -> None:
         if generation != self._generation:
             return  # the reader moved to another series
         entry = self._cache.pin(obj)
         try:
-            fetched = self._fetcher.fetch_all(entry)
+            fetched = self._fetcher.fetch_blocks(entry, 0, 1 if stage == HEADERS else entry.block_count)
         except NccidfsError as error:
             log.debug("prefetch of %s failed: %s", obj.key, error)
             return
@@ -80,7 +97,7 @@ class SeriesPrefetcher:
             self._cache.unpin(entry)
         with self._lock:
             if fetched:
-                self.objects_prefetched += 1
+                self.objects_prefetched += stage == WHOLE
                 self.bytes_prefetched += fetched
 
     def shutdown(self) -> None:

@@ -80,12 +80,12 @@ def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
     assert store.requests["get"] == 1
 
 
-def test_fetch_all_completes_the_object(tmp_path: Path) -> None:
+def test_fetch_blocks_completes_the_object(tmp_path: Path) -> None:
     store = MemoryStore({KEY: BODY})
     fetcher, cache = make(tmp_path, store)
     entry = cache.pin(store.info(KEY))
     fetcher.read(entry, BLOCK * 3, 10)
-    assert fetcher.fetch_all(entry) == len(BODY) - BLOCK
+    assert fetcher.fetch_blocks(entry, 0, entry.block_count) == len(BODY) - BLOCK
     assert entry.is_complete()
     before = store.requests["get"]
     assert fetcher.read(entry, 0, len(BODY)) == BODY
