@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import zlib
 from array import array
 from collections import OrderedDict
@@ -143,6 +144,8 @@ class DiskCache:
         self.directory = directory
         # Bytes that other files in the directory (the listing index) take from the same bound.
         self._other_usage = other_usage
+        self._other_bytes = 0
+        self._other_checked = -2.0
         self.size_bytes = size_bytes
         self.block_size = block_size
         self._bucket = bucket
@@ -219,6 +222,14 @@ class DiskCache:
                 self._entries.move_to_end(digest)
             entry.pins += 1
             return entry
+
+    def retain(self, entry: CacheEntry) -> bool:
+        """Pin an entry already held, if it is still indexed (not evicted); False if it is gone."""
+        with self._lock:
+            if self._entries.get(entry.digest) is not entry:
+                return False
+            entry.pins += 1
+            return True
 
     def unpin(self, entry: CacheEntry) -> None:
         with self._lock:
@@ -340,7 +351,10 @@ class DiskCache:
 
     def _evict_until(self, room: int) -> bool:
         """Evict unpinned entries, least recently used first, until ``room`` bytes fit. Hold ``_lock``."""
-        budget = self.size_bytes - self._other_usage()
+        now = time.monotonic()
+        if now - self._other_checked > 1.0:  # the index grows slowly: a stat a second is enough
+            self._other_bytes, self._other_checked = self._other_usage(), now
+        budget = self.size_bytes - self._other_bytes
         if self._used + room <= budget:
             return True
         for entry in [e for e in self._entries.values() if e.pins == 0]:

@@ -160,16 +160,24 @@ class Fetcher:
             self._in_flight[id(part)] = (entry.key, stop - start)
         try:
             data = self._store.get_range(entry.key, start, stop, entry.etag)
-            if not self._cache.store(entry, part.first, data):
+            stored = self._cache.store(entry, part.first, data)
+            if not stored:
                 log.debug("no cache room for %s [%d, %d); serving uncached", entry.key, start, stop)
-            elif entry.is_complete():
-                self._cache.verify_whole(entry)
         except BaseException as error:
             self._finish(entry, part)
             part.future.set_exception(error)
             return
         self._finish(entry, part)
         part.future.set_result(data)
+        if stored and entry.is_complete() and self._cache.retain(entry):
+            self._background.submit(self._verify, entry)
+
+    def _verify(self, entry: CacheEntry) -> None:
+        """The MD5 check of a completed object, off the reader's path (it reads the whole object)."""
+        try:
+            self._cache.verify_whole(entry)
+        finally:
+            self._cache.unpin(entry)
 
     def _finish(self, entry: CacheEntry, part: InflightPart) -> None:
         self._abandon(entry, part)
