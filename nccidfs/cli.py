@@ -67,9 +67,9 @@ def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> N
     mount = parser.add_argument_group("Mount")
     mount.add_argument("--listing-ttl", type=float, default=300.0, metavar="SECONDS",
                        help="how long a directory listing is trusted before S3 is asked again (default: 300)")
-    mount.add_argument("--max-listing-entries", type=int, default=200_000, metavar="N",
+    mount.add_argument("--max-listing-entries", type=int, default=MountConfig.max_listing_entries, metavar="N",
                        help="bound on directory entries held in memory; least recently used listings are "
-                            "dropped first (default: 200000)")
+                            "dropped first; about 1 KiB each; the on-disk index keeps the rest (default: %(default)s)")
     mount.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                        help="a read or listing that S3 cannot serve within this time fails with EIO, "
                             "after retries (default: 30)")

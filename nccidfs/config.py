@@ -90,7 +90,8 @@ class MountConfig:
     foreground: bool = False
     allow_other: bool = False
     listing_ttl: float = 300.0
-    max_listing_entries: int = 200_000
+    # About 1 KiB of memory each; listings beyond the bound are read back from the on-disk index, not S3.
+    max_listing_entries: int = 50_000
     log_level: str = "INFO"
     log_file: Path | None = None
 
