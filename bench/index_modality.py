@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def main() -> None:
     server = start_synths3(args.shared, args.scale, args.port)
     results: dict[str, dict[str, float]] = {}
     try:
-        runs = [("nccidfs", lambda: nccidfs_engine(endpoint, prefix, args.threads))]
+        runs: list[tuple[str, Callable[[], int]]] = [
+            ("nccidfs", lambda: nccidfs_engine(endpoint, prefix, args.threads))]
         if not args.skip_boto3:
             runs.append(("boto3 paginator", lambda: boto3_paginator(endpoint, prefix)))
         for name, run in runs:

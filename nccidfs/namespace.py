@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,7 +59,7 @@ def split_path(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
 
-def dir_prefix(root_prefix: str, parts: list[str]) -> str:
+def dir_prefix(root_prefix: str, parts: Sequence[str]) -> str:
     """The S3 prefix (with trailing slash) that a directory path stands for."""
     return root_prefix + "".join(f"{part}/" for part in parts)
 
@@ -167,6 +167,7 @@ class Namespace:
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
         self._background: ThreadPoolExecutor | None = None
+        self._queued: set[str] = set()  # prefixes waiting for a background listing
 
     @property
     def prefix(self) -> str:
@@ -188,6 +189,9 @@ class Namespace:
             cached = self._listings.get(prefix)
         if cached is not None:
             return cached
+        cached = self._from_pending_subtree(parts, prefix)
+        if cached is not None:
+            return cached
         stored = self._index.get(prefix, self._started) if self._index else None
         if stored is not None:
             fetched, entries = stored
@@ -195,7 +199,7 @@ class Namespace:
             if fresh or fetched < self._started:
                 self._remember(prefix, entries)
                 if not fresh:
-                    self._in_background(prefix)
+                    self._in_background(prefix, refresh=True)
                 return entries
         try:
             entries = self._list_once(prefix)
@@ -208,6 +212,23 @@ class Namespace:
             log.warning("S3 unreachable; serving the listing of %s saved at %s", prefix,
                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored[0])))
             return stored[1]
+
+    def _from_pending_subtree(self, parts: Sequence[str], prefix: str) -> dict[str, Entry] | None:
+        """A directory inside a patient subtree whose flat listing is under way or queued: use that listing
+        rather than list the directory on its own."""
+        if len(parts) <= SUBTREE_DEPTH:
+            return None
+        ancestor = dir_prefix(self._prefix, parts[:SUBTREE_DEPTH])
+        with self._lock:
+            pending = ancestor in self._inflight or ancestor in self._queued
+        if not pending:
+            return None
+        try:
+            self._list_once(ancestor)
+        except NccidfsError:
+            return None
+        with self._lock:
+            return self._listings.get(prefix)
 
     def _list_once(self, prefix: str) -> dict[str, Entry]:
         """List ``prefix`` from S3; concurrent callers share one listing.
@@ -249,18 +270,28 @@ class Namespace:
             except ValueError:
                 log.warning("listing of %s (%d entries) exceeds the listing cache bound", prefix, len(entries))
 
-    def _in_background(self, prefix: str) -> None:
-        """List ``prefix`` in the background (a refresh, or a sibling a walk will reach soon)."""
+    def _in_background(self, prefix: str, refresh: bool = False) -> None:
+        """List ``prefix`` in the background: a refresh of a stale listing, or a sibling a walk will reach
+        soon (skipped if the walk got there first)."""
         with self._lock:
+            if prefix in self._queued:
+                return
+            self._queued.add(prefix)
             if self._background is None:
                 self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list")
             background = self._background
 
         def list_quietly() -> None:
             try:
-                self._list_once(prefix)
+                with self._lock:
+                    done = not refresh and prefix in self._listings
+                if not done:
+                    self._list_once(prefix)
             except NccidfsError as error:
                 log.debug("background listing of %s failed: %s", prefix, error)
+            finally:
+                with self._lock:
+                    self._queued.discard(prefix)
 
         background.submit(list_quietly)
 
@@ -278,7 +309,7 @@ class Namespace:
         for sibling in siblings[start:start + SIBLINGS_AHEAD]:
             prefix = dir_prefix(self._prefix, [*split_path(parent), sibling])
             with self._lock:
-                known = prefix in self._listings or prefix in self._inflight
+                known = prefix in self._listings or prefix in self._inflight or prefix in self._queued
             if not known and (self._index is None or self._index.get(prefix, self._started) is None):
                 self._in_background(prefix)
 

@@ -82,11 +82,14 @@ class SeriesPrefetcher:
         start = names.index(name) + 1 if name in names else 0
         for obj in images[start:] + images[:start]:
             if not obj.key.endswith("/" + name):
-                pool.submit(self._fetch, generation, obj, stage)
+                pool.submit(self._fetch, generation, series, obj, stage)
 
-    def _fetch(self, generation: int, obj: ObjectInfo, stage: str) -> None:
-        if generation != self._generation:
-            return  # the reader moved to another series
+    def _fetch(self, generation: int, series: str, obj: ObjectInfo, stage: str) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # the reader moved to another series
+            if stage == HEADERS and self._stages.get(series) == WHOLE:
+                return  # the whole image is queued too: one GET instead of two
         entry = self._cache.pin(obj)
         try:
             fetched = self._fetcher.fetch_blocks(entry, 0, 1 if stage == HEADERS else entry.block_count)

@@ -15,10 +15,11 @@ class MemoryStore:
     """A dict of key -> bytes behaving like the warehouse: delimiter listings, ranged GETs pinned by ETag."""
 
     def __init__(self, objects: dict[str, bytes] | None = None, denied_prefixes: tuple[str, ...] = (),
-                 latency: float = 0.0) -> None:
+                 latency: float = 0.0, list_latency: float = 0.0) -> None:
         self.objects = dict(objects or {})
         self.denied_prefixes = denied_prefixes
         self.latency = latency
+        self.list_latency = list_latency
         self.requests: Counter[str] = Counter()
         self.ranges: list[tuple[str, int, int]] = []
         self._lock = threading.Lock()
@@ -28,6 +29,8 @@ class MemoryStore:
         return ObjectInfo(key, len(body), hashlib.md5(body).hexdigest(), 1_600_000_000.0)
 
     def _check(self, prefix: str) -> None:
+        if self.list_latency:
+            time.sleep(self.list_latency)
         if prefix in self.denied_prefixes:
             raise AccessDenied(f"list {prefix}")
 

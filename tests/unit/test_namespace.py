@@ -148,3 +148,15 @@ def test_patient_subtrees_are_listed_flat_and_siblings_ahead_of_a_walk() -> None
     assert list(ns.list("/ct/Covid0/s/t")) == ["0.dcm", "1.dcm", "2.dcm"]
     ns.list("/ct/Covid10/s")  # sorted by name, Covid10 follows Covid0 and Covid1
     assert store.requests["list"] == walked, "the flat listings answered the series and the siblings"
+
+
+def test_a_fast_walk_lists_each_patient_once() -> None:
+    """Siblings queued for a background listing must not be queued again by the next steps of a walk."""
+    store = MemoryStore({f"training/data/Covid{i:03d}/status_2020-05-01.json": b"{}" for i in range(120)},
+                        list_latency=0.02)
+    ns = make(store)
+    names = list(ns.list("/data"))
+    for name in names:
+        assert list(ns.list(f"/data/{name}")) == ["status_2020-05-01.json"]
+    time.sleep(0.5)
+    assert store.requests["list"] <= 1 + len(names) + SIBLINGS_AHEAD
