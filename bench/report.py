@@ -68,7 +68,10 @@ def rows(context: dict[str, Any], samples: Samples) -> list[Row]:
     reading, wide = context["reading"], context["wide"]
     slices, big = reading["slices"], f"{reading['big_bytes'] / MIB:.0f} MiB"
     table = [
-        Row("header scan", f"header scan, {slices} slices (pydicom stop_before_pixels), cold", show_bytes=True),
+        Row("header scan", f"header scan, {slices} slices (pydicom stop_before_pixels), cold, nccidfs prefetch off",
+            show_bytes=True),
+        Row("header scan prefetch", f"header scan, {slices} slices, cold, nccidfs prefetch on (default)",
+            show_bytes=True),
         Row("series cat", f"series file by file ({slices} x cat), cold", ("aws s3 sync", "boto3")),
         Row("dcm2niix", f"dcm2niix on the series ({slices} slices), cold"),
         Row("big cold", f"{big} object, dd bs=1M, cold", ("aws s3 cp", "boto3", "cached file"), rate=True),
