@@ -92,6 +92,7 @@ class MountConfig:
     listing_ttl: float = 300.0
     # About 1 KiB of memory each; listings beyond the bound are read back from the on-disk index, not S3.
     max_listing_entries: int = 50_000
+    readdirplus: bool = False
     log_level: str = "INFO"
     log_file: Path | None = None
 
