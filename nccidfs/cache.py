@@ -382,13 +382,6 @@ class DiskCache:
             return {"directory": str(self.directory), "bound_bytes": self.size_bytes, "used_bytes": self._used,
                     "objects": len(self._entries), "complete_objects": complete, "evictions": self.evictions}
 
-    def clear(self) -> int:
-        """Remove every unpinned entry; returns how many were removed."""
-        with self._lock:
-            victims = [e for e in self._entries.values() if e.pins == 0]
-            for entry in victims:
-                self._forget(entry)
-            return len(victims)
 
 
 def disk_usage(directory: Path) -> dict[str, Any]:
