@@ -48,6 +48,12 @@ def seed_demo_bucket(endpoint_url: str, bucket: str, objects: Iterable[DemoObjec
     return bucket
 
 
+def drop_page_cache() -> None:
+    """Make the next read a cold one for the kernel (needs root; a no-op elsewhere)."""
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False,
+                   stderr=subprocess.DEVNULL)
+
+
 def daemon_env() -> dict[str, str]:
     # No instance-metadata lookups: tests send traffic to loopback only.
     env = dict(os.environ, **CREDENTIALS, AWS_EC2_METADATA_DISABLED="true")

@@ -20,7 +20,16 @@ import pytest
 from nccidfs.demo.warehouse import DemoObject
 from nccidfs.dicom import tags_from_metadata_json
 from tests.faultproxy import FaultProxy
-from tests.mounting import BUCKET, PREFIX, MountedDaemon, create_bucket, daemon_env, s3_client, seed_demo_bucket
+from tests.mounting import (
+    BUCKET,
+    PREFIX,
+    MountedDaemon,
+    create_bucket,
+    daemon_env,
+    drop_page_cache,
+    s3_client,
+    seed_demo_bucket,
+)
 
 pytestmark = pytest.mark.fuse
 
@@ -222,7 +231,7 @@ def test_prefetch_command_fills_the_cache_for_a_series(mount: MountedDaemon, pro
     result = nccidfs("prefetch", str(series))
     assert result.returncode == 0, result.stderr
     assert "prefetched" in result.stdout
-    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    drop_page_cache()
     proxy.reset_counts()
     for path in sorted(series.iterdir()):
         path.read_bytes()

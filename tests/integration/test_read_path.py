@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 
 from nccidfs.demo.warehouse import DemoObject
 from tests.faultproxy import FaultProxy
-from tests.mounting import BUCKET, PREFIX, MountedDaemon, s3_client, seed_demo_bucket
+from tests.mounting import BUCKET, PREFIX, MountedDaemon, drop_page_cache, s3_client, seed_demo_bucket
 
 pytestmark = pytest.mark.fuse
 BIG = os.urandom(9 * 1024 * 1024 + 12345)
@@ -35,10 +34,6 @@ def bucket(s3_endpoint: str, warehouse: list[DemoObject]) -> str:
 def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
     with FaultProxy(s3_endpoint) as running:
         yield running
-
-
-def drop_page_cache() -> None:
-    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False)
 
 
 @pytest.fixture(scope="module", params=["prefetch", "no-prefetch"])
