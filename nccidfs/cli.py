@@ -266,7 +266,9 @@ def run_cache(argv: Sequence[str]) -> int:
     from nccidfs import commands
 
     if args.action == "stats":
-        print(json.dumps(commands.cache_stats(args.cache_dir), indent=2))
+        from nccidfs.cache import disk_usage
+
+        print(json.dumps(disk_usage(args.cache_dir), indent=2))
     else:
         print(f"removed {commands.cache_clear(args.cache_dir)} cached objects from {args.cache_dir}")
     return EXIT_OK

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nccidfs import control
-from nccidfs.cache import clear_directory, disk_usage
+from nccidfs.cache import clear_directory
 from nccidfs.errors import ConfigError, NccidfsError
 
 STATUS_RELATIVE = ".nccidfs/status.json"
@@ -77,10 +77,6 @@ def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     if "error" in reply:
         raise NccidfsError(str(reply["error"]))
     return reply
-
-
-def cache_stats(directory: Path) -> dict[str, Any]:
-    return disk_usage(directory)
 
 
 def cache_clear(directory: Path) -> int:
