@@ -1,0 +1,357 @@
+"""A CT or MR series as one NIfTI-1 volume, planned from the series' metadata JSON twins alone.
+
+Why a plan comes first: the mount shows a file's size at stat time, before any image is fetched, and
+nibabel memory-maps ``.nii`` files, so that size must be exact. ``plan_volume`` fixes, from the JSON
+twins only, whether the series is one volume at all, the slice order, the voxel type and the geometry;
+the pixels are read later and only fill in the planned layout.
+
+Layout of the file: nibabel's 348-byte NIfTI-1 header, 4 zero bytes (no extensions), then the voxels.
+Voxel (i, j, k) is column i and row j of slice k, so slice k is the image's pixel array in row-major
+order, one contiguous block at ``HEADER_BYTES + k * plan.slice_bytes``. A reader of one byte range needs
+only the images of the slices it covers.
+
+Geometry follows DICOM PS3.3 C.7.6.2.1.1 and NIfTI's RAS+ world: the first voxel axis steps along the
+row direction cosines by the column spacing, the second along the column cosines by the row spacing,
+the third along the slice normal (row x column) by the slice spacing; DICOM's LPS is turned into RAS by
+negating x and y. This is the frame dcm2niix writes up to a flip of axes, which the tests check.
+
+Voxel type: int16 with the shared RescaleSlope/RescaleIntercept as scl_slope/scl_inter when every slice
+has the same rescale and the stored bits fit, so the file holds the stored values untouched; float32
+holding the rescaled values otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+
+HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
+_INT16 = np.dtype("<i2")
+_FLOAT32 = np.dtype("<f4")
+# Orientation cosines and pixel spacings that differ by less than these are the same.
+_ORIENTATION_TOLERANCE = 1e-4
+_SPACING_TOLERANCE_MM = 1e-3
+# A slice may sit this far from where an evenly spaced stack puts it: 0.01 mm of rounding in the
+# positions plus 5% of a slice step, far less than the whole step a missing slice leaves.
+_POSITION_TOLERANCE_MM = 0.01
+_POSITION_TOLERANCE_STEPS = 0.05
+
+Affine = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A series that is not one volume, with the reason in words for the sidecar."""
+
+    reason: str
+    tags: Mapping[str, Any]  # the sidecar fields of the series' first image
+
+
+@dataclass(frozen=True, eq=False)
+class VolumePlan:
+    """Everything about the volume that the metadata decides: which image is which slice, and how
+    the voxels are stored. ``slices[k]`` is the id (the caller's key for the image) of slice k."""
+
+    slices: tuple[str, ...]
+    rows: int
+    columns: int
+    dtype: np.dtype[Any]
+    scl_slope: float
+    scl_inter: float
+    rescale: tuple[tuple[float, float], ...]  # (slope, intercept) per slice, applied for float32
+    affine: Affine  # voxel -> RAS+ millimetres
+    tags: Mapping[str, Any]
+
+    @property
+    def slice_bytes(self) -> int:
+        return self.rows * self.columns * self.dtype.itemsize
+
+    @property
+    def size(self) -> int:
+        """The exact length of the .nii file."""
+        return HEADER_BYTES + len(self.slices) * self.slice_bytes
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """The geometry and pixel format of one image, as read from its metadata twin."""
+
+    ident: str
+    rows: int
+    columns: int
+    orientation: tuple[float, ...]  # ImageOrientationPatient: row cosines, then column cosines
+    position: tuple[float, ...]  # ImagePositionPatient of the first transmitted pixel
+    spacing: tuple[float, float]  # PixelSpacing: between rows, between columns
+    slope: float
+    intercept: float
+    bits_stored: int
+    signed: bool
+
+
+class _NotAVolume(Exception):
+    """Raised inside planning with the reason a series is no volume."""
+
+
+def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejection:
+    """Plan the volume of one series from its images' metadata twins (parsed DICOM JSON), keyed by
+    the caller's id for each image. A Rejection names the first rule the series breaks."""
+    idents = sorted(metas)
+    tags = _sidecar_tags(metas[idents[0]]) if idents else {}
+    try:
+        slices = [_read_slice(ident, metas[ident]) for ident in idents]
+        _check_same_frame(slices)
+        ordered, step = _stack(slices, metas[idents[0]])
+    except _NotAVolume as why:
+        return Rejection(str(why), tags)
+    first = ordered[0]
+    rescale = tuple((s.slope, s.intercept) for s in ordered)
+    shared = len(set(rescale)) == 1
+    dtype = _INT16 if shared and _fits_int16(first) else _FLOAT32
+    slope, inter = rescale[0] if dtype == _INT16 else (1.0, 0.0)
+    return VolumePlan(
+        slices=tuple(s.ident for s in ordered),
+        rows=first.rows,
+        columns=first.columns,
+        dtype=dtype,
+        scl_slope=slope,
+        scl_inter=inter,
+        rescale=rescale,
+        affine=_affine(first, step),
+        tags=tags,
+    )
+
+
+def encode_header(plan: VolumePlan) -> bytes:
+    """The first HEADER_BYTES of the file: nibabel's header for the plan, then an empty extension flag."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(plan.dtype)
+    header.set_data_shape((plan.columns, plan.rows, len(plan.slices)))
+    header.set_qform(plan.affine, code=1)  # 1: scanner-based anatomical coordinates
+    header.set_sform(plan.affine, code=1)
+    header.set_slope_inter(plan.scl_slope, plan.scl_inter)
+    header.set_xyzt_units("mm", "sec")
+    header["vox_offset"] = HEADER_BYTES
+    header["descrip"] = b"nccidfs"
+    return bytes(header.binaryblock) + bytes(HEADER_BYTES - len(header.binaryblock))
+
+
+def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
+    """The voxels of slice ``index`` from its image's DICOM bytes: exactly ``plan.slice_bytes`` bytes.
+    Raises ValueError when the image does not match its metadata (size, stored values)."""
+    pixels = dcmread(BytesIO(dicom), force=True).pixel_array
+    if pixels.shape != (plan.rows, plan.columns):
+        raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
+    if plan.dtype == _INT16:
+        if pixels.size and (pixels.min() < -32768 or pixels.max() > 32767):
+            raise ValueError(f"{plan.slices[index]}: stored values exceed BitsStored")
+        return pixels.astype(_INT16).tobytes()
+    slope, intercept = plan.rescale[index]
+    return (pixels.astype(np.float64) * slope + intercept).astype(_FLOAT32).tobytes()
+
+
+def volume_chunks(plan: VolumePlan, images: Mapping[str, bytes]) -> Iterator[bytes]:
+    """The file in pieces: the header, then one piece per slice; ``images`` maps slice ids to DICOM."""
+    yield encode_header(plan)
+    for index, ident in enumerate(plan.slices):
+        yield encode_slice(plan, index, images[ident])
+
+
+def build_volume(plan: VolumePlan, images: Mapping[str, bytes]) -> bytes:
+    """The whole .nii file, exactly ``plan.size`` bytes."""
+    data = b"".join(volume_chunks(plan, images))
+    if len(data) != plan.size:  # a broken invariant, not bad input: every piece has a planned length
+        raise AssertionError(f"volume of {len(data)} bytes, planned {plan.size}")
+    return data
+
+
+def sidecar(outcome: VolumePlan | Rejection) -> bytes:
+    """A BIDS-style JSON sidecar: key acquisition tags, named and scaled as dcm2niix names them, or
+    for a rejected series the reason it has no volume."""
+    document = dict(outcome.tags)
+    if isinstance(outcome, Rejection):
+        document["NoVolumeReason"] = outcome.reason
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+# --- reading the metadata twins --------------------------------------------------------------------
+
+
+def _values(meta: Mapping[str, Any], keyword: str) -> list[Any]:
+    """The "Value" list of an element in a DICOM JSON object; [] when absent or null."""
+    attribute = meta.get(f"{tag_for_keyword(keyword):08X}")
+    value = attribute.get("Value") if isinstance(attribute, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _numbers(meta: Mapping[str, Any], keyword: str, count: int, ident: str) -> tuple[float, ...]:
+    """Exactly ``count`` finite numbers of an element, or the series is rejected naming it."""
+    try:
+        numbers = tuple(float(value) for value in _values(meta, keyword))
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
+        raise _NotAVolume(f"{ident}: {keyword} is missing or not {count} numbers")
+    return numbers
+
+
+def _optional_number(meta: Mapping[str, Any], keyword: str, default: float) -> float:
+    values = _values(meta, keyword)
+    try:
+        return float(values[0]) if values else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
+    frames = _optional_number(meta, "NumberOfFrames", 1.0)
+    samples = _optional_number(meta, "SamplesPerPixel", 1.0)
+    if frames != 1 or samples != 1:
+        raise _NotAVolume(f"{ident}: {frames:g} frames of {samples:g} samples; only single-frame greyscale")
+    (rows,), (columns,) = _numbers(meta, "Rows", 1, ident), _numbers(meta, "Columns", 1, ident)
+    row_spacing, column_spacing = _numbers(meta, "PixelSpacing", 2, ident)
+    return _Slice(
+        ident=ident,
+        rows=int(rows),
+        columns=int(columns),
+        orientation=_numbers(meta, "ImageOrientationPatient", 6, ident),
+        position=_numbers(meta, "ImagePositionPatient", 3, ident),
+        spacing=(row_spacing, column_spacing),
+        slope=_optional_number(meta, "RescaleSlope", 1.0),
+        intercept=_optional_number(meta, "RescaleIntercept", 0.0),
+        bits_stored=int(_optional_number(meta, "BitsStored", 16.0)),
+        signed=_optional_number(meta, "PixelRepresentation", 0.0) == 1,
+    )
+
+
+# --- the rules of one volume -----------------------------------------------------------------------
+
+
+def _check_same_frame(slices: Sequence[_Slice]) -> None:
+    """One size, one pixel spacing and one orientation for every slice."""
+    if not slices:
+        raise _NotAVolume("the series has no images")
+    first = slices[0]
+    for other in slices[1:]:
+        if (other.rows, other.columns) != (first.rows, first.columns):
+            raise _NotAVolume(
+                f"images of different sizes: {first.rows}x{first.columns} ({first.ident}) and "
+                f"{other.rows}x{other.columns} ({other.ident})"
+            )
+        if not np.allclose(other.spacing, first.spacing, rtol=0.0, atol=_SPACING_TOLERANCE_MM):
+            raise _NotAVolume(f"different pixel spacings: {first.spacing} and {other.spacing} ({other.ident})")
+        if not np.allclose(other.orientation, first.orientation, rtol=0.0, atol=_ORIENTATION_TOLERANCE):
+            raise _NotAVolume(f"more than one orientation: {first.orientation} and {other.orientation}")
+
+
+def _normal(orientation: Sequence[float]) -> npt.NDArray[np.float64]:
+    """The slice normal: row cosines x column cosines."""
+    return np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+
+
+def _stack(slices: Sequence[_Slice], first_meta: Mapping[str, Any]) -> tuple[list[_Slice], float]:
+    """The slices ordered along the normal, and the step between them, if they are evenly spaced
+    along the normal with no gap, no duplicate and no drift within the plane."""
+    normal = _normal(slices[0].orientation)
+    ordered = sorted(slices, key=lambda s: float(np.dot(normal, s.position)))
+    if len(ordered) == 1:
+        thickness = _optional_number(first_meta, "SliceThickness", 1.0)
+        return ordered, _optional_number(first_meta, "SpacingBetweenSlices", thickness) or 1.0
+    positions = np.array([s.position for s in ordered])
+    depths = positions @ normal
+    steps = np.diff(depths)
+    if steps.min() <= _POSITION_TOLERANCE_MM:
+        index = int(np.argmin(steps))
+        raise _NotAVolume(f"two images at one position: {ordered[index].ident} and {ordered[index + 1].ident}")
+    step = float((depths[-1] - depths[0]) / (len(ordered) - 1))
+    expected = positions[0] + np.outer(np.arange(len(ordered)) * step, normal)
+    drift = np.linalg.norm(positions - expected, axis=1)
+    if drift.max() > _POSITION_TOLERANCE_MM + _POSITION_TOLERANCE_STEPS * step:
+        raise _NotAVolume(_spacing_reason(ordered, steps, float(np.median(steps))))
+    return ordered, step
+
+
+def _spacing_reason(ordered: Sequence[_Slice], steps: npt.NDArray[np.float64], typical: float) -> str:
+    """Why positions do not form a stack: a gap, uneven steps, or a shift within the plane (tilt)."""
+    index = int(np.argmax(np.abs(steps - typical)))
+    if abs(steps[index] - typical) > _POSITION_TOLERANCE_STEPS * typical:
+        return (
+            f"uneven slice spacing: {steps[index]:.4g} mm between {ordered[index].ident} and "
+            f"{ordered[index + 1].ident}, {typical:.4g} mm elsewhere (a missing slice?)"
+        )
+    return "slice positions drift within the image plane (gantry tilt?); the stack is not a box"
+
+
+def _fits_int16(first: _Slice) -> bool:
+    """Whether every value the stored bits can hold fits int16."""
+    return first.bits_stored <= 16 if first.signed else first.bits_stored <= 15
+
+
+def _affine(first: _Slice, step: float) -> Affine:
+    """Voxel (column, row, slice) -> RAS+ mm, from the first slice's position and orientation."""
+    row_cosines = np.asarray(first.orientation[:3])
+    column_cosines = np.asarray(first.orientation[3:])
+    row_spacing, column_spacing = first.spacing
+    lps = np.eye(4)
+    lps[:3, 0] = row_cosines * column_spacing
+    lps[:3, 1] = column_cosines * row_spacing
+    lps[:3, 2] = _normal(first.orientation) * step
+    lps[:3, 3] = first.position
+    affine: Affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return affine
+
+
+# --- the sidecar -----------------------------------------------------------------------------------
+
+# BIDS name, DICOM keyword, factor (dcm2niix gives MR times in seconds; DICOM has milliseconds).
+_SIDECAR_FIELDS: tuple[tuple[str, str, float | None], ...] = (
+    ("Modality", "Modality", None),
+    ("Manufacturer", "Manufacturer", None),
+    ("ManufacturersModelName", "ManufacturerModelName", None),
+    ("BodyPartExamined", "BodyPartExamined", None),
+    ("PatientPosition", "PatientPosition", None),
+    ("StudyInstanceUID", "StudyInstanceUID", None),
+    ("SeriesInstanceUID", "SeriesInstanceUID", None),
+    ("SeriesDescription", "SeriesDescription", None),
+    ("ProtocolName", "ProtocolName", None),
+    ("SeriesNumber", "SeriesNumber", None),
+    ("ImageType", "ImageType", None),
+    ("AcquisitionDate", "AcquisitionDate", None),
+    ("AcquisitionTime", "AcquisitionTime", None),
+    ("SliceThickness", "SliceThickness", None),
+    ("SpacingBetweenSlices", "SpacingBetweenSlices", None),
+    ("ConvolutionKernel", "ConvolutionKernel", None),
+    ("KVP", "KVP", None),
+    ("MagneticFieldStrength", "MagneticFieldStrength", None),
+    ("ScanningSequence", "ScanningSequence", None),
+    ("SequenceVariant", "SequenceVariant", None),
+    ("MRAcquisitionType", "MRAcquisitionType", None),
+    ("EchoTime", "EchoTime", 0.001),
+    ("RepetitionTime", "RepetitionTime", 0.001),
+    ("InversionTime", "InversionTime", 0.001),
+    ("FlipAngle", "FlipAngle", None),
+    ("EchoTrainLength", "EchoTrainLength", None),
+    ("ImageOrientationPatientDICOM", "ImageOrientationPatient", None),
+)
+
+
+def _sidecar_tags(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar fields present in one image's metadata twin: one value as itself, several as a
+    list, times in seconds."""
+    tags: dict[str, Any] = {"ConversionSoftware": "nccidfs"}
+    for name, keyword, factor in _SIDECAR_FIELDS:
+        values = [value for value in _values(meta, keyword) if isinstance(value, str | int | float)]
+        if factor is not None:
+            values = [round(float(value) * factor, 9) for value in values]
+        if values:
+            tags[name] = values if len(values) > 1 or keyword == "ImageType" else values[0]
+    return tags
