@@ -4,6 +4,10 @@ botocore parses about 16,000 keys a second on one core, which makes a flat listi
 (millions of keys) parse-bound. A page has a fixed, flat shape, so a handful of regular expressions over
 the raw bytes read it many times faster. botocore still signs, sends, retries and raises errors; only
 successful pages are read here.
+
+Each ``<Contents>`` element is read as a unit: it must hold exactly one Key, Size, ETag and LastModified,
+or the whole page is refused with :class:`~nccidfs.errors.CorruptData`. A field missing from one element
+can therefore never shift another element's size or ETag onto the wrong key.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from nccidfs.errors import CorruptData
 from nccidfs.objects import ObjectInfo
 
 PAGE_KEY = "NccidfsPage"
@@ -22,10 +27,9 @@ PAGE_KEY = "NccidfsPage"
 _EMPTY_RESULT = (b'<?xml version="1.0" encoding="UTF-8"?>'
                  b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></ListBucketResult>')
 
-_KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
-_SIZE = re.compile(rb"<Size>(\d+)</Size>")
-_ETAG = re.compile(rb"<ETag>(.*?)</ETag>", re.S)
-_MODIFIED = re.compile(rb"<LastModified>(.*?)</LastModified>")
+# A value never holds "<" (XML escapes it), so "[^<]*" reads it without backtracking.
+_FIELD = re.compile(rb"<(Key|Size|ETag|LastModified)>([^<]*)</\1>")
+_FIELD_COUNT = 4
 _COMMON_PREFIX = re.compile(rb"<CommonPrefixes>\s*<Prefix>(.*?)</Prefix>\s*</CommonPrefixes>", re.S)
 _TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
 _TOKEN = re.compile(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", re.S)
@@ -48,22 +52,36 @@ def _text(raw: bytes, url_encoded: bool) -> str:
 
 
 def parse_list_page(body: bytes) -> ListPage:
-    """Objects (with size, ETag and time), common prefixes and the continuation of one page."""
+    """Objects (with size, ETag and time), common prefixes and the continuation of one page.
+
+    Raises CorruptData for a page that does not have the shape S3 gives it.
+    """
+    try:
+        return _parse(body)
+    except ValueError as error:  # also bad UTF-8, a bad number or a bad timestamp
+        raise CorruptData(f"malformed ListObjectsV2 page: {error}") from None
+
+
+def _parse(body: bytes) -> ListPage:
     url_encoded = _URL_ENCODED.search(body) is not None
-    keys = _KEY.findall(body)
-    sizes = _SIZE.findall(body)
-    etags = _ETAG.findall(body)
-    modified = _MODIFIED.findall(body)
-    if not len(keys) == len(sizes) == len(etags) == len(modified):
-        raise ValueError("ListObjectsV2 page with incomplete Contents")
     times: dict[bytes, float] = {}
     objects = []
-    for key, size, etag, stamp in zip(keys, sizes, etags, modified, strict=True):
+    for number, chunk in enumerate(body.split(b"<Contents>")[1:]):
+        element, end, _ = chunk.partition(b"</Contents>")
+        found = _FIELD.findall(element)
+        fields = dict(found)
+        if not end or len(found) != _FIELD_COUNT or len(fields) != _FIELD_COUNT:
+            raise ValueError(f"Contents element {number} does not hold exactly one Key, Size, ETag and "
+                             "LastModified")
+        stamp = fields[b"LastModified"]
         when = times.get(stamp)
         if when is None:
             when = times[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
-        objects.append(ObjectInfo(_text(key, url_encoded), int(size),
-                                  etag.replace(b"&quot;", b"").strip(b'"').decode(), when))
+        size = fields[b"Size"]
+        if not size.isdigit():
+            raise ValueError(f"Contents element {number} has size {size[:32]!r}")
+        objects.append(ObjectInfo(_text(fields[b"Key"], url_encoded), int(size),
+                                  fields[b"ETag"].replace(b"&quot;", b"").strip(b'"').decode(), when))
     prefixes = [_text(p, url_encoded) for p in _COMMON_PREFIX.findall(body)]
     token = _TOKEN.search(body)
     return ListPage(objects, prefixes, _TRUNCATED.search(body) is not None,

@@ -3,6 +3,11 @@
 Everything above this module sees :class:`ObjectInfo`, :class:`Listing` and the errors of
 :mod:`nccidfs.errors`; nothing above it imports boto3. Listings always use a prefix that ends in
 ``/`` with delimiter ``/`` because the warehouse's IAM policy refuses any other form.
+
+A listing is bounded whatever the server says: all its pages together must arrive within the deadline,
+stay under :data:`MAX_PAGES` pages and :data:`MAX_ENTRIES` entries, and never repeat a continuation
+token; a page that says the listing goes on but gives no token is an error too. Any of these fails the
+whole listing, so a partial listing is never taken for a complete one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Far beyond any directory of the warehouse (a patient subtree holds thousands of keys, a modality
+# folder thousands of patients), yet a bound on what one listing may hold in memory (about 1 GiB).
+MAX_PAGES = 2_000
+MAX_ENTRIES = 2_000_000
 
 
 class ObjectStore(Protocol):
@@ -124,13 +134,15 @@ class Boto3Store:
         self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
         self._client.meta.events.register("before-parse.s3.ListObjectsV2", take_page)
 
-    def _retrying(self, kind: str, what: str, call: Callable[[], T]) -> T:
+    def _retrying(self, kind: str, what: str, call: Callable[[], T], deadline: float | None = None) -> T:
         """Run ``call`` until it succeeds, fails for good, or the deadline passes (then TransientError).
 
         botocore already retries a failed request a few times; this loop also covers failures while a
-        body streams and keeps trying, with jittered backoff, for as long as the deadline allows.
+        body streams and keeps trying, with jittered backoff, for as long as the deadline allows (by
+        default ``--timeout`` from now; a listing passes the deadline shared by all its pages).
         """
-        deadline = time.monotonic() + self._deadline
+        if deadline is None:
+            deadline = time.monotonic() + self._deadline
         for attempt in itertools.count():
             started = time.monotonic()
             try:
@@ -153,7 +165,10 @@ class Boto3Store:
 
     def _list_page(self, params: dict[str, Any]) -> ListPage:
         started = time.monotonic()
-        page: ListPage = self._client.list_objects_v2(**params)[PAGE_KEY]
+        try:
+            page: ListPage = self._client.list_objects_v2(**params)[PAGE_KEY]
+        except CorruptData as error:
+            raise CorruptData(f"list {params['Prefix']}: {error}") from None
         self.stats.record("ListObjectsV2")
         flat = "" if "Delimiter" in params else " (flat)"
         log.debug("LIST %s%s -> %d keys %d prefixes %.3fs", params["Prefix"], flat,
@@ -161,17 +176,37 @@ class Boto3Store:
         return page
 
     def _pages(self, prefix: str, delimiter: bool = True, max_keys: int | None = None) -> Iterator[ListPage]:
+        """The pages of one listing, checked against the bounds in this module's docstring."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             params["Delimiter"] = "/"
         if max_keys:
             params["MaxKeys"] = max_keys
+        deadline = time.monotonic() + self._deadline
+        tokens: set[str] = set()
+        entries = 0
         while True:
-            page = self._retrying("ListObjectsV2", f"list {prefix}", lambda: self._list_page(params))
+            page = self._retrying("ListObjectsV2", f"list {prefix}", lambda: self._list_page(params), deadline)
             yield page
-            if max_keys or not page.truncated or not page.token:
+            if max_keys or not page.truncated:
                 return
-            params["ContinuationToken"] = page.token
+            entries += len(page.objects) + len(page.prefixes)
+            token = self._continuation(prefix, page, tokens, entries, deadline)
+            tokens.add(token)
+            params["ContinuationToken"] = token
+
+    def _continuation(self, prefix: str, page: ListPage, tokens: set[str], entries: int, deadline: float) -> str:
+        """The token of the next page, unless a bad server would make the listing endless or too large."""
+        what = f"list {prefix}"
+        if not page.token:
+            raise CorruptData(f"{what}: the server says the listing goes on but gives no continuation token")
+        if page.token in tokens:
+            raise CorruptData(f"{what}: the server repeats a continuation token; the listing would never end")
+        if len(tokens) + 1 >= MAX_PAGES or entries >= MAX_ENTRIES:
+            raise CorruptData(f"{what}: more than {MAX_PAGES} pages or {MAX_ENTRIES} entries; refusing the rest")
+        if time.monotonic() >= deadline:
+            raise TransientError(f"{what}: not complete after {len(tokens) + 1} pages in {self._deadline:.0f}s")
+        return page.token
 
     def _listing(self, prefix: str, delimiter: bool) -> Listing:
         prefixes: list[str] = []

@@ -1,31 +1,36 @@
-"""Boto3Store against a real S3 server (moto over HTTP): listings, the fast page parser, ranged GETs."""
+"""Boto3Store against real S3 servers over HTTP: moto (listings, ranged GETs) and a hostile one (bounds)."""
 
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
 from nccidfs.config import S3Config
-from nccidfs.errors import NotFound, ObjectChanged
-from nccidfs.listparse import parse_list_page
+from nccidfs.errors import CorruptData, NotFound, ObjectChanged, TransientError
 from nccidfs.store import Boto3Store
-from tests.mounting import PREFIX, create_bucket, s3_client
+from tests.hostile import HostileS3
+from tests.mounting import CREDENTIALS, PREFIX, create_bucket, s3_client
 
 ODD_KEYS = [f"{PREFIX}ct/Covid1/a b/c+d&e.dcm", f"{PREFIX}ct/Covid1/ünï/x<y>.json", f"{PREFIX}ct/Covid1/%41/z.dcm"]
 
 
-@pytest.fixture
-def seeded(s3_endpoint: str, bucket_name: str) -> tuple[Boto3Store, dict[str, bytes]]:
+@pytest.fixture(scope="module")
+def seeded(s3_endpoint: str) -> tuple[Boto3Store, dict[str, bytes], str]:
+    """One bucket for the module (seeding it takes seconds); no test changes its objects."""
+    bucket_name = f"nccid-test-{uuid.uuid4().hex[:12]}"
     objects = {f"{PREFIX}ct/Covid{i}/1.2/1.3/{n}.dcm": f"{i}-{n}".encode() * 100 for i in range(12) for n in range(90)}
     objects.update({key: b"odd" for key in ODD_KEYS})
     create_bucket(s3_endpoint, bucket_name, objects.items())
-    return Boto3Store(S3Config(bucket=bucket_name, endpoint_url=s3_endpoint, deadline=5)), objects
+    return Boto3Store(S3Config(bucket=bucket_name, endpoint_url=s3_endpoint, deadline=5)), objects, bucket_name
 
 
 def test_flat_listing_pages_through_everything_with_exact_keys_sizes_and_etags(
-        seeded: tuple[Boto3Store, dict[str, bytes]], s3_endpoint: str, bucket_name: str) -> None:
-    store, objects = seeded
+        seeded: tuple[Boto3Store, dict[str, bytes], str], s3_endpoint: str) -> None:
+    store, objects, bucket_name = seeded
     listing = store.list_tree(f"{PREFIX}ct/")
     assert len(listing.objects) == len(objects) > 1000
     for info in listing.objects:
@@ -37,8 +42,9 @@ def test_flat_listing_pages_through_everything_with_exact_keys_sizes_and_etags(
         assert by_key[item["Key"]].mtime == item["LastModified"].timestamp()
 
 
-def test_delimited_listing_gives_prefixes_and_odd_keys_decode(seeded: tuple[Boto3Store, dict[str, bytes]]) -> None:
-    store, _ = seeded
+def test_delimited_listing_gives_prefixes_and_odd_keys_decode(
+        seeded: tuple[Boto3Store, dict[str, bytes], str]) -> None:
+    store, _, _ = seeded
     assert len(store.list_dir(f"{PREFIX}ct/").prefixes) == 12
     odd = store.list_dir(f"{PREFIX}ct/Covid1/")
     assert sorted(odd.prefixes) == sorted({key.rsplit("/", 1)[0] + "/" for key in ODD_KEYS} |
@@ -47,30 +53,58 @@ def test_delimited_listing_gives_prefixes_and_odd_keys_decode(seeded: tuple[Boto
     assert store.probe(f"{PREFIX}ct/") and not store.probe(f"{PREFIX}nothing/")
 
 
-def test_ranged_gets_are_pinned_to_the_etag(seeded: tuple[Boto3Store, dict[str, bytes]], s3_endpoint: str,
-                                            bucket_name: str) -> None:
-    store, objects = seeded
-    key = f"{PREFIX}ct/Covid3/1.2/1.3/7.dcm"
-    etag = hashlib.md5(objects[key]).hexdigest()
-    assert store.get_range(key, 10, 50, etag) == objects[key][10:50]
-    s3_client(s3_endpoint).put_object(Bucket=bucket_name, Key=key, Body=b"replaced")
+def test_ranged_gets_are_pinned_to_the_etag(seeded: tuple[Boto3Store, dict[str, bytes], str],
+                                            s3_endpoint: str) -> None:
+    store, _, bucket_name = seeded
+    key, body = f"{PREFIX}other/pinned.dcm", bytes(range(256))
+    client = s3_client(s3_endpoint)
+    client.put_object(Bucket=bucket_name, Key=key, Body=body)
+    etag = hashlib.md5(body).hexdigest()
+    assert store.get_range(key, 10, 50, etag) == body[10:50]
+    client.put_object(Bucket=bucket_name, Key=key, Body=b"replaced")
     with pytest.raises(ObjectChanged):
         store.get_range(key, 0, 5, etag)
     with pytest.raises(NotFound):
         store.get_range(f"{PREFIX}nope", 0, 5, etag)
 
 
-def test_page_parser_reads_s3s_own_xml() -> None:
-    body = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-            b"<Name>b</Name><Prefix>training/ct/</Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys>"
-            b"<Delimiter>/</Delimiter><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
-            b"<Contents><Key>training/ct/a+b%26c.dcm</Key><LastModified>2020-05-01T12:00:00.000Z</LastModified>"
-            b"<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag><Size>42</Size>"
-            b"<StorageClass>STANDARD</StorageClass></Contents>"
-            b"<CommonPrefixes><Prefix>training/ct/Covid1/</Prefix></CommonPrefixes>"
-            b"<NextContinuationToken>tok/en==</NextContinuationToken></ListBucketResult>")
-    page = parse_list_page(body)
-    assert [(o.key, o.size, o.etag) for o in page.objects] == [
-        ("training/ct/a b&c.dcm", 42, "0123456789abcdef0123456789abcdef")]
-    assert page.objects[0].mtime == 1588334400.0
-    assert page.prefixes == ["training/ct/Covid1/"] and page.truncated and page.token == "tok/en=="
+@pytest.fixture
+def hostile(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileS3]:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    with HostileS3({f"{PREFIX}data/Covid1/status.json": b"{}"}, "b", drip_delay=0.1) as server:
+        yield server
+
+
+def hostile_store(server: HostileS3, deadline: float = 5) -> Boto3Store:
+    return Boto3Store(S3Config(bucket=server.bucket, endpoint_url=server.endpoint_url, deadline=deadline))
+
+
+def test_a_repeated_continuation_token_ends_the_listing_at_once(hostile: HostileS3) -> None:
+    with pytest.raises(CorruptData, match="repeats a continuation token"):
+        hostile_store(hostile).list_dir(f"{PREFIX}endless/")
+    assert hostile.lists["endless"] == 2
+
+
+def test_a_truncated_page_without_a_token_fails_instead_of_cutting_the_listing_short(hostile: HostileS3) -> None:
+    with pytest.raises(CorruptData, match="no continuation token"):
+        hostile_store(hostile).list_tree(f"{PREFIX}notoken/")
+
+
+def test_a_malformed_page_fails_once_without_retries(hostile: HostileS3) -> None:
+    with pytest.raises(CorruptData, match=f"list {PREFIX}malformed/: malformed ListObjectsV2 page"):
+        hostile_store(hostile).list_dir(f"{PREFIX}malformed/")
+    assert hostile.lists["malformed"] == 1
+
+
+def test_the_deadline_covers_all_pages_of_a_listing_together(hostile: HostileS3) -> None:
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="not complete after"):
+        hostile_store(hostile, deadline=1).list_dir(f"{PREFIX}drip/")
+    assert 1 <= time.monotonic() - started < 2
+    assert hostile.lists["drip"] <= 11
+
+
+def test_the_same_server_still_lists_a_sane_folder(hostile: HostileS3) -> None:
+    listing = hostile_store(hostile).list_dir(f"{PREFIX}data/Covid1/")
+    assert [(o.key, o.size) for o in listing.objects] == [(f"{PREFIX}data/Covid1/status.json", 2)]

@@ -1,0 +1,79 @@
+"""The ListObjectsV2 page parser: S3's own XML, and pages whose Contents do not have S3's shape."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nccidfs.errors import CorruptData
+from nccidfs.listparse import parse_list_page
+
+HEAD = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<Name>b</Name><Prefix>training/ct/</Prefix><IsTruncated>false</IsTruncated>")
+TAIL = b"</ListBucketResult>"
+
+
+def contents(*fields: bytes) -> bytes:
+    return b"<Contents>" + b"".join(fields) + b"<StorageClass>STANDARD</StorageClass></Contents>"
+
+
+def field(name: str, value: str) -> bytes:
+    return f"<{name}>{value}</{name}>".encode()
+
+
+KEY_A, KEY_B = field("Key", "training/ct/a.dcm"), field("Key", "training/ct/b.dcm")
+STAMP = field("LastModified", "2020-05-01T12:00:00.000Z")
+ETAG = field("ETag", "&quot;0123456789abcdef0123456789abcdef&quot;")
+
+
+def test_page_parser_reads_s3s_own_xml() -> None:
+    body = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<Name>b</Name><Prefix>training/ct/</Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys>"
+            b"<Delimiter>/</Delimiter><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+            b"<Contents><Key>training/ct/a+b%26c.dcm</Key><LastModified>2020-05-01T12:00:00.000Z</LastModified>"
+            b"<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag><Size>42</Size>"
+            b"<StorageClass>STANDARD</StorageClass></Contents>"
+            b"<CommonPrefixes><Prefix>training/ct/Covid1/</Prefix></CommonPrefixes>"
+            b"<NextContinuationToken>tok/en==</NextContinuationToken></ListBucketResult>")
+    page = parse_list_page(body)
+    assert [(o.key, o.size, o.etag) for o in page.objects] == [
+        ("training/ct/a b&c.dcm", 42, "0123456789abcdef0123456789abcdef")]
+    assert page.objects[0].mtime == 1588334400.0
+    assert page.prefixes == ["training/ct/Covid1/"] and page.truncated and page.token == "tok/en=="
+
+
+def test_an_element_missing_its_size_and_another_with_two_fail_the_page_instead_of_shifting_sizes() -> None:
+    # Counted over the whole page these are two keys and two sizes; paired by position, 7 would go to b.dcm.
+    body = HEAD + contents(KEY_A, STAMP, ETAG) + contents(KEY_B, STAMP, ETAG, field("Size", "1"),
+                                                          field("Size", "7")) + TAIL
+    with pytest.raises(CorruptData, match="Contents element 0"):
+        parse_list_page(body)
+
+
+@pytest.mark.parametrize("element", [
+    contents(KEY_A, STAMP, ETAG),                                        # no Size
+    contents(KEY_A, STAMP, ETAG, field("Size", "1"), field("Size", "1")),  # two Sizes
+    contents(KEY_A, KEY_B, STAMP, ETAG, field("Size", "1")),              # two Keys
+    contents(KEY_A, STAMP, ETAG, field("Size", "-1")),                    # not a size
+    contents(KEY_A, field("LastModified", "yesterday"), ETAG, field("Size", "1")),
+    contents(b"<Key>\xff</Key>", STAMP, ETAG, field("Size", "1")),     # not UTF-8
+    b"<Contents>" + KEY_A + STAMP + ETAG + field("Size", "1"),            # never closed
+])
+def test_a_malformed_contents_element_fails_the_page_with_corrupt_data(element: bytes) -> None:
+    with pytest.raises(CorruptData, match="malformed ListObjectsV2 page"):
+        parse_list_page(HEAD + element + TAIL)
+
+
+@given(st.lists(st.tuples(st.text("abcxyz0189-_.", min_size=1, max_size=20), st.integers(0, 2**40)),
+                max_size=30, unique_by=lambda item: item[0]), st.randoms(use_true_random=False))
+def test_fields_in_any_order_stay_with_their_own_key(objects: list[tuple[str, int]], order: random.Random) -> None:
+    elements = []
+    for name, size in objects:
+        fields = [field("Key", name), STAMP, field("ETag", f"&quot;{size:032x}&quot;"), field("Size", str(size))]
+        order.shuffle(fields)
+        elements.append(contents(*fields))
+    page = parse_list_page(HEAD + b"".join(elements) + TAIL)
+    assert [(o.key, o.size, o.etag) for o in page.objects] == [(n, s, f"{s:032x}") for n, s in objects]
