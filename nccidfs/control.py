@@ -3,15 +3,23 @@
 ``nccidfs refresh`` and ``nccidfs status`` find the socket through the mount's ``.nccidfs/status.json``
 and talk to the daemon here; the mount itself is read-only, so it cannot carry commands. The socket is
 0600, so only the mounting user (and root) can drive the daemon.
+
+No client can stop the channel: each connection is served in its own short-lived thread, has
+:data:`CONNECTION_SECONDS` in all to send one line of at most :data:`MAX_REQUEST` bytes, and gets an
+error reply for anything else. At most :data:`MAX_CONNECTIONS` are served at once; more are refused.
+The socket file is removed only by the server that bound it, and only if it is still the same file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,55 +30,129 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
+CONNECTION_SECONDS = 2.0
+MAX_CONNECTIONS = 8
 
 
 class ControlServer:
-    """Serves requests on ``path`` from a daemon thread until closed."""
+    """Serves requests on ``path`` from daemon threads until closed."""
 
     def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
         self.path = path
         self._handlers = handlers
-        path.unlink(missing_ok=True)
+        _remove_stale_socket(path)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             self._socket.bind(str(path))
         finally:
             os.umask(old_umask)
+        bound = os.stat(path)
+        self._identity = (bound.st_dev, bound.st_ino)
         self._socket.listen(8)
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def _serve(self) -> None:
+    def _accept(self) -> None:
         while True:
             try:
                 connection, _ = self._socket.accept()
             except OSError:
                 return  # closed
+            if not self._slots.acquire(blocking=False):
+                _reply(connection, {"error": "busy: too many control connections, try again"})
+                connection.close()
+                continue
+            threading.Thread(target=self._serve, args=(connection,), name="control-connection", daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        try:
             with connection:
-                connection.settimeout(5)
                 try:
-                    reply = self._handle(connection.makefile("rb").readline(MAX_REQUEST))
-                    connection.sendall(json.dumps(reply).encode() + b"\n")
+                    reply = self._handle(_read_line(connection, time.monotonic() + CONNECTION_SECONDS))
+                except TimeoutError:
+                    reply = {"error": f"no complete request within {CONNECTION_SECONDS:.0f}s"}
                 except OSError as error:
                     log.debug("control connection failed: %s", error)
+                    return
+                _reply(connection, reply)
+        finally:
+            self._slots.release()
 
-    def _handle(self, line: bytes) -> dict[str, Any]:
+    def _handle(self, line: bytes | None) -> dict[str, Any]:
+        if line is None:
+            return {"error": f"request longer than {MAX_REQUEST} bytes"}
         try:
             request = json.loads(line)
             handler = self._handlers[request["op"]]
-        except (ValueError, KeyError, TypeError):
-            return {"error": "bad request"}
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return {"error": "bad request: send one JSON object with an 'op' on one line"}
         try:
             return handler(request)
         except NccidfsError as error:
             return {"error": str(error)}
+        except Exception:
+            log.exception("control request %r failed", request.get("op"))
+            return {"error": "internal error; see the daemon's log"}
 
     def close(self) -> None:
+        """Stop serving; remove the socket file if it is still the one bound here."""
         self._socket.close()
-        self.path.unlink(missing_ok=True)
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if (current.st_dev, current.st_ino) == self._identity:
+            self.path.unlink(missing_ok=True)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a daemon that died; refuse one that a live daemon still answers on."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise NccidfsError(f"{path} exists and is not a socket; remove it to enable 'nccidfs status'")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(path))
+        except OSError as error:
+            if error.errno != errno.ECONNREFUSED:
+                raise
+            path.unlink(missing_ok=True)
+            return
+    raise NccidfsError(f"another nccidfs daemon answers on {path}; one cache directory serves one mount")
+
+
+def _read_line(connection: socket.socket, deadline: float) -> bytes | None:
+    """One request line; None when it is longer than MAX_REQUEST. TimeoutError past ``deadline``."""
+    data = bytearray()
+    while b"\n" not in data:
+        if len(data) > MAX_REQUEST:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        connection.settimeout(remaining)
+        chunk = connection.recv(16 * 1024)
+        if not chunk:
+            break
+        data += chunk
+    line = bytes(data.split(b"\n", 1)[0])
+    return None if len(line) > MAX_REQUEST else line
+
+
+def _reply(connection: socket.socket, reply: dict[str, Any]) -> None:
+    try:
+        connection.settimeout(CONNECTION_SECONDS)
+        connection.sendall(json.dumps(reply).encode() + b"\n")
+    except OSError as error:
+        log.debug("control reply not sent: %s", error)
 
 
 def send(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:

@@ -23,9 +23,11 @@ from nccidfs import __version__
 from nccidfs.cache import DiskCache
 from nccidfs.config import Config
 from nccidfs.control import ControlServer
+from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
 from nccidfs.index import ListingIndex
+from nccidfs.log import strip_credentials
 from nccidfs.namespace import Namespace
 from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import Boto3Store, ObjectStore
@@ -99,7 +101,8 @@ class Daemon:
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": str(self.config.mount.mountpoint),
             "bucket": self.config.s3.bucket, "prefix": self.config.s3.prefix,
-            "endpoint_url": self.config.s3.endpoint_url, "uptime_seconds": round(time.time() - self.started, 1),
+            "endpoint_url": strip_credentials(self.config.s3.endpoint_url or "") or None,
+            "uptime_seconds": round(time.time() - self.started, 1),
             "control_socket": str(self.control_path),
             "cache": {**cache, "hit_ratio": round(cache["hits"] / lookups, 4) if lookups else None},
             "s3": requests,
@@ -119,11 +122,14 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def on_mounted(self) -> None:
         """Called from FUSE's init: start the side services."""
-        self._control = ControlServer(self.control_path, {
-            "status": lambda request: self.status(),
-            "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
-        })
-        self._control.start()
+        try:
+            self._control = ControlServer(self.control_path, {
+                "status": lambda request: self.status(),
+                "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
+            })
+            self._control.start()
+        except (OSError, NccidfsError) as error:
+            log.error("no control socket, so 'nccidfs status' and 'refresh' will not work: %s", error)
         threading.Thread(target=self._refresh_on_sighup, name="sighup", daemon=True).start()
         threading.Thread(target=self._raise_read_ahead, name="read-ahead", daemon=True).start()
         notify_systemd(b"READY=1\nSTATUS=mounted " + str(self.config.mount.mountpoint).encode())

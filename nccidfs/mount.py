@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nccidfs.config import Config, S3Config
 from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
+from nccidfs.log import strip_credentials
 from nccidfs.store import Boto3Store, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def discover_root(store: ObjectStore, s3: S3Config) -> list[str]:
         raise ConfigError(f"{where}: {error}") from None
     except TransientError as error:
         endpoint = s3.endpoint_url or f"S3 in {s3.region}"
-        raise ConfigError(f"cannot reach {endpoint}: {error}") from None
+        raise ConfigError(strip_credentials(f"cannot reach {endpoint}: {error}")) from None
     allowed: list[str] = []
     denied = 0
     for folder in s3.folders:
