@@ -3,6 +3,10 @@
 The tags come from the image's ``-metadata`` JSON twin (a few KiB, cached like any file). Where there is
 no readable twin, the image's header is read with ranged reads that start at 64 KiB and double until the
 header is whole. Parsed tags are kept in a small LRU keyed by the object version.
+
+Each request's work is bounded: a twin larger than :data:`MAX_TWIN_BYTES` is not read, and a header is
+read at most :data:`MAX_HEADER_BYTES` deep. Past either bound the image has no tags from that source,
+and the log says so once per object version.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIX = ".dcm"
 METADATA_SUFFIX = "-metadata"
 FIRST_HEADER_READ = 64 * 1024
+# A warehouse twin is a few KiB and a header a few tens of KiB; anything far larger is not worth a download.
+MAX_TWIN_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
 
 
 def metadata_twin(path: str) -> str | None:
@@ -72,13 +79,20 @@ class TagReader:
             return None
         if entry.obj is None:
             return None
+        if entry.obj.size > MAX_TWIN_BYTES:
+            log.warning("%s: metadata twin of %d bytes is over the %d byte limit; not read for tags", twin,
+                        entry.obj.size, MAX_TWIN_BYTES)
+            return None
         return tags_from_metadata_json(self._read(entry.obj, entry.obj.size))
 
     def _from_header(self, obj: ObjectInfo) -> dict[str, str]:
         size = FIRST_HEADER_READ
         while True:
-            size = min(size, obj.size)
+            size = min(size, obj.size, MAX_HEADER_BYTES)
             tags = tags_from_dicom_header(self._read(obj, size), complete=size == obj.size)
             if tags is not None:
                 return tags
+            if size == MAX_HEADER_BYTES:
+                log.warning("%s: no DICOM header within its first %d bytes; no tags", obj.key, MAX_HEADER_BYTES)
+                return {}
             size *= 2

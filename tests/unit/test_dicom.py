@@ -7,6 +7,8 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from io import BytesIO
 from typing import Any
 
@@ -17,7 +19,12 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.valuerep import PersonName
 
 from nccidfs.demo.warehouse import generate_warehouse
+from nccidfs.cache import DiskCache
+from nccidfs.config import ReadConfig
 from nccidfs.dicom import MAX_VALUE_BYTES, tags_from_dicom_header, tags_from_metadata_json, xattr_name
+from nccidfs.fetch import Fetcher
+from nccidfs.xattrs import MAX_HEADER_BYTES, TagReader
+from tests.fakes import MemoryStore
 
 IMAGE_KEY = re.compile(
     r"^training/(?P<folder>ct|mri|xray)/(?P<pid>[^/]+)/(?P<study>[^/]+)/(?P<series>[^/]+)/(?P<stem>[^/]+)\.dcm$"
@@ -278,3 +285,33 @@ def test_json_malformed_elements_cost_only_themselves() -> None:
 def test_dicom_garbage_gives_none_or_empty(head: bytes) -> None:
     assert tags_from_dicom_header(head) is None
     assert tags_from_dicom_header(head, complete=True) == {}
+
+
+class Twins:
+    """The one namespace call TagReader makes: look a metadata twin up in the store."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def lookup(self, path: str) -> SimpleNamespace:
+        return SimpleNamespace(obj=self._store.info("training" + path))
+
+
+def test_tags_read_at_most_a_mebibyte_of_a_huge_twin_or_a_huge_non_dicom(
+        tmp_path: Path, images: list[Image], caplog: pytest.LogCaptureFixture) -> None:
+    image = first(images, "ct")
+    huge = b"\0" * (MAX_HEADER_BYTES * 3)
+    store = MemoryStore({"training/ct/P/S/E/a.dcm": image.dicom, "training/ct-metadata/P/S/E/a.json": huge,
+                         "training/ct/P/S/E/b.dcm": huge, "training/ct-metadata/P/S/E/b.json": huge})
+    cache = DiskCache(tmp_path, 1 << 26, "b", 32 * 1024)
+    reader = TagReader(Twins(store), cache, Fetcher(store, cache, ReadConfig(), 5.0))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="nccidfs.xattrs"):
+        for _ in range(2):
+            # A twin over the bound is not read at all; the header still gives the image's tags.
+            assert reader.tags("/ct/P/S/E/a.dcm", store.info("training/ct/P/S/E/a.dcm"))["PatientID"]
+            assert reader.tags("/ct/P/S/E/b.dcm", store.info("training/ct/P/S/E/b.dcm")) == {}
+    assert all(not key.endswith(".json") and end <= MAX_HEADER_BYTES for key, _, end in store.ranges)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 3, warnings  # the two twins and the header of b.dcm, once each
+    assert sum("no DICOM header within its first 1048576 bytes" in line for line in warnings) == 1
+
