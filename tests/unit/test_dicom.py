@@ -7,9 +7,9 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
-from io import BytesIO
 from typing import Any
 
 import pytest
@@ -18,9 +18,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.valuerep import PersonName
 
-from nccidfs.demo.warehouse import generate_warehouse
 from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
+from nccidfs.demo.warehouse import generate_warehouse
 from nccidfs.dicom import MAX_VALUE_BYTES, tags_from_dicom_header, tags_from_metadata_json, xattr_name
 from nccidfs.fetch import Fetcher
 from nccidfs.xattrs import MAX_HEADER_BYTES, TagReader
