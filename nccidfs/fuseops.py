@@ -82,7 +82,7 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         if entry.is_dir:
             attrs.update(st_mode=DIR_MODE, st_nlink=2, st_size=0)
         elif entry.link is not None:
-            attrs.update(st_mode=LINK_MODE, st_nlink=1, st_size=len(entry.link))
+            attrs.update(st_mode=LINK_MODE, st_nlink=1, st_size=len(entry.link.encode()))
         else:
             attrs.update(st_mode=FILE_MODE, st_nlink=1, st_size=entry.size, st_blocks=-(-entry.size // 512))
         return attrs
