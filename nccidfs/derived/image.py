@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import struct
 import zlib
-from io import BytesIO
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, apply_windowing
+
+from nccidfs.derived.pixels import read_pixels
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHUNK_OVERHEAD = 12  # length, type and CRC around each chunk's data
@@ -56,13 +56,9 @@ def png_size(rows: int, columns: int) -> int:
 def build_png(dicom: bytes) -> bytes:
     """The display PNG of a single-frame greyscale DICOM image (the first frame of a multi-frame one).
     Raises ValueError for an image with no greyscale pixels pydicom can decode."""
-    dataset = dcmread(BytesIO(dicom), force=True)
+    dataset, pixels = read_pixels(dicom)
     if dataset.get("SamplesPerPixel", 1) != 1:
         raise ValueError(f"{dataset.get('PhotometricInterpretation')} image: only greyscale is shown")
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:  # pydicom raises many types for missing, short or undecodable pixel data
-        raise ValueError(f"pixels not decodable: {error}") from error
     if pixels.ndim == 3:
         pixels = pixels[0]
     grey = display_grey(pixels, dataset)

@@ -26,14 +26,14 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
+
+from nccidfs.derived.pixels import read_pixels
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
 _INT16 = np.dtype("<i2")
@@ -147,13 +147,13 @@ def encode_header(plan: VolumePlan) -> bytes:
 
 def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
     """The voxels of slice ``index`` from its image's DICOM bytes: exactly ``plan.slice_bytes`` bytes.
-    Raises ValueError when the image does not match its metadata (size, stored values)."""
-    pixels = dcmread(BytesIO(dicom), force=True).pixel_array
+    Raises ValueError when the image cannot be decoded or does not match its metadata."""
+    _, pixels = read_pixels(dicom)
     if pixels.shape != (plan.rows, plan.columns):
         raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
     if plan.dtype == _INT16:
         if pixels.size and (pixels.min() < -32768 or pixels.max() > 32767):
-            raise ValueError(f"{plan.slices[index]}: stored values exceed BitsStored")
+            raise ValueError(f"{plan.slices[index]}: stored values do not fit int16")
         return pixels.astype(_INT16).tobytes()
     slope, intercept = plan.rescale[index]
     return (pixels.astype(np.float64) * slope + intercept).astype(_FLOAT32).tobytes()

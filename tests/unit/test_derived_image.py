@@ -162,6 +162,8 @@ def test_any_shape_round_trips_at_the_predicted_size(shape: tuple[int, int]) -> 
 def test_a_colour_image_is_refused(xrays: dict[str, tuple[bytes, dict[str, object]]]) -> None:
     def colour(dataset: Dataset) -> None:
         dataset.SamplesPerPixel, dataset.PhotometricInterpretation, dataset.PlanarConfiguration = 3, "RGB", 0
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+        dataset.PixelData = bytes(dataset.Rows * dataset.Columns * 3)
 
     with pytest.raises(ValueError, match="only greyscale"):
         build_png(edited(next(iter(xrays.values()))[0], colour))

@@ -291,3 +291,8 @@ def test_a_rejected_series_sidecar_gives_the_reason(series: list[Series]) -> Non
 def test_planning_needs_the_twins_alone(series: list[Series]) -> None:
     sizes = [planned(Series(source.path, {}, source.metas)).size for source in series]
     assert sizes == [HEADER_BYTES + 512 * 512 * 24 * 2] * 3 + [HEADER_BYTES + 256 * 256 * 12 * 2]
+
+
+def test_bytes_that_are_no_image_fail_to_encode(series: list[Series]) -> None:
+    with pytest.raises(ValueError, match="not decodable"):
+        encode_slice(planned(series[0]), 0, b"not a DICOM file")
