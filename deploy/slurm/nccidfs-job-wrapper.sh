@@ -34,22 +34,26 @@ ours="$state/mounted"   # holds "MOUNTPOINT CACHE_DIR" while a mount made here i
 exec {mount_lock}>"$state/mount.lock"   # taken to mount or unmount
 exec {users_lock}>"$state/users.lock"   # shared by every wrapper whose command is running
 
+start_daemon() {   # CACHE_DIR: nccidfs in the background; exits 75 if another daemon holds CACHE_DIR
+    # Recorded first, so that a wrapper stopped during the mount still undoes it.
+    echo "$NCCIDFS_MOUNTPOINT $1" > "$ours"
+    mkdir -p "$1"
+    # flock(1) hands its lock to nccidfs, whose daemon holds it until it exits. The daemon must not
+    # hold the wrapper's own locks.
+    flock -n -E 75 "$1.lock" "${nccidfs_cmd[@]}" "$NCCIDFS_MOUNTPOINT" --cache-dir "$1" \
+        --log-file "$state/nccidfs.log" "${nccidfs_flags[@]}" {mount_lock}>&- {users_lock}>&-
+}
+
 mount_warehouse() {
-    mkdir -p "$NCCIDFS_MOUNTPOINT" "$cache_dir"
-    local cache_lock
-    exec {cache_lock}>"$cache_dir.lock"
-    if ! flock -n "$cache_lock"; then
+    mkdir -p "$NCCIDFS_MOUNTPOINT"
+    local status=0
+    start_daemon "$cache_dir" || status=$?
+    if [ "$status" -eq 75 ]; then
         echo "nccidfs-job-wrapper: $cache_dir is in use by another nccidfs; using a cache of this job's own" >&2
-        cache_dir="$state/cache"
-        mkdir -p "$cache_dir"
-        exec {cache_lock}>"$cache_dir.lock"
-        flock "$cache_lock"
+        start_daemon "$state/cache"
+    elif [ "$status" -ne 0 ]; then
+        exit "$status"
     fi
-    # The daemon inherits the cache lock and holds it until it exits; it must not inherit the others.
-    "${nccidfs_cmd[@]}" "$NCCIDFS_MOUNTPOINT" --cache-dir "$cache_dir" --log-file "$state/nccidfs.log" \
-        "${nccidfs_flags[@]}" {mount_lock}>&- {users_lock}>&-
-    exec {cache_lock}>&-
-    echo "$NCCIDFS_MOUNTPOINT $cache_dir" > "$ours"
 }
 
 unmount_warehouse() {
@@ -72,6 +76,9 @@ finish() {
     exit "$status"
 }
 
+trap finish EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 flock "$mount_lock"
 if [ -e "$ours" ]; then
     read -r mounted _ < "$ours"
@@ -87,11 +94,6 @@ elif nccidfs_is_mounted "$NCCIDFS_MOUNTPOINT"; then
     echo "nccidfs-job-wrapper: using the mount at $NCCIDFS_MOUNTPOINT as it is" >&2
 else
     mount_warehouse
-fi
-if [ -e "$ours" ]; then
-    trap finish EXIT
-    trap 'exit 143' TERM
-    trap 'exit 130' INT
 fi
 flock -s "$users_lock"
 flock -u "$mount_lock"

@@ -175,6 +175,44 @@ def test_the_job_wrapper_exits_with_the_commands_status_and_still_unmounts(scrip
     assert not mounted(tmp_path / "state" / "mnt")
 
 
+@pytest.mark.fuse
+def test_the_job_wrapper_unmounts_when_the_job_is_cancelled(script_env: dict[str, str], tmp_path: Path) -> None:
+    """scancel and the time limit send SIGTERM to every process of the step (here: the wrapper's group)."""
+    job = subprocess.Popen([str(WRAPPER), "sleep", "60"], env=script_env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "state" / "mounted").exists():
+        assert job.poll() is None and time.monotonic() < deadline, "the wrapper did not mount"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    assert job.wait(timeout=30) == 143
+    assert not mounted(tmp_path / "state" / "mnt")
+
+
+@pytest.mark.fuse
+def test_a_failed_mount_fails_the_job_with_nccidfs_status_and_leaves_nothing(script_env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = wrapper(dict(script_env, NCCIDFS_BUCKET="no-such-bucket"), "echo ran")
+    assert result.returncode != 0 and "ran" not in result.stdout
+    assert "no-such-bucket" in result.stderr
+    assert time.monotonic() - started < 20  # no wait on a lock the wrapper itself holds
+    assert not (tmp_path / "state" / "mounted").exists()
+
+
+@pytest.mark.fuse
+def test_a_cache_held_by_another_daemon_gives_the_job_a_cache_of_its_own(script_env: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    import fcntl
+
+    with open(tmp_path / "cache.lock", "w") as lock:  # as another job's daemon would hold it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = wrapper(script_env, 'test -d "$NCCIDFS_MOUNTPOINT/xray" && echo mounted')
+    assert result.returncode == 0 and result.stdout.strip() == "mounted", result.stderr
+    assert "using a cache of this job's own" in result.stderr
+    assert not (tmp_path / "state" / "cache").exists()
+    assert not mounted(tmp_path / "state" / "mnt")
+
+
 @pytest.fixture
 def waiting_job(script_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """A wrapped command that holds the mount until the test creates tmp_path/go."""
