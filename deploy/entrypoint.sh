@@ -15,5 +15,5 @@ if nccidfs_is_mounted "$mountpoint"; then
     echo "nccidfs-entrypoint: clearing a mount left at $mountpoint" >&2
     fusermount3 -u -z "$mountpoint"
 fi
-mkdir -p "$mountpoint" "$cache_dir"
+mkdir -p "$mountpoint"   # nccidfs creates the cache directory itself, private to root
 exec "${nccidfs_cmd[@]}" "$mountpoint" --foreground --cache-dir "$cache_dir" "${nccidfs_flags[@]}" "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a command with the NCCID warehouse mounted on this node, then unmount:
 #
-#   srun --ntasks-per-node=1 nccidfs-job-wrapper.sh python train.py --data "\$NCCIDFS_MOUNTPOINT/xray"
+#   srun --ntasks-per-node=1 nccidfs-job-wrapper.sh sh -c 'python train.py --data "$NCCIDFS_MOUNTPOINT/xray"'
 #
 # - A mount at NCCIDFS_MOUNTPOINT that this wrapper did not make (the node's systemd unit, say) is used
 #   as it is and left alone.
@@ -37,7 +37,7 @@ exec {users_lock}>"$state/users.lock"   # shared by every wrapper whose command 
 start_daemon() {   # CACHE_DIR: nccidfs in the background; exits 75 if another daemon holds CACHE_DIR
     # Recorded first, so that a wrapper stopped during the mount still undoes it.
     echo "$NCCIDFS_MOUNTPOINT $1" > "$ours"
-    mkdir -p "$1"
+    mkdir -p "$(dirname "$1")"   # nccidfs creates the cache directory itself, private to the user
     # flock(1) hands its lock to nccidfs, whose daemon holds it until it exits. The daemon must not
     # hold the wrapper's own locks.
     flock -n -E 75 "$1.lock" "${nccidfs_cmd[@]}" "$NCCIDFS_MOUNTPOINT" --cache-dir "$1" \
