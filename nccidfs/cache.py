@@ -1,28 +1,38 @@
 """The persistent disk cache: sparse per-object files, a block presence map, a byte bound and LRU eviction.
 
-Layout under ``<cache-dir>/objects/<ab>/``: ``<digest>.data`` is a sparse file of the object's size;
-``<digest>.map`` records which blocks of it hold verified bytes (with a CRC32 of each), the object's key,
-ETag and size. ``digest = sha256(CACHE_VERSION, bucket, key, etag)``, so a replaced object (new ETag)
-can never be served from an old copy.
+It offers blocks of object versions: read, store, which runs are missing, pin and unpin. It knows
+nothing of S3 or of requests under way (that is :mod:`nccidfs.fetch`).
 
-Invariants (what makes a crash safe):
-- Bytes are written to the data file *before* the map that marks them present is replaced, and the map
-  is replaced atomically (write ``.tmp``, then ``rename``). A SIGKILL at any point leaves at worst
-  bytes on disk that no map claims; a data file with no map is deleted at start-up, as are ``.tmp`` files.
-- Every block read back from disk is checked against the CRC recorded when it was stored; a mismatch
-  (a file changed behind the daemon's back) marks the block missing so that it is fetched again.
-- The bytes held never exceed the bound: space is reserved before a write, by evicting least-recently-
-  used entries that no reader has pinned; when that is not enough the write is refused and the caller
-  serves the bytes without caching them.
+Layout under ``<cache-dir>/objects/<ab>/``: ``<digest>.data`` holds the object's bytes at their offsets
+(a sparse file that grows only as far as bytes were written); ``<digest>.map`` records which blocks hold
+verified bytes, as runs, with a CRC32 of each present block, and the object's key, ETag and size.
+``digest = sha256(CACHE_VERSION, endpoint, bucket, key, etag)``: a replaced object (new ETag), or the same
+key on another endpoint or bucket, can never be served from this copy.
 
-Locking: ``DiskCache._lock`` guards the index, pins and the byte count; each entry's ``lock`` guards its
-presence map, CRCs and in-flight list. The cache lock may be taken inside an entry lock, never the reverse.
-Disk reads and writes happen outside both locks (distinct blocks never overlap).
+The bound counts everything in the directory as ``du -sb`` does (apparent sizes): data files as far as
+they were written, maps, the listing index and its WAL, the directories, marker and lock. Space is
+reserved before a write, by evicting least-recently-used entries that no reader has pinned; when that
+is not enough the write is refused and the caller serves the bytes without caching them. A map's exact
+size is known only once written, so the bound may be passed by at most a few hundred bytes per
+concurrent write until the next eviction (the slack docs/semantics.md states).
+
+Crash safety: bytes are written to the data file *before* the map that marks them present is replaced,
+and the map is replaced atomically (write ``.tmp``, then ``rename``). A SIGKILL at any point leaves at
+worst bytes that no map claims; a data file with no map is deleted at start-up, as are ``.tmp`` files.
+Every block read back is checked against its CRC; a mismatch marks the block missing.
+
+Nothing here follows a symbolic link: files are opened with ``O_NOFOLLOW``, the start-up scan does not
+descend into linked directories, and links found inside the cache are removed.
+
+Locking: ``DiskCache._lock`` guards the index of entries, pins and byte counts, and is never held across
+file system calls other than the unlinks of eviction. Each entry's ``lock`` guards its presence map,
+CRCs, extent and file descriptor. The cache lock may be taken inside an entry lock, never the reverse.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import json
@@ -30,40 +40,55 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
-import time
 import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nccidfs.cachedir import LOCK, MARKER, CacheLock, is_cache_dir
+from nccidfs.errors import ConfigError
 from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-# Disk space an entry costs beyond its bytes: the map file and the inodes.
-ENTRY_OVERHEAD = 8192
+CACHE_VERSION = 2
+OBJECTS = "objects"
+# Presence is kept per block; very large objects get larger blocks so a map never exceeds this many.
+MAX_BLOCKS = 1 << 20
+# What a map is expected to grow by: a CRC per block in base64, a run, and the header of a first write.
+_MAP_PER_BLOCK = 6
+_MAP_PER_RUN = 24
+_MAP_HEADER = 256
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def entry_digest(bucket: str, key: str, etag: str) -> str:
-    return hashlib.sha256(f"{CACHE_VERSION}\0{bucket}\0{key}\0{etag}".encode()).hexdigest()
+def entry_digest(identity: str, key: str, etag: str) -> str:
+    return hashlib.sha256(f"{CACHE_VERSION}\0{identity}\0{key}\0{etag}".encode()).hexdigest()
 
 
-@dataclass(eq=False)
-class InflightPart:
-    """A ranged GET under way for blocks ``[first, last)``; its future yields the bytes."""
+def block_size_for(size: int, base: int) -> int:
+    """``base``, doubled until the object has at most MAX_BLOCKS blocks."""
+    block = base
+    while -(-size // block) > MAX_BLOCKS:
+        block *= 2
+    return block
 
-    first: int
-    last: int
-    future: Future[bytes]
-    # Monotonic time after which waiters give up: fixed when the GET starts, so that a second reader of a
-    # stalled part does not wait a whole deadline again.
-    deadline: float = 0.0
+
+def _runs(flags: bytearray) -> list[list[int]]:
+    """``[[first, last), ...]`` of the set bytes in ``flags``."""
+    runs = []
+    index = flags.find(1)
+    while index >= 0:
+        end = flags.find(0, index)
+        end = len(flags) if end < 0 else end
+        runs.append([index, end])
+        index = flags.find(1, end)
+    return runs
 
 
 @dataclass(eq=False)
@@ -78,17 +103,15 @@ class CacheEntry:
     base: Path
     present: bytearray = field(default_factory=bytearray)
     crcs: array[int] = field(default_factory=lambda: array("I"))
-    inflight: list[InflightPart] = field(default_factory=list)
     pins: int = 0
     cached_bytes: int = 0
+    # Apparent size of the data file (how far bytes were written) and of the map: what the entry costs.
+    extent: int = 0
+    map_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     fd: int | None = None
-    # Whether a map exists on disk, i.e. whether ENTRY_OVERHEAD is counted in the cache's bytes.
-    on_disk: bool = False
     # Whether the complete object was checked against its ETag's MD5 in this run.
     verified: bool = False
-    # (monotonic time until which it counts, error) of the last failed foreground fetch.
-    recent_failure: tuple[float, Exception] | None = None
 
     @property
     def data_path(self) -> Path:
@@ -101,6 +124,10 @@ class CacheEntry:
     @property
     def block_count(self) -> int:
         return max(1, -(-self.size // self.block_size))
+
+    @property
+    def charge(self) -> int:
+        return self.extent + self.map_bytes
 
     def block_span(self, first: int, last: int) -> tuple[int, int]:
         """Byte range ``[start, stop)`` of blocks ``[first, last)``, clipped to the object."""
@@ -115,106 +142,144 @@ class CacheEntry:
             return self.present.find(0) < 0
 
     def missing_runs(self, first: int, last: int) -> Iterator[tuple[int, int]]:
-        """Runs of blocks in ``[first, last)`` that are neither present nor being fetched. Hold ``lock``."""
-        busy = bytearray(self.present[first:last])
-        for part in self.inflight:
-            lo, hi = max(part.first, first), min(part.last, last)
-            if lo < hi:
-                busy[lo - first:hi - first] = b"\x01" * (hi - lo)
-        index = busy.find(0)
+        """Runs of blocks in ``[first, last)`` that are not present. Hold ``lock``."""
+        index = self.present.find(0, first, last)
         while index >= 0:
-            end = busy.find(1, index)
-            end = len(busy) if end < 0 else end
-            yield first + index, first + end
-            index = busy.find(0, end)
+            end = self.present.find(1, index, last)
+            end = last if end < 0 else end
+            yield index, end
+            index = self.present.find(0, end, last)
 
     def map_document(self) -> bytes:
+        """The map as stored: runs of present blocks and their CRCs in order, so it grows with what is
+        cached, not with the object's size."""
+        runs = _runs(self.present)
+        present_crcs = array("I", (self.crcs[i] for first, last in runs for i in range(first, last)))
         return json.dumps({
             "version": CACHE_VERSION, "key": self.key, "etag": self.etag, "size": self.size,
-            "block_size": self.block_size, "present": base64.b64encode(self.present).decode(),
-            "crcs": base64.b64encode(self.crcs.tobytes()).decode(),
+            "block_size": self.block_size, "runs": runs, "crcs": base64.b64encode(present_crcs.tobytes()).decode(),
         }).encode()
 
 
 class DiskCache:
     """Byte-bounded LRU of :class:`CacheEntry`, persisted under ``directory`` across restarts."""
 
-    def __init__(self, directory: Path, size_bytes: int, bucket: str, block_size: int,
-                 other_usage: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, directory: Path, size_bytes: int, identity: str, block_size: int,
+                 other_usage: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
         self.directory = directory
-        # Bytes that other files in the directory (the listing index) take from the same bound.
-        self._other_usage = other_usage
-        self._other_bytes = 0
-        self._other_checked = -2.0
         self.size_bytes = size_bytes
         self.block_size = block_size
-        self._bucket = bucket
-        self._objects = directory / "objects"
+        self._identity = identity
+        # (bytes taken, bytes to budget) by other files in the directory (the listing index).
+        self._other_usage = other_usage
+        self._objects = directory / OBJECTS
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
-        self._used = 0
+        self._used = 0  # charges of entries plus reservations under way
+        self._fixed = 0  # directories, marker and lock
         self.evictions = 0
-        os.makedirs(self._objects, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
         self._reindex()
 
     # -- start-up -------------------------------------------------------------------------------
     def _reindex(self) -> None:
-        """Load every valid map, oldest use first; delete leftovers of an interrupted run."""
+        """Load every valid map, oldest use first; delete leftovers of an interrupted run and links."""
+        self._ensure_dir(self._objects)
         found: list[tuple[float, CacheEntry]] = []
-        for sub in self._objects.iterdir():
-            if not sub.is_dir():
-                continue
-            for path in sub.iterdir():
-                if path.suffix == ".tmp":
-                    path.unlink(missing_ok=True)
-                elif path.suffix == ".map":
-                    entry = self._load_map(path)
-                    if entry is None:
-                        path.unlink(missing_ok=True)
-                        path.with_suffix(".data").unlink(missing_ok=True)
-                    else:
-                        found.append((path.stat().st_mtime, entry))
-                elif path.suffix == ".data" and not path.with_suffix(".map").exists():
-                    path.unlink(missing_ok=True)
+        with os.scandir(self._objects) as subdirs:
+            for sub in subdirs:
+                if not sub.is_dir(follow_symlinks=False):
+                    self._remove_stray(Path(sub.path))
+                    continue
+                with os.scandir(sub.path) as files:
+                    for item in files:
+                        entry = self._reindex_file(Path(item.path), item)
+                        if entry is not None:
+                            found.append((item.stat(follow_symlinks=False).st_mtime, entry))
         for _, entry in sorted(found, key=lambda item: item[0]):
             self._entries[entry.digest] = entry
-            self._used += entry.cached_bytes + ENTRY_OVERHEAD
+            self._used += entry.charge
+        self._fixed = self._measure_fixed()
         with self._lock:
             self._evict_until(0)
         log.info("cache %s: %d objects, %d bytes (bound %d)", self.directory, len(self._entries),
-                 self._used, self.size_bytes)
+                 self.used_bytes, self.size_bytes)
+
+    def _reindex_file(self, path: Path, item: os.DirEntry[str]) -> CacheEntry | None:
+        if not item.is_file(follow_symlinks=False) or path.suffix not in (".map", ".data"):
+            self._remove_stray(path)
+            return None
+        if path.suffix == ".data":
+            if not os.path.lexists(path.with_suffix(".map")):
+                path.unlink(missing_ok=True)
+            return None
+        entry = self._load_map(path)
+        if entry is None:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".data").unlink(missing_ok=True)
+        return entry
+
+    @staticmethod
+    def _remove_stray(path: Path) -> None:
+        """Anything in ``objects/`` that nccidfs did not write there: a link is removed, never followed."""
+        if path.is_symlink() or path.is_file():
+            if path.is_symlink():
+                log.warning("removing a symbolic link planted in the cache: %s", path)
+            path.unlink(missing_ok=True)
+
+    def _measure_fixed(self) -> int:
+        """Apparent sizes of what is not an entry: the directories, marker and lock."""
+        total = os.lstat(self.directory).st_size + os.lstat(self._objects).st_size
+        with os.scandir(self._objects) as subdirs:
+            total += sum(sub.stat(follow_symlinks=False).st_size for sub in subdirs)
+        for name in (MARKER, LOCK):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(self.directory / name).st_size
+        return total
 
     def _load_map(self, path: Path) -> CacheEntry | None:
         try:
-            doc = json.loads(path.read_bytes())
-            if doc["version"] != CACHE_VERSION or doc["block_size"] != self.block_size:
+            fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+            with os.fdopen(fd, "rb") as handle:
+                raw = handle.read()
+            doc = json.loads(raw)
+            size = int(doc["size"])
+            if doc["version"] != CACHE_VERSION or doc["block_size"] != block_size_for(size, self.block_size):
                 return None
-            entry = CacheEntry(path.stem, doc["key"], doc["etag"], int(doc["size"]), self.block_size,
-                               path.with_suffix(""))
-            if entry.digest != entry_digest(self._bucket, entry.key, entry.etag):
+            entry = CacheEntry(path.stem, doc["key"], doc["etag"], size, doc["block_size"], path.with_suffix(""))
+            if entry.digest != entry_digest(self._identity, entry.key, entry.etag):
                 return None
-            entry.present = bytearray(base64.b64decode(doc["present"]))
-            entry.crcs = array("I", base64.b64decode(doc["crcs"]))
-            if len(entry.present) != entry.block_count or len(entry.crcs) != entry.block_count:
-                return None
-            if entry.data_path.stat().st_size != entry.size:
+            entry.present = bytearray(entry.block_count)
+            entry.crcs = array("I", bytes(4 * entry.block_count))
+            stored = array("I", base64.b64decode(doc["crcs"]))
+            position = 0
+            for first, last in doc["runs"]:
+                if not 0 <= first < last <= entry.block_count:
+                    return None
+                entry.present[first:last] = b"\x01" * (last - first)
+                entry.crcs[first:last] = stored[position:position + last - first]
+                position += last - first
+            data = os.lstat(entry.data_path)
+            if position != len(stored) or not stat.S_ISREG(data.st_mode) or data.st_size > entry.size:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        entry.cached_bytes = sum(entry.bytes_in(i, i + 1) for i, flag in enumerate(entry.present) if flag)
-        entry.on_disk = True
+        runs = _runs(entry.present)
+        if runs and data.st_size < entry.block_span(0, runs[-1][1])[1]:
+            return None  # the data file was cut short behind our back
+        entry.extent = data.st_size
+        entry.map_bytes = len(raw)
+        entry.cached_bytes = sum(entry.bytes_in(first, last) for first, last in runs)
         return entry
 
     # -- pinning --------------------------------------------------------------------------------
     def pin(self, obj: ObjectInfo) -> CacheEntry:
         """The entry for this object version, created empty if new; it cannot be evicted until unpinned."""
-        digest = entry_digest(self._bucket, obj.key, obj.etag)
+        digest = entry_digest(self._identity, obj.key, obj.etag)
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None:
-                entry = CacheEntry(digest, obj.key, obj.etag, obj.size, self.block_size,
-                                   self._objects / digest[:2] / digest)
+                block = block_size_for(obj.size, self.block_size)
+                entry = CacheEntry(digest, obj.key, obj.etag, obj.size, block, self._objects / digest[:2] / digest)
                 entry.present = bytearray(entry.block_count)
                 entry.crcs = array("I", bytes(4 * entry.block_count))
                 self._entries[digest] = entry
@@ -234,35 +299,49 @@ class DiskCache:
     def unpin(self, entry: CacheEntry) -> None:
         with self._lock:
             entry.pins -= 1
-            if entry.pins == 0:
-                if entry.fd is not None:
-                    os.close(entry.fd)
-                    entry.fd = None
-                if not entry.on_disk:
-                    self._forget(entry)  # never stored anything: leave no trace
-                else:
-                    self._evict_until(0)
+            if entry.pins > 0:
+                return
+            if entry.fd is not None:
+                os.close(entry.fd)
+                entry.fd = None
+            if entry.map_bytes == 0:
+                self._forget(entry)  # never stored anything: leave no trace
+            else:
+                self._evict_until(0)
+
+    def _ensure_dir(self, path: Path) -> None:
+        """Create a directory of ours; a link in its place is removed, never followed."""
+        if os.path.islink(path):
+            log.warning("removing a symbolic link planted in the cache: %s", path)
+            os.unlink(path)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return
+        if path.parent != self.directory:
+            with self._lock:
+                self._fixed += os.lstat(path).st_size
 
     def _fd(self, entry: CacheEntry) -> int:
-        with self._lock:
-            if entry.fd is None:
-                entry.base.parent.mkdir(mode=0o700, exist_ok=True)
-                entry.fd = os.open(entry.data_path, os.O_RDWR | os.O_CREAT, 0o600)
-                if os.fstat(entry.fd).st_size != entry.size:
-                    os.ftruncate(entry.fd, entry.size)
-            return entry.fd
+        """The entry's data file, opened on first use. Hold ``entry.lock``."""
+        if entry.fd is None:
+            self._ensure_dir(self._objects)  # recreated if someone deleted it
+            self._ensure_dir(entry.base.parent)
+            entry.fd = os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
+        return entry.fd
 
     # -- data -----------------------------------------------------------------------------------
     def read(self, entry: CacheEntry, first: int, last: int) -> bytes | None:
         """Blocks ``[first, last)`` from disk if all are present and pass their CRC, else None."""
+        start, stop = entry.block_span(first, last)
         with entry.lock:
             if entry.present.find(0, first, last) >= 0:
                 return None
-        start, stop = entry.block_span(first, last)
-        data = os.pread(self._fd(entry), stop - start, start)
+            fd = self._fd(entry)
+        data = os.pread(fd, stop - start, start)
+        block = entry.block_size
         bad = [i for i in range(first, last)
-               if zlib.crc32(data[(i - first) * self.block_size:(i - first + 1) * self.block_size])
-               != entry.crcs[i]]
+               if zlib.crc32(data[(i - first) * block:(i - first + 1) * block]) != entry.crcs[i]]
         if len(data) != stop - start or bad:
             log.warning("cache file of %s failed verification (%d blocks); fetching again", entry.key,
                         len(bad) or last - first)
@@ -271,34 +350,55 @@ class DiskCache:
         return data
 
     def store(self, entry: CacheEntry, first: int, data: bytes) -> bool:
-        """Write blocks starting at ``first`` and mark them present; False if the bound leaves no room."""
-        last = first + -(-len(data) // self.block_size)
-        overhead = 0 if entry.on_disk else ENTRY_OVERHEAD
-        reserved = len(data) + overhead
-        if not self._reserve(reserved):
-            return False
-        try:
-            os.pwrite(self._fd(entry), data, first * self.block_size)
-        except OSError as error:
-            self._release_reservation(reserved)
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.warning("cache disk full while storing %s; evicting and serving from S3", entry.key)
-                with self._lock:
-                    self._evict_until(max(len(data), self.size_bytes // 10))
-                return False
-            raise
-        crcs = [zlib.crc32(data[i * self.block_size:(i + 1) * self.block_size]) for i in range(last - first)]
+        """Write blocks starting at ``first`` and mark them present; False if the bound or the disk leaves
+        no room (the caller then serves the bytes uncached)."""
+        block = entry.block_size
+        last = first + -(-len(data) // block)
+        start = first * block
         with entry.lock:
-            already = sum(entry.bytes_in(i, i + 1) for i in range(first, last) if entry.present[i])
-            entry.present[first:last] = b"\x01" * (last - first)
-            entry.crcs[first:last] = array("I", crcs)
-            entry.cached_bytes += len(data) - already
-            self._write_map(entry, entry.map_document())
-            if overhead and entry.on_disk:
-                already += overhead  # reserved, but another part of this entry counted it first
-            entry.on_disk = True
-        self._release_reservation(already)
+            expected = (max(0, start + len(data) - entry.extent) + _MAP_PER_BLOCK * (last - first) + _MAP_PER_RUN
+                        + (0 if entry.map_bytes else _MAP_HEADER + 2 * len(entry.key)))
+        if not self._reserve(expected):
+            return False
+        crcs = array("I", (zlib.crc32(data[i * block:(i + 1) * block]) for i in range(last - first)))
+        with entry.lock:
+            before = entry.charge
+            try:
+                os.pwrite(self._fd(entry), data, start)
+                self._mark(entry, first, last, crcs)
+            except OSError as error:
+                self._settle(expected, self._recount(entry) - before)
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.warning("cache disk full while storing %s; serving from S3", entry.key)
+                return False
+            actual = entry.charge - before
+        self._settle(expected, actual)
         return True
+
+    def _mark(self, entry: CacheEntry, first: int, last: int, crcs: array[int]) -> None:
+        """Mark blocks present and replace the map; on failure leave them unmarked. Hold ``entry.lock``."""
+        was_present = entry.present[first:last]
+        old_crcs = entry.crcs[first:last]
+        already = sum(entry.bytes_in(i, i + 1) for i in range(first, last) if entry.present[i])
+        entry.present[first:last] = b"\x01" * (last - first)
+        entry.crcs[first:last] = crcs
+        try:
+            self._write_map(entry)
+        except OSError:
+            entry.present[first:last] = was_present
+            entry.crcs[first:last] = old_crcs
+            raise
+        entry.cached_bytes += entry.bytes_in(first, last) - already
+        entry.extent = max(entry.extent, entry.block_span(first, last)[1])
+
+    def _recount(self, entry: CacheEntry) -> int:
+        """After a failed write: the entry's real charge, from the files. Hold ``entry.lock``."""
+        try:
+            entry.extent = os.fstat(entry.fd).st_size if entry.fd is not None else 0
+        except OSError:
+            entry.extent = 0
+        return entry.charge
 
     def verify_whole(self, entry: CacheEntry) -> bool:
         """Check a complete object against its ETag when the ETag is a plain MD5 (single-part upload).
@@ -311,31 +411,45 @@ class DiskCache:
             if entry.verified:
                 return True
             entry.verified = True
+            fd = self._fd(entry)
         digest = hashlib.md5(usedforsecurity=False)
-        fd = self._fd(entry)
         for offset in range(0, entry.size, 8 << 20):
             digest.update(os.pread(fd, min(8 << 20, entry.size - offset), offset))
         if digest.hexdigest() == entry.etag:
             return True
         log.error("%s: cached bytes do not match the ETag's MD5; discarding them", entry.key)
-        entry.verified = False
+        with entry.lock:
+            entry.verified = False
         self._drop_blocks(entry, list(range(entry.block_count)))
         return False
 
-    def _write_map(self, entry: CacheEntry, document: bytes) -> None:
+    def _write_map(self, entry: CacheEntry) -> None:
+        """Replace the map atomically. Hold ``entry.lock``."""
+        document = entry.map_document()
         tmp = entry.base.with_suffix(".map.tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-            handle.write(document)
-        os.replace(tmp, entry.map_path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(document)
+            os.replace(tmp, entry.map_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        entry.map_bytes = len(document)
 
     def _drop_blocks(self, entry: CacheEntry, blocks: list[int]) -> None:
         with entry.lock:
+            before = entry.charge
             freed = sum(entry.bytes_in(i, i + 1) for i in blocks if entry.present[i])
             for i in blocks:
                 entry.present[i] = 0
             entry.cached_bytes -= freed
-            self._write_map(entry, entry.map_document())
-        self._release_reservation(freed)
+            try:
+                self._write_map(entry)
+            except OSError as error:
+                log.warning("could not rewrite the map of %s: %s", entry.key, error)
+            delta = entry.charge - before
+        self._settle(0, delta)
 
     # -- the bound ------------------------------------------------------------------------------
     def _reserve(self, nbytes: int) -> bool:
@@ -345,16 +459,21 @@ class DiskCache:
             self._used += nbytes
             return True
 
-    def _release_reservation(self, nbytes: int) -> None:
+    def rebalance(self) -> None:
+        """Evict until everything fits again (after the listing index grew)."""
         with self._lock:
-            self._used -= nbytes
+            self._evict_until(0)
+
+    def _settle(self, reserved: int, actual: int) -> None:
+        """Replace a reservation by what the write really cost."""
+        with self._lock:
+            self._used += actual - reserved
+            if actual > reserved:
+                self._evict_until(0)
 
     def _evict_until(self, room: int) -> bool:
         """Evict unpinned entries, least recently used first, until ``room`` bytes fit. Hold ``_lock``."""
-        now = time.monotonic()
-        if now - self._other_checked > 1.0:  # the index grows slowly: a stat a second is enough
-            self._other_bytes, self._other_checked = self._other_usage(), now
-        budget = self.size_bytes - self._other_bytes
+        budget = self.size_bytes - self._other_usage()[1] - self._fixed
         if self._used + room <= budget:
             return True
         for entry in [e for e in self._entries.values() if e.pins == 0]:
@@ -367,37 +486,58 @@ class DiskCache:
     def _forget(self, entry: CacheEntry) -> None:
         """Drop an unpinned entry from the index and the disk. Hold ``_lock``."""
         del self._entries[entry.digest]
-        self._used -= entry.cached_bytes + (ENTRY_OVERHEAD if entry.on_disk else 0)
+        self._used -= entry.charge
         entry.map_path.unlink(missing_ok=True)
         entry.data_path.unlink(missing_ok=True)
 
-    # -- reporting and maintenance ----------------------------------------------------------------
+    # -- reporting ------------------------------------------------------------------------------
     @property
     def used_bytes(self) -> int:
-        return self._used
+        """Everything the directory holds, as ``du -sb`` would count it."""
+        return self._used + self._fixed + self._other_usage()[0]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             complete = sum(1 for e in self._entries.values() if e.present.find(0) < 0)
-            return {"directory": str(self.directory), "bound_bytes": self.size_bytes, "used_bytes": self._used,
-                    "objects": len(self._entries), "complete_objects": complete, "evictions": self.evictions}
-
+            objects, evictions = len(self._entries), self.evictions
+        return {"directory": str(self.directory), "bound_bytes": self.size_bytes, "used_bytes": self.used_bytes,
+                "objects": objects, "complete_objects": complete, "evictions": evictions}
 
 
 def disk_usage(directory: Path) -> dict[str, Any]:
-    """What a cache directory holds on disk, read without a daemon (for ``nccidfs cache stats``)."""
-    objects = directory / "objects"
-    maps = list(objects.glob("*/*.map")) if objects.is_dir() else []
-    used = sum(p.stat().st_blocks * 512 for p in objects.rglob("*") if p.is_file()) if objects.is_dir() else 0
-    return {"directory": str(directory), "objects": len(maps), "used_bytes": used}
+    """What a cache directory holds, read without a daemon (``nccidfs cache stats``): apparent sizes of
+    everything in it, links not followed, so the figure is the one ``du -sb`` prints."""
+    used, maps = 0, 0
+    pending = [directory]
+    while pending:
+        path = pending.pop()
+        used += os.lstat(path).st_size
+        with os.scandir(path) as items:
+            for item in items:
+                if item.is_dir(follow_symlinks=False):
+                    pending.append(Path(item.path))
+                else:
+                    used += item.stat(follow_symlinks=False).st_size
+                    maps += item.name.endswith(".map")
+    return {"directory": str(directory), "objects": maps, "used_bytes": used}
 
 
-def clear_directory(directory: Path) -> int:
-    """Delete every cached object under ``directory`` (no daemon may be using it); returns how many."""
-    objects = directory / "objects"
-    count = len(list(objects.glob("*/*.map"))) if objects.is_dir() else 0
-    if objects.is_dir():
-        shutil.rmtree(objects)
-    for name in ("listings.sqlite3", "listings.sqlite3-wal", "listings.sqlite3-shm"):
-        (directory / name).unlink(missing_ok=True)
+def clear_directory(directory: Path, index_files: tuple[str, ...]) -> int:
+    """Delete every cached object and the listing index under ``directory``; returns how many objects.
+
+    Only inside a directory that carries the nccidfs marker, and only while no daemon holds its lock.
+    """
+    if not is_cache_dir(directory):
+        raise ConfigError(f"{directory} is not an nccidfs cache directory (it has no {MARKER}); nothing removed")
+    lock = CacheLock(directory, {"pid": os.getpid(), "clearing": True})
+    try:
+        objects = directory / OBJECTS
+        count = 0
+        if objects.is_dir() and not objects.is_symlink():
+            count = disk_usage(objects)["objects"]
+            shutil.rmtree(objects)  # never follows links
+        for name in index_files:
+            (directory / name).unlink(missing_ok=True)
+    finally:
+        lock.release()
     return count

@@ -14,11 +14,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from nccidfs import control
 from nccidfs.cache import clear_directory
+from nccidfs.config import CONTROL_DIR, STATUS_FILE, format_size
 from nccidfs.errors import ConfigError, NccidfsError
+from nccidfs.index import INDEX_FILES
 
-STATUS_RELATIVE = ".nccidfs/status.json"
+STATUS_RELATIVE = f"{CONTROL_DIR}/{STATUS_FILE}"
 READ_CHUNK = 1 << 20
 
 
@@ -54,15 +58,28 @@ def find_mount(path: Path) -> Path:
 
 
 def refresh(mountpoint: Path, path: str | None) -> int:
-    """Drop the daemon's cached listings at and below ``path`` (a mount path); returns how many."""
+    """Drop the daemon's cached listings at and below ``path`` (in the mount); returns how many."""
     status = mount_status(mountpoint)
-    inside = "/"
-    if path:
-        candidate = Path(path).absolute()
-        inside = "/" + str(candidate.relative_to(mountpoint)) if mountpoint in candidate.parents else path
-        inside = "/" + inside.strip("/")
+    inside = path_in_mount(mountpoint, path) if path else "/"
     reply = _ask(status, {"op": "refresh", "path": inside})
     return int(reply["dropped"])
+
+
+def path_in_mount(mountpoint: Path, path: str) -> str:
+    """``path`` (absolute, relative to here, or relative to the mount point) as ``/a/b`` inside the mount.
+
+    It must exist: refreshing a name the mount does not show drops nothing, and its parent is what
+    needs refreshing for a new upload to appear.
+    """
+    candidate = Path(os.path.abspath(path))
+    if candidate != mountpoint and mountpoint not in candidate.parents:
+        if Path(path).is_absolute():
+            raise ConfigError(f"{path} is not in the mount {mountpoint}")
+        candidate = mountpoint / path
+    if not os.path.lexists(candidate):
+        raise ConfigError(f"{path} is not in the mount {mountpoint} (to show a new upload, refresh its parent)")
+    inside = candidate.relative_to(mountpoint)
+    return "/" if inside == Path() else f"/{inside}"
 
 
 def daemon_status(mountpoint: Path) -> dict[str, Any]:
@@ -80,14 +97,23 @@ def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
 
 
 def cache_clear(directory: Path) -> int:
-    if (directory / "control.sock").exists():
-        try:
-            control.send(directory / "control.sock", {"op": "status"}, timeout=2)
-        except OSError:
-            pass  # a socket left by a daemon that died: nobody is using the cache
-        else:
-            raise ConfigError(f"a running nccidfs daemon uses {directory}; unmount it first")
-    return clear_directory(directory)
+    """Empty a cache directory; refused (by its lock) while a daemon holds it, and anywhere without the
+    nccidfs marker."""
+    return clear_directory(directory, INDEX_FILES)
+
+
+class _SizeBar(tqdm):  # type: ignore[misc]
+    """tqdm's bar with sizes named as what they are (MiB, MiB/s): its unit_scale calls 1024-based units MB."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        values: dict[str, Any] = super().format_dict
+        rate = values.get("rate") or (values["n"] / values["elapsed"] if values.get("elapsed") else 0)
+        values.update(done=format_size(values["n"]), size=format_size(values["total"] or 0),
+                      speed=f"{format_size(rate)}/s" if rate else "? B/s")
+        return values
 
 
 def _files(paths: list[Path]) -> Iterator[Path]:
@@ -124,17 +150,16 @@ def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
     Returns (files, bytes). Refuses, unless ``force``, more than the cache can hold. Ctrl-C stops the
     workers after their current chunk.
     """
-    from tqdm import tqdm
-
     targets = resolve_prefetch_targets(arguments)
     files = [(path, path.stat().st_size) for path in _files(targets)]
     total = sum(size for _, size in files)
     bound = int(mount_status(find_mount(targets[0]))["cache"]["bound_bytes"]) if targets else 0
     if total > bound and not force:
-        raise ConfigError(f"{total} bytes requested but the cache holds {bound}; use --force to read anyway")
+        raise ConfigError(f"{format_size(total)} requested but the cache holds {format_size(bound)}; "
+                          "use --force to read anyway")
     stop = threading.Event()
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"0/{len(files)} files",
-              dynamic_ncols=True) as progress:
+    with _SizeBar(total=total, desc=f"0/{len(files)} files", dynamic_ncols=True,
+                  bar_format=_SizeBar.FORMAT) as progress:
         lock = threading.Lock()
         done = 0
 

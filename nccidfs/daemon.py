@@ -19,14 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nccidfs import __version__
+from nccidfs import __version__, cachedir
 from nccidfs.cache import DiskCache
 from nccidfs.config import Config
 from nccidfs.control import ControlServer
 from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
-from nccidfs.index import ListingIndex
+from nccidfs.index import INDEX_FILE, ListingIndex
 from nccidfs.log import strip_credentials
 from nccidfs.namespace import Namespace
 from nccidfs.prefetch import SeriesPrefetcher
@@ -68,19 +68,26 @@ def notify_systemd(message: bytes) -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, store: ObjectStore, folders: list[str]) -> None:
+    def __init__(self, config: Config, store: ObjectStore, folders: list[str] | None) -> None:
         self.config = config
         self.store = store
         self.started = time.time()
         tune_malloc()
-        os.makedirs(config.cache.directory, mode=0o700, exist_ok=True)
-        self.index = ListingIndex(config.cache.directory / "listings.sqlite3", config.s3.bucket)
-        self.namespace = Namespace(store, config.s3.prefix, folders, config.mount.listing_ttl,
-                                   config.mount.max_listing_entries, self.index)
-        self.cache = DiskCache(config.cache.directory, config.cache.size_bytes, config.s3.bucket,
+        s3 = config.s3
+        directory = cachedir.prepare(config.cache.directory)
+        self.cache_lock = cachedir.CacheLock(directory, {"pid": os.getpid(),
+                                                         "mountpoint": str(config.mount.mountpoint)})
+        endpoint = s3.endpoint_url or f"aws:{s3.region}"
+        self.index = ListingIndex(directory / INDEX_FILE,
+                                  {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
+        self.namespace = Namespace(store, s3.prefix, folders, config.mount.listing_ttl,
+                                   config.mount.max_listing_entries, self.index, s3.deadline)
+        self.cache = DiskCache(directory, config.cache.size_bytes, f"{endpoint}\0{s3.bucket}",
                                config.read.block_size, self.index.disk_usage)
-        self.fetcher = Fetcher(store, self.cache, config.read, config.s3.deadline)
+        self.index.after_write = self.cache.rebalance
+        self.fetcher = Fetcher(store, self.cache, config.read, s3.deadline)
         self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
+        self.fetcher.on_discard = self.fs.discarded
         self.fs.set_status_provider(self.status)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
@@ -88,7 +95,7 @@ class Daemon:
                                                config.read.prefetch_threads)
             self.fs.add_open_listener(self.prefetcher.opened)
             self.fs.add_read_listener(self.prefetcher.reading)
-        self.control_path = config.cache.directory / "control.sock"
+        self.control_path = config.cache.control_socket
         self._control: ControlServer | None = None
         self._sighup_pipe = os.pipe()
 
@@ -123,6 +130,7 @@ class Daemon:
     def on_mounted(self) -> None:
         """Called from FUSE's init: start the side services."""
         try:
+            self.control_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a runtime dir, maybe
             self._control = ControlServer(self.control_path, {
                 "status": lambda request: self.status(),
                 "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
@@ -169,9 +177,10 @@ class Daemon:
         os.set_blocking(self._sighup_pipe[1], False)
         signal.set_wakeup_fd(self._sighup_pipe[1], warn_on_full_buffer=False)
         try:
-            fuseops.run_mount(fuseops.FuseOperations(self.fs, ready), str(self.config.mount.mountpoint),
-                              self.config.mount.allow_other, self.config.mount.listing_ttl,
-                              readdirplus=self.config.mount.readdirplus)
+            mount = self.config.mount
+            operations = fuseops.FuseOperations(self.fs, ready, self.config.s3.deadline, uid=mount.uid,
+                                                gid=mount.gid, file_mode=mount.file_mode, dir_mode=mount.dir_mode)
+            fuseops.run_mount(operations, mount)
         finally:
             self.shutdown()
         log.info("unmounted %s", self.config.mount.mountpoint)
@@ -185,3 +194,4 @@ class Daemon:
         self.fetcher.shutdown()
         self.namespace.shutdown()
         self.index.close()
+        self.cache_lock.release()

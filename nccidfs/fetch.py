@@ -5,9 +5,13 @@
   again).
 - A sequential reader gets a read-ahead window that starts at ``initial_window`` and doubles up to
   ``max_window``, fetched in the background as parallel GETs of at most ``part_size``.
-- Every wait is bounded by the deadline, so no caller blocks forever on S3.
+- Every wait is bounded: by the part's own deadline (fixed when its GET starts, so a second reader of a
+  stalled part does not wait a whole deadline again) and by what is left of the FUSE call's deadline.
+- A failed fetch is remembered for a moment, so the kernel's immediate retry fails at once.
 
-Talks to an :class:`~nccidfs.store.ObjectStore` and a :class:`~nccidfs.cache.DiskCache` only.
+The fetcher owns everything about requests under way (parts in flight, deadlines, failure memory); the
+cache only holds blocks. Talks to an :class:`~nccidfs.store.ObjectStore` and a
+:class:`~nccidfs.cache.DiskCache` only.
 """
 
 from __future__ import annotations
@@ -15,20 +19,43 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from nccidfs.cache import CacheEntry, DiskCache, InflightPart
+from cachetools import TTLCache
+
+from nccidfs import deadline
+from nccidfs.cache import CacheEntry, DiskCache
 from nccidfs.config import ReadConfig
-from nccidfs.errors import TransientError
+from nccidfs.errors import NccidfsError, TransientError
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 # Seconds for which a failed fetch fails the next reads of the same object at once.
 FAILURE_MEMORY = 2.0
+
+
+@dataclass(eq=False)
+class InflightPart:
+    """A ranged GET under way for blocks ``[first, last)`` of one entry; its future yields the bytes."""
+
+    first: int
+    last: int
+    future: Future[bytes]
+    deadline: float
+
+
+def _uncovered(first: int, last: int, parts: list[InflightPart]) -> list[tuple[int, int]]:
+    """The runs of ``[first, last)`` that no part in flight covers."""
+    runs = [(first, last)]
+    for part in parts:
+        runs = [piece for lo, hi in runs for piece in ((lo, min(hi, part.first)), (max(lo, part.last), hi))
+                if piece[0] < piece[1]]
+    return runs
 
 
 @dataclass
@@ -46,11 +73,15 @@ class Fetcher:
         self._cache = cache
         self._config = config
         self._deadline = deadline
-        self._block = cache.block_size
         self._foreground = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fetch")
         self._background = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="readahead")
         self._counter_lock = threading.Lock()
         self._in_flight: dict[int, tuple[str, int]] = {}
+        self._parts_lock = threading.Lock()
+        self._parts: dict[str, list[InflightPart]] = {}  # by entry digest
+        self._failures: TTLCache[str, NccidfsError] = TTLCache(maxsize=10_000, ttl=FAILURE_MEMORY)
+        # Told the key of an object whose cached bytes failed their MD5 and were dropped.
+        self.on_discard: Callable[[str], None] = lambda key: None
         # Reads served wholly from the cache, and reads that had to fetch.
         self.hits = 0
         self.misses = 0
@@ -70,14 +101,15 @@ class Fetcher:
         end = min(offset + size, entry.size)
         if offset >= end:
             return b""
-        first, last = offset // self._block, -(-end // self._block)
+        block = entry.block_size
+        first, last = offset // block, -(-end // block)
         if cursor is not None:
             self._read_ahead(entry, offset, end, cursor)
         for _attempt in range(3):
             parts = self._ensure_or_fail_fast(entry, first, last)
             data = self._assemble(entry, first, last, parts)
             if data is not None:
-                start = first * self._block
+                start = first * block
                 return data[offset - start:end - start]
         raise TransientError(f"{entry.key}: cached blocks kept failing verification")
 
@@ -94,13 +126,18 @@ class Fetcher:
                 self.misses += 1
             else:
                 self.hits += 1
-        failure = entry.recent_failure
-        if missing and failure is not None and time.monotonic() < failure[0]:
-            raise failure[1]
+        if not missing:
+            return []
+        with self._parts_lock:
+            failure = self._failures.get(entry.digest)
+        if failure is not None:
+            raise failure
         try:
             return self._ensure(entry, first, last, self._foreground)
-        except TransientError as error:
-            entry.recent_failure = (time.monotonic() + FAILURE_MEMORY, error)
+        except NccidfsError as error:
+            if isinstance(error, TransientError):
+                with self._parts_lock:
+                    self._failures[entry.digest] = error
             raise
 
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
@@ -120,39 +157,50 @@ class Fetcher:
         start = max(end, cursor.ahead_until)
         stop = min(end + cursor.window, entry.size)
         cursor.ahead_until = stop
-        self._ensure(entry, start // self._block, -(-stop // self._block), self._background, wait=False)
+        block = entry.block_size
+        self._ensure(entry, start // block, -(-stop // block), self._background, wait=False)
 
     # -- planning -------------------------------------------------------------------------------
     def _ensure(self, entry: CacheEntry, first: int, last: int, pool: ThreadPoolExecutor,
                 wait: bool = True) -> list[InflightPart]:
         """Start GETs for the missing blocks of ``[first, last)``; return every part to wait for."""
-        part_blocks = max(1, self._config.part_size // self._block)
+        part_blocks = max(1, self._config.part_size // entry.block_size)
         with entry.lock:
-            waits = [p for p in entry.inflight if p.first < last and p.last > first]
-            new: list[InflightPart] = []
-            for run_first, run_last in list(entry.missing_runs(first, last)):
-                for lo in range(run_first, run_last, part_blocks):
-                    part = InflightPart(lo, min(lo + part_blocks, run_last), Future(),
-                                        time.monotonic() + self._deadline)
-                    entry.inflight.append(part)
-                    new.append(part)
+            missing = list(entry.missing_runs(first, last))
+        new: list[InflightPart] = []
+        with self._parts_lock:
+            flying = self._parts.setdefault(entry.digest, [])
+            waits = [p for p in flying if p.first < last and p.last > first]
+            for run_first, run_last in missing:
+                for lo_run, hi_run in _uncovered(run_first, run_last, waits):
+                    for lo in range(lo_run, hi_run, part_blocks):
+                        part = InflightPart(lo, min(lo + part_blocks, hi_run), Future(),
+                                            time.monotonic() + self._deadline)
+                        flying.append(part)
+                        new.append(part)
+            if not flying:
+                del self._parts[entry.digest]
         for part in new:
             pool.submit(self._fetch_part, entry, part)
         parts = waits + new
         if wait:
             for part in parts:
+                timeout = min(part.deadline - time.monotonic(), deadline.remaining(self._deadline))
                 try:
-                    part.future.result(timeout=max(0.0, part.deadline - time.monotonic()))
+                    part.future.result(timeout=max(0.0, timeout))
                 except FutureTimeout:
                     self._abandon(entry, part)
-                    raise TransientError(f"{entry.key}: no answer from S3 within {self._deadline:.0f}s") from None
+                    raise TransientError(f"{entry.key}: no answer from S3 within {self._deadline:g}s") from None
         return parts
 
     def _abandon(self, entry: CacheEntry, part: InflightPart) -> None:
         """Stop sharing a part past its deadline, so the next reader starts a fresh GET instead of waiting."""
-        with entry.lock:
-            if part in entry.inflight:
-                entry.inflight.remove(part)
+        with self._parts_lock:
+            flying = self._parts.get(entry.digest)
+            if flying is not None and part in flying:
+                flying.remove(part)
+                if not flying:
+                    del self._parts[entry.digest]
 
     def _fetch_part(self, entry: CacheEntry, part: InflightPart) -> None:
         start, stop = entry.block_span(part.first, part.last)
@@ -175,7 +223,8 @@ class Fetcher:
     def _verify(self, entry: CacheEntry) -> None:
         """The MD5 check of a completed object, off the reader's path (it reads the whole object)."""
         try:
-            self._cache.verify_whole(entry)
+            if not self._cache.verify_whole(entry):
+                self.on_discard(entry.key)
         finally:
             self._cache.unpin(entry)
 
@@ -196,7 +245,7 @@ class Fetcher:
             if part is not None:
                 stop = min(part.last, last)
                 data = part.future.result()
-                pieces.append(data[(block - part.first) * self._block:(stop - part.first) * self._block])
+                pieces.append(data[(block - part.first) * entry.block_size:(stop - part.first) * entry.block_size])
                 block = stop
                 continue
             run_last = block + 1

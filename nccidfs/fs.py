@@ -1,16 +1,21 @@
 """The filesystem core, independent of any FUSE binding: lookups, listings, open files and reads.
 
 Every method returns plain data or raises an :class:`~nccidfs.errors.NccidfsError`; the adapter in
-:mod:`nccidfs.fuseops` turns those into FUSE replies. Unit tests drive this class without a mount.
+:mod:`nccidfs.fuseops` turns those into FUSE replies, and the unit tests in ``tests/unit/test_fs.py``
+drive it directly over in-memory stores.
 
-Besides the mirrored tree the root holds ``patients/`` (see :mod:`nccidfs.views`) and a hidden
-``.nccidfs/`` with ``status.json``, a snapshot of the daemon's counters taken at each open.
+Paths under the hidden ``/.nccidfs/`` go to the layers of :mod:`nccidfs.views`; every other path is the
+mirrored tree of :mod:`nccidfs.namespace`. A real S3 folder named ``.nccidfs`` wins over the virtual one
+(logged once), so the mirrored tree always holds exactly the bucket's keys.
+
+Replaced objects: an open file reads the version its listing showed. If S3 answers that the object has
+changed (412) before any byte of the file was served, the parent is listed again and the file switches
+to the new version, and the kernel is told to forget the old size; once bytes were served it is EIO.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -20,28 +25,27 @@ from typing import Any
 from cachetools import LRUCache
 
 from nccidfs.cache import CacheEntry, DiskCache
+from nccidfs.config import STATUS_FILE
 from nccidfs.dicom import xattr_name
 from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
-from nccidfs.namespace import Entry, Namespace
-from nccidfs.objects import ObjectInfo
-from nccidfs.views import VIEW, PatientView
+from nccidfs.namespace import Namespace, split_path
+from nccidfs.objects import Entry, ObjectInfo
+from nccidfs.views import CONTROL, ControlFolder, PatientView, StatusFile, VirtualFile
 from nccidfs.xattrs import TagReader
 
 log = logging.getLogger(__name__)
-
-CONTROL_DIR = "/.nccidfs"
-STATUS_FILE = f"{CONTROL_DIR}/status.json"
 
 
 @dataclass
 class OpenFile:
     path: str
-    obj: ObjectInfo | None
-    entry: CacheEntry | None
-    snapshot: bytes = b""
+    obj: ObjectInfo | None = None
+    entry: CacheEntry | None = None
+    virtual: VirtualFile | None = None
     cursor: ReadCursor = field(default_factory=ReadCursor)
     reading_whole: bool = False
+    served: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,9 @@ class Opened:
 # read goes past the header (or reaches the end of a small file), i.e. when the reader wants whole images.
 # The series prefetcher hooks in to both; header scans (pydicom's stop_before_pixels) never reach the second.
 Listener = Callable[[str, ObjectInfo], None]
+# Called with a mount path whose size or bytes the kernel may hold wrongly (a replaced or discarded object).
+Invalidator = Callable[[str], None]
 WHOLE_FILE_READ = 256 * 1024
-StatusProvider = Callable[[], dict[str, Any]]
 
 
 class FileSystem:
@@ -66,15 +71,19 @@ class FileSystem:
         self.namespace = namespace
         self.cache = cache
         self.fetcher = fetcher
-        self.view = PatientView(namespace)
         self.tags = TagReader(namespace, cache, fetcher)
+        self.control = ControlFolder(namespace.mount_time)
+        self.control.register("patients", PatientView(namespace))
         self._handles: dict[int, OpenFile] = {}
         self._next_handle = itertools.count(1)
         self._lock = threading.Lock()
         self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=100_000)
+        # Keys whose cached bytes failed their MD5: the kernel must not keep their pages.
+        self._distrusted: LRUCache[str, bool] = LRUCache(maxsize=10_000)
         self._listeners: list[Listener] = []
         self._open_listeners: list[Listener] = []
-        self._status: StatusProvider = lambda: {}
+        self._invalidate: Invalidator = lambda path: None
+        self._collision_logged = False
 
     def add_open_listener(self, listener: Listener) -> None:
         """Called with (path, object) on every open of an object."""
@@ -83,48 +92,73 @@ class FileSystem:
     def add_read_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def set_status_provider(self, provider: StatusProvider) -> None:
-        self._status = provider
+    def set_status_provider(self, provider: Callable[[], dict[str, Any]]) -> None:
+        self.control.register(STATUS_FILE, StatusFile(provider, self.namespace.mount_time))
 
-    def _status_bytes(self) -> bytes:
-        return json.dumps(self._status(), indent=2, sort_keys=True).encode() + b"\n"
+    def set_invalidator(self, invalidate: Invalidator) -> None:
+        self._invalidate = invalidate
+
+    def discarded(self, key: str) -> None:
+        """The cache dropped this object's bytes (MD5 mismatch): pages the kernel holds are suspect too."""
+        with self._lock:
+            self._distrusted[key] = True
+            self._opened_etags.pop(key, None)
+        self._invalidate("/" + key[len(self.namespace.prefix):])
+
+    # -- names ----------------------------------------------------------------------------------
+    def _virtual(self, path: str) -> list[str] | None:
+        """Path components below ``/.nccidfs`` for a virtual path, None for the mirrored tree."""
+        parts = split_path(path)
+        if not parts or parts[0] != CONTROL:
+            return None
+        if CONTROL in self.namespace.list("/"):
+            if not self._collision_logged:
+                self._collision_logged = True
+                log.warning("the bucket holds %s%s itself: it is served, and nccidfs's own %s is hidden",
+                            self.namespace.prefix, CONTROL, CONTROL)
+            return None
+        return parts[1:]
 
     def lookup(self, path: str) -> Entry:
-        if path == CONTROL_DIR:
-            return Entry(CONTROL_DIR[1:], True, mtime=self.namespace.mount_time)
-        if path == STATUS_FILE:
-            return Entry("status.json", False, len(self._status_bytes()), self.namespace.mount_time)
-        if self.view.owns(path):
-            return self.view.lookup(path)
+        parts = self._virtual(path)
+        if parts is not None:
+            return self.control.lookup(parts)
         return self.namespace.lookup(path)
 
     def readdir(self, path: str) -> list[Entry]:
-        if path == CONTROL_DIR:
-            return [self.lookup(STATUS_FILE)]
-        entry = self.lookup(path)
+        parts = self._virtual(path)
+        if parts is not None:
+            return list(self.control.list(parts).values())
+        entry = self.namespace.lookup(path)
         if not entry.is_dir:
             raise NotFound(f"{path}: not a directory")
-        if self.view.owns(path):
-            return list(self.view.list(path).values())
-        entries = list(self.namespace.list(path).values())
-        if path == "/":
-            entries.append(self.view.lookup(f"/{VIEW}"))
-        return entries
+        return list(self.namespace.list(path).values())
 
+    def readlink(self, path: str) -> str:
+        parts = self._virtual(path)
+        if parts is None:
+            raise NotFound(f"{path}: not a symlink")
+        return self.control.readlink(parts)
+
+    # -- files ----------------------------------------------------------------------------------
     def open(self, path: str) -> Opened:
-        if path == STATUS_FILE:
-            return Opened(self._add(OpenFile(path, None, None, self._status_bytes())), False, True)
-        entry = self.lookup(path)
+        parts = self._virtual(path)
+        if parts is not None:
+            virtual = self.control.open(parts)
+            direct = bool(getattr(virtual, "direct_io", True))
+            return Opened(self._add(OpenFile(path, virtual=virtual)), False, direct)
+        entry = self.namespace.lookup(path)
         if entry.is_dir or entry.obj is None:
             raise NotFound(f"{path}: not a regular file")
         obj = entry.obj
         with self._lock:
             previous = self._opened_etags.get(obj.key)
             self._opened_etags[obj.key] = obj.etag
-        keep_cache = previous == obj.etag
+            distrusted = self._distrusted.pop(obj.key, False)
+        keep_cache = previous == obj.etag and not distrusted
         # A replaced object may have a new size that the kernel's attribute cache does not know yet; direct
         # I/O stops the kernel from cutting or padding reads to the old size.
-        replaced = previous is not None and not keep_cache
+        replaced = (previous is not None and previous != obj.etag) or distrusted
         handle = self._add(OpenFile(path, obj, self.cache.pin(obj)))
         for listener in self._open_listeners:
             listener(path, obj)
@@ -138,38 +172,56 @@ class FileSystem:
 
     def read(self, handle: int, offset: int, size: int) -> bytes:
         open_file = self._handles[handle]
-        if open_file.entry is None:
-            return open_file.snapshot[offset:offset + size]
-        obj = open_file.obj
-        assert obj is not None
+        if open_file.virtual is not None:
+            return open_file.virtual.read(offset, size)
+        assert open_file.obj is not None and open_file.entry is not None
         end = offset + size
-        if not open_file.reading_whole and (end >= WHOLE_FILE_READ or end >= obj.size):
+        if not open_file.reading_whole and (end >= WHOLE_FILE_READ or end >= open_file.obj.size):
             open_file.reading_whole = True
             for listener in self._listeners:
-                listener(open_file.path, obj)
+                listener(open_file.path, open_file.obj)
         try:
-            return self.fetcher.read(open_file.entry, offset, size, open_file.cursor)
+            data = self.fetcher.read(open_file.entry, offset, size, open_file.cursor)
         except ObjectChanged:
-            # The listing is stale: the next lookup lists again and sees the new version (or ENOENT).
-            self.namespace.invalidate_prefix(obj.key.rsplit("/", 1)[0] + "/")
-            raise
+            if open_file.served:
+                # Bytes of the old version were served: never mix versions. The next open sees the new one.
+                self.namespace.invalidate_prefix(open_file.obj.key.rsplit("/", 1)[0] + "/")
+                raise
+            self._switch_version(open_file)
+            data = self.fetcher.read(open_file.entry, offset, size, open_file.cursor)
+        open_file.served = True
+        return data
+
+    def _switch_version(self, open_file: OpenFile) -> None:
+        """List the file's folder again and serve its current version (or ENOENT if it is gone)."""
+        assert open_file.obj is not None and open_file.entry is not None
+        parent, name = open_file.path.rsplit("/", 1)
+        entry = self.namespace.relist(parent or "/").get(name)
+        self._invalidate(open_file.path)
+        if entry is None or entry.obj is None:
+            raise NotFound(f"{open_file.path}: deleted since it was listed")
+        log.info("%s was replaced since it was listed; serving the new version", open_file.path)
+        old = open_file.entry
+        open_file.obj, open_file.entry, open_file.cursor = entry.obj, self.cache.pin(entry.obj), ReadCursor()
+        self.cache.unpin(old)
+        with self._lock:
+            self._opened_etags[entry.obj.key] = entry.obj.etag
 
     def xattrs(self, path: str) -> dict[str, str]:
         """``user.dicom.*`` attributes of a ``.dcm`` file, from its metadata twin; none for other paths."""
-        entry = self.lookup(path)
-        if entry.obj is None or self.view.owns(path):
+        if self._virtual(path) is not None:
+            self.lookup(path)
+            return {}
+        entry = self.namespace.lookup(path)
+        if entry.obj is None:
             return {}
         return {xattr_name(keyword): value for keyword, value in self.tags.tags(path, entry.obj).items()}
-
-    def readlink(self, path: str) -> str:
-        link = self.lookup(path).link
-        if link is None:
-            raise NotFound(f"{path}: not a symlink")
-        return link
 
     def release(self, handle: int) -> None:
         with self._lock:
             open_file = self._handles.pop(handle)
+        if open_file.virtual is not None:
+            open_file.virtual.release()
         if open_file.entry is not None:
             self.cache.unpin(open_file.entry)
 

@@ -7,18 +7,23 @@ mount is ``ro`` and the kernel answers them with EROFS.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from nccidfs import deadline
+from nccidfs.config import MountConfig
 from nccidfs.dicom import XATTR_PREFIX
 from nccidfs.errors import NccidfsError, to_errno
 from nccidfs.fs import FileSystem
-from nccidfs.namespace import Entry
+from nccidfs.objects import Entry
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # noqa: E402
@@ -28,12 +33,10 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOOP_ENDED_BY_SIGNAL = 8
-# The daemon answers lookups from its listing cache in microseconds, so the kernel need not trust its own
-# copy for long: short timeouts let a refreshed listing (new size, deleted or new file) show at once.
-KERNEL_ATTR_TIMEOUT = 5.0
 KERNEL_NEGATIVE_TIMEOUT = 1.0
-FILE_MODE = stat.S_IFREG | 0o444
-DIR_MODE = stat.S_IFDIR | 0o555
+# FUSE worker threads (libfuse's own default), and as many kept idle: libfuse 3.14 logs "Ignoring invalid max
+# threads value 4294967295" on every mount when max_idle_threads is left unset (-1).
+MAX_THREADS = 10
 LINK_MODE = stat.S_IFLNK | 0o777
 
 
@@ -42,12 +45,14 @@ def libfuse_version() -> int:
 
 
 def _errors_to_errno(method: F) -> F:
-    """Turn NccidfsError (and OSError) into FuseOSError, logging only what is unexpected."""
+    """Bound the call by the mount's timeout as a whole, and turn NccidfsError (and OSError) into
+    FuseOSError, logging only what is unexpected."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            with deadline.bounded(args[0]._call_timeout):
+                return method(*args, **kwargs)
         except mfusepy.FuseOSError:
             raise
         except NccidfsError as error:
@@ -62,16 +67,52 @@ def _errors_to_errno(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class KernelInvalidator:
+    """Tells the kernel to forget the attributes and cached pages of a path (``fuse_invalidate_path``).
+
+    Called when the daemon learns that an object it served was replaced or its cached bytes were bad.
+    The notification is sent from a thread of its own: sent from inside a FUSE call on the same inode it
+    could wait on a page lock that the call itself holds.
+    """
+
+    def __init__(self) -> None:
+        self._fuse: ctypes.c_void_p | None = None
+        self._paths: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def start(self) -> None:
+        """From FUSE's init, where the context names the session."""
+        self._fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
+        threading.Thread(target=self._send, name="invalidate", daemon=True).start()
+
+    def __call__(self, path: str) -> None:
+        self._paths.put(path)
+
+    def _send(self) -> None:
+        invalidate = mfusepy._libfuse.fuse_invalidate_path
+        invalidate.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+        while True:
+            path = self._paths.get()
+            result = invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
+            # -ENOENT: the kernel holds nothing for that path, which is what we wanted.
+            log.debug("invalidated %s in the kernel (%d)", path, result)
+
+
 class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
     """Operations for mfusepy. Attribute names share a namespace with FUSE op names: keep them private."""
 
     use_ns = True
 
-    def __init__(self, filesystem: FileSystem, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, filesystem: FileSystem, on_ready: Callable[[], None] | None = None,
+                 call_timeout: float = 30.0, uid: int | None = None, gid: int | None = None,
+                 file_mode: int = 0o444, dir_mode: int = 0o555) -> None:
         self._fs = filesystem
         self._on_ready = on_ready
-        self._uid = os.getuid()
-        self._gid = os.getgid()
+        self._call_timeout = call_timeout
+        self._invalidator = KernelInvalidator()
+        self._uid = os.getuid() if uid is None else uid
+        self._gid = os.getgid() if gid is None else gid
+        self._file_mode = stat.S_IFREG | file_mode
+        self._dir_mode = stat.S_IFDIR | dir_mode
 
     def _stat(self, entry: Entry) -> dict[str, Any]:
         mtime_ns = int(entry.mtime * 1e9)
@@ -80,15 +121,17 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
             "st_atime": mtime_ns, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
         }
         if entry.is_dir:
-            attrs.update(st_mode=DIR_MODE, st_nlink=2, st_size=0)
+            attrs.update(st_mode=self._dir_mode, st_nlink=2, st_size=0)
         elif entry.link is not None:
             attrs.update(st_mode=LINK_MODE, st_nlink=1, st_size=len(entry.link.encode()))
         else:
-            attrs.update(st_mode=FILE_MODE, st_nlink=1, st_size=entry.size, st_blocks=-(-entry.size // 512))
+            attrs.update(st_mode=self._file_mode, st_nlink=1, st_size=entry.size, st_blocks=-(-entry.size // 512))
         return attrs
 
     def init(self, path: str) -> None:
         log.info("mounted (libfuse %d)", libfuse_version())
+        self._invalidator.start()
+        self._fs.set_invalidator(self._invalidator)
         if self._on_ready is not None:
             self._on_ready()
 
@@ -177,23 +220,24 @@ class _ReaddirPlusFUSE(mfusepy.FUSE):  # type: ignore[misc]
         return 0
 
 
-def run_mount(operations: FuseOperations, mountpoint: str, allow_other: bool, ttl: float,
-              readdirplus: bool = False, debug: bool = False) -> None:
+def run_mount(operations: FuseOperations, config: MountConfig, debug: bool = False) -> None:
     """Mount and serve until unmounted or signalled (SIGINT/SIGTERM unmount cleanly)."""
+    mountpoint, ttl = str(config.mountpoint), config.listing_ttl
     if libfuse_version() != 3:
         log.warning("libfuse %d loaded; libfuse3 gives larger reads (install fuse3)", libfuse_version())
     options: dict[str, Any] = {
         "foreground": True, "ro": True, "fsname": "nccidfs", "subtype": "nccidfs",
-        "entry_timeout": min(ttl, KERNEL_ATTR_TIMEOUT), "attr_timeout": min(ttl, KERNEL_ATTR_TIMEOUT),
+        "entry_timeout": min(ttl, config.attr_timeout), "attr_timeout": min(ttl, config.attr_timeout),
         "negative_timeout": min(ttl, KERNEL_NEGATIVE_TIMEOUT),
         "default_permissions": True, "debug": debug,
+        "allow_other": config.allow_other, "allow_root": config.allow_root,
     }
-    if allow_other:
-        options["allow_other"] = True
+    if libfuse_version() == 3:  # libfuse 2 knows neither option
+        options.update(max_threads=MAX_THREADS, max_idle_threads=MAX_THREADS)
     try:
         # Off by default: measured on a walk of 1.06 million files, attributes with every entry cost the
         # daemon about 120 MiB of libfuse node memory (254 against 136 MiB), for a small gain on ls -l.
-        fuse_class = _ReaddirPlusFUSE if readdirplus and libfuse_version() == 3 else mfusepy.FUSE
+        fuse_class = _ReaddirPlusFUSE if config.readdirplus and libfuse_version() == 3 else mfusepy.FUSE
         fuse_class(operations, mountpoint, raw_fi=True, **options)
     except RuntimeError as error:
         # libfuse >= 3.12 reports a loop ended by SIGINT/SIGTERM/SIGHUP as error 8 after unmounting.

@@ -2,8 +2,15 @@
 
 The warehouse is written once and has barely grown since 2023, so a listing from an earlier run is
 almost always still right; the namespace serves it immediately after a remount and refreshes it in the
-background, and falls back on it when S3 cannot be reached. Rows are whole directories (compressed JSON),
-written in one statement each, so a crash leaves either the old or the new listing of a directory.
+background, and falls back on it when S3 cannot be reached.
+
+Layout: a row per directory (its prefix, when it was listed, how many entries) and a row per entry,
+keyed by (directory, name). A lookup in a folder of any size is then one B-tree probe, O(log n), and a
+folder too large for the memory cache is served from here without decoding it whole. A directory's rows
+are replaced in one transaction, so a crash leaves either the old or the new listing of a directory.
+
+The index is a cache: a write that fails (a full disk, a read-only file) is logged once and skipped, and
+a read that fails counts as "not indexed". Nothing here can fail a FUSE call.
 """
 
 from __future__ import annotations
@@ -14,83 +21,167 @@ import logging
 import os
 import sqlite3
 import threading
-import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from nccidfs.namespace import Entry
-from nccidfs.objects import ObjectInfo
+from nccidfs.objects import Entry, ObjectInfo
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+INDEX_FILE = "listings.sqlite3"
+# The write-ahead log is checkpointed at about this size; the cache budgets for it at its largest, since
+# it grows between two looks at it.
+WAL_ALLOWANCE = 512 * 1024
+# The database and the files SQLite keeps beside it.
+INDEX_FILES = (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm")
+# Entries are written as sizes; a directory has none.
+_DIR_SIZE = -1
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS dirs (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE NOT NULL, "
+    "fetched REAL NOT NULL, count INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS entries (dir INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, "
+    "etag TEXT, mtime REAL, PRIMARY KEY (dir, name)) WITHOUT ROWID",
+)
 
 
-def _encode(prefix: str, entries: dict[str, Entry]) -> bytes:
-    dirs = [e.name for e in entries.values() if e.is_dir]
-    files = [[e.name, e.obj.size, e.obj.etag, e.obj.mtime] for e in entries.values() if e.obj is not None]
-    return zlib.compress(json.dumps({"d": dirs, "f": files}, separators=(",", ":")).encode(), 1)
-
-
-def _decode(prefix: str, body: bytes, dir_mtime: float) -> dict[str, Entry]:
-    doc = json.loads(zlib.decompress(body))
-    entries = {name: Entry(name, True, mtime=dir_mtime) for name in doc["d"]}
-    for name, size, etag, mtime in doc["f"]:
-        entries[name] = Entry(name, False, size, mtime, ObjectInfo(prefix + name, size, etag, mtime))
-    return dict(sorted(entries.items()))
+def _entry(prefix: str, row: tuple[str, int, str | None, float | None], dir_mtime: float) -> Entry:
+    name, size, etag, mtime = row
+    if size == _DIR_SIZE:
+        return Entry(name, True, mtime=dir_mtime)
+    when = float(mtime or 0.0)
+    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, etag or "", when))
 
 
 class ListingIndex:
-    """Directory listings by S3 prefix, with the time each was fetched."""
+    """Directory listings by S3 prefix, with the time each was fetched, and their entries by name."""
 
-    def __init__(self, path: Path, bucket: str) -> None:
+    def __init__(self, path: Path, identity: dict[str, str]) -> None:
         self._path = path
         self._lock = threading.Lock()
+        self._write_failed = False
+        # Called after every write, so the cache can make room for what the index grew by.
+        self.after_write: Callable[[], None] = lambda: None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        path.chmod(0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS listings (prefix TEXT PRIMARY KEY, fetched REAL, body BLOB)")
-        identity = json.dumps({"schema": SCHEMA_VERSION, "bucket": bucket})
+        # Keep the WAL small: it counts against the cache's bound.
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_ALLOWANCE}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_ALLOWANCE // 4096}")
+        for statement in _SCHEMA:
+            self._db.execute(statement)
+        stamp = json.dumps({"schema": SCHEMA_VERSION, **identity}, sort_keys=True)
         row = self._db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
-        if row is None or row[0] != identity:
-            # Another bucket or an older layout: start empty rather than serve someone else's tree.
-            self._db.execute("DELETE FROM listings")
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (identity,))
+        if row is None or row[0] != stamp:
+            # Another endpoint, bucket or prefix, or an older layout: start empty rather than serve
+            # someone else's tree.
+            with self._db:
+                self._db.execute("DELETE FROM entries")
+                self._db.execute("DELETE FROM dirs")
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (stamp,))
+
+    # -- reading ----------------------------------------------------------------------------------
+    def head(self, prefix: str) -> tuple[float, int] | None:
+        """(when it was listed, how many entries) of an indexed directory, or None."""
+        row = self._query_one("SELECT fetched, count FROM dirs WHERE prefix = ?", (prefix,))
+        return None if row is None else (float(row[0]), int(row[1]))
+
+    def lookup(self, prefix: str, name: str, dir_mtime: float) -> Entry | None:
+        """One entry of an indexed directory: a single B-tree probe."""
+        row = self._query_one(
+            "SELECT e.name, e.size, e.etag, e.mtime FROM entries e JOIN dirs d ON e.dir = d.id "
+            "WHERE d.prefix = ? AND e.name = ?", (prefix, name))
+        return None if row is None else _entry(prefix, row, dir_mtime)
 
     def get(self, prefix: str, dir_mtime: float) -> tuple[float, dict[str, Entry]] | None:
+        """(fetched, entries sorted by name) of an indexed directory, or None."""
         with self._lock:
-            row = self._db.execute("SELECT fetched, body FROM listings WHERE prefix = ?", (prefix,)).fetchone()
-        if row is None:
-            return None
-        try:
-            return float(row[0]), _decode(prefix, row[1], dir_mtime)
-        except (ValueError, KeyError, TypeError, zlib.error):
-            log.warning("listing index row for %s is unreadable; listing again", prefix)
-            return None
+            try:
+                head = self._db.execute("SELECT id, fetched FROM dirs WHERE prefix = ?", (prefix,)).fetchone()
+                if head is None:
+                    return None
+                rows = self._db.execute("SELECT name, size, etag, mtime FROM entries WHERE dir = ? ORDER BY name",
+                                        (head[0],)).fetchall()
+            except sqlite3.Error as error:
+                log.warning("listing index unreadable (%s); listing %s from S3", error, prefix)
+                return None
+        return float(head[1]), {row[0]: _entry(prefix, row, dir_mtime) for row in rows}
 
-    def put(self, prefix: str, entries: dict[str, Entry], fetched: float) -> None:
-        body = _encode(prefix, entries)
+    def _query_one(self, sql: str, args: tuple[str, ...]) -> Any:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)", (prefix, fetched, body))
+            try:
+                return self._db.execute(sql, args).fetchone()
+            except sqlite3.Error as error:
+                log.warning("listing index unreadable (%s); listing from S3", error)
+                return None
+
+    # -- writing ----------------------------------------------------------------------------------
+    def put(self, listings: Iterable[tuple[str, dict[str, Entry]]], fetched: float) -> None:
+        """Replace the listings of these directories, all in one transaction."""
+        with self._lock:
+            try:
+                with self._db:
+                    for prefix, entries in listings:
+                        self._replace(prefix, entries, fetched)
+            except sqlite3.Error as error:
+                self._write_skipped(error)
+        self.after_write()
+
+    def _replace(self, prefix: str, entries: dict[str, Entry], fetched: float) -> None:
+        row = self._db.execute("SELECT id FROM dirs WHERE prefix = ?", (prefix,)).fetchone()
+        if row is None:
+            dir_id = self._db.execute("INSERT INTO dirs (prefix, fetched, count) VALUES (?, ?, ?)",
+                                      (prefix, fetched, len(entries))).lastrowid
+        else:
+            dir_id = row[0]
+            self._db.execute("UPDATE dirs SET fetched = ?, count = ? WHERE id = ?", (fetched, len(entries), dir_id))
+            self._db.execute("DELETE FROM entries WHERE dir = ?", (dir_id,))
+        self._db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", [
+            (dir_id, e.name, _DIR_SIZE, None, None) if e.obj is None
+            else (dir_id, e.name, e.obj.size, e.obj.etag, e.obj.mtime) for e in entries.values()])
 
     def delete_under(self, prefix: str) -> int:
+        """Forget every directory at or below ``prefix``; returns how many."""
         with self._lock:
-            cursor = self._db.execute("DELETE FROM listings WHERE substr(prefix, 1, ?) = ?", (len(prefix), prefix))
-            return cursor.rowcount
+            try:
+                with self._db:
+                    ids = [r[0] for r in self._db.execute(
+                        "SELECT id FROM dirs WHERE substr(prefix, 1, ?) = ?", (len(prefix), prefix))]
+                    self._db.executemany("DELETE FROM entries WHERE dir = ?", [(i,) for i in ids])
+                    self._db.executemany("DELETE FROM dirs WHERE id = ?", [(i,) for i in ids])
+                return len(ids)
+            except sqlite3.Error as error:
+                self._write_skipped(error)
+                return 0
 
+    def _write_skipped(self, error: sqlite3.Error) -> None:
+        """Hold ``_lock``. A failed write costs a later remount a listing, nothing more: say so once."""
+        if not self._write_failed:
+            self._write_failed = True
+            log.warning("listing index %s: write failed (%s); listings are served from memory and S3",
+                        self._path, error)
+
+    # -- reporting ------------------------------------------------------------------------------
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM listings").fetchone()[0])
+        row = self._query_one("SELECT count(*) FROM dirs", ())
+        return 0 if row is None else int(row[0])
 
-    def disk_usage(self) -> int:
-        """Bytes the index files take on disk (they share the cache's bound)."""
-        total = 0
+    def disk_usage(self) -> tuple[int, int]:
+        """(bytes the index files take, bytes to budget for them): apparent sizes, as ``du -b`` counts
+        them, since they share the cache's bound; the budget counts the WAL at its allowance."""
+        sizes = {}
         for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                total += os.stat(f"{self._path}{suffix}").st_blocks * 512
-        return total
+            try:
+                sizes[suffix] = os.lstat(f"{self._path}{suffix}").st_size
+            except FileNotFoundError:
+                sizes[suffix] = 0
+        actual = sum(sizes.values())
+        return actual, actual - sizes["-wal"] + max(sizes["-wal"], WAL_ALLOWANCE)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.close()

@@ -6,6 +6,7 @@ non-zero exit instead of a mount that fails later.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from nccidfs.log import strip_credentials
 from nccidfs.store import Boto3Store, ObjectStore
 
 log = logging.getLogger(__name__)
+
+# The start-up probe answers within this long (or --timeout, if shorter), however the endpoint behaves.
+PROBE_SECONDS = 5.0
 
 
 def check_mountpoint(path: Path) -> None:
@@ -36,24 +40,34 @@ def check_mountpoint(path: Path) -> None:
                           f"if a mount died, run: fusermount3 -u {path}") from None
 
 
-def discover_root(store: ObjectStore, s3: S3Config) -> list[str]:
-    """The folders under the prefix this user may list.
+def check_cache_dir_placement(mountpoint: Path, cache_dir: Path) -> None:
+    """Refuse a cache dir at or under the mount point (the daemon would wait on its own mount) or above it."""
+    try:
+        mount, cache = mountpoint.resolve(), cache_dir.resolve()
+    except OSError as error:
+        raise ConfigError(f"cannot resolve {cache_dir}: {error.strerror}") from None
+    if cache == mount or mount in cache.parents:
+        raise ConfigError(f"--cache-dir {cache_dir} is inside the mount point {mountpoint}; "
+                          "choose a directory outside it")
+    if cache in mount.parents:
+        raise ConfigError(f"mount point {mountpoint} is inside the cache dir {cache_dir}; choose another")
 
-    The prefix itself is listed when allowed; otherwise (the warehouse's per-modality IAM policy)
-    each known folder is probed with a one-key listing and those that answer are shown.
+
+def discover_root(store: ObjectStore, s3: S3Config) -> list[str] | None:
+    """The folders under the prefix this user may list, or None when the prefix itself may be listed
+    (the root is then its listing, with the same rules as any directory).
+
+    Otherwise (the warehouse's per-modality IAM policy) each known folder is probed with a one-key
+    listing and those that answer are shown.
     """
     where = f"s3://{s3.bucket}/{s3.prefix}"
     try:
         if store.probe(s3.prefix):
-            listing = store.list_dir(s3.prefix)
-            return [p[len(s3.prefix):].rstrip("/") for p in listing.prefixes]
+            return None
     except AccessDenied:
         pass
     except NotFound as error:
         raise ConfigError(f"{where}: {error}") from None
-    except TransientError as error:
-        endpoint = s3.endpoint_url or f"S3 in {s3.region}"
-        raise ConfigError(strip_credentials(f"cannot reach {endpoint}: {error}")) from None
     allowed: list[str] = []
     denied = 0
     for folder in s3.folders:
@@ -71,14 +85,25 @@ def discover_root(store: ObjectStore, s3: S3Config) -> list[str]:
     raise ConfigError(f"{where}: prefix not found (no objects under it)")
 
 
-def connect(s3: S3Config) -> tuple[ObjectStore, list[str]]:
-    """Check credentials and reachability quickly (one attempt each), then the root folders."""
-    probe_store = Boto3Store(s3, max_attempts=1)
-    folders = discover_root(probe_store, s3)
-    return Boto3Store(s3), folders
+def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | None]:
+    """Check credentials and reachability within seconds (one bounded attempt each), then the root folders.
+
+    The probe's requests count in the returned store's statistics, so ``nccidfs status`` shows them.
+    """
+    limit = min(s3.deadline, PROBE_SECONDS)
+    probe_config = dataclasses.replace(s3, connect_timeout=limit / 2, read_timeout=limit / 2, deadline=limit)
+    probe_store = Boto3Store(probe_config, max_attempts=1)
+    try:
+        folders = discover_root(probe_store, s3)
+    except TransientError as error:  # a runtime failure (exit 1): the same command may work later
+        endpoint = s3.endpoint_url or f"S3 in {s3.region}"
+        raise TransientError(strip_credentials(f"cannot reach {endpoint}: {error}")) from None
+    store = Boto3Store(s3)
+    store.stats = probe_store.stats
+    return store, folders
 
 
-def serve(config: Config, store: ObjectStore, folders: list[str],
+def serve(config: Config, store: ObjectStore, folders: list[str] | None,
           on_ready: Callable[[], None] | None = None) -> None:
     """Mount in the foreground of this process and serve until unmounted."""
     from nccidfs.daemon import Daemon

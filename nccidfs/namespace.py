@@ -1,9 +1,14 @@
 """Key <-> path rules and the TTL'd, bounded cache of directory listings. No FUSE, no boto3.
 
 The tree is a pure function of the listing: a directory per common prefix, a file per object.
-The root is built from the folders the credentials may list (the warehouse refuses a listing of
-``training/`` to most users), then every directory is listed lazily, once per TTL, with one
-in-flight listing per directory however many callers want it.
+The root is the prefix's own listing when the credentials may list it; otherwise it is built from the
+folders they may list (the warehouse refuses a listing of ``training/`` to most users). Every directory
+is listed lazily, with one in-flight listing per directory however many callers want it.
+
+Freshness is stale-while-revalidate: a listing younger than the TTL is served as it is; an older one (or
+one saved by an earlier run) is served at once and listed again in the background. A failed background
+listing keeps the old one, with one warning for the whole outage. Only a directory never listed waits
+for S3, and then no longer than the calling FUSE call's deadline (:mod:`nccidfs.deadline`).
 
 Keys that cannot be file names (empty, ``.`` or ``..`` segments, control characters, over 255 bytes) are
 left out with one warning each; a directory marker (a key ending in ``/``) is the directory itself; a
@@ -19,17 +24,15 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from concurrent.futures import TimeoutError as FutureTimeout
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
+from nccidfs import deadline
 from nccidfs.errors import NccidfsError, NotFound, TransientError
-from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.index import ListingIndex
+from nccidfs.objects import Entry, Listing
 from nccidfs.store import ObjectStore
-
-if TYPE_CHECKING:
-    from nccidfs.index import ListingIndex
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +42,10 @@ SUBTREE_DEPTH = 2
 # How many following sibling subtrees a walk lists ahead, and with how many threads.
 SIBLINGS_AHEAD = 16
 BACKGROUND_LISTINGS = 8
+FOREGROUND_LISTINGS = 8
+# After a failed background refresh, the old listing is served this long before the next try.
+REVALIDATE_BACKOFF = 30.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A name in a directory: a sub-directory, a file backed by one object, or a symlink (views only)."""
-
-    name: str
-    is_dir: bool
-    size: int = 0
-    mtime: float = 0.0
-    obj: ObjectInfo | None = None
-    link: str | None = None
 
 
 def split_path(path: str) -> list[str]:
@@ -145,29 +139,40 @@ def entries_from_tree(listing: Listing, prefix: str, default_mtime: float) -> di
     return {directory: dict(sorted(entries.items())) for directory, entries in tree.items()}
 
 
+
+Listed = tuple[float, dict[str, Entry]]  # (when it was listed, its entries)
+
+
 class Namespace:
     """Answers lookups and listings of mount paths from cached S3 listings.
 
-    Where a listing comes from, in order: the in-memory TTL cache; the persisted index when the row is
-    younger than the TTL, or was written by an earlier run (served at once, refreshed in the background);
-    S3. When S3 fails and the index has any copy, that copy is served with a warning (offline mode).
+    Where a listing comes from, in order: memory (a bounded LRU of whole listings); the persisted index
+    (whole, or row by row for a folder too large for memory); S3. Whatever is served past its TTL is
+    refreshed in the background.
     """
 
-    def __init__(self, store: ObjectStore, prefix: str, root_folders: Iterable[str], ttl: float,
-                 max_entries: int, index: ListingIndex | None = None) -> None:
+    def __init__(self, store: ObjectStore, prefix: str, root_folders: Iterable[str] | None, ttl: float,
+                 max_entries: int, index: ListingIndex, timeout: float = 30.0) -> None:
         self._store = store
         self._prefix = prefix
         self._ttl = ttl
         self._index = index
+        self._timeout = timeout
+        self._max_entries = max_entries
         self._started = time.time()
-        self._root = {name: Entry(name, True, mtime=self._started) for name in sorted(root_folders)}
+        # None: the prefix itself may be listed, and the root is its listing like any directory.
+        self._fixed_root = None if root_folders is None else {
+            name: Entry(name, True, mtime=self._started) for name in sorted(root_folders)}
         # Each listing weighs its number of entries, so the bound is on names held, not directories.
-        self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(
-            maxsize=max_entries, ttl=ttl, getsizeof=lambda entries: len(entries) + 1)
+        self._listings: LRUCache[str, Listed] = LRUCache(maxsize=max_entries,
+                                                         getsizeof=lambda held: len(held[1]) + 1)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
-        self._background: ThreadPoolExecutor | None = None
-        self._queued: set[str] = set()  # prefixes waiting for a background listing
+        self._backoff: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=REVALIDATE_BACKOFF)
+        self._offline = False
+        self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
+        self._foreground = ThreadPoolExecutor(FOREGROUND_LISTINGS, thread_name_prefix="list")
+        self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list-ahead")
 
     @property
     def prefix(self) -> str:
@@ -177,50 +182,88 @@ class Namespace:
     def mount_time(self) -> float:
         return self._started
 
+    # -- answering ------------------------------------------------------------------------------
     def list(self, path: str) -> dict[str, Entry]:
         """The entries of directory ``path``."""
         parts = split_path(path)
-        if not parts:
-            return self._root
-        if parts[0] not in self._root:
-            raise NotFound(path)
-        prefix = dir_prefix(self._prefix, parts)
-        with self._lock:
-            cached = self._listings.get(prefix)
-        if cached is not None:
-            return cached
-        cached = self._from_pending_subtree(parts, prefix)
-        if cached is not None:
-            return cached
-        stored = self._index.get(prefix, self._started) if self._index else None
-        if stored is not None:
-            fetched, entries = stored
-            fresh = time.time() - fetched < self._ttl
-            if fresh or fetched < self._started:
-                self._remember(prefix, entries)
-                if not fresh:
-                    self._in_background(prefix, refresh=True)
+        prefix = self._prefix_of(parts)
+        if prefix is None:
+            assert self._fixed_root is not None
+            return self._fixed_root
+        known = self._known(prefix, parts)
+        if known is not None:
+            fetched, entries = known
+            self._revalidate_if_stale(prefix, fetched)
+            if entries is not None:
                 return entries
-        try:
-            entries = self._list_once(prefix)
-            if len(parts) == SUBTREE_DEPTH:
-                self._list_siblings_ahead("/" + "/".join(parts[:-1]), parts[-1])
-            return entries
-        except TransientError:
-            if stored is None:
-                raise
-            log.warning("S3 unreachable; serving the listing of %s saved at %s", prefix,
-                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored[0])))
-            return stored[1]
+            stored = self._index.get(prefix, self._started)  # a folder too large to hold in memory
+            if stored is not None:
+                return stored[1]
+        return self._list_now(prefix, parts)
 
-    def _from_pending_subtree(self, parts: Sequence[str], prefix: str) -> dict[str, Entry] | None:
+    def lookup(self, path: str) -> Entry:
+        """The entry for ``path``, answered from its parent's listing (no request per file)."""
+        parts = split_path(path)
+        if not parts:
+            return Entry("", True, mtime=self._started)
+        parent, name = parts[:-1], parts[-1]
+        prefix = self._prefix_of(parent)
+        entry: Entry | None
+        if prefix is None:
+            assert self._fixed_root is not None
+            entry = self._fixed_root.get(name)
+        else:
+            known = self._known(prefix, parent)
+            if known is None:
+                entry = self._list_now(prefix, parent).get(name)
+            else:
+                fetched, entries = known
+                self._revalidate_if_stale(prefix, fetched)
+                entry = (entries.get(name) if entries is not None
+                         else self._index.lookup(prefix, name, self._started))
+        if entry is None:
+            raise NotFound(path)
+        return entry
+
+    def _prefix_of(self, parts: Sequence[str]) -> str | None:
+        """The S3 prefix of a directory, or None for a root built from probed folders."""
+        if self._fixed_root is not None:
+            if not parts:
+                return None
+            if parts[0] not in self._fixed_root:
+                raise NotFound("/" + "/".join(parts))
+        return dir_prefix(self._prefix, parts)
+
+    def _known(self, prefix: str, parts: Sequence[str]) -> tuple[float, dict[str, Entry] | None] | None:
+        """(when listed, entries) of a directory listed before, from memory or the index; entries is None
+        for a folder too large for memory, whose names are then looked up in the index one by one."""
+        with self._lock:
+            held = self._listings.get(prefix)
+        if held is not None:
+            return held
+        pending = self._from_pending_subtree(parts, prefix)
+        if pending is not None:
+            return pending
+        head = self._index.head(prefix)
+        if head is None:
+            return None
+        fetched, count = head
+        if count + 1 > self._max_entries:
+            return fetched, None
+        stored = self._index.get(prefix, self._started)
+        if stored is None:
+            return None
+        self._remember(prefix, stored)
+        return stored
+
+    def _from_pending_subtree(self, parts: Sequence[str], prefix: str) -> Listed | None:
         """A directory inside a patient subtree whose flat listing is under way or queued: use that listing
         rather than list the directory on its own."""
         if len(parts) <= SUBTREE_DEPTH:
             return None
         ancestor = dir_prefix(self._prefix, parts[:SUBTREE_DEPTH])
         with self._lock:
-            pending = ancestor in self._inflight or ancestor in self._queued
+            pending = ancestor in self._inflight
         if not pending:
             return None
         try:
@@ -230,116 +273,145 @@ class Namespace:
         with self._lock:
             return self._listings.get(prefix)
 
-    def _list_once(self, prefix: str) -> dict[str, Entry]:
-        """List ``prefix`` from S3; concurrent callers share one listing.
+    def _list_now(self, prefix: str, parts: Sequence[str]) -> dict[str, Entry]:
+        entries = self._list_once(prefix)
+        if len(parts) == SUBTREE_DEPTH:
+            self._list_siblings_ahead(parts[:-1], parts[-1])
+        return entries
 
-        From patient depth down, one flat listing of the whole subtree replaces a listing per directory:
-        a patient's studies, series and images usually fit in one or two pages, so a walk of the subtree
-        then costs nothing more.
-        """
+    # -- listing from S3 ------------------------------------------------------------------------
+    def _list_once(self, prefix: str, background: bool = False, ahead: bool = False) -> dict[str, Entry]:
+        """List ``prefix`` from S3 in a pool; concurrent callers share one listing. A foreground caller
+        waits only for what is left of its own deadline; a background one does not wait."""
         with self._lock:
             future = self._inflight.get(prefix)
-            owner = future is None
             if future is None:
                 future = self._inflight[prefix] = Future()
-        if not owner:
-            return future.result()
+                pool = self._background if background else self._foreground
+                pool.submit(self._fetch, prefix, future, self._generation, background, ahead)
+        if background:
+            return {}
         try:
-            if prefix[len(self._prefix):].count("/") >= SUBTREE_DEPTH:
+            return future.result(timeout=deadline.remaining(self._timeout))
+        except FutureTimeout:
+            raise TransientError(f"list {prefix}: no answer from S3 within {self._timeout:g}s") from None
+
+    def _fetch(self, prefix: str, future: Future[dict[str, Entry]], generation: int, background: bool,
+               ahead: bool) -> None:
+        """One listing, in a pool thread: from patient depth down, one flat listing of the whole subtree
+        answers every directory inside it (a patient usually fits in one or two pages). A listing ahead
+        of a walk is skipped if the walk got there first."""
+        try:
+            with self._lock:
+                held = self._listings.get(prefix) if ahead else None
+            if held is not None:
+                tree = {prefix: held[1]}
+            elif prefix[len(self._prefix):].count("/") >= SUBTREE_DEPTH:
                 tree = entries_from_tree(self._store.list_tree(prefix), prefix, self._started)
             else:
                 tree = {prefix: entries_from_listing(self._store.list_dir(prefix), prefix, self._started)}
-            fetched = time.time()
-            for directory, entries in tree.items():
-                if self._index is not None:
-                    self._index.put(directory, entries, fetched)
-                self._remember(directory, entries)
         except BaseException as error:
-            future.set_exception(error)
-            raise
-        finally:
             with self._lock:
                 self._inflight.pop(prefix, None)
+            if background and isinstance(error, NccidfsError):
+                self._background_failed(prefix, error)
+            future.set_exception(error)
+            return
+        if held is None:
+            self._keep(tree, generation)
+        with self._lock:
+            self._inflight.pop(prefix, None)
         future.set_result(tree[prefix])
-        return tree[prefix]
 
-    def _remember(self, prefix: str, entries: dict[str, Entry]) -> None:
+    def _keep(self, tree: dict[str, dict[str, Entry]], generation: int) -> None:
+        """Store a fresh listing, unless an invalidation came while it was under way."""
+        fetched = time.time()
         with self._lock:
-            try:
-                self._listings[prefix] = entries
-            except ValueError:
-                log.warning("listing of %s (%d entries) exceeds the listing cache bound", prefix, len(entries))
-
-    def _in_background(self, prefix: str, refresh: bool = False) -> None:
-        """List ``prefix`` in the background: a refresh of a stale listing, or a sibling a walk will reach
-        soon (skipped if the walk got there first)."""
-        with self._lock:
-            if prefix in self._queued:
+            if generation != self._generation:
                 return
-            self._queued.add(prefix)
-            if self._background is None:
-                self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list")
-            background = self._background
+            if self._offline:
+                self._offline = False
+                log.warning("S3 answers again; listings are refreshed as they are used")
+        self._index.put(tree.items(), fetched)
+        for directory, entries in tree.items():
+            self._remember(directory, (fetched, entries))
 
-        def list_quietly() -> None:
+    def _remember(self, prefix: str, held: Listed) -> None:
+        with self._lock:
             try:
-                with self._lock:
-                    done = not refresh and prefix in self._listings
-                if not done:
-                    self._list_once(prefix)
-            except NccidfsError as error:
-                log.debug("background listing of %s failed: %s", prefix, error)
-            finally:
-                with self._lock:
-                    self._queued.discard(prefix)
+                self._listings[prefix] = held
+            except ValueError:
+                self._listings.pop(prefix, None)  # too large for memory: the index serves it row by row
 
-        background.submit(list_quietly)
+    # -- background work ------------------------------------------------------------------------
+    def _revalidate_if_stale(self, prefix: str, fetched: float) -> None:
+        """Serve-then-refresh: a listing past its TTL, or saved by an earlier run, is listed again in the
+        background; while S3 fails, at most once per REVALIDATE_BACKOFF."""
+        if time.time() - fetched < self._ttl and fetched >= self._started:
+            return
+        with self._lock:
+            if prefix in self._backoff:
+                return
+        self._list_once(prefix, background=True)
 
-    def _list_siblings_ahead(self, parent: str, name: str) -> None:
+    def _background_failed(self, prefix: str, error: NccidfsError) -> None:
+        with self._lock:
+            self._backoff[prefix] = True
+            first = not self._offline
+            self._offline = True
+        if first:
+            log.warning("S3 unreachable (%s); serving saved listings until it answers again", error)
+        else:
+            log.debug("background listing of %s failed: %s", prefix, error)
+
+    def _list_siblings_ahead(self, parent: Sequence[str], name: str) -> None:
         """A walk (``find``, ``os.walk``) visits sibling directories in order: list the next ones now.
 
         Only when the parent's listing is already held: a walk has listed it; a lone lookup has not.
         """
         with self._lock:
-            listing = self._listings.get(dir_prefix(self._prefix, split_path(parent)))
-        if listing is None:
+            held = self._listings.get(dir_prefix(self._prefix, parent))
+        if held is None:
             return
-        siblings = [entry.name for entry in listing.values() if entry.is_dir]
+        siblings = [entry.name for entry in held[1].values() if entry.is_dir]
         start = bisect.bisect_right(siblings, name)
         for sibling in siblings[start:start + SIBLINGS_AHEAD]:
-            prefix = dir_prefix(self._prefix, [*split_path(parent), sibling])
+            prefix = dir_prefix(self._prefix, [*parent, sibling])
             with self._lock:
-                known = prefix in self._listings or prefix in self._inflight or prefix in self._queued
-            if not known and (self._index is None or self._index.get(prefix, self._started) is None):
-                self._in_background(prefix)
+                known = prefix in self._listings or prefix in self._inflight
+            if not known and self._index.head(prefix) is None:
+                self._list_once(prefix, background=True, ahead=True)
 
-    def lookup(self, path: str) -> Entry:
-        """The entry for ``path``, answered from its parent's listing (no request per file)."""
-        parts = split_path(path)
-        if not parts:
-            return Entry("", True, mtime=self._started)
-        parent = "/" + "/".join(parts[:-1])
-        entry = self.list(parent).get(parts[-1])
-        if entry is None:
-            raise NotFound(path)
-        return entry
-
+    # -- freshness control ----------------------------------------------------------------------
     def invalidate(self, path: str = "/") -> int:
         """Forget listings at and below ``path`` (memory and index); returns how many were dropped."""
         return self.invalidate_prefix(dir_prefix(self._prefix, split_path(path)))
 
     def invalidate_prefix(self, prefix: str) -> int:
         with self._lock:
+            self._generation += 1
             stale = [key for key in self._listings if key.startswith(prefix)]
             for key in stale:
                 del self._listings[key]
-        dropped = self._index.delete_under(prefix) if self._index else 0
+            for key in [key for key in self._backoff if key.startswith(prefix)]:
+                del self._backoff[key]
+        dropped = self._index.delete_under(prefix)
         return max(len(stale), dropped)
+
+    def relist(self, path: str) -> dict[str, Entry]:
+        """List directory ``path`` from S3 now (within the call's deadline): the listing is known stale."""
+        parts = split_path(path)
+        prefix = self._prefix_of(parts)
+        if prefix is None:
+            assert self._fixed_root is not None
+            return self._fixed_root
+        self.invalidate_prefix(prefix)
+        return self._list_once(prefix)
 
     def cached_entries(self) -> int:
         with self._lock:
             return int(self._listings.currsize)
 
     def shutdown(self) -> None:
-        if self._background is not None:
-            self._background.shutdown(wait=False, cancel_futures=True)
+        self._foreground.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)

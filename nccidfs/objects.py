@@ -1,4 +1,4 @@
-"""What a listing says about objects: the plain data every layer above the storage seam shares."""
+"""What a listing says about objects and names: the plain data every layer above the storage seam shares."""
 
 from __future__ import annotations
 
@@ -21,3 +21,15 @@ class Listing:
 
     prefixes: tuple[str, ...]
     objects: tuple[ObjectInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A name in a directory: a sub-directory, a file backed by one object, or a symlink (views only)."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    obj: ObjectInfo | None = None
+    link: str | None = None

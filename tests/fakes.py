@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
-from nccidfs.errors import AccessDenied, NotFound, ObjectChanged
+from nccidfs.errors import AccessDenied, NotFound, ObjectChanged, TransientError
+from nccidfs.index import ListingIndex
 from nccidfs.objects import Listing, ObjectInfo
 
 
@@ -71,3 +74,35 @@ class MemoryStore:
         if self.info(key).etag != etag:
             raise ObjectChanged(key)
         return self.objects[key][start:end]
+
+
+def scratch_index() -> ListingIndex:
+    """An empty listing index in a directory of its own, for namespaces built outside a tmp_path."""
+    return ListingIndex(Path(tempfile.mkdtemp(prefix="nccidfs-index-")) / "index.db", {})
+
+
+class FailingStore(MemoryStore):
+    """A MemoryStore with an outage switch: every request then fails (``down``) or hangs (``stall``)."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None, **kwargs: object) -> None:
+        super().__init__(objects, **kwargs)  # type: ignore[arg-type]
+        self.down = False
+        self.stall = 0.0
+
+    def _outage(self, what: str) -> None:
+        if self.stall:
+            time.sleep(self.stall)
+        if self.down:
+            raise TransientError(f"{what}: 503 SlowDown")
+
+    def list_dir(self, prefix: str) -> Listing:
+        self._outage(f"list {prefix}")
+        return super().list_dir(prefix)
+
+    def list_tree(self, prefix: str) -> Listing:
+        self._outage(f"list {prefix}")
+        return super().list_tree(prefix)
+
+    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        self._outage(f"get {key}")
+        return super().get_range(key, start, end, etag)

@@ -20,8 +20,8 @@ BUCKET = "nccid-data-warehouse-prod"
 PREFIX = "training/"
 REGION = "eu-west-2"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# libfuse 3.14 prints this on every mount; it is harmless.
-HARMLESS_LOG_LINES = ("Ignoring invalid max threads value",)
+# Lines from libfuse that are harmless (none today: nccidfs passes valid thread options).
+HARMLESS_LOG_LINES: tuple[str, ...] = ()
 
 
 def fuse_available() -> bool:
@@ -46,6 +46,17 @@ def seed_demo_bucket(endpoint_url: str, bucket: str, objects: Iterable[DemoObjec
     """A bucket holding the demo warehouse; each test module seeds its own so that none sees another's edits."""
     create_bucket(endpoint_url, bucket, ((o.key, o.body) for o in objects))
     return bucket
+
+
+# What docs/semantics.md allows the cache directory beyond --cache-size: a map's last rewrite per
+# concurrent write, and the listing index's growth between two looks at it.
+CACHE_SLACK = 64 * 1024
+
+
+def du_bytes(directory: Path) -> int:
+    """What ``du -sb`` prints for a directory: the measure the cache's bound is stated in."""
+    result = subprocess.run(["du", "-sb", str(directory)], capture_output=True, text=True, check=True)
+    return int(result.stdout.split()[0])
 
 
 def drop_page_cache() -> None:

@@ -130,18 +130,20 @@ def test_dicom_tags_are_xattrs_from_the_metadata_twin(mount: MountedDaemon, prox
 
 def test_patient_view_links_everything_about_a_patient(mount: MountedDaemon, warehouse: list[DemoObject]) -> None:
     patient = series_dirs(warehouse, "ct")[0].split("/")[1]
-    view = mount.mountpoint / "patients" / patient
+    view = mount.mountpoint / ".nccidfs" / "patients" / patient
     clinical = sorted(o.key.rsplit("/", 1)[1] for o in warehouse if o.key.startswith(f"{PREFIX}data/{patient}/"))
     assert sorted(os.listdir(view)) == sorted(["ct", "ct-metadata", *clinical])
-    assert os.readlink(view / "ct") == f"../../ct/{patient}"
+    assert os.readlink(view / "ct") == f"../../../ct/{patient}"
     patients = {o.key.split("/")[2] for o in warehouse}
-    assert set(os.listdir(mount.mountpoint / "patients")) == patients
+    assert set(os.listdir(mount.mountpoint / ".nccidfs" / "patients")) == patients
     for obj in (o for o in warehouse if o.key.split("/")[2] == patient):
         folder, rest = obj.key[len(PREFIX):].split("/", 1)
         inside = view / (rest.split("/", 1)[1] if folder == "data" else f"{folder}/{rest.split('/', 1)[1]}")
         assert inside.read_bytes() == obj.body
     found = subprocess.run(["find", str(mount.mountpoint), "-type", "f"], capture_output=True, text=True, check=True)
     assert len(found.stdout.splitlines()) == len(warehouse), "the view must not make find see files twice"
+    walked = [name for _root, _dirs, names in os.walk(mount.mountpoint) for name in names]
+    assert len(walked) == len(warehouse), "os.walk must see each object once and nothing else"
 
 
 def test_status_file_and_command_report_what_happened(mount: MountedDaemon, warehouse: list[DemoObject]) -> None:

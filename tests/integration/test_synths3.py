@@ -56,7 +56,7 @@ def requests(endpoint: str) -> dict[str, int]:
 def test_root_is_built_from_the_folders_the_policy_allows(tmp_path: Path, synths3: str) -> None:
     with MountedDaemon(tmp_path / "mnt", synths3, tmp_path / "cache", tmp_path / "log") as daemon:
         assert sorted(os.listdir(daemon.mountpoint)) == ["ct", "ct-metadata", "data", "mri", "mri-metadata",
-                                                         "patients", "xray", "xray-metadata"]
+                                                         "xray", "xray-metadata"]
         requests(synths3)
         files = subprocess.run(["find", str(daemon.mountpoint / "ct-metadata"), "-type", "f"], capture_output=True,
                                text=True, check=True).stdout.splitlines()

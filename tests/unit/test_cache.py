@@ -2,12 +2,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
-from nccidfs.cache import ENTRY_OVERHEAD, DiskCache
+from nccidfs.cache import DiskCache, disk_usage
+from nccidfs.cachedir import prepare
 from nccidfs.objects import ObjectInfo
 
 BLOCK = 4096
+
+
+def new_cache(directory: Path, bound: int) -> DiskCache:
+    return DiskCache(prepare(directory), bound, "b", BLOCK)
+
+
+def du(directory: Path) -> int:
+    """What ``du -sb`` prints for the directory."""
+    return int(subprocess.run(["du", "-sb", str(directory)], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
 
 
 def obj(key: str, body: bytes) -> ObjectInfo:
@@ -21,7 +33,7 @@ def store_all(cache: DiskCache, info: ObjectInfo, body: bytes) -> None:
 
 
 def test_stored_blocks_read_back_and_partial_objects_report_missing(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, 1 << 20, "b", BLOCK)
+    cache = new_cache(tmp_path, 1 << 20)
     body = os.urandom(3 * BLOCK + 100)
     entry = cache.pin(obj("k", body))
     assert cache.read(entry, 0, 1) is None
@@ -36,7 +48,7 @@ def test_stored_blocks_read_back_and_partial_objects_report_missing(tmp_path: Pa
 
 def test_cache_survives_restart_and_cleans_leftovers(tmp_path: Path) -> None:
     body = os.urandom(5 * BLOCK)
-    cache = DiskCache(tmp_path, 1 << 20, "b", BLOCK)
+    cache = new_cache(tmp_path, 1 << 20)
     entry = cache.pin(obj("k", body))
     cache.store(entry, 0, body[:2 * BLOCK])
     cache.unpin(entry)
@@ -45,16 +57,16 @@ def test_cache_survives_restart_and_cleans_leftovers(tmp_path: Path) -> None:
     (leftover / "deadbeef.map.tmp").write_bytes(b"half")
     (leftover / "deadbeef.data").write_bytes(b"orphan")
 
-    again = DiskCache(tmp_path, 1 << 20, "b", BLOCK)
+    again = new_cache(tmp_path, 1 << 20)
     entry = again.pin(obj("k", body))
     assert again.read(entry, 0, 2) == body[:2 * BLOCK]
     assert again.read(entry, 2, 3) is None
     assert not (leftover / "deadbeef.map.tmp").exists() and not (leftover / "deadbeef.data").exists()
-    assert again.used_bytes == 2 * BLOCK + ENTRY_OVERHEAD
+    assert again.used_bytes == du(tmp_path)
 
 
 def test_new_etag_is_a_different_entry(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, 1 << 20, "b", BLOCK)
+    cache = new_cache(tmp_path, 1 << 20)
     old, new = b"old" * 100, b"new!" * 100
     store_all(cache, obj("k", old), old)
     entry = cache.pin(obj("k", new))
@@ -63,23 +75,22 @@ def test_new_etag_is_a_different_entry(tmp_path: Path) -> None:
 
 
 def test_lru_eviction_keeps_the_bound_and_spares_pinned_entries(tmp_path: Path) -> None:
-    bound = 4 * (BLOCK * 4 + ENTRY_OVERHEAD)
-    cache = DiskCache(tmp_path, bound, "b", BLOCK)
+    bound = 20 * BLOCK + 8192
+    cache = new_cache(tmp_path, bound)
     bodies = {f"k{i}": os.urandom(BLOCK * 4) for i in range(8)}
     pinned = cache.pin(obj("k0", bodies["k0"]))
     assert cache.store(pinned, 0, bodies["k0"])
     for key in list(bodies)[1:]:
         store_all(cache, obj(key, bodies[key]), bodies[key])
         assert cache.used_bytes <= bound
+        assert du(tmp_path) == cache.used_bytes
     assert cache.read(pinned, 0, 4) == bodies["k0"]
-    on_disk = sum(p.stat().st_blocks * 512 for p in (tmp_path / "objects").rglob("*.data"))
-    assert on_disk <= bound
     cache.unpin(pinned)
     assert cache.evictions >= 3
 
 
 def test_store_is_refused_when_everything_is_pinned(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, BLOCK * 2 + ENTRY_OVERHEAD, "b", BLOCK)
+    cache = new_cache(tmp_path, BLOCK * 2 + 8192)
     big = os.urandom(BLOCK * 3)
     entry = cache.pin(obj("big", big))
     assert not cache.store(entry, 0, big)
@@ -88,7 +99,7 @@ def test_store_is_refused_when_everything_is_pinned(tmp_path: Path) -> None:
 
 
 def test_corrupted_cache_file_is_detected(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, 1 << 20, "b", BLOCK)
+    cache = new_cache(tmp_path, 1 << 20)
     body = os.urandom(2 * BLOCK)
     info = obj("k", body)
     store_all(cache, info, body)
@@ -105,7 +116,7 @@ def test_corrupted_cache_file_is_detected(tmp_path: Path) -> None:
 
 def test_cache_directory_and_files_are_private(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    cache = DiskCache(root, 1 << 20, "b", BLOCK)
+    cache = new_cache(root, 1 << 20)
     store_all(cache, obj("k", b"x" * 10), b"x" * 10)
     assert root.stat().st_mode & 0o777 == 0o700
     for path in (root / "objects").rglob("*"):
@@ -114,7 +125,7 @@ def test_cache_directory_and_files_are_private(tmp_path: Path) -> None:
 
 
 def test_a_complete_object_that_does_not_match_its_md5_etag_is_discarded(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, 1 << 20, "b", BLOCK)
+    cache = new_cache(tmp_path, 1 << 20)
     body = os.urandom(2 * BLOCK)
     good = obj("k", body)
     entry = cache.pin(good)
@@ -127,4 +138,61 @@ def test_a_complete_object_that_does_not_match_its_md5_etag_is_discarded(tmp_pat
     cache.store(entry, 0, body)
     assert not cache.verify_whole(entry)
     assert cache.read(entry, 0, 2) is None and not entry.is_complete()
+    cache.unpin(entry)
+
+
+def test_the_bound_counts_the_directory_as_du_does_across_restarts(tmp_path: Path) -> None:
+    bound = 64 * BLOCK
+    cache = new_cache(tmp_path, bound)
+    bodies = {f"k{i}": os.urandom(BLOCK * 10) for i in range(15)}
+    for key, body in bodies.items():
+        store_all(cache, obj(key, body), body)
+        assert cache.used_bytes == du(tmp_path) <= bound
+    again = new_cache(tmp_path, bound // 2)
+    assert again.used_bytes == du(tmp_path) <= bound // 2
+    for key in list(bodies)[:3]:
+        store_all(again, obj(key, bodies[key]), bodies[key])
+        assert again.used_bytes == du(tmp_path) <= bound // 2
+    assert disk_usage(tmp_path)["used_bytes"] == du(tmp_path)
+
+
+def test_a_huge_listed_size_costs_a_map_the_size_of_what_is_cached(tmp_path: Path) -> None:
+    cache = new_cache(tmp_path, 4 << 20)
+    huge = ObjectInfo("huge", 1 << 40, "0" * 32, 0.0)
+    entry = cache.pin(huge)
+    assert entry.block_count <= 1 << 20
+    assert cache.store(entry, 0, b"x" * entry.block_size)
+    assert entry.map_path.stat().st_size < 4096
+    assert cache.used_bytes == du(tmp_path) <= 4 << 20
+    cache.unpin(entry)
+
+
+def test_symlinks_planted_in_the_cache_are_removed_not_followed(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    cache = new_cache(cache_dir, 1 << 20)
+    body = os.urandom(BLOCK)
+    info = obj("k", body)
+    entry = cache.pin(info)
+    fanout = entry.base.parent
+    cache.unpin(entry)
+    fanout.symlink_to(victim)
+    (cache_dir / "objects" / "zz").symlink_to(victim)
+    again = new_cache(cache_dir, 1 << 20)
+    store_all(again, info, body)
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert not fanout.is_symlink() and not (cache_dir / "objects" / "zz").exists()
+
+
+def test_a_deleted_objects_folder_is_recreated(tmp_path: Path) -> None:
+    cache = new_cache(tmp_path, 1 << 20)
+    body = os.urandom(BLOCK)
+    store_all(cache, obj("a", body), body)
+    subprocess.run(["rm", "-rf", str(tmp_path / "objects")], check=True)
+    entry = cache.pin(obj("b", body))
+    assert cache.store(entry, 0, body)
+    assert cache.read(entry, 0, 1) == body
     cache.unpin(entry)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nccidfs.cache import DiskCache
+from nccidfs.cachedir import prepare
 from nccidfs.config import ReadConfig
 from nccidfs.errors import ObjectChanged, TransientError
 from nccidfs.fetch import Fetcher, ReadCursor
@@ -24,7 +25,7 @@ def make(tmp_path: Path, store: MemoryStore, cache_size: int = 1 << 24, deadline
          **read: int) -> tuple[Fetcher, DiskCache]:
     config = ReadConfig(block_size=BLOCK, initial_window=BLOCK * 4, max_window=BLOCK * 16, part_size=BLOCK * 8,
                         fetch_threads=4, **read)
-    cache = DiskCache(tmp_path / "cache", cache_size, "b", BLOCK)
+    cache = DiskCache(prepare(tmp_path / "cache"), cache_size, "b", BLOCK)
     return Fetcher(store, cache, config, deadline), cache
 
 
@@ -94,7 +95,7 @@ def test_fetch_blocks_completes_the_object(tmp_path: Path) -> None:
 
 def test_reads_are_served_uncached_when_the_cache_has_no_room(tmp_path: Path) -> None:
     store = MemoryStore({KEY: BODY})
-    fetcher, cache = make(tmp_path, store, cache_size=BLOCK)
+    fetcher, cache = make(tmp_path, store, cache_size=3 * BLOCK)  # about the directories alone
     entry = cache.pin(store.info(KEY))
     assert fetcher.read(entry, 100, BLOCK * 5) == BODY[100:100 + BLOCK * 5]
     assert cache.used_bytes <= cache.size_bytes

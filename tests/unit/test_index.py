@@ -33,7 +33,7 @@ class FlakyStore(MemoryStore):
 
 
 def namespace(store: MemoryStore, path: Path, ttl: float = 300.0) -> Namespace:
-    return Namespace(store, "training/", ["ct", "data"], ttl, 10_000, ListingIndex(path / "index.db", "bucket"))
+    return Namespace(store, "training/", ["ct", "data"], ttl, 10_000, ListingIndex(path / "index.db", {"bucket": "b"}))
 
 
 def test_a_remount_answers_from_the_index_without_listing(tmp_path: Path) -> None:
@@ -81,7 +81,25 @@ def test_invalidate_forgets_index_rows_too(tmp_path: Path) -> None:
     assert "data_2020-06-01.json" in ns.list("/data/Covid1")
 
 
-def test_an_index_of_another_bucket_is_not_used(tmp_path: Path) -> None:
-    ListingIndex(tmp_path / "index.db", "one").put("training/ct/", {}, time.time())
-    assert ListingIndex(tmp_path / "index.db", "one").count() == 1
-    assert ListingIndex(tmp_path / "index.db", "two").count() == 0
+def test_an_index_of_another_endpoint_or_bucket_is_not_used(tmp_path: Path) -> None:
+    one = {"endpoint": "http://127.0.0.1:1", "bucket": "one"}
+    ListingIndex(tmp_path / "index.db", one).put([("training/ct/", {})], time.time())
+    assert ListingIndex(tmp_path / "index.db", one).count() == 1
+    assert ListingIndex(tmp_path / "index.db", {**one, "bucket": "two"}).count() == 0
+    ListingIndex(tmp_path / "index.db", one).put([("training/ct/", {})], time.time())
+    assert ListingIndex(tmp_path / "index.db", {**one, "endpoint": "http://127.0.0.1:2"}).count() == 0
+
+
+def test_a_folder_larger_than_the_memory_bound_is_looked_up_row_by_row(tmp_path: Path) -> None:
+    keys = {f"training/data/Big/f{i:06d}.json": b"{}" for i in range(30_000)}
+    store = MemoryStore(keys)
+    ns = Namespace(store, "training/", ["data"], 300.0, 1000, ListingIndex(tmp_path / "index.db", {}))
+    assert len(ns.list("/data/Big")) == 30_000
+    lists = store.requests["list"]
+    started = time.perf_counter()
+    for i in range(0, 30_000, 30):
+        assert ns.lookup(f"/data/Big/f{i:06d}.json").size == 2
+    per_lookup = (time.perf_counter() - started) / 1000
+    assert store.requests["list"] == lists
+    assert per_lookup < 0.005, f"{per_lookup * 1e3:.2f} ms per lookup"
+    assert ns.cached_entries() < 1000

@@ -1,0 +1,194 @@
+"""The filesystem core driven directly, without a mount, over the in-memory and failing stores."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from nccidfs import deadline
+from nccidfs.cache import DiskCache
+from nccidfs.cachedir import prepare
+from nccidfs.config import ReadConfig
+from nccidfs.errors import NotFound, ObjectChanged, TransientError
+from nccidfs.fetch import Fetcher
+from nccidfs.fs import FileSystem
+from nccidfs.index import ListingIndex
+from nccidfs.namespace import Namespace
+from nccidfs.prefetch import SeriesPrefetcher
+from tests.fakes import FailingStore
+
+SERIES = "training/ct/Covid1/1.2/1.3"
+KEYS = {
+    f"{SERIES}/a.dcm": b"a" * 70_000,
+    f"{SERIES}/b.dcm": b"b" * 50_000,
+    "training/ct-metadata/Covid1/1.2/1.3/a.json": b'{"00100020": {"vr": "LO", "Value": ["Covid1"]}}',
+    "training/data/Covid1/status_2020-05-01.json": b'{"Pseudonym": "Covid1"}',
+}
+TIMEOUT = 1.0
+
+
+def make_fs(tmp_path: Path, store: FailingStore, folders: list[str] | None = None, ttl: float = 300.0,
+            prefix: str = "training/") -> FileSystem:
+    directory = prepare(tmp_path / "cache")
+    index = ListingIndex(directory / "listings.sqlite3", {})
+    namespace = Namespace(store, prefix, folders, ttl, 10_000, index, TIMEOUT)
+    cache = DiskCache(directory, 1 << 24, "test", 4096, index.disk_usage)
+    config = ReadConfig(block_size=4096, initial_window=16384, max_window=65536, part_size=32768, fetch_threads=4)
+    filesystem = FileSystem(namespace, cache, Fetcher(store, cache, config, TIMEOUT))
+    filesystem.set_status_provider(lambda: {"ok": True})
+    return filesystem
+
+
+def read_all(filesystem: FileSystem, path: str) -> bytes:
+    handle = filesystem.open(path).handle
+    try:
+        chunks, offset = [], 0
+        while chunk := filesystem.read(handle, offset, 32768):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+    finally:
+        filesystem.release(handle)
+
+
+def test_the_mirrored_tree_holds_exactly_the_keys_and_the_control_folder_is_hidden(tmp_path: Path) -> None:
+    filesystem = make_fs(tmp_path, FailingStore(KEYS))
+    assert sorted(e.name for e in filesystem.readdir("/")) == ["ct", "ct-metadata", "data"]
+    assert filesystem.lookup("/.nccidfs").is_dir
+    assert sorted(e.name for e in filesystem.readdir("/.nccidfs")) == ["patients", "status.json"]
+    assert read_all(filesystem, "/.nccidfs/status.json") == b'{\n  "ok": true\n}\n'
+    for key, body in KEYS.items():
+        path = "/" + key[len("training/"):]
+        assert filesystem.lookup(path).size == len(body)
+        assert read_all(filesystem, path) == body
+
+
+def test_the_patient_view_links_to_the_patient_folders(tmp_path: Path) -> None:
+    filesystem = make_fs(tmp_path, FailingStore(KEYS))
+    view = "/.nccidfs/patients/Covid1"
+    assert [e.name for e in filesystem.readdir("/.nccidfs/patients")] == ["Covid1"]
+    assert sorted(e.name for e in filesystem.readdir(view)) == ["ct", "ct-metadata", "status_2020-05-01.json"]
+    assert filesystem.readlink(f"{view}/ct") == "../../../ct/Covid1"
+    assert filesystem.readlink(f"{view}/status_2020-05-01.json") == "../../../data/Covid1/status_2020-05-01.json"
+    with pytest.raises(NotFound):
+        filesystem.lookup("/.nccidfs/patients/Nobody")
+
+
+def test_a_deeper_prefix_gets_an_empty_patient_view_not_a_wrong_one(tmp_path: Path) -> None:
+    filesystem = make_fs(tmp_path, FailingStore(KEYS), folders=None, prefix="training/ct/")
+    assert [e.name for e in filesystem.readdir("/")] == ["Covid1"]
+    assert filesystem.readdir("/.nccidfs/patients") == []
+
+
+def test_a_real_folder_named_like_the_control_folder_is_served_as_stored(tmp_path: Path) -> None:
+    store = FailingStore({**KEYS, "training/.nccidfs/status.json": b"from the bucket"})
+    filesystem = make_fs(tmp_path, store, folders=None)
+    assert ".nccidfs" in [e.name for e in filesystem.readdir("/")]
+    assert read_all(filesystem, "/.nccidfs/status.json") == b"from the bucket"
+
+
+def test_odd_keys_at_the_root_are_skipped_and_the_rest_served(tmp_path: Path) -> None:
+    odd = {"training/": b"", "training//lead.txt": b"x", "training/../z": b"y", "training/lead.txt": b"lead"}
+    filesystem = make_fs(tmp_path, FailingStore({**KEYS, **odd}), folders=None)
+    assert sorted(e.name for e in filesystem.readdir("/")) == ["ct", "ct-metadata", "data", "lead.txt"]
+    assert read_all(filesystem, "/lead.txt") == b"lead"
+
+
+def test_a_replacement_before_the_first_read_serves_the_new_version(tmp_path: Path) -> None:
+    store = FailingStore(KEYS)
+    filesystem = make_fs(tmp_path, store)
+    invalidated: list[str] = []
+    filesystem.set_invalidator(invalidated.append)
+    path = "/ct/Covid1/1.2/1.3/a.dcm"
+    handle = filesystem.open(path).handle
+    store.objects[f"{SERIES}/a.dcm"] = b"longer" * 20_000
+    assert filesystem.read(handle, 0, 6) == b"longer"
+    assert filesystem.lookup(path).size == 120_000
+    assert invalidated == [path]
+    filesystem.release(handle)
+
+
+def test_a_replacement_after_bytes_were_served_is_an_error_then_the_new_version(tmp_path: Path) -> None:
+    store = FailingStore(KEYS)
+    filesystem = make_fs(tmp_path, store)
+    path = "/ct/Covid1/1.2/1.3/a.dcm"
+    handle = filesystem.open(path).handle
+    assert filesystem.read(handle, 0, 4096) == b"a" * 4096
+    store.objects[f"{SERIES}/a.dcm"] = b"z" * 10
+    with pytest.raises(ObjectChanged):
+        filesystem.read(handle, 65536, 4096)
+    filesystem.release(handle)
+    assert read_all(filesystem, path) == b"z" * 10
+
+
+def test_a_deletion_before_the_first_read_is_not_found(tmp_path: Path) -> None:
+    store = FailingStore(KEYS)
+    filesystem = make_fs(tmp_path, store)
+    handle = filesystem.open("/ct/Covid1/1.2/1.3/b.dcm").handle
+    del store.objects[f"{SERIES}/b.dcm"]
+    with pytest.raises(NotFound):
+        filesystem.read(handle, 0, 10)
+    filesystem.release(handle)
+
+
+def test_during_an_outage_cached_files_are_served_at_once_and_others_fail_within_the_timeout(
+        tmp_path: Path) -> None:
+    store = FailingStore(KEYS)
+    filesystem = make_fs(tmp_path, store, ttl=0.05)
+    cached = "/ct/Covid1/1.2/1.3/a.dcm"
+    assert read_all(filesystem, cached) == KEYS[f"{SERIES}/a.dcm"]
+    store.down = True
+    store.stall = 5.0
+    time.sleep(0.1)  # every listing is now past its TTL
+    started = time.monotonic()
+    with deadline.bounded(TIMEOUT):
+        assert read_all(filesystem, cached) == KEYS[f"{SERIES}/a.dcm"]
+    assert time.monotonic() - started < 0.2
+    started = time.monotonic()
+    with pytest.raises(TransientError), deadline.bounded(TIMEOUT):
+        read_all(filesystem, "/ct/Covid1/1.2/1.3/b.dcm")
+    assert time.monotonic() - started < TIMEOUT + 0.5
+    started = time.monotonic()
+    with pytest.raises(TransientError), deadline.bounded(TIMEOUT):
+        filesystem.lookup("/xray/Covid1")
+    assert time.monotonic() - started < TIMEOUT + 0.5
+
+
+def test_a_discarded_object_is_never_kept_in_the_kernel_page_cache(tmp_path: Path) -> None:
+    filesystem = make_fs(tmp_path, FailingStore(KEYS))
+    invalidated: list[str] = []
+    filesystem.set_invalidator(invalidated.append)
+    path = "/ct/Covid1/1.2/1.3/b.dcm"
+    read_all(filesystem, path)
+    opened = filesystem.open(path)
+    filesystem.release(opened.handle)
+    assert opened.keep_cache
+    filesystem.discarded(f"{SERIES}/b.dcm")
+    assert invalidated == [path]
+    opened = filesystem.open(path)
+    filesystem.release(opened.handle)
+    assert not opened.keep_cache and opened.direct_io
+
+
+def test_tags_come_from_the_metadata_twin_without_reading_the_image(tmp_path: Path) -> None:
+    store = FailingStore(KEYS)
+    filesystem = make_fs(tmp_path, store)
+    assert filesystem.xattrs("/ct/Covid1/1.2/1.3/a.dcm") == {"user.dicom.PatientID": "Covid1"}
+    assert not any(key.endswith(".dcm") for key, _start, _end in store.ranges)
+    assert filesystem.xattrs("/data/Covid1/status_2020-05-01.json") == {}
+
+
+def test_opening_an_image_prefetches_the_headers_of_its_series(tmp_path: Path) -> None:
+    store = FailingStore(KEYS)
+    filesystem = make_fs(tmp_path, store)
+    prefetcher = SeriesPrefetcher(filesystem.namespace, filesystem.cache, filesystem.fetcher, 2)
+    filesystem.add_open_listener(prefetcher.opened)
+    handle = filesystem.open("/ct/Covid1/1.2/1.3/a.dcm").handle
+    give_up = time.monotonic() + 5
+    while (f"{SERIES}/b.dcm", 0, 4096) not in store.ranges:
+        assert time.monotonic() < give_up, "the header of the sibling image was never fetched"
+        time.sleep(0.01)
+    filesystem.release(handle)
+    prefetcher.shutdown()
