@@ -1,13 +1,8 @@
 """The command line: parse flags into a frozen Config, run start-up checks, mount, and map errors to exits.
 
-    nccidfs MOUNTPOINT [options]     mount the warehouse (daemonizes once the mount is ready)
-    nccidfs demo [MOUNTPOINT]        mount a synthetic warehouse served from 127.0.0.1, no AWS account
-    nccidfs refresh MOUNTPOINT [PATH]  drop cached listings so new uploads show at once
-    nccidfs status MOUNTPOINT        what the daemon is doing: cache, requests, errors, downloads
-    nccidfs cache stats|clear        what a cache directory holds; empty it
-    nccidfs prefetch PATH...         warm the cache for patients, studies or series, with progress
-
-Exit codes: 0 success, 1 a runtime failure, 2 bad input (flags, mount point, credentials, access).
+Flags take their defaults from :mod:`nccidfs.config`, which also validates every value; this module
+only translates. Every mistake ends as one line on stderr and exit 2, every runtime failure as one line
+and exit 1 (see :data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -18,15 +13,12 @@ import json
 import os
 import select
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from nccidfs import __version__
 from nccidfs.config import (
-    DEFAULT_BUCKET,
-    DEFAULT_PREFIX,
-    DEFAULT_REGION,
     KNOWN_FOLDERS,
     CacheConfig,
     Config,
@@ -35,45 +27,90 @@ from nccidfs.config import (
     S3Config,
     default_cache_dir,
     default_log_file,
+    demo_cache_dir,
+    format_size,
     normalize_prefix,
+    parse_list,
     parse_size,
+    parse_umask,
 )
 from nccidfs.errors import ConfigError, NccidfsError
-from nccidfs.log import LEVELS, setup_logging
+from nccidfs.log import LEVELS, make_private, setup_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 READY_TIMEOUT = 60.0
 
+USAGE = ("%(prog)s [mount] MOUNTPOINT [options]\n"
+         "       %(prog)s {demo,status,refresh,prefetch,cache} ... (each has --help)")
+COMMANDS = """\
+commands:
+  nccidfs [mount] MOUNTPOINT         mount the warehouse; returns once mounted (-f stays in the foreground).
+                                     'mount' is needed only for a MOUNTPOINT named like a command
+  nccidfs demo [MOUNTPOINT]          mount a synthetic warehouse served from 127.0.0.1, no AWS account
+  nccidfs status MOUNTPOINT          a running mount's cache, S3 requests, errors and downloads (JSON)
+  nccidfs refresh MOUNTPOINT [PATH]  drop cached listings so new uploads show at once (so does SIGHUP)
+  nccidfs prefetch PATH...           warm the cache for patients, studies or series, with progress
+  nccidfs cache stats|clear          what a cache directory holds; empty it
+"""
+EXAMPLES = """\
+examples:
+  nccidfs demo                                   try it: ./nccid-demo, served from 127.0.0.1
+  nccidfs /mnt/nccid --profile nccid             mount the real bucket with an AWS profile
+  nccidfs /mnt/nccid -f --log-level debug        stay in the foreground, log every S3 request
+  nccidfs mount ./status                         a mount point named like a command
+  nccidfs refresh /mnt/nccid ct/Covid1           show new uploads under one patient at once
+  nccidfs prefetch /mnt/nccid/ct/Covid1 -j 16    download a patient's images into the cache
+  fusermount3 -u /mnt/nccid                      unmount
+"""
+EXIT_CODES = """\
+exit codes:
+  0    success
+  1    a runtime failure: S3 unreachable or failing (trying again later may work), the mount failed,
+       a daemon not answering
+  2    bad input, to be fixed before trying again: a flag, the mount point or cache dir, credentials,
+       access denied, bucket or prefix not found, a path not in the mount
+  130  interrupted (Ctrl-C)
+"""
+
 
 class _Parser(argparse.ArgumentParser):
-    """Bad flags get one line and exit 2, not the whole usage block."""
+    """Bad flags get one line and exit 2, not the whole usage block; help text keeps its layout."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> None:
-    if with_bucket:
-        bucket = parser.add_argument_group("Bucket")
-        bucket.add_argument("--bucket", default=DEFAULT_BUCKET, help="S3 bucket (default: %(default)s)")
-        bucket.add_argument("--prefix", default=DEFAULT_PREFIX,
-                            help="key prefix to mount, with or without its trailing slash (default: %(default)s)")
-        bucket.add_argument("--profile", help="AWS profile from ~/.aws/config (default: boto3's usual chain)")
-        bucket.add_argument("--region", default=DEFAULT_REGION, help="bucket region (default: %(default)s)")
-        bucket.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
-        bucket.add_argument("--modalities", metavar="LIST",
-                            help="comma-separated folders to probe when the prefix itself may not be listed "
-                                 f"(default: {','.join(KNOWN_FOLDERS)})")
+def _add_bucket_options(parser: argparse.ArgumentParser) -> None:
+    bucket = parser.add_argument_group("Bucket")
+    bucket.add_argument("--bucket", default=S3Config.bucket, help="S3 bucket (default: %(default)s)")
+    bucket.add_argument("--prefix", default=S3Config.prefix,
+                        help="key prefix to mount, with or without its trailing slash (default: %(default)s)")
+    bucket.add_argument("--profile", help="AWS profile from ~/.aws/config (default: boto3's usual chain)")
+    bucket.add_argument("--region", default=S3Config.region, help="bucket region (default: %(default)s)")
+    bucket.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    bucket.add_argument("--modalities", metavar="LIST",
+                        help="folders to probe when the prefix itself may not be listed, separated by ',' "
+                             f"(or ':' or '+', which survive fstab) (default: {','.join(KNOWN_FOLDERS)})")
+
+
+def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     mount = parser.add_argument_group("Mount")
-    mount.add_argument("--listing-ttl", type=float, default=300.0, metavar="SECONDS",
-                       help="how long a directory listing is trusted before S3 is asked again (default: 300)")
+    mount.add_argument("--listing-ttl", type=float, default=MountConfig.listing_ttl, metavar="SECONDS",
+                       help="how long a directory listing is trusted before S3 is asked again; at least 1 "
+                            "(default: %(default)g)")
     mount.add_argument("--max-listing-entries", type=int, default=MountConfig.max_listing_entries, metavar="N",
                        help="bound on directory entries held in memory; least recently used listings are "
                             "dropped first; about 1 KiB each; the on-disk index keeps the rest (default: %(default)s)")
-    mount.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+    mount.add_argument("--timeout", type=float, default=S3Config.deadline, metavar="SECONDS",
                        help="a read or listing that S3 cannot serve within this time fails with EIO, "
-                            "after retries (default: 30)")
-    mount.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                            "after retries (default: %(default)g)")
+    mount.add_argument("--attr-timeout", type=float, default=MountConfig.attr_timeout, metavar="SECONDS",
+                       help="how long the kernel trusts a file's attributes and lookups (default: %(default)g)")
+    mount.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=ReadConfig.prefetch,
                        help="when a .dcm is read past its header, fetch the rest of its series in the "
                             "background (default: on)")
     mount.add_argument("--readdirplus", action="store_true",
@@ -82,35 +119,42 @@ def _add_common_options(parser: argparse.ArgumentParser, with_bucket: bool) -> N
                             "daemon (default: off)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
+    mount.add_argument("--allow-root", action="store_true",
+                       help="let root read the mount as well as you (needs user_allow_other in /etc/fuse.conf)")
+    mount.add_argument("--uid", type=int, help="owner shown for every file (default: the mounting user)")
+    mount.add_argument("--gid", type=int, help="group shown for every file (default: the mounting user's)")
+    mount.add_argument("--umask", default=f"{MountConfig.umask:03o}", metavar="OCTAL",
+                       help="bits removed from files' 0444 and directories' 0555 (default: %(default)s)")
+
+
+def _add_cache_and_logging_options(parser: argparse.ArgumentParser, cache_default: str) -> None:
     cache = parser.add_argument_group("Cache")
     cache.add_argument("--cache-dir", type=Path, metavar="DIR",
-                       help=f"where fetched bytes are kept across restarts (default: {default_cache_dir()})")
-    cache.add_argument("--cache-size", default="10G", metavar="SIZE",
-                       help="bound on the cache's disk use; bytes or K/M/G/T (powers of 1024) (default: 10G)")
+                       help=f"where fetched bytes are kept across restarts (default: {cache_default})")
+    cache.add_argument("--cache-size", default=format_size(CacheConfig.size_bytes), metavar="SIZE",
+                       help="bound on the cache's disk use; bytes or K/M/G/T (powers of 1024) (default: %(default)s)")
     logging_group = parser.add_argument_group("Logging")
-    logging_group.add_argument("--log-level", default="info", choices=LEVELS,
-                               help="debug shows every S3 request (default: info)")
+    logging_group.add_argument("--log-level", default=MountConfig.log_level, choices=LEVELS,
+                               help="debug shows every S3 request (default: %(default)s)")
     logging_group.add_argument("--log-file", type=Path, metavar="FILE",
-                               help="where a background daemon logs; with --foreground logs go to stderr "
-                                    f"(default: {default_log_file()})")
+                               help=f"where to log (default: stderr with --foreground, else {default_log_file()})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="nccidfs",
+        prog="nccidfs", usage=USAGE,
         description="Mount the NCCID imaging warehouse (s3://nccid-data-warehouse-prod/training/) read-only. "
                     "Listings come from S3 lazily and are cached; file bytes are fetched as they are read "
                     "into a bounded disk cache that survives restarts.",
-        epilog="Other commands (each has --help): 'nccidfs demo [MOUNTPOINT]' mounts a synthetic warehouse "
-               "with no AWS account; 'nccidfs refresh MOUNTPOINT [PATH]' drops cached listings (so does "
-               "SIGHUP); 'nccidfs status MOUNTPOINT' shows the daemon's counters; 'nccidfs cache stats|clear' "
-               "inspects or empties a cache directory; 'nccidfs prefetch PATH...' warms the cache.",
+        epilog="\n".join((COMMANDS, EXAMPLES, EXIT_CODES)),
     )
-    parser.add_argument("mountpoint", type=Path, help="an empty directory to mount on")
+    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory to mount on")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground (default: return once the mount is ready)")
     parser.add_argument("--version", action="version", version=f"nccidfs {__version__}")
-    _add_common_options(parser, with_bucket=True)
+    _add_bucket_options(parser)
+    _add_mount_options(parser)
+    _add_cache_and_logging_options(parser, str(default_cache_dir()))
     return parser
 
 
@@ -119,44 +163,65 @@ def build_demo_parser() -> argparse.ArgumentParser:
         prog="nccidfs demo",
         description="Start an S3 server on 127.0.0.1 seeded with a small synthetic NCCID warehouse (DICOM, "
                     "metadata JSON, clinical JSON) and mount it in the foreground through the same code as the "
-                    "real bucket. Ctrl-C unmounts and stops the server.",
+                    "real bucket. Once mounted it prints the S3 endpoint and commands to try. Ctrl-C unmounts "
+                    "and stops the server.",
+        epilog=EXIT_CODES,
     )
-    parser.add_argument("mountpoint", type=Path, nargs="?", default=Path("nccid-demo"),
+    parser.add_argument("mountpoint", type=Path, nargs="?", default=Path("nccid-demo"), metavar="MOUNTPOINT",
                         help="where to mount; created if missing (default: ./nccid-demo)")
-    _add_common_options(parser, with_bucket=False)
+    _add_mount_options(parser)
+    _add_cache_and_logging_options(parser, f"{demo_cache_dir(Path('MOUNTPOINT')).parent}/<hash of MOUNTPOINT>, "
+                                           "one per demo mount point")
     return parser
 
 
 def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
-    if args.listing_ttl < 0:
-        raise ConfigError("--listing-ttl must be zero or more seconds")
-    if args.timeout <= 0:
-        raise ConfigError("--timeout must be more than zero seconds")
-    if args.max_listing_entries < 1000:
-        raise ConfigError("--max-listing-entries must be at least 1000")
-    cache_dir = (args.cache_dir or default_cache_dir()).expanduser().absolute()
+    mountpoint = args.mountpoint.expanduser().absolute()
+    log_file = args.log_file or (None if foreground else default_log_file())
     return Config(
-        mount=MountConfig(mountpoint=args.mountpoint.expanduser().absolute(), foreground=foreground,
-                          allow_other=args.allow_other, listing_ttl=args.listing_ttl,
+        mount=MountConfig(mountpoint=mountpoint, foreground=foreground, allow_other=args.allow_other,
+                          allow_root=args.allow_root, listing_ttl=args.listing_ttl,
                           max_listing_entries=args.max_listing_entries, readdirplus=args.readdirplus,
-                          log_level=args.log_level.upper(),
-                          log_file=None if foreground else (args.log_file or default_log_file()).absolute()),
+                          attr_timeout=args.attr_timeout, uid=args.uid, gid=args.gid,
+                          umask=parse_umask(args.umask), log_level=args.log_level,
+                          log_file=None if log_file is None else log_file.expanduser().absolute()),
         s3=dataclasses.replace(s3, deadline=args.timeout),
-        cache=CacheConfig(directory=cache_dir, size_bytes=parse_size(args.cache_size)),
+        cache=CacheConfig(directory=(args.cache_dir or default_cache_dir()).expanduser().absolute(),
+                          size_bytes=parse_size(args.cache_size)),
         read=ReadConfig(prefetch=args.prefetch),
     )
 
 
 def _s3_config(args: argparse.Namespace) -> S3Config:
-    folders = KNOWN_FOLDERS
-    if args.modalities:
-        folders = tuple(name.strip().strip("/") for name in args.modalities.split(",") if name.strip())
+    folders = parse_list(args.modalities) if args.modalities is not None else KNOWN_FOLDERS
     return S3Config(bucket=args.bucket, prefix=normalize_prefix(args.prefix), region=args.region,
                     profile=args.profile, endpoint_url=args.endpoint_url, folders=folders)
 
 
+def _prepare(config: Config) -> None:
+    """Local checks before any server is contacted: mount point, where the cache dir lies, log file.
+
+    The cache dir itself is checked and locked by the daemon as it starts; its ConfigError still ends
+    as one line and exit 2, also from a background daemon (see :func:`_serve_in_background`).
+    """
+    from nccidfs import mount
+
+    mount.check_mountpoint(config.mount.mountpoint)
+    mount.check_cache_dir_placement(config.mount.mountpoint, config.cache.directory)
+    log_file = config.mount.log_file
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            make_private(log_file)
+        except OSError as error:
+            raise ConfigError(f"--log-file {log_file}: {error.strerror}") from None
+
+
 def _serve_in_background(config: Config) -> int:
-    """Fork; the child mounts and says when it is ready; the parent returns 0 then, or the child's error."""
+    """Fork; the child mounts and says when it is ready; the parent returns 0 then, or the child's error.
+
+    The child reports ``ok``, or ``<exit code> <message>`` when it fails.
+    """
     from nccidfs import mount
 
     store, folders = mount.connect(config.s3)
@@ -171,38 +236,37 @@ def _serve_in_background(config: Config) -> int:
             message += chunk
             if message.startswith(b"ok"):
                 return EXIT_OK
-        text = message.decode(errors="replace").strip() or f"see {config.mount.log_file}"
-        print(f"nccidfs: mount failed: {text}", file=sys.stderr)
-        return EXIT_FAILURE
+        reported, _, text = message.decode(errors="replace").partition(" ")
+        print(f"nccidfs: mount failed: {text.strip() or f'see {config.mount.log_file}'}", file=sys.stderr)
+        return EXIT_USAGE if reported == str(EXIT_USAGE) else EXIT_FAILURE
     os.close(ready_read)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     setup_logging(config.mount.log_level, config.mount.log_file)
+
     def say_ready() -> None:
         os.write(ready_write, b"ok")
 
     try:
         mount.serve(config, store, folders, on_ready=say_ready)
     except BaseException as error:  # the parent prints it; the child must not return into the CLI
-        os.write(ready_write, str(error).encode())
-        os._exit(EXIT_FAILURE)
+        code = EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILURE
+        os.write(ready_write, f"{code} {error}".encode())
+        os._exit(code)
     os._exit(EXIT_OK)
 
 
 def run_mount(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     config = _config(args, _s3_config(args), args.foreground)
-    from nccidfs import mount
-
-    mount.check_mountpoint(config.mount.mountpoint)
-    os.makedirs(config.cache.directory, mode=0o700, exist_ok=True)
-    if config.mount.log_file is not None:
-        config.mount.log_file.parent.mkdir(parents=True, exist_ok=True)
+    _prepare(config)
     if not config.mount.foreground:
         return _serve_in_background(config)
-    setup_logging(config.mount.log_level)
+    from nccidfs import mount
+
+    setup_logging(config.mount.log_level, config.mount.log_file)
     store, folders = mount.connect(config.s3)
     mount.serve(config, store, folders)
     return EXIT_OK
@@ -210,20 +274,27 @@ def run_mount(argv: Sequence[str]) -> int:
 
 def run_demo(argv: Sequence[str]) -> int:
     args = build_demo_parser().parse_args(argv)
+    mountpoint = args.mountpoint.expanduser().absolute()
+    if not os.path.lexists(mountpoint):
+        try:
+            mountpoint.mkdir(parents=True)
+        except OSError as error:
+            raise ConfigError(f"cannot create mount point {mountpoint}: {error.strerror}") from None
+    args.cache_dir = args.cache_dir or demo_cache_dir(mountpoint)
+    config = _config(args, S3Config(), foreground=True)
+    _prepare(config)  # before the server starts: an already-mounted folder is refused at once
+    setup_logging(config.mount.log_level, config.mount.log_file)
     from nccidfs import mount
     from nccidfs.demo.server import DemoServer
 
-    args.mountpoint.mkdir(parents=True, exist_ok=True)
-    if args.cache_dir is None:
-        args.cache_dir = default_cache_dir().with_name("nccidfs-demo")
-    setup_logging(args.log_level)
     with DemoServer() as server:
-        config = _config(args, server.s3_config(), foreground=True)
-        mount.check_mountpoint(config.mount.mountpoint)
+        config = dataclasses.replace(config, s3=dataclasses.replace(server.s3_config(), deadline=config.s3.deadline))
         store, folders = mount.connect(config.s3)
-        print(f"nccidfs demo: serving {server.object_count} objects from {server.endpoint_url}; "
-              f"mounted at {config.mount.mountpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        mount.serve(config, store, folders)
+
+        def say_ready() -> None:
+            print(server.welcome(mountpoint), flush=True)
+
+        mount.serve(config, store, folders, on_ready=say_ready)
     return EXIT_OK
 
 
@@ -231,9 +302,11 @@ def run_refresh(argv: Sequence[str]) -> int:
     parser = _Parser(prog="nccidfs refresh",
                      description="Drop the daemon's cached listings (memory and index) at and below PATH, so "
                                  "objects uploaded since they were listed show at once. Sending SIGHUP to the "
-                                 "daemon drops them all.")
-    parser.add_argument("mountpoint", type=Path, help="the nccidfs mount point")
-    parser.add_argument("path", nargs="?", help="a directory under the mount (default: everything)")
+                                 "daemon drops them all.", epilog=EXIT_CODES)
+    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
+    parser.add_argument("path", nargs="?", metavar="PATH",
+                        help="a directory in the mount: a path, or one relative to MOUNTPOINT such as ct/Covid1; "
+                             "to show a new folder, refresh its parent (default: everything)")
     args = parser.parse_args(argv)
     from nccidfs import commands
 
@@ -245,9 +318,10 @@ def run_refresh(argv: Sequence[str]) -> int:
 def run_status(argv: Sequence[str]) -> int:
     parser = _Parser(prog="nccidfs status",
                      description="Show a running mount's bucket and prefix, uptime, cache use and hit ratio, "
-                                 "S3 requests and errors, and downloads in flight (JSON). The same data is "
-                                 "readable at MOUNTPOINT/.nccidfs/status.json.")
-    parser.add_argument("mountpoint", type=Path, help="the nccidfs mount point")
+                                 "S3 requests (including those made while mounting) and errors, and downloads "
+                                 "in flight (JSON). The same data is readable at MOUNTPOINT/.nccidfs/status.json.",
+                     epilog=EXIT_CODES)
+    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
     args = parser.parse_args(argv)
     from nccidfs import commands
 
@@ -255,22 +329,35 @@ def run_status(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def run_cache(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="nccidfs cache", description="Inspect or empty an nccidfs cache directory.")
-    parser.add_argument("action", choices=("stats", "clear"),
-                        help="stats: objects and bytes held; clear: delete them (refused while a daemon "
-                             "uses the directory)")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), metavar="DIR",
-                        help="the cache directory (default: %(default)s)")
-    args = parser.parse_args(argv)
+def _cache_stats(directory: Path) -> str:
+    from nccidfs.cache import disk_usage
+
+    return json.dumps(disk_usage(directory), indent=2)
+
+
+def _cache_clear(directory: Path) -> str:
     from nccidfs import commands
 
-    if args.action == "stats":
-        from nccidfs.cache import disk_usage
+    return f"removed {commands.cache_clear(directory)} cached objects from {directory}"
 
-        print(json.dumps(disk_usage(args.cache_dir), indent=2))
-    else:
-        print(f"removed {commands.cache_clear(args.cache_dir)} cached objects from {args.cache_dir}")
+
+CACHE_ACTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "stats": ("Show what a cache directory holds: objects and bytes on disk (JSON).", _cache_stats),
+    "clear": ("Delete every cached object and listing in a cache directory. Refused while a daemon uses it.",
+              _cache_clear),
+}
+
+
+def run_cache(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="nccidfs cache", description="Inspect or empty an nccidfs cache directory.",
+                     epilog=EXIT_CODES)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{stats,clear}")
+    for name, (description, _) in CACHE_ACTIONS.items():
+        action = actions.add_parser(name, help=description, description=description, epilog=EXIT_CODES)
+        action.add_argument("--cache-dir", type=Path, default=default_cache_dir(), metavar="DIR",
+                            help="the cache directory (default: %(default)s)")
+    args = parser.parse_args(argv)
+    print(CACHE_ACTIONS[args.action][1](args.cache_dir.expanduser().absolute()))
     return EXIT_OK
 
 
@@ -278,10 +365,10 @@ def run_prefetch(argv: Sequence[str]) -> int:
     parser = _Parser(prog="nccidfs prefetch",
                      description="Warm a mount's cache for patients, studies or series: reads every file under "
                                  "each PATH through the mount with parallel downloads, showing bytes, files, "
-                                 "rate and ETA. Ctrl-C stops cleanly.")
+                                 "rate and ETA. Ctrl-C stops cleanly.", epilog=EXIT_CODES)
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="a directory or file under an nccidfs mount, or a key such as training/ct/<id>")
-    parser.add_argument("-j", "--jobs", type=int, default=8, help="files read at once (default: 8)")
+    parser.add_argument("-j", "--jobs", type=int, default=8, help="files read at once (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="read even when it is more than the cache holds")
     args = parser.parse_args(argv)
     from nccidfs import commands
@@ -291,31 +378,35 @@ def run_prefetch(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("nccidfs prefetch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"prefetched {files} files, {size} bytes")
+    print(f"prefetched {files} files, {format_size(size)}")
     return EXIT_OK
 
 
-SUBCOMMANDS = {"demo": run_demo, "refresh": run_refresh, "status": run_status, "cache": run_cache,
-               "prefetch": run_prefetch}
+SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "status": run_status,
+               "cache": run_cache, "prefetch": run_prefetch}
 
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.
 FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
-                       "cache_size", "listing_ttl", "max_listing_entries", "timeout", "log_level", "log_file")
-FSTAB_FLAG_OPTIONS = ("allow_other", "no_prefetch", "readdirplus")
+                       "cache_size", "listing_ttl", "max_listing_entries", "timeout", "attr_timeout", "uid", "gid",
+                       "umask", "log_level", "log_file")
+FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "readdirplus")
 # Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
 FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",
                  "dev", "nodev", "async", "sync", "atime", "noatime", "relatime", "defaults", "nofail", "_netdev")
 
 
 def from_mount_helper(argv: list[str]) -> list[str]:
-    """Translate ``SOURCE MOUNTPOINT -o opts`` from an fstab line into nccidfs's own flags."""
+    """Translate ``SOURCE MOUNTPOINT -o opts`` from an fstab line into nccidfs's own flags.
+
+    Options are split on commas, so list values use ``:`` or ``+`` (``modalities=ct:mri``).
+    """
     positional = [arg for i, arg in enumerate(argv) if arg != "-o" and (i == 0 or argv[i - 1] != "-o")]
     options = ",".join(argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-o")
     if len(positional) != 2:
         raise ConfigError("as a mount helper: nccidfs SOURCE MOUNTPOINT -o OPTIONS")
     source, mountpoint = positional
-    flags = [mountpoint]
+    flags = ["mount", mountpoint]
     if source not in ("nccidfs", "none", ""):
         flags += ["--bucket", source]
     for option in filter(None, options.split(",")):
@@ -325,7 +416,7 @@ def from_mount_helper(argv: list[str]) -> list[str]:
         elif name in FSTAB_FLAG_OPTIONS and not value:
             flags.append(f"--{name.replace('_', '-')}")
         elif name not in FSTAB_IGNORED and not name.startswith("x-"):
-            raise ConfigError(f"unknown mount option {option!r}")
+            raise ConfigError(f"unknown mount option {option!r} (list values take ':' or '+', e.g. modalities=ct:mri)")
     return flags
 
 
@@ -341,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nccidfs: {error}", file=sys.stderr)
         return EXIT_USAGE
     except NccidfsError as error:
+        print(f"nccidfs: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:  # the environment failed us (a disk, a pipe): still one line, never a traceback
         print(f"nccidfs: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -63,3 +64,21 @@ class DemoServer:
     def s3_config(self) -> S3Config:
         return S3Config(bucket=self.bucket, prefix=self.prefix, region=DEFAULT_REGION,
                         endpoint_url=self.endpoint_url)
+
+    def welcome(self, mountpoint: Path) -> str:
+        """What the demo prints once mounted: where things are, and lines to paste into a terminal."""
+        key, secret = DEMO_CREDENTIALS["AWS_ACCESS_KEY_ID"], DEMO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+        url = f"s3://{self.bucket}/{self.prefix}"
+        return "\n".join((
+            f"nccidfs demo: {self.object_count} objects in {url} served by S3 at {self.endpoint_url}",
+            f"nccidfs demo: mounted at {mountpoint} (Ctrl-C to unmount and stop)",
+            "In another terminal:",
+            f"  find {mountpoint} -type f | head",
+            f"  dcmdump $(find {mountpoint}/ct -name '*.dcm' | head -1) | head -40",
+            f"  AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} aws --region {DEFAULT_REGION} "
+            f"--endpoint-url {self.endpoint_url} s3 ls {url}",
+            f"  python3 -c 'import boto3; s3 = boto3.client(\"s3\", endpoint_url=\"{self.endpoint_url}\", "
+            f"region_name=\"{DEFAULT_REGION}\", aws_access_key_id=\"{key}\", aws_secret_access_key=\"{secret}\"); "
+            f"print([p[\"Prefix\"] for p in s3.list_objects_v2(Bucket=\"{self.bucket}\", Prefix=\"{self.prefix}\", "
+            f"Delimiter=\"/\")[\"CommonPrefixes\"]])'",
+        ))
