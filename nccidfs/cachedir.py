@@ -127,6 +127,10 @@ class CacheLock:
             who = describe_holder(self._fd)
             os.close(self._fd)
             raise _fail(path, f"in use by {who}; give each mount its own --cache-dir") from None
+        self.record(holder)
+
+    def record(self, holder: dict[str, object]) -> None:
+        """Say who holds the lock (a forked child records its own pid)."""
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, json.dumps(holder).encode(), 0)
 

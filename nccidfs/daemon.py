@@ -29,6 +29,7 @@ from nccidfs.fs import FileSystem
 from nccidfs.index import INDEX_FILE, ListingIndex
 from nccidfs.log import strip_credentials
 from nccidfs.namespace import Namespace
+from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import Boto3Store, ObjectStore
 
@@ -67,16 +68,24 @@ def notify_systemd(message: bytes) -> None:
         log.warning("could not notify systemd: %s", error)
 
 
+def lock_cache_dir(config: Config) -> cachedir.CacheLock:
+    """Check, mark and lock the cache directory for this mount; taken before a fork, the lock passes to
+    the child that serves the mount."""
+    directory = cachedir.prepare(config.cache.directory)
+    return cachedir.CacheLock(directory, {"pid": os.getpid(), "mountpoint": str(config.mount.mountpoint)})
+
+
 class Daemon:
-    def __init__(self, config: Config, store: ObjectStore, folders: list[str] | None) -> None:
+    def __init__(self, config: Config, store: ObjectStore, folders: list[str] | Listing,
+                 cache_lock: cachedir.CacheLock | None = None) -> None:
         self.config = config
         self.store = store
         self.started = time.time()
         tune_malloc()
         s3 = config.s3
-        directory = cachedir.prepare(config.cache.directory)
-        self.cache_lock = cachedir.CacheLock(directory, {"pid": os.getpid(),
-                                                         "mountpoint": str(config.mount.mountpoint)})
+        self.cache_lock = cache_lock or lock_cache_dir(config)
+        self.cache_lock.record({"pid": os.getpid(), "mountpoint": str(config.mount.mountpoint)})
+        directory = self.cache_lock.path
         endpoint = s3.endpoint_url or f"aws:{s3.region}"
         self.index = ListingIndex(directory / INDEX_FILE,
                                   {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})

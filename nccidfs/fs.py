@@ -61,8 +61,12 @@ class Opened:
 # read goes past the header (or reaches the end of a small file), i.e. when the reader wants whole images.
 # The series prefetcher hooks in to both; header scans (pydicom's stop_before_pixels) never reach the second.
 Listener = Callable[[str, ObjectInfo], None]
-# Called with a mount path whose size or bytes the kernel may hold wrongly (a replaced or discarded object).
-Invalidator = Callable[[str], None]
+# Called with a mount path whose size or bytes the kernel may hold wrongly (a replaced or discarded object),
+# and how long to wait for the kernel to take it in (0: do not wait).
+Invalidator = Callable[[str, float], None]
+# An open of a replaced object waits this long for the kernel to forget the old size, so that a stat
+# right after agrees with the bytes read; a read never waits (the kernel may hold the page it asks for).
+OPEN_INVALIDATION_WAIT = 0.2
 WHOLE_FILE_READ = 256 * 1024
 
 
@@ -82,7 +86,7 @@ class FileSystem:
         self._distrusted: LRUCache[str, bool] = LRUCache(maxsize=10_000)
         self._listeners: list[Listener] = []
         self._open_listeners: list[Listener] = []
-        self._invalidate: Invalidator = lambda path: None
+        self._invalidate: Invalidator = lambda path, wait: None
         self._collision_logged = False
 
     def add_open_listener(self, listener: Listener) -> None:
@@ -103,7 +107,7 @@ class FileSystem:
         with self._lock:
             self._distrusted[key] = True
             self._opened_etags.pop(key, None)
-        self._invalidate("/" + key[len(self.namespace.prefix):])
+        self._invalidate("/" + key[len(self.namespace.prefix):], 0.0)
 
     # -- names ----------------------------------------------------------------------------------
     def _virtual(self, path: str) -> list[str] | None:
@@ -147,7 +151,7 @@ class FileSystem:
             virtual = self.control.open(parts)
             direct = bool(getattr(virtual, "direct_io", True))
             return Opened(self._add(OpenFile(path, virtual=virtual)), False, direct)
-        entry = self.namespace.lookup(path)
+        entry, relisted = self.namespace.lookup_to_open(path)
         if entry.is_dir or entry.obj is None:
             raise NotFound(f"{path}: not a regular file")
         obj = entry.obj
@@ -158,7 +162,9 @@ class FileSystem:
         keep_cache = previous == obj.etag and not distrusted
         # A replaced object may have a new size that the kernel's attribute cache does not know yet; direct
         # I/O stops the kernel from cutting or padding reads to the old size.
-        replaced = (previous is not None and previous != obj.etag) or distrusted
+        replaced = (previous is not None and previous != obj.etag) or distrusted or relisted
+        if replaced:
+            self._invalidate(path, OPEN_INVALIDATION_WAIT)
         handle = self._add(OpenFile(path, obj, self.cache.pin(obj)))
         for listener in self._open_listeners:
             listener(path, obj)
@@ -197,7 +203,7 @@ class FileSystem:
         assert open_file.obj is not None and open_file.entry is not None
         parent, name = open_file.path.rsplit("/", 1)
         entry = self.namespace.relist(parent or "/").get(name)
-        self._invalidate(open_file.path)
+        self._invalidate(open_file.path, 0.0)
         if entry is None or entry.obj is None:
             raise NotFound(f"{open_file.path}: deleted since it was listed")
         log.info("%s was replaced since it was listed; serving the new version", open_file.path)

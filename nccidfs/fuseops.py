@@ -77,22 +77,26 @@ class KernelInvalidator:
 
     def __init__(self) -> None:
         self._fuse: ctypes.c_void_p | None = None
-        self._paths: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._paths: queue.SimpleQueue[tuple[str, threading.Event]] = queue.SimpleQueue()
 
     def start(self) -> None:
         """From FUSE's init, where the context names the session."""
         self._fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
         threading.Thread(target=self._send, name="invalidate", daemon=True).start()
 
-    def __call__(self, path: str) -> None:
-        self._paths.put(path)
+    def __call__(self, path: str, wait: float) -> None:
+        done = threading.Event()
+        self._paths.put((path, done))
+        if wait:
+            done.wait(wait)
 
     def _send(self) -> None:
         invalidate = mfusepy._libfuse.fuse_invalidate_path
         invalidate.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
         while True:
-            path = self._paths.get()
+            path, done = self._paths.get()
             result = invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
+            done.set()
             # -ENOENT: the kernel holds nothing for that path, which is what we wanted.
             log.debug("invalidated %s in the kernel (%d)", path, result)
 

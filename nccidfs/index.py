@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +79,21 @@ class ListingIndex:
         if row is None or row[0] != stamp:
             # Another endpoint, bucket or prefix, or an older layout: start empty rather than serve
             # someone else's tree.
-            with self._db:
+            with self._transaction():
                 self._db.execute("DELETE FROM entries")
                 self._db.execute("DELETE FROM dirs")
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (stamp,))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (the connection is in autocommit mode, so ``with connection`` would not be)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # -- reading ----------------------------------------------------------------------------------
     def head(self, prefix: str) -> tuple[float, int] | None:
@@ -124,7 +135,7 @@ class ListingIndex:
         """Replace the listings of these directories, all in one transaction."""
         with self._lock:
             try:
-                with self._db:
+                with self._transaction():
                     for prefix, entries in listings:
                         self._replace(prefix, entries, fetched)
             except sqlite3.Error as error:
@@ -148,7 +159,7 @@ class ListingIndex:
         """Forget every directory at or below ``prefix``; returns how many."""
         with self._lock:
             try:
-                with self._db:
+                with self._transaction():
                     ids = [r[0] for r in self._db.execute(
                         "SELECT id FROM dirs WHERE substr(prefix, 1, ?) = ?", (len(prefix), prefix))]
                     self._db.executemany("DELETE FROM entries WHERE dir = ?", [(i,) for i in ids])

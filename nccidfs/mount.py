@@ -15,6 +15,7 @@ from pathlib import Path
 from nccidfs.config import Config, S3Config
 from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
 from nccidfs.log import strip_credentials
+from nccidfs.objects import Listing
 from nccidfs.store import Boto3Store, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,9 @@ def check_cache_dir_placement(mountpoint: Path, cache_dir: Path) -> None:
         raise ConfigError(f"mount point {mountpoint} is inside the cache dir {cache_dir}; choose another")
 
 
-def discover_root(store: ObjectStore, s3: S3Config) -> list[str] | None:
-    """The folders under the prefix this user may list, or None when the prefix itself may be listed
-    (the root is then its listing, with the same rules as any directory).
+def discover_root(store: ObjectStore, s3: S3Config) -> list[str] | Listing:
+    """The prefix's own listing when this user may list it (the root is then that listing, with the same
+    rules as any directory), else the folders under the prefix this user may list.
 
     Otherwise (the warehouse's per-modality IAM policy) each known folder is probed with a one-key
     listing and those that answer are shown.
@@ -63,7 +64,7 @@ def discover_root(store: ObjectStore, s3: S3Config) -> list[str] | None:
     where = f"s3://{s3.bucket}/{s3.prefix}"
     try:
         if store.probe(s3.prefix):
-            return None
+            return store.list_dir(s3.prefix)
     except AccessDenied:
         pass
     except NotFound as error:
@@ -85,7 +86,7 @@ def discover_root(store: ObjectStore, s3: S3Config) -> list[str] | None:
     raise ConfigError(f"{where}: prefix not found (no objects under it)")
 
 
-def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | None]:
+def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | Listing]:
     """Check credentials and reachability within seconds (one bounded attempt each), then the root folders.
 
     The probe's requests count in the returned store's statistics, so ``nccidfs status`` shows them.
@@ -103,7 +104,7 @@ def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | None]:
     return store, folders
 
 
-def serve(config: Config, store: ObjectStore, folders: list[str] | None,
+def serve(config: Config, store: ObjectStore, folders: list[str] | Listing,
           on_ready: Callable[[], None] | None = None) -> None:
     """Mount in the foreground of this process and serve until unmounted."""
     from nccidfs.daemon import Daemon

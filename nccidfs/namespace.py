@@ -18,6 +18,7 @@ name that is both an object and a prefix is shown as the directory. See docs/sem
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import re
 import threading
@@ -45,6 +46,9 @@ BACKGROUND_LISTINGS = 8
 FOREGROUND_LISTINGS = 8
 # After a failed background refresh, the old listing is served this long before the next try.
 REVALIDATE_BACKOFF = 30.0
+# How long opening a file waits for its folder to be listed again when that listing is from an earlier
+# run (the object may have been replaced while the daemon was down); past it the saved listing is used.
+REVALIDATE_ON_OPEN = 0.5
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -151,8 +155,9 @@ class Namespace:
     refreshed in the background.
     """
 
-    def __init__(self, store: ObjectStore, prefix: str, root_folders: Iterable[str] | None, ttl: float,
+    def __init__(self, store: ObjectStore, prefix: str, root: Iterable[str] | Listing, ttl: float,
                  max_entries: int, index: ListingIndex, timeout: float = 30.0) -> None:
+        """``root`` is the prefix's own listing when it may be listed, else the folders that may be."""
         self._store = store
         self._prefix = prefix
         self._ttl = ttl
@@ -161,8 +166,8 @@ class Namespace:
         self._max_entries = max_entries
         self._started = time.time()
         # None: the prefix itself may be listed, and the root is its listing like any directory.
-        self._fixed_root = None if root_folders is None else {
-            name: Entry(name, True, mtime=self._started) for name in sorted(root_folders)}
+        self._fixed_root = None if isinstance(root, Listing) else {
+            name: Entry(name, True, mtime=self._started) for name in sorted(root)}
         # Each listing weighs its number of entries, so the bound is on names held, not directories.
         self._listings: LRUCache[str, Listed] = LRUCache(maxsize=max_entries,
                                                          getsizeof=lambda held: len(held[1]) + 1)
@@ -173,6 +178,8 @@ class Namespace:
         self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
         self._foreground = ThreadPoolExecutor(FOREGROUND_LISTINGS, thread_name_prefix="list")
         self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list-ahead")
+        if isinstance(root, Listing):  # listed at start-up: no need to list it again
+            self._keep({prefix: entries_from_listing(root, prefix, self._started)}, self._generation)
 
     @property
     def prefix(self) -> str:
@@ -224,6 +231,28 @@ class Namespace:
         if entry is None:
             raise NotFound(path)
         return entry
+
+    def lookup_to_open(self, path: str) -> tuple[Entry, bool]:
+        """Like :meth:`lookup`, but a listing saved by an earlier run is first checked against S3 for a
+        moment, so a file replaced while the daemon was down opens as its new version; also says whether
+        that check changed the entry (the kernel may then hold the old size)."""
+        before = self.lookup(path)
+        parts = split_path(path)
+        prefix = self._prefix_of(parts[:-1]) if parts else None
+        if prefix is not None:
+            known = self._known(prefix, parts[:-1])
+            with self._lock:
+                backing_off = prefix in self._backoff
+            if known is not None and known[0] < self._started and not backing_off:
+                self._list_once(prefix, background=True)
+                with self._lock:
+                    future = self._inflight.get(prefix)
+                if future is not None:
+                    with contextlib.suppress(FutureTimeout, NccidfsError):
+                        future.result(timeout=min(REVALIDATE_ON_OPEN, deadline.remaining(self._timeout)))
+                after = self.lookup(path)
+                return after, after != before
+        return before, False
 
     def _prefix_of(self, parts: Sequence[str]) -> str | None:
         """The S3 prefix of a directory, or None for a root built from probed folders."""
@@ -347,7 +376,7 @@ class Namespace:
     def _revalidate_if_stale(self, prefix: str, fetched: float) -> None:
         """Serve-then-refresh: a listing past its TTL, or saved by an earlier run, is listed again in the
         background; while S3 fails, at most once per REVALIDATE_BACKOFF."""
-        if time.time() - fetched < self._ttl and fetched >= self._started:
+        if time.time() - fetched < self._ttl:
             return
         with self._lock:
             if prefix in self._backoff:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from tests.mounting import (
     create_bucket,
     daemon_env,
     drop_page_cache,
+    du_bytes,
     s3_client,
     seed_demo_bucket,
 )
@@ -186,6 +187,16 @@ def test_refresh_and_sighup_show_new_uploads_at_once(mount: MountedDaemon, s3_en
         client.delete_object(Bucket=bucket, Key=key)
 
 
+def within(seconds: float, check: Callable[[], bool]) -> bool:
+    """Whether ``check`` comes true within ``seconds``."""
+    give_up = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_listing_ttl_expiry_shows_changes_and_replaced_objects_read_new_bytes(
         tmp_path: Path, proxy: FaultProxy, s3_endpoint: str, bucket: str) -> None:
     client = s3_client(s3_endpoint)
@@ -199,9 +210,13 @@ def test_listing_ttl_expiry_shows_changes_and_replaced_objects_read_new_bytes(
             assert json.loads(path.read_text())["v"] == 1
             client.put_object(Bucket=bucket, Key=key, Body=b'{"Pseudonym": "Covid849", "v": 2, "longer": true}')
             time.sleep(1.5)
-            assert json.loads(path.read_text()) == {"Pseudonym": "Covid849", "v": 2, "longer": True}
+            # Past the TTL the old listing is served once more while it is listed again in the background.
+            assert within(3.0, lambda: json.loads(path.read_text()) == {"Pseudonym": "Covid849", "v": 2,
+                                                                         "longer": True})
+            assert os.stat(path).st_size == len(path.read_bytes())
             client.delete_object(Bucket=bucket, Key=key)
             time.sleep(1.5)
+            assert within(3.0, lambda: not path.exists())
             with pytest.raises(FileNotFoundError):
                 path.read_text()
     finally:
@@ -256,9 +271,14 @@ def test_cache_stats_and_clear(tmp_path: Path, proxy: FaultProxy, bucket: str, w
         obj = warehouse[0]
         (daemon.mountpoint / obj.key[len(PREFIX):]).read_bytes()
         busy = nccidfs("cache", "clear", "--cache-dir", str(cache))
-        assert busy.returncode == 2 and "unmount it first" in busy.stderr
+        assert busy.returncode == 2 and f"in use by the nccidfs mount at {daemon.mountpoint}" in busy.stderr
+        assert len(busy.stderr.splitlines()) == 1
+        assert (daemon.mountpoint / obj.key[len(PREFIX):]).read_bytes() == obj.body
+        live = json.loads((daemon.mountpoint / ".nccidfs" / "status.json").read_text())["cache"]["used_bytes"]
+        assert live == du_bytes(cache)
     stats = json.loads(nccidfs("cache", "stats", "--cache-dir", str(cache)).stdout)
     assert stats["objects"] >= 1 and stats["used_bytes"] >= len(warehouse[0].body)
+    assert stats["used_bytes"] == du_bytes(cache)
     cleared = nccidfs("cache", "clear", "--cache-dir", str(cache))
     assert cleared.returncode == 0, cleared.stderr
     assert json.loads(nccidfs("cache", "stats", "--cache-dir", str(cache)).stdout)["objects"] == 0

@@ -33,7 +33,8 @@ def make_fs(tmp_path: Path, store: FailingStore, folders: list[str] | None = Non
             prefix: str = "training/") -> FileSystem:
     directory = prepare(tmp_path / "cache")
     index = ListingIndex(directory / "listings.sqlite3", {})
-    namespace = Namespace(store, prefix, folders, ttl, 10_000, index, TIMEOUT)
+    root = store.list_dir(prefix) if folders is None else folders
+    namespace = Namespace(store, prefix, root, ttl, 10_000, index, TIMEOUT)
     cache = DiskCache(directory, 1 << 24, "test", 4096, index.disk_usage)
     config = ReadConfig(block_size=4096, initial_window=16384, max_window=65536, part_size=32768, fetch_threads=4)
     filesystem = FileSystem(namespace, cache, Fetcher(store, cache, config, TIMEOUT))
@@ -100,7 +101,7 @@ def test_a_replacement_before_the_first_read_serves_the_new_version(tmp_path: Pa
     store = FailingStore(KEYS)
     filesystem = make_fs(tmp_path, store)
     invalidated: list[str] = []
-    filesystem.set_invalidator(invalidated.append)
+    filesystem.set_invalidator(lambda path, wait: invalidated.append(path))
     path = "/ct/Covid1/1.2/1.3/a.dcm"
     handle = filesystem.open(path).handle
     store.objects[f"{SERIES}/a.dcm"] = b"longer" * 20_000
@@ -159,7 +160,7 @@ def test_during_an_outage_cached_files_are_served_at_once_and_others_fail_within
 def test_a_discarded_object_is_never_kept_in_the_kernel_page_cache(tmp_path: Path) -> None:
     filesystem = make_fs(tmp_path, FailingStore(KEYS))
     invalidated: list[str] = []
-    filesystem.set_invalidator(invalidated.append)
+    filesystem.set_invalidator(lambda path, wait: invalidated.append(path))
     path = "/ct/Covid1/1.2/1.3/b.dcm"
     read_all(filesystem, path)
     opened = filesystem.open(path)
