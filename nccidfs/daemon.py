@@ -23,6 +23,7 @@ from nccidfs import __version__, cachedir
 from nccidfs.cache import DiskCache
 from nccidfs.config import Config
 from nccidfs.control import ControlServer
+from nccidfs.derived_views import register_views
 from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
@@ -98,6 +99,7 @@ class Daemon:
         self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
         self.fetcher.on_discard = self.fs.discarded
         self.fs.set_status_provider(self.status)
+        register_views(self.fs.control, self.namespace, self.cache, self.fetcher, s3.deadline)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,

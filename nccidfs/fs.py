@@ -31,7 +31,7 @@ from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace import Namespace, split_path
 from nccidfs.objects import Entry, ObjectInfo
-from nccidfs.views import CONTROL, ControlFolder, PatientView, StatusFile, VirtualFile
+from nccidfs.views import CONTROL, ControlFolder, StatusFile, VirtualFile
 from nccidfs.xattrs import TagReader
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,6 @@ class FileSystem:
         self.fetcher = fetcher
         self.tags = TagReader(namespace, cache, fetcher)
         self.control = ControlFolder(namespace.mount_time)
-        self.control.register("patients", PatientView(namespace))
         self._handles: dict[int, OpenFile] = {}
         self._next_handle = itertools.count(1)
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ from nccidfs import deadline
 from nccidfs.cache import DiskCache
 from nccidfs.cachedir import prepare
 from nccidfs.config import ReadConfig
+from nccidfs.derived_views import register_views
 from nccidfs.errors import NotFound, ObjectChanged, TransientError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
@@ -39,6 +40,7 @@ def make_fs(tmp_path: Path, store: FailingStore, folders: list[str] | None = Non
     config = ReadConfig(block_size=4096, initial_window=16384, max_window=65536, part_size=32768, fetch_threads=4)
     filesystem = FileSystem(namespace, cache, Fetcher(store, cache, config, TIMEOUT))
     filesystem.set_status_provider(lambda: {"ok": True})
+    register_views(filesystem.control, namespace, cache, filesystem.fetcher, TIMEOUT)
     return filesystem
 
 
@@ -58,7 +60,8 @@ def test_the_mirrored_tree_holds_exactly_the_keys_and_the_control_folder_is_hidd
     filesystem = make_fs(tmp_path, FailingStore(KEYS))
     assert sorted(e.name for e in filesystem.readdir("/")) == ["ct", "ct-metadata", "data"]
     assert filesystem.lookup("/.nccidfs").is_dir
-    assert sorted(e.name for e in filesystem.readdir("/.nccidfs")) == ["patients", "status.json"]
+    assert sorted(e.name for e in filesystem.readdir("/.nccidfs")) == ["images", "patients", "status.json",
+                                                                        "volumes"]
     assert read_all(filesystem, "/.nccidfs/status.json") == b'{\n  "ok": true\n}\n'
     for key, body in KEYS.items():
         path = "/" + key[len("training/"):]

@@ -1,0 +1,106 @@
+"""The derived views through a real mount: volumes read by nibabel against dcm2niix run over the mount's own
+series, X-ray PNGs against dcmj2pnm, sizes at stat equal to the bytes read, no image fetched by ``ls -l``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from nccidfs.demo.warehouse import DemoObject
+from tests.mounting import PREFIX, MountedDaemon, seed_demo_bucket
+from tests.unit.test_derived_image import decode_png, read_pgm
+
+pytestmark = pytest.mark.fuse
+
+
+@pytest.fixture(scope="module")
+def mount(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str,
+          warehouse: list[DemoObject]) -> Iterator[MountedDaemon]:
+    bucket = seed_demo_bucket(s3_endpoint, "nccid-views", warehouse)
+    base = tmp_path_factory.mktemp("views")
+    with MountedDaemon(base / "mnt", s3_endpoint, base / "cache", base / "daemon.log", bucket=bucket,
+                       extra=["--no-prefetch"]) as daemon:
+        yield daemon
+
+
+def series_folders(warehouse: list[DemoObject], modality: str) -> list[str]:
+    return sorted({o.key[len(PREFIX):].rsplit("/", 1)[0] for o in warehouse
+                   if o.key.startswith(f"{PREFIX}{modality}/") and o.key.endswith(".dcm")})
+
+
+def image_gets(daemon: MountedDaemon) -> int:
+    return sum(1 for line in daemon.log().splitlines() if " GET " in line and ".dcm " in line)
+
+
+def test_ls_l_of_the_views_downloads_no_image(mount: MountedDaemon, warehouse: list[DemoObject]) -> None:
+    before = image_gets(mount)
+    views = mount.mountpoint / ".nccidfs"
+    listing = subprocess.run(["ls", "-lR", str(views / "volumes"), str(views / "images")], capture_output=True,
+                             text=True, check=True).stdout
+    assert ".nii" in listing and ".png" in listing
+    assert image_gets(mount) == before
+    assert ".nccidfs" not in os.listdir(mount.mountpoint)
+    any_png = next(views.glob("images/xray/*/*/*/*.png"))
+    any_png.read_bytes()
+    assert image_gets(mount) > before, "the check above must be able to see an image fetched"
+
+
+def test_each_ct_and_mr_series_is_the_volume_dcm2niix_makes_of_the_mount(
+        mount: MountedDaemon, warehouse: list[DemoObject], tmp_path: Path) -> None:
+    folders = series_folders(warehouse, "ct") + series_folders(warehouse, "mri")
+    assert len(folders) >= 2
+    for folder in folders:
+        modality, rest = folder.split("/", 1)
+        volume = mount.mountpoint / ".nccidfs" / "volumes" / modality / f"{rest}.nii"
+        size = os.stat(volume).st_size
+        assert len(volume.read_bytes()) == size
+        ours = nib.as_closest_canonical(nib.load(volume))
+        out = tmp_path / folder.replace("/", "_")
+        out.mkdir()
+        subprocess.run(["dcm2niix", "-z", "n", "-f", "ref", "-o", str(out), str(mount.mountpoint / folder)],
+                       check=True, capture_output=True, timeout=120)
+        reference = nib.as_closest_canonical(nib.load(out / "ref.nii"))
+        assert ours.shape == reference.shape
+        assert np.allclose(ours.affine, reference.affine, atol=1e-3), folder
+        assert np.array_equal(np.asarray(ours.dataobj, dtype=np.float64).round(3),
+                              np.asarray(reference.dataobj, dtype=np.float64).round(3)), folder
+        sidecar = volume.with_suffix(".json")
+        assert b'"Modality"' in sidecar.read_bytes()
+
+
+def test_each_xray_is_the_png_dcmj2pnm_renders(mount: MountedDaemon, warehouse: list[DemoObject],
+                                               tmp_path: Path) -> None:
+    xrays = [o for o in warehouse if o.key.startswith(f"{PREFIX}xray/") and o.key.endswith(".dcm")]
+    assert xrays
+    for obj in xrays:
+        relative = obj.key[len(PREFIX):]
+        png = (mount.mountpoint / ".nccidfs" / "images" / relative).with_suffix(".png")
+        data = png.read_bytes()
+        assert len(data) == os.stat(png).st_size
+        out = tmp_path / "dcmtk.pgm"
+        subprocess.run(["dcmj2pnm", "+Wl", "1", str(mount.mountpoint / relative), str(out)], check=True,
+                       capture_output=True, timeout=60)
+        ours, reference = decode_png(data).astype(int), read_pgm(out).astype(int)
+        assert ours.shape == reference.shape
+        assert np.abs(ours - reference).max() <= 1, relative
+
+
+def test_a_generated_volume_survives_a_restart_without_fetching_again(
+        tmp_path: Path, s3_endpoint: str, warehouse: list[DemoObject]) -> None:
+    bucket = seed_demo_bucket(s3_endpoint, "nccid-views-restart", warehouse)
+    folder = series_folders(warehouse, "mri")[0]
+    modality, rest = folder.split("/", 1)
+    args = (tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "log")
+    with MountedDaemon(*args, bucket=bucket, extra=["--no-prefetch"]) as daemon:
+        first = (daemon.mountpoint / ".nccidfs" / "volumes" / modality / f"{rest}.nii").read_bytes()
+    with MountedDaemon(*args, bucket=bucket, extra=["--no-prefetch"]) as daemon:
+        before = image_gets(daemon)
+        again = (daemon.mountpoint / ".nccidfs" / "volumes" / modality / f"{rest}.nii").read_bytes()
+        assert again == first
+        assert image_gets(daemon) == before
