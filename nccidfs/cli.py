@@ -41,7 +41,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 READY_TIMEOUT = 60.0
 
 USAGE = ("%(prog)s [mount] MOUNTPOINT [options]\n"
-         "       %(prog)s {demo,status,refresh,prefetch,cache} ... (each has --help)")
+         "       %(prog)s {demo,status,refresh,prefetch,catalog,cache} ... (each has --help)")
 COMMANDS = """\
 commands:
   nccidfs [mount] MOUNTPOINT         mount the warehouse; returns once mounted (-f stays in the foreground).
@@ -50,6 +50,7 @@ commands:
   nccidfs status MOUNTPOINT          a running mount's cache, S3 requests, errors and downloads (JSON)
   nccidfs refresh MOUNTPOINT [PATH]  drop cached listings so new uploads show at once (so does SIGHUP)
   nccidfs prefetch PATH...           warm the cache for patients, studies or series, with progress
+  nccidfs catalog build MOUNTPOINT   build .nccidfs/catalog/{series,patients}.csv, with progress
   nccidfs cache stats|clear          what a cache directory holds; empty it
 """
 EXAMPLES = """\
@@ -382,8 +383,32 @@ def run_prefetch(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def run_catalog(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="nccidfs catalog",
+                     description="Build a mount's catalog: MOUNTPOINT/.nccidfs/catalog/series.csv (one row per "
+                                 "image series) and patients.csv (one row per patient), from the listings and one "
+                                 "metadata twin per series, patients in parallel, with a progress bar. Until it is "
+                                 "built, opening a catalog file starts the build and shows the rows made so far.",
+                     epilog=EXIT_CODES)
+    parser.add_argument("action", choices=("build",), help="build: make the catalog anew and wait for it")
+    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
+    parser.add_argument("--modality", action="append", metavar="FOLDER", dest="folders",
+                        help="only this folder (ct, mri, xray, data); repeat for more (default: all)")
+    args = parser.parse_args(argv)
+    from nccidfs import commands
+
+    try:
+        progress = commands.catalog_build(args.mountpoint.absolute(), args.folders)
+    except KeyboardInterrupt:
+        print("nccidfs catalog: stopped waiting; the build goes on in the daemon", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"catalog: {progress['series']} series, {progress['patients']} patients in {progress['seconds']} s "
+          f"({progress['errors']} patients left out on errors)")
+    return EXIT_OK if progress["state"] == "complete" else EXIT_FAILURE
+
+
 SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "status": run_status,
-               "cache": run_cache, "prefetch": run_prefetch}
+               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog}
 
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -80,6 +81,19 @@ def path_in_mount(mountpoint: Path, path: str) -> str:
         raise ConfigError(f"{path} is not in the mount {mountpoint} (to show a new upload, refresh its parent)")
     inside = candidate.relative_to(mountpoint)
     return "/" if inside == Path() else f"/{inside}"
+
+
+def catalog_build(mountpoint: Path, folders: list[str] | None) -> dict[str, Any]:
+    """Have the daemon build its catalog anew and show its progress until it ends; returns the last."""
+    status = mount_status(mountpoint)
+    progress = _ask(status, {"op": "catalog", "folders": folders})
+    with tqdm(total=None, unit=" patients", desc="catalog", disable=None) as bar:
+        while progress["state"] == "building":
+            time.sleep(0.5)
+            progress = _ask(status, {"op": "catalog-progress"})
+            bar.total = progress["patients_total"] or None
+            bar.update(progress["patients_done"] - bar.n)
+    return progress
 
 
 def daemon_status(mountpoint: Path) -> dict[str, Any]:

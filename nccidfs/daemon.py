@@ -21,9 +21,10 @@ from typing import Any
 
 from nccidfs import __version__, cachedir
 from nccidfs.cache import DiskCache
+from nccidfs.catalog_view import CatalogBuilder, CatalogView
 from nccidfs.config import Config
 from nccidfs.control import ControlServer
-from nccidfs.derived_views import register_views
+from nccidfs.derived_views import Generated, ImageView, ObjectReader, VolumeView
 from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
@@ -33,6 +34,7 @@ from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import Boto3Store, ObjectStore
+from nccidfs.views import CONTROL, ControlFolder, PatientView
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,20 @@ def notify_systemd(message: bytes) -> None:
         log.warning("could not notify systemd: %s", error)
 
 
+def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
+                   timeout: float) -> CatalogBuilder:
+    """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
+    returns the catalog's builder, which ``nccidfs catalog build`` drives."""
+    reader = ObjectReader(cache, fetcher, timeout)
+    generated = Generated(cache, f"{CONTROL}/")
+    catalog = CatalogBuilder(namespace, reader)
+    control.register("patients", PatientView(namespace))
+    control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
+    control.register(ImageView.NAME, ImageView(namespace, reader, generated))
+    control.register(CatalogView.NAME, CatalogView(catalog, namespace.mount_time))
+    return catalog
+
+
 def lock_cache_dir(config: Config) -> cachedir.CacheLock:
     """Check, mark and lock the cache directory for this mount; taken before a fork, the lock passes to
     the child that serves the mount."""
@@ -99,7 +115,7 @@ class Daemon:
         self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
         self.fetcher.on_discard = self.fs.discarded
         self.fs.set_status_provider(self.status)
-        register_views(self.fs.control, self.namespace, self.cache, self.fetcher, s3.deadline)
+        self.catalog = register_views(self.fs.control, self.namespace, self.cache, self.fetcher, s3.deadline)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,
@@ -145,6 +161,8 @@ class Daemon:
             self._control = ControlServer(self.control_path, {
                 "status": lambda request: self.status(),
                 "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
+                "catalog": lambda request: self.catalog.start(request.get("folders"), again=True),
+                "catalog-progress": lambda request: self.catalog.progress(),
             })
             self._control.start()
         except (OSError, NccidfsError) as error:

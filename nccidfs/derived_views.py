@@ -32,7 +32,7 @@ from nccidfs.errors import CorruptData, NotFound, TransientError
 from nccidfs.fetch import Fetcher
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry, ObjectInfo
-from nccidfs.views import CONTROL, ControlFolder, Parts, PatientView, Snapshot, VirtualFile
+from nccidfs.views import Parts, Snapshot, VirtualFile
 
 log = logging.getLogger(__name__)
 
@@ -296,12 +296,3 @@ class ImageView(_SeriesLayer):
 
         return self._generated.open(f"{self.NAME}/" + "/".join(parts), [image, twin], entry.size, build)
 
-
-def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
-                   timeout: float) -> None:
-    """Every view under ``/.nccidfs/`` but ``status.json`` (which the daemon's counters feed), in one place."""
-    reader = ObjectReader(cache, fetcher, timeout)
-    generated = Generated(cache, f"{CONTROL}/")
-    control.register("patients", PatientView(namespace))
-    control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
-    control.register(ImageView.NAME, ImageView(namespace, reader, generated))

@@ -3,8 +3,11 @@ series, X-ray PNGs against dcmj2pnm, sizes at stat equal to the bytes read, no i
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from nccidfs.demo.warehouse import DemoObject
-from tests.mounting import PREFIX, MountedDaemon, seed_demo_bucket
+from tests.mounting import PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
 from tests.unit.test_derived_image import decode_png, read_pgm
 
 pytestmark = pytest.mark.fuse
@@ -104,3 +107,26 @@ def test_a_generated_volume_survives_a_restart_without_fetching_again(
         again = (daemon.mountpoint / ".nccidfs" / "volumes" / modality / f"{rest}.nii").read_bytes()
         assert again == first
         assert image_gets(daemon) == before
+
+
+def test_the_catalog_builds_with_progress_and_holds_every_series_and_patient(
+        mount: MountedDaemon, warehouse: list[DemoObject]) -> None:
+    catalog = mount.mountpoint / ".nccidfs" / "catalog"
+    assert sorted(os.listdir(catalog)) == ["patients.csv", "progress.json", "series.csv"]
+    built = subprocess.run([sys.executable, "-m", "nccidfs", "catalog", "build", str(mount.mountpoint)],
+                           capture_output=True, text=True, timeout=120, env=daemon_env())
+    assert built.returncode == 0, built.stderr
+    series = list(csv.DictReader(io.StringIO((catalog / "series.csv").read_text())))
+    expected = {folder for modality in ("ct", "mri", "xray") for folder in series_folders(warehouse, modality)}
+    assert {row["path"] for row in series} == expected
+    for row in series:
+        images = [o for o in warehouse if o.key.startswith(f"{PREFIX}{row['path']}/") and o.key.endswith(".dcm")]
+        assert int(row["images"]) == len(images) and int(row["bytes"]) == sum(len(o.body) for o in images)
+        assert row["Modality"] in ("CT", "MR", "DX", "CR") and row["Rows"].isdigit()
+    patients = list(csv.DictReader(io.StringIO((catalog / "patients.csv").read_text())))
+    clinical = {o.key.split("/")[2] for o in warehouse if o.key.startswith(f"{PREFIX}data/")}
+    assert {row["Patient_ID"] for row in patients} == clinical
+    for row in patients:
+        positive = any(o.key.startswith(f"{PREFIX}data/{row['Patient_ID']}/data_") for o in warehouse)
+        assert row["filename_covid_status"] == ("True" if positive else "False"), row
+    assert '"complete"' in (catalog / "progress.json").read_text()

@@ -11,7 +11,7 @@ from nccidfs import deadline
 from nccidfs.cache import DiskCache
 from nccidfs.cachedir import prepare
 from nccidfs.config import ReadConfig
-from nccidfs.derived_views import register_views
+from nccidfs.daemon import register_views
 from nccidfs.errors import NotFound, ObjectChanged, TransientError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
@@ -60,8 +60,8 @@ def test_the_mirrored_tree_holds_exactly_the_keys_and_the_control_folder_is_hidd
     filesystem = make_fs(tmp_path, FailingStore(KEYS))
     assert sorted(e.name for e in filesystem.readdir("/")) == ["ct", "ct-metadata", "data"]
     assert filesystem.lookup("/.nccidfs").is_dir
-    assert sorted(e.name for e in filesystem.readdir("/.nccidfs")) == ["images", "patients", "status.json",
-                                                                        "volumes"]
+    assert sorted(e.name for e in filesystem.readdir("/.nccidfs")) == ["catalog", "images", "patients",
+                                                                        "status.json", "volumes"]
     assert read_all(filesystem, "/.nccidfs/status.json") == b'{\n  "ok": true\n}\n'
     for key, body in KEYS.items():
         path = "/" + key[len("training/"):]
