@@ -131,9 +131,11 @@ class _SizeBar(tqdm):  # type: ignore[misc]
 
 
 def _files(paths: list[Path]) -> Iterator[Path]:
+    """Every file under the paths. Links are followed: the mirrored tree has none, and those of the patient
+    view (``.nccidfs/patients/<id>/ct``) lead to the images a prefetch of that patient means."""
     for path in paths:
         if path.is_dir():
-            for root, _dirs, names in os.walk(path):
+            for root, _dirs, names in os.walk(path, followlinks=True):
                 for name in sorted(names):
                     yield Path(root) / name
         else:

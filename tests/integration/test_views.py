@@ -130,3 +130,14 @@ def test_the_catalog_builds_with_progress_and_holds_every_series_and_patient(
         positive = any(o.key.startswith(f"{PREFIX}data/{row['Patient_ID']}/data_") for o in warehouse)
         assert row["filename_covid_status"] == ("True" if positive else "False"), row
     assert '"complete"' in (catalog / "progress.json").read_text()
+
+
+def test_prefetch_of_a_patient_view_reads_the_linked_images(mount: MountedDaemon,
+                                                           warehouse: list[DemoObject]) -> None:
+    patient = series_folders(warehouse, "ct")[0].split("/")[1]
+    mine = [o for o in warehouse if o.key.split("/")[2] == patient]
+    result = subprocess.run([sys.executable, "-m", "nccidfs", "prefetch", "--force",
+                             str(mount.mountpoint / ".nccidfs" / "patients" / patient)],
+                            capture_output=True, text=True, timeout=120, env=daemon_env())
+    assert result.returncode == 0, result.stderr
+    assert f"prefetched {len(mine)} files" in result.stdout
