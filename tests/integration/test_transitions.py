@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,35 @@ def test_an_unsafe_cache_dir_is_refused_with_one_line(tmp_path: Path, s3_endpoin
     assert len(result.stderr.strip().splitlines()) == 1 and f"cache dir {cache}" in result.stderr
     assert cache.stat().st_mode == mode_before, "nccidfs changed the mode of a directory it did not create"
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs to put a cache directory on (needs root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_serves_reads_from_s3_and_skips_index_writes(tmp_path: Path, small_disk: Path,
+                                                                 s3_endpoint: str, bucket_name: str) -> None:
+    files = {f"{SERIES}/big{i}.dcm": body(f"big{i}", 700_000) for i in range(3)}
+    files.update({f"data/Covid{i}/status_2020-01-01.json": b'{"Pseudonym": "Covid%d"}' % i for i in range(300)})
+    create_bucket(s3_endpoint, bucket_name, ((PREFIX + k, v) for k, v in files.items()))
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, small_disk / "cache", tmp_path / "log", bucket=bucket_name,
+                       extra=["--cache-size", "100M", "--no-prefetch"]) as daemon:
+        for name, data in files.items():
+            assert (daemon.mountpoint / name).read_bytes() == data, name
+        assert "cache disk full" in daemon.log(), "the disk never filled: the test did not test anything"
+        subprocess.run(["rm", "-rf", str(small_disk / "cache" / "objects")], check=True)
+        for name, data in list(files.items())[:4]:
+            with open(daemon.mountpoint / name, "rb", buffering=0) as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                assert handle.readall() == data, name
+        assert (small_disk / "cache" / "objects").is_dir()
+        assert "Traceback" not in daemon.log()
