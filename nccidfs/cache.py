@@ -50,14 +50,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nccidfs.cachedir import LOCK, MARKER, CacheLock, is_cache_dir
+from nccidfs.cachedir import LOCK, MARKER, OBJECTS, CacheLock, is_cache_dir
 from nccidfs.errors import ConfigError
 from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
-OBJECTS = "objects"
 # Presence is kept per block; very large objects get larger blocks so a map never exceeds this many.
 MAX_BLOCKS = 1 << 20
 # What a map is expected to grow by: a CRC per block in base64, a run, and the header of a first write.

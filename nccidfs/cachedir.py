@@ -21,16 +21,18 @@ import os
 import stat
 from pathlib import Path
 
+from nccidfs.config import CONTROL_SOCKET
 from nccidfs.errors import ConfigError
+from nccidfs.index import INDEX_FILES
 
 MARKER = "CACHEDIR.TAG"
 LOCK = "lock"
+OBJECTS = "objects"
 FORMAT = 2
 # The standard tag (bford.info/cachedir) that backup tools honour, followed by our own format line.
 MARKER_TEXT = f"Signature: 8a477f597d28d172789f06886806bc55\n# nccidfs cache, format {FORMAT}\n"
 # What an nccidfs cache directory of an earlier version held, before it carried the marker.
-LEGACY_NAMES = frozenset({"objects", "listings.sqlite3", "listings.sqlite3-wal", "listings.sqlite3-shm",
-                          "control.sock"})
+LEGACY_NAMES = frozenset({OBJECTS, *INDEX_FILES, CONTROL_SOCKET})
 
 
 def _fail(path: Path, why: str) -> ConfigError:

@@ -453,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in SUBCOMMANDS:
             return SUBCOMMANDS[argv[0]](argv[1:])
         return run_mount(argv)
+    except BrokenPipeError:  # `nccidfs status M | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as error:
         print(f"nccidfs: {error}", file=sys.stderr)
         return EXIT_USAGE
