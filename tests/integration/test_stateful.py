@@ -112,9 +112,13 @@ def read_whole(path: Path) -> bytes:
 class MountMachine(RuleBasedStateMachine):
     endpoint: str = ""
     workdir: Path = Path()
+    # How much was walked, reported at the end of the run.
+    examples = 0
+    steps = 0
 
     def __init__(self) -> None:
         super().__init__()
+        MountMachine.examples += 1
         self.model = Bucket()
         self.outage = False
         self.last_whole: tuple[str, bytes] | None = None
@@ -276,6 +280,7 @@ class MountMachine(RuleBasedStateMachine):
     # -- invariants -------------------------------------------------------------------------------
     @invariant()
     def cache_within_its_bound(self) -> None:
+        MountMachine.steps += 1
         if self.daemon is None:
             return
         used = du_bytes(self.run_dir / "cache")
@@ -298,6 +303,7 @@ def test_the_mount_keeps_its_promises_across_random_histories(tmp_path: Path, s3
         stateful_step_count=int(os.environ.get("NCCIDFS_STATEFUL_STEPS", "25")),
         deadline=None, suppress_health_check=list(HealthCheck),
         derandomize=not os.environ.get("NCCIDFS_STATEFUL_EXAMPLES")))
+    print(f"STATEFUL: {MountMachine.examples} histories, {MountMachine.steps} steps, every invariant held")
 
 
 def test_the_model_names_what_the_keys_make_and_nothing_odd() -> None:
