@@ -22,7 +22,7 @@ from typing import Any
 from nccidfs import __version__, cachedir
 from nccidfs.cache import DiskCache
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
-from nccidfs.config import Config
+from nccidfs.config import Config, ReadConfig
 from nccidfs.control import ControlServer
 from nccidfs.derived_views import Generated, ImageView, ObjectReader, VolumeView
 from nccidfs.errors import NccidfsError
@@ -72,11 +72,11 @@ def notify_systemd(message: bytes) -> None:
 
 
 def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
-                   timeout: float) -> CatalogBuilder:
+                   read: ReadConfig, timeout: float) -> CatalogBuilder:
     """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
     returns the catalog's builder, which ``nccidfs catalog build`` drives."""
     reader = ObjectReader(cache, fetcher, timeout)
-    generated = Generated(cache, f"{CONTROL}/")
+    generated = Generated(cache, read, timeout, f"{CONTROL}/")
     catalog = CatalogBuilder(namespace, reader)
     control.register("patients", PatientView(namespace))
     control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
@@ -115,7 +115,8 @@ class Daemon:
         self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
         self.fetcher.on_discard = self.fs.discarded
         self.fs.set_status_provider(self.status)
-        self.catalog = register_views(self.fs.control, self.namespace, self.cache, self.fetcher, s3.deadline)
+        self.catalog = register_views(self.fs.control, self.namespace, self.cache, self.fetcher, config.read,
+                                      s3.deadline)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,

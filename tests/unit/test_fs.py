@@ -40,7 +40,7 @@ def make_fs(tmp_path: Path, store: FailingStore, folders: list[str] | None = Non
     config = ReadConfig(block_size=4096, initial_window=16384, max_window=65536, part_size=32768, fetch_threads=4)
     filesystem = FileSystem(namespace, cache, Fetcher(store, cache, config, TIMEOUT))
     filesystem.set_status_provider(lambda: {"ok": True})
-    register_views(filesystem.control, namespace, cache, filesystem.fetcher, TIMEOUT)
+    register_views(filesystem.control, namespace, cache, filesystem.fetcher, config, TIMEOUT)
     return filesystem
 
 

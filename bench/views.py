@@ -1,0 +1,194 @@
+"""Benchmark of the derived views on the full-shape synthetic warehouse (../shared/scale/synths3.py).
+
+    python bench/views.py --latency-ms 20 --scale 0.1 --runs 3
+
+1. A CT series of about 240 slices as one volume, cold (new cache, page cache dropped), time to the last
+   byte of ``.nccidfs/volumes/ct/.../<series>.nii``, against ``dcm2niix`` run over the same series in
+   the mount (also cold), and the volume read again warm from the cache.
+2. The catalog: ``nccidfs catalog build`` of the whole mounted warehouse: time, S3 requests by kind (from
+   the server's counters) and the daemon's peak RSS.
+
+Runs as root (FUSE, drop_caches). Prints one Markdown table per measure; medians of ``--runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def synths3(shared: Path, scale: float, latency_ms: int) -> Iterator[str]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(shared / "scale" / "synths3.py"), "--scale", str(scale),
+                               "--port", str(port), "--latency-ms", str(latency_ms)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/_stats", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+
+
+def stats(endpoint: str, reset: bool = False) -> dict[str, int]:
+    url = f"{endpoint}/_stats" + ("?reset=1" if reset else "")
+    return dict(json.loads(urllib.request.urlopen(url, timeout=10).read())["requests"])
+
+
+@contextmanager
+def mounted(endpoint: str, workdir: Path) -> Iterator[tuple[Path, int]]:
+    """A fresh nccidfs mount (new cache) in the foreground; yields (mount point, daemon pid)."""
+    mountpoint, cache = workdir / "mnt", workdir / "cache"
+    mountpoint.mkdir(parents=True)
+    with open(workdir / "log", "wb") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "nccidfs", "mount", str(mountpoint), "-f",
+                                   "--endpoint-url", endpoint, "--cache-dir", str(cache), "--cache-size", "20G",
+                                   "--log-level", "warning"], env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((workdir / "log").read_text())
+            time.sleep(0.05)
+        yield mountpoint, daemon.pid
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+
+
+def drop_caches() -> None:
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pick_series(mountpoint: Path, slices: int) -> str:
+    """The CT series (path in the mount) whose slice count is closest to ``slices``, among the first patients."""
+    best: tuple[int, str] = (10**9, "")
+    for patient in sorted(os.listdir(mountpoint / "ct"))[:40]:
+        for study in os.listdir(mountpoint / "ct" / patient):
+            for series in os.listdir(mountpoint / "ct" / patient / study):
+                count = len(os.listdir(mountpoint / "ct" / patient / study / series))
+                best = min(best, (abs(count - slices), f"ct/{patient}/{study}/{series}"))
+    return best[1]
+
+
+def timed(command: list[str]) -> float:
+    started = time.monotonic()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - started
+
+
+def bench_volume(endpoint: str, runs: int, slices: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, _):
+        series = pick_series(mountpoint, slices)
+    count = 0
+    cold, warm, reference, peaks = [], [], [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, pid):
+            count = len(os.listdir(mountpoint / series))
+            volume = mountpoint / ".nccidfs" / "volumes" / f"{series}.nii"
+            drop_caches()
+            cold.append(timed(["cat", str(volume)]))
+            drop_caches()
+            warm.append(timed(["cat", str(volume)]))
+            peaks.append(peak_rss_mib(pid))
+        with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, _):
+            out = Path(tmp) / "out"
+            out.mkdir()
+            drop_caches()
+            reference.append(timed(["dcm2niix", "-z", "n", "-o", str(out), str(mountpoint / series)]))
+    print(f"\n### A {count}-slice CT series as one volume, medians of {runs} runs\n")
+    print("| what | seconds | ratio |\n|---|---|---|")
+    print(f"| `cat` of the `.nii` view, cold (made from the images) | {statistics.median(cold):.2f} | 1.00 |")
+    print(f"| dcm2niix over the same series in the mount, cold | {statistics.median(reference):.2f} | "
+          f"{statistics.median(reference) / statistics.median(cold):.2f} |")
+    print(f"| `cat` of the `.nii` view again, from the cache | {statistics.median(warm):.2f} | "
+          f"{statistics.median(warm) / statistics.median(cold):.2f} |")
+    print(f"\ndaemon peak RSS while making it: {statistics.median(peaks):.0f} MiB")
+
+
+def bench_catalog(endpoint: str, runs: int) -> None:
+    times, requests, peaks, rows = [], [], [], ""
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, pid):
+            stats(endpoint, reset=True)
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "nccidfs", "catalog", "build", str(mountpoint)],
+                                  env=ENV, cwd=REPO, capture_output=True, text=True, check=True)
+            times.append(time.monotonic() - started)
+            requests.append(stats(endpoint))
+            peaks.append(peak_rss_mib(pid))
+            rows = done.stdout.strip()
+    total = [sum(r.values()) for r in requests]
+    middle = requests[total.index(statistics.median_low(total))]
+    print(f"\n### The catalog, `nccidfs catalog build`, medians of {runs} runs\n")
+    print(f"{rows}\n")
+    print("| seconds | requests | of which LIST | of which GET | daemon peak RSS |\n|---|---|---|---|---|")
+    print(f"| {statistics.median(times):.1f} | {statistics.median_low(total)} | "
+          f"{middle.get('ListObjectsV2', 0)} | {middle.get('GetObject', 0) + middle.get('GetObject(range)', 0)} | "
+          f"{statistics.median(peaks):.0f} MiB |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared-dir", type=Path, default=REPO.parent / "shared", help="holds scale/synths3.py")
+    parser.add_argument("--scale", type=float, default=0.1, help="synths3 scale for the catalog (default 0.1)")
+    parser.add_argument("--latency-ms", type=int, default=20, help="added to every request (default 20)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=240, help="the CT series' size to look for")
+    parser.add_argument("--skip", choices=("volume", "catalog"), action="append", default=[])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/views.py needs root (FUSE mounts, drop_caches)", file=sys.stderr)
+        return 2
+    print(f"synths3 scale {args.scale}, {args.latency_ms} ms per request; machine: {os.cpu_count()} cores")
+    with synths3(args.shared_dir, args.scale, args.latency_ms) as endpoint:
+        if "volume" not in args.skip:
+            bench_volume(endpoint, args.runs, args.slices)
+        if "catalog" not in args.skip:
+            bench_catalog(endpoint, args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
