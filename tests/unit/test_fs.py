@@ -10,13 +10,15 @@ import pytest
 from nccidfs import deadline
 from nccidfs.cache import DiskCache
 from nccidfs.cachedir import prepare
-from nccidfs.config import ReadConfig
+from nccidfs.config import ReadConfig, S3Config
 from nccidfs.daemon import register_views
-from nccidfs.errors import NotFound, ObjectChanged, TransientError
+from nccidfs.errors import ConfigError, NotFound, ObjectChanged, TransientError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
 from nccidfs.index import ListingIndex
+from nccidfs.mount import discover_root
 from nccidfs.namespace import Namespace
+from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
 from tests.fakes import FailingStore
 
@@ -196,3 +198,30 @@ def test_opening_an_image_prefetches_the_headers_of_its_series(tmp_path: Path) -
         time.sleep(0.01)
     filesystem.release(handle)
     prefetcher.shutdown()
+
+
+def test_root_discovery_lists_the_prefix_when_allowed_and_probes_folders_otherwise() -> None:
+    s3 = S3Config(bucket="nccid-data-warehouse-prod", folders=("ct", "ct-metadata", "data", "mri"))
+    listing = discover_root(FailingStore(KEYS), s3)
+    assert isinstance(listing, Listing) and "training/ct/" in listing.prefixes
+    per_folder = FailingStore(KEYS, denied_prefixes=("training/", "training/ct-metadata/"))
+    assert discover_root(per_folder, s3) == ["ct", "data"]
+    with pytest.raises(ConfigError, match="access denied"):
+        discover_root(FailingStore(KEYS, denied_prefixes=("training/", "training/ct/", "training/ct-metadata/",
+                                                          "training/data/", "training/mri/")), s3)
+    with pytest.raises(ConfigError, match="prefix not found"):
+        discover_root(FailingStore({}, denied_prefixes=("training/",)), s3)
+
+
+def test_a_cache_shared_by_two_endpoints_never_serves_one_for_the_other(tmp_path: Path) -> None:
+    directory = prepare(tmp_path / "cache")
+    one = FailingStore({f"{SERIES}/a.dcm": b"one" * 1000})
+    info = one.info(f"{SERIES}/a.dcm")
+    first = DiskCache(directory, 1 << 24, "http://127.0.0.1:1\0bucket", 4096)
+    entry = first.pin(info)
+    assert first.store(entry, 0, b"one" * 1000)
+    first.unpin(entry)
+    second = DiskCache(directory, 1 << 24, "http://127.0.0.1:2\0bucket", 4096)
+    entry = second.pin(info)  # the same key and ETag, said by another endpoint
+    assert second.read(entry, 0, 1) is None
+    second.unpin(entry)
