@@ -29,9 +29,9 @@ _STAMP = "2020-05-01T12:00:00.000Z"
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
-def _contents(key: str, body: bytes) -> str:
+def _contents(key: str, body: bytes, etag: str | None = None) -> str:
     return (f"<Contents><Key>{escape(key)}</Key><LastModified>{_STAMP}</LastModified>"
-            f"<ETag>&quot;{hashlib.md5(body).hexdigest()}&quot;</ETag><Size>{len(body)}</Size></Contents>")
+            f"<ETag>&quot;{etag or hashlib.md5(body).hexdigest()}&quot;</ETag><Size>{len(body)}</Size></Contents>")
 
 
 def _page(prefix: str, contents: str, prefixes: Sequence[str] = (), truncated: bool = False,
@@ -49,6 +49,7 @@ class HostileS3:
 
     def __init__(self, objects: dict[str, bytes], bucket: str, drip_delay: float = 0.25) -> None:
         self.objects = objects
+        self._etags = {key: hashlib.md5(body).hexdigest() for key, body in objects.items()}
         self.bucket = bucket
         self.drip_delay = drip_delay
         self.lists: Counter[str] = Counter()  # ListObjectsV2 requests per top folder
@@ -80,9 +81,9 @@ class HostileS3:
         if folder == "notoken":
             return _page(prefix, _contents(f"{prefix}a.dcm", b"x"), truncated=True)
         if folder == "malformed":
-            good = _contents(f"{prefix}a.dcm", b"x")
-            return _page(prefix, good.replace("<Size>1</Size>", "") + good.replace("<Size>1</Size>",
-                                                                                   "<Size>1</Size><Size>7</Size>"))
+            sizeless = _contents(f"{prefix}a.dcm", b"x").replace("<Size>1</Size>", "")
+            two_sizes = _contents(f"{prefix}b.dcm", b"x").replace("<Size>1</Size>", "<Size>1</Size><Size>7</Size>")
+            return _page(prefix, sizeless + two_sizes)
         return self._sane_listing(prefix, delimiter)
 
     def _sane_listing(self, prefix: str, delimiter: str) -> bytes:
@@ -94,7 +95,7 @@ class HostileS3:
             if delimiter and delimiter in rest:
                 prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
             else:
-                contents.append(_contents(key, self.objects[key]))
+                contents.append(_contents(key, self.objects[key], self._etags[key]))
         if prefix == PREFIX and delimiter:
             prefixes.update(f"{PREFIX}{folder}/" for folder in BAD_FOLDERS)
         return _page(prefix, "".join(contents), sorted(prefixes))
@@ -135,7 +136,7 @@ class HostileS3:
                 start = int(match.group(1)) if match else 0
                 end = min(int(match.group(2)) + 1 if match and match.group(2) else len(body), len(body))
                 self._send(206 if match else 200, body[start:end], {
-                    "ETag": f'"{hashlib.md5(body).hexdigest()}"', "Last-Modified": "Fri, 01 May 2020 12:00:00 GMT",
+                    "ETag": f'"{server._etags[key]}"', "Last-Modified": "Fri, 01 May 2020 12:00:00 GMT",
                     "Content-Range": f"bytes {start}-{end - 1}/{len(body)}"})
 
         return Handler

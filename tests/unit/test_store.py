@@ -72,7 +72,7 @@ def test_ranged_gets_are_pinned_to_the_etag(seeded: tuple[Boto3Store, dict[str, 
 def hostile(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileS3]:
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    with HostileS3({f"{PREFIX}data/Covid1/status.json": b"{}"}, "b", drip_delay=0.1) as server:
+    with HostileS3({f"{PREFIX}data/Covid1/status.json": b"{}"}, "hostile-bucket", drip_delay=0.1) as server:
         yield server
 
 
