@@ -3,7 +3,10 @@
 botocore parses about 16,000 keys a second on one core, which makes a flat listing of a whole modality
 (millions of keys) parse-bound. A page has a fixed, flat shape, so a handful of regular expressions over
 the raw bytes read it many times faster. botocore still signs, sends, retries and raises errors; only
-successful pages are read here.
+successful pages are read here. The hook runs first, before botocore's check for an S3 error inside a
+200 answer (which parses the whole page with ElementTree, the largest cost left): a page is taken only
+when it is one whole ``ListBucketResult`` document; anything else (an ``<Error>`` document, a body cut
+short) is left to botocore, which retries it as it always did.
 
 Each ``<Contents>`` element is read as a unit: it must hold exactly one Key, Size, ETag and LastModified,
 or the whole page is refused with :class:`~nccidfs.errors.CorruptData`. A field missing from one element
@@ -34,6 +37,8 @@ _COMMON_PREFIX = re.compile(rb"<CommonPrefixes>\s*<Prefix>(.*?)</Prefix>\s*</Com
 _TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
 _TOKEN = re.compile(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", re.S)
 _URL_ENCODED = re.compile(rb"<EncodingType>\s*url\s*</EncodingType>")
+_WHOLE_RESULT = re.compile(rb"\s*(<\?xml[^>]*\?>)?\s*<ListBucketResult[\s>]")
+_RESULT_END = b"</ListBucketResult>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +93,15 @@ def _parse(body: bytes) -> ListPage:
                     token.group(1).decode() if token else None)
 
 
+def _is_whole_result(body: bytes) -> bool:
+    """A ListBucketResult document from its start to its end tag (not an error, not cut short)."""
+    return _WHOLE_RESULT.match(body) is not None and body.rstrip().endswith(_RESULT_END)
+
+
 def take_page(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
     """botocore ``before-parse.s3.ListObjectsV2`` hook: parse a successful page here, hand botocore a stub."""
-    if response_dict.get("status_code") != 200:
+    body = response_dict["body"]
+    if response_dict.get("status_code") != 200 or not _is_whole_result(body):
         return
-    customized_response_dict[PAGE_KEY] = parse_list_page(response_dict["body"])
+    customized_response_dict[PAGE_KEY] = parse_list_page(body)
     response_dict["body"] = _EMPTY_RESULT

@@ -43,6 +43,8 @@ T = TypeVar("T")
 # folder thousands of patients), yet a bound on what one listing may hold in memory (about 1 GiB).
 MAX_PAGES = 2_000
 MAX_ENTRIES = 2_000_000
+# A GET body is read in pieces of this size: a part of up to this size is one read and one copy.
+BODY_PIECE = 16 * 1024**2
 
 
 class ObjectStore(Protocol):
@@ -132,7 +134,8 @@ class Boto3Store:
             tcp_keepalive=True,
         )
         self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
-        self._client.meta.events.register("before-parse.s3.ListObjectsV2", take_page)
+        # First: before botocore parses the whole page again to look for an error (see listparse).
+        self._client.meta.events.register_first("before-parse.s3.ListObjectsV2", take_page)
 
     def _retrying(self, kind: str, what: str, call: Callable[[], T], deadline: float | None = None) -> T:
         """Run ``call`` until it succeeds, fails for good, or the deadline passes (then TransientError).
@@ -166,9 +169,11 @@ class Boto3Store:
     def _list_page(self, params: dict[str, Any]) -> ListPage:
         started = time.monotonic()
         try:
-            page: ListPage = self._client.list_objects_v2(**params)[PAGE_KEY]
+            page: ListPage | None = self._client.list_objects_v2(**params).get(PAGE_KEY)
         except CorruptData as error:
             raise CorruptData(f"list {params['Prefix']}: {error}") from None
+        if page is None:  # a 200 answer that is no listing, and not an error botocore recognised either
+            raise CorruptData(f"list {params['Prefix']}: the answer is not a ListBucketResult")
         self.stats.record("ListObjectsV2")
         flat = "" if "Delimiter" in params else " (flat)"
         log.debug("LIST %s%s -> %d keys %d prefixes %.3fs", params["Prefix"], flat,
@@ -227,25 +232,34 @@ class Boto3Store:
         return bool(page.objects or page.prefixes)
 
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
-        """Resumes a body that breaks off from the byte reached, pinned to ``etag`` with If-Match."""
-        body = bytearray()
+        """Resumes a body that breaks off from the byte reached, pinned to ``etag`` with If-Match.
+
+        The body is read in pieces of at most :data:`BODY_PIECE` bytes, so a part of that size or less
+        arrives as one ``bytes`` with no further copy, and a break loses at most one piece.
+        """
+        pieces: list[bytes] = []
+        got = 0
 
         def fetch_rest() -> None:
-            begin = start + len(body)
+            nonlocal got
+            begin = start + got
             started = time.monotonic()
             response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={begin}-{end - 1}",
                                                IfMatch=f'"{etag}"')
+            if response.get("ContentLength", 0) > end - begin:
+                response["Body"].close()
+                raise CorruptData(f"get {key}: more bytes than asked for")
+            before = got
             try:
-                for chunk in response["Body"].iter_chunks(1 << 20):
-                    body.extend(chunk)
-                    if len(body) > end - start:
-                        raise CorruptData(f"get {key}: more bytes than asked for")
+                while got < end - start and (piece := response["Body"].read(min(BODY_PIECE, end - start - got))):
+                    pieces.append(piece)
+                    got += len(piece)
             finally:
-                self.stats.record("GetObject", len(body) - (begin - start))
-            log.debug("GET %s bytes=%d-%d -> %d bytes %.3fs", key, begin, end - 1, start + len(body) - begin,
+                self.stats.record("GetObject", got - before)
+            log.debug("GET %s bytes=%d-%d -> %d bytes %.3fs", key, begin, end - 1, got - before,
                       time.monotonic() - started)
-            if len(body) != end - start:
-                raise TransientError(f"get {key}: body ended after {len(body)} of {end - start} bytes")
+            if got != end - start:
+                raise TransientError(f"get {key}: body ended after {got} of {end - start} bytes")
 
         self._retrying("GetObject", f"get {key} [{start}, {end})", fetch_rest)
-        return bytes(body)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nccidfs.errors import CorruptData
-from nccidfs.listparse import parse_list_page
+from nccidfs.listparse import PAGE_KEY, parse_list_page, take_page
 
 HEAD = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
         b"<Name>b</Name><Prefix>training/ct/</Prefix><IsTruncated>false</IsTruncated>")
@@ -77,3 +77,23 @@ def test_fields_in_any_order_stay_with_their_own_key(objects: list[tuple[str, in
         elements.append(contents(*fields))
     page = parse_list_page(HEAD + b"".join(elements) + TAIL)
     assert [(o.key, o.size, o.etag) for o in page.objects] == [(n, s, f"{s:032x}") for n, s in objects]
+
+
+@pytest.mark.parametrize("body", [
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code></Error>',  # an error inside a 200
+    HEAD + contents(KEY_A, STAMP, ETAG, field("Size", "1")),                                # cut short
+    b"",
+])
+def test_the_hook_leaves_anything_but_one_whole_result_to_botocore(body: bytes) -> None:
+    response = {"status_code": 200, "body": body}
+    taken: dict[str, object] = {}
+    take_page(response, taken)
+    assert taken == {} and response["body"] == body
+
+
+def test_the_hook_takes_a_whole_result_and_hands_botocore_a_stub() -> None:
+    response = {"status_code": 200, "body": HEAD + contents(KEY_A, STAMP, ETAG, field("Size", "1")) + TAIL + b"\n"}
+    taken: dict[str, object] = {}
+    take_page(response, taken)
+    assert [o.key for o in taken[PAGE_KEY].objects] == ["training/ct/a.dcm"]  # type: ignore[attr-defined]
+    assert b"<Contents>" not in response["body"]  # type: ignore[operator]
