@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 BUCKET = "nccid-data-warehouse-prod"
 
 
-def start_synths3(shared: Path, scale: float, port: int) -> subprocess.Popen[bytes]:
+def start_synths3(shared: Path, scale: float, port: int, latency_ms: float = 0) -> subprocess.Popen[bytes]:
     server = subprocess.Popen([sys.executable, str(shared / "scale" / "synths3.py"), "--scale", str(scale),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--port", str(port), "--latency-ms", str(latency_ms)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -52,10 +53,16 @@ def stats(port: int) -> dict[str, object]:
     return dict(json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats?reset=1").read()))
 
 
-def boto3_paginator(endpoint: str, prefix: str) -> int:
+def boto3_paginator(endpoint: str, prefix: str, max_keys: int | None = None) -> int:
+    """How users index today: one client, one flat paginated listing; stops after ``max_keys`` if given."""
     client = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-2")
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return sum(len(page.get("Contents", ())) for page in pages)
+    keys = 0
+    for page in pages:
+        keys += len(page.get("Contents", ()))
+        if max_keys is not None and keys >= max_keys:
+            break
+    return keys
 
 
 def nccidfs_engine(endpoint: str, prefix: str, threads: int) -> int:

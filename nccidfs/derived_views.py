@@ -125,7 +125,7 @@ class Producers:
     def list_dir(self, prefix: str) -> Listing:
         raise NotFound(prefix)
 
-    def list_tree(self, prefix: str) -> Listing:
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
         raise NotFound(prefix)
 
     def probe(self, prefix: str) -> bool:

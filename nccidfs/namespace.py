@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -40,9 +40,14 @@ log = logging.getLogger(__name__)
 MAX_NAME_BYTES = 255
 # Directories this deep under the mount root (``ct/<patient>/``) are listed with their whole subtree.
 SUBTREE_DEPTH = 2
-# How many following sibling subtrees a walk lists ahead, and with how many threads.
+# A walk (readdir of consecutive sibling subtrees, in order) has the next ones listed ahead: at least this
+# many siblings, in at most this many listings at a time, by this many threads.
 SIBLINGS_AHEAD = 16
+LISTINGS_AHEAD = 8
 BACKGROUND_LISTINGS = 8
+# Where siblings hold few keys (X-rays: 3 or 4 a patient), one flat listing covers a run of them, sized
+# from the keys per sibling seen so far to fill about this much of a 1,000-key page.
+RUN_KEYS = 800
 FOREGROUND_LISTINGS = 8
 # After a failed background refresh, the old listing is served this long before the next try.
 REVALIDATE_BACKOFF = 30.0
@@ -147,6 +152,40 @@ def entries_from_tree(listing: Listing, prefix: str, default_mtime: float) -> di
 Listed = tuple[float, dict[str, Entry]]  # (when it was listed, its entries)
 
 
+class _Walk:
+    """A walk through one folder's sub-directories: where it is, how far ahead they are listed, and how
+    many keys a sub-directory holds on average (which decides how many one listing covers)."""
+
+    def __init__(self, entries: dict[str, Entry]) -> None:
+        self.entries = entries
+        # In key order (``name/``), which is not name order ("a-b/" < "a/"): a run is contiguous in keys.
+        self.siblings = sorted(entry.name + "/" for entry in entries.values() if entry.is_dir)
+        self.last = -2  # index of the sibling read last
+        self.frontier = 0  # siblings before this index are listed or queued
+        self.subtrees = 0
+        self.keys = 0
+
+    def run_length(self) -> int:
+        if self.subtrees == 0 or self.keys == 0:
+            return 1
+        return max(1, int(RUN_KEYS * self.subtrees / self.keys))
+
+    def runs_ahead(self, at: int) -> Iterator[Sequence[str]]:
+        """The runs of siblings to list now that the walk is at index ``at``; moves the frontier."""
+        length = self.run_length()
+        stop = min(len(self.siblings), at + 1 + max(SIBLINGS_AHEAD, LISTINGS_AHEAD * length))
+        start = max(self.frontier, at + 1)
+        while start < stop and (stop - start >= length or stop == len(self.siblings)):
+            yield [sibling[:-1] for sibling in self.siblings[start:start + length]]
+            start += length
+            self.frontier = max(self.frontier, start)
+
+    def after(self, name: str) -> str | None:
+        """The sibling that follows ``name``, or None for the last."""
+        at = bisect.bisect_right(self.siblings, name + "/")
+        return self.siblings[at][:-1] if at < len(self.siblings) else None
+
+
 class Namespace:
     """Answers lookups and listings of mount paths from cached S3 listings.
 
@@ -176,6 +215,7 @@ class Namespace:
         self._backoff: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=REVALIDATE_BACKOFF)
         self._offline = False
         self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
+        self._walks: dict[str, _Walk] = {}
         self._foreground = ThreadPoolExecutor(FOREGROUND_LISTINGS, thread_name_prefix="list")
         self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list-ahead")
         if isinstance(root, Listing):  # listed at start-up: no need to list it again
@@ -197,6 +237,8 @@ class Namespace:
         if prefix is None:
             assert self._fixed_root is not None
             return self._fixed_root
+        if len(parts) == SUBTREE_DEPTH:
+            self._visited(parts[:-1], parts[-1])
         known = self._known(prefix, parts)
         if known is not None:
             fetched, entries = known
@@ -206,7 +248,7 @@ class Namespace:
             stored = self._index.get(prefix, self._started)  # a folder too large to hold in memory
             if stored is not None:
                 return stored[1]
-        return self._list_now(prefix, parts)
+        return self._list_once(prefix)
 
     def lookup(self, path: str) -> Entry:
         """The entry for ``path``, answered from its parent's listing (no request per file)."""
@@ -222,7 +264,7 @@ class Namespace:
         else:
             known = self._known(prefix, parent)
             if known is None:
-                entry = self._list_now(prefix, parent).get(name)
+                entry = self._lookup_unlisted(prefix, parent, name)
             else:
                 fetched, entries = known
                 self._revalidate_if_stale(prefix, fetched)
@@ -302,14 +344,21 @@ class Namespace:
         with self._lock:
             return self._listings.get(prefix)
 
-    def _list_now(self, prefix: str, parts: Sequence[str]) -> dict[str, Entry]:
-        entries = self._list_once(prefix)
-        if len(parts) == SUBTREE_DEPTH:
-            self._list_siblings_ahead(parts[:-1], parts[-1])
-        return entries
+    def _lookup_unlisted(self, prefix: str, parent: Sequence[str], name: str) -> Entry | None:
+        """A name in a folder never listed. A patient (``ct/<name>``) is looked up with the flat listing
+        of its own subtree, which the next call needs anyway, instead of every page of the folder; only
+        when that finds nothing is the folder listed (the name may be a file, or absent)."""
+        if len(parent) + 1 == SUBTREE_DEPTH:
+            child = f"{prefix}{name}/"
+            known = self._known(child, [*parent, name])
+            # A subtree too large for memory is held in the index only, and is not empty.
+            entries = self._list_once(child) if known is None else known[1]
+            if entries is None or entries:
+                return Entry(name, True, mtime=self._started)
+        return self._list_once(prefix).get(name)
 
     # -- listing from S3 ------------------------------------------------------------------------
-    def _list_once(self, prefix: str, background: bool = False, ahead: bool = False) -> dict[str, Entry]:
+    def _list_once(self, prefix: str, background: bool = False) -> dict[str, Entry]:
         """List ``prefix`` from S3 in a pool; concurrent callers share one listing. A foreground caller
         waits only for what is left of its own deadline; a background one does not wait."""
         with self._lock:
@@ -317,7 +366,7 @@ class Namespace:
             if future is None:
                 future = self._inflight[prefix] = Future()
                 pool = self._background if background else self._foreground
-                pool.submit(self._fetch, prefix, future, self._generation, background, ahead)
+                pool.submit(self._fetch, prefix, future, self._generation, background)
         if background:
             return {}
         try:
@@ -325,18 +374,14 @@ class Namespace:
         except FutureTimeout:
             raise TransientError(f"list {prefix}: no answer from S3 within {self._timeout:g}s") from None
 
-    def _fetch(self, prefix: str, future: Future[dict[str, Entry]], generation: int, background: bool,
-               ahead: bool) -> None:
+    def _fetch(self, prefix: str, future: Future[dict[str, Entry]], generation: int, background: bool) -> None:
         """One listing, in a pool thread: from patient depth down, one flat listing of the whole subtree
-        answers every directory inside it (a patient usually fits in one or two pages). A listing ahead
-        of a walk is skipped if the walk got there first."""
+        answers every directory inside it (a patient usually fits in one or two pages)."""
         try:
-            with self._lock:
-                held = self._listings.get(prefix) if ahead else None
-            if held is not None:
-                tree = {prefix: held[1]}
-            elif prefix[len(self._prefix):].count("/") >= SUBTREE_DEPTH:
-                tree = entries_from_tree(self._store.list_tree(prefix), prefix, self._started)
+            if prefix[len(self._prefix):].count("/") >= SUBTREE_DEPTH:
+                listing = self._store.list_tree(prefix)
+                tree = entries_from_tree(listing, prefix, self._started)
+                self._count_keys(prefix[:prefix.rindex("/", 0, -1) + 1], 1, len(listing.objects))
             else:
                 tree = {prefix: entries_from_listing(self._store.list_dir(prefix), prefix, self._started)}
         except BaseException as error:
@@ -346,8 +391,7 @@ class Namespace:
                 self._background_failed(prefix, error)
             future.set_exception(error)
             return
-        if held is None:
-            self._keep(tree, generation)
+        self._keep(tree, generation)
         with self._lock:
             self._inflight.pop(prefix, None)
         future.set_result(tree[prefix])
@@ -393,23 +437,78 @@ class Namespace:
         else:
             log.debug("background listing of %s failed: %s", prefix, error)
 
-    def _list_siblings_ahead(self, parent: Sequence[str], name: str) -> None:
-        """A walk (``find``, ``os.walk``) visits sibling directories in order: list the next ones now.
-
-        Only when the parent's listing is already held: a walk has listed it; a lone lookup has not.
-        """
+    def _visited(self, parent: Sequence[str], name: str) -> None:
+        """A subtree was read (readdir). Two in a row that are consecutive siblings are a walk (``find``,
+        ``os.walk``, ``ls -R``): the siblings after it are then listed ahead. A lone lookup never is."""
+        parent_prefix = dir_prefix(self._prefix, parent)
+        claimed = []
         with self._lock:
-            held = self._listings.get(dir_prefix(self._prefix, parent))
-        if held is None:
-            return
-        siblings = [entry.name for entry in held[1].values() if entry.is_dir]
-        start = bisect.bisect_right(siblings, name)
-        for sibling in siblings[start:start + SIBLINGS_AHEAD]:
-            prefix = dir_prefix(self._prefix, [*parent, sibling])
+            held = self._listings.get(parent_prefix)
+            walk = self._walks.get(parent_prefix)
+            if held is None:
+                return
+            if walk is None or walk.entries is not held[1]:
+                walk = self._walks[parent_prefix] = _Walk(held[1])
+            at = bisect.bisect_left(walk.siblings, name + "/")
+            if at == len(walk.siblings) or walk.siblings[at] != name + "/":
+                return
+            walking, walk.last = at == walk.last + 1, at
+            if not walking:
+                return
+            for run in walk.runs_ahead(at):
+                futures: dict[str, Future[dict[str, Entry]]] = {}
+                for sibling in run:
+                    prefix = f"{parent_prefix}{sibling}/"
+                    if (prefix not in self._inflight and prefix not in self._listings
+                            and self._index.head(prefix) is None):
+                        futures[prefix] = self._inflight[prefix] = Future()
+                if futures:
+                    claimed.append((walk.after(run[-1]), futures))
+        for end, futures in claimed:
+            self._background.submit(self._fetch_run, parent_prefix, end, futures, self._generation)
+
+    def _fetch_run(self, parent: str, end: str | None, futures: dict[str, Future[dict[str, Entry]]],
+                   generation: int) -> None:
+        """In a pool thread, ahead of a walk: one flat listing answers every directory of the siblings in
+        ``futures``: a sibling's own subtree, or for several, the parent's keys from the first of them
+        to ``end``, the sibling after the last."""
+        first = min(futures)
+        try:
+            if len(futures) == 1:
+                listing = self._store.list_tree(first)
+            else:
+                listing = self._store.list_tree(parent, start_after=first[:-1],
+                                                end=None if end is None else f"{parent}{end}/")
+            tree = entries_from_tree(listing, parent, self._started)
+        except BaseException as error:
             with self._lock:
-                known = prefix in self._listings or prefix in self._inflight
-            if not known and self._index.head(prefix) is None:
-                self._list_once(prefix, background=True, ahead=True)
+                for prefix in futures:
+                    self._inflight.pop(prefix, None)
+            if isinstance(error, NccidfsError):
+                self._background_failed(first, error)
+            for future in futures.values():
+                future.set_exception(error)
+            return
+        self._count_keys(parent, len(futures), len(listing.objects))
+        kept: dict[str, dict[str, Entry]] = {prefix: {} for prefix in futures}
+        for directory, entries in tree.items():
+            head = directory.find("/", len(parent))
+            if head >= 0 and directory[:head + 1] in futures:
+                kept[directory] = entries
+        self._keep(kept, generation)
+        with self._lock:
+            for prefix in futures:
+                self._inflight.pop(prefix, None)
+        for prefix, future in futures.items():
+            future.set_result(kept[prefix])
+
+    def _count_keys(self, parent: str, subtrees: int, keys: int) -> None:
+        """How many keys the subtrees of a folder hold, so a walk of it sizes its runs."""
+        with self._lock:
+            walk = self._walks.get(parent)
+            if walk is not None:
+                walk.subtrees += subtrees
+                walk.keys += keys
 
     # -- freshness control ----------------------------------------------------------------------
     def invalidate(self, path: str = "/") -> int:

@@ -53,8 +53,9 @@ class ObjectStore(Protocol):
     def list_dir(self, prefix: str) -> Listing:
         """Every page of one level under ``prefix`` (which ends in ``/``)."""
 
-    def list_tree(self, prefix: str) -> Listing:
-        """Every object at any depth under ``prefix``, in one flat paginated listing (no prefixes)."""
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
+        """Every object at any depth under ``prefix``, in one flat paginated listing (no prefixes); only
+        keys after ``start_after`` and before ``end`` when given (a run of sibling folders)."""
 
     def probe(self, prefix: str) -> bool:
         """True when ``prefix`` holds something; raises AccessDenied when it may not be listed."""
@@ -180,11 +181,14 @@ class Boto3Store:
                   len(page.objects), len(page.prefixes), time.monotonic() - started)
         return page
 
-    def _pages(self, prefix: str, delimiter: bool = True, max_keys: int | None = None) -> Iterator[ListPage]:
+    def _pages(self, prefix: str, delimiter: bool = True, max_keys: int | None = None,
+               start_after: str = "") -> Iterator[ListPage]:
         """The pages of one listing, checked against the bounds in this module's docstring."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             params["Delimiter"] = "/"
+        if start_after:
+            params["StartAfter"] = start_after
         if max_keys:
             params["MaxKeys"] = max_keys
         deadline = time.monotonic() + self._deadline
@@ -213,10 +217,10 @@ class Boto3Store:
             raise TransientError(f"{what}: not complete after {len(tokens) + 1} pages in {self._deadline:.0f}s")
         return page.token
 
-    def _listing(self, prefix: str, delimiter: bool) -> Listing:
+    def _listing(self, prefix: str, delimiter: bool, start_after: str = "") -> Listing:
         prefixes: list[str] = []
         objects: list[ObjectInfo] = []
-        for page in self._pages(prefix, delimiter):
+        for page in self._pages(prefix, delimiter, start_after=start_after):
             prefixes.extend(page.prefixes)
             objects.extend(page.objects)
         return Listing(tuple(prefixes), tuple(objects))
@@ -224,8 +228,16 @@ class Boto3Store:
     def list_dir(self, prefix: str) -> Listing:
         return self._listing(prefix, delimiter=True)
 
-    def list_tree(self, prefix: str) -> Listing:
-        return self._listing(prefix, delimiter=False)
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
+        if end is None:
+            return self._listing(prefix, delimiter=False, start_after=start_after)
+        objects: list[ObjectInfo] = []
+        for page in self._pages(prefix, delimiter=False, start_after=start_after):
+            before = [obj for obj in page.objects if obj.key < end]
+            objects.extend(before)
+            if len(before) < len(page.objects):
+                break  # the run ends inside this page: no need for the next
+        return Listing((), tuple(objects))
 
     def probe(self, prefix: str) -> bool:
         page = next(self._pages(prefix, max_keys=1))

@@ -53,11 +53,12 @@ class MemoryStore:
                 objects.append(self.info(key))
         return Listing(tuple(sorted(prefixes)), tuple(objects))
 
-    def list_tree(self, prefix: str) -> Listing:
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
         self._check(prefix)
         with self._lock:
             self.requests["list"] += 1
-        return Listing((), tuple(self.info(key) for key in sorted(self.objects) if key.startswith(prefix)))
+        return Listing((), tuple(self.info(key) for key in sorted(self.objects) if key.startswith(prefix)
+                                 and key > start_after and (end is None or key < end)))
 
     def probe(self, prefix: str) -> bool:
         self._check(prefix)
@@ -99,9 +100,9 @@ class FailingStore(MemoryStore):
         self._outage(f"list {prefix}")
         return super().list_dir(prefix)
 
-    def list_tree(self, prefix: str) -> Listing:
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
         self._outage(f"list {prefix}")
-        return super().list_tree(prefix)
+        return super().list_tree(prefix, start_after, end)
 
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
         self._outage(f"get {key}")

@@ -26,10 +26,10 @@ class FlakyStore(MemoryStore):
             raise TransientError(f"list {prefix}: unreachable")
         return super().list_dir(prefix)
 
-    def list_tree(self, prefix: str):  # type: ignore[no-untyped-def]
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None):  # type: ignore[no-untyped-def]
         if self.down:
             raise TransientError(f"list {prefix}: unreachable")
-        return super().list_tree(prefix)
+        return super().list_tree(prefix, start_after, end)
 
 
 def namespace(store: MemoryStore, path: Path, ttl: float = 300.0) -> Namespace:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from nccidfs.errors import AccessDenied, NotFound
 from nccidfs.namespace import (
+    RUN_KEYS,
     SIBLINGS_AHEAD,
     Namespace,
     dir_prefix,
@@ -27,8 +28,9 @@ KEYS = {
 }
 
 
-def make(store: MemoryStore, ttl: float = 300.0, max_entries: int = 1000) -> Namespace:
-    return Namespace(store, "training/", ["ct", "ct-metadata", "data"], ttl, max_entries, scratch_index())
+def make(store: MemoryStore, ttl: float = 300.0, max_entries: int = 1000,
+         root: tuple[str, ...] = ("ct", "ct-metadata", "data")) -> Namespace:
+    return Namespace(store, "training/", root, ttl, max_entries, scratch_index())
 
 
 def test_path_and_key_rules() -> None:
@@ -136,23 +138,66 @@ def test_a_flat_listing_gives_the_same_tree_as_listing_each_directory(keys: list
         pending.extend(prefix + name + "/" for name, entry in expected.items() if entry.is_dir)
 
 
+def wait_for_requests(store: MemoryStore, count: int) -> int:
+    """The store's listings once ``count`` are made and no more follow for 0.1 s."""
+    deadline = time.monotonic() + 5
+    while store.requests["list"] < count:
+        assert time.monotonic() < deadline, f"{store.requests['list']} listings, expected {count}"
+        time.sleep(0.01)
+    time.sleep(0.1)
+    return store.requests["list"]
+
+
 def test_patient_subtrees_are_listed_flat_and_siblings_ahead_of_a_walk() -> None:
-    keys = {f"training/ct/Covid{i}/s/t/{n}.dcm": b"x" for i in range(40) for n in range(3)}
+    keys = {f"training/ct/Covid{i}/s/t/{n}.dcm": b"x" for i in range(20) for n in range(RUN_KEYS)}
     store = MemoryStore(keys)
     ns = make(store)
     ns.list("/ct")
     start = store.requests["list"]
     ns.list("/ct/Covid0")
-    deadline = time.monotonic() + 5
-    while store.requests["list"] < start + 1 + SIBLINGS_AHEAD:
-        assert time.monotonic() < deadline, "siblings were not listed ahead"
-        time.sleep(0.01)
-    time.sleep(0.1)
-    walked = store.requests["list"]
-    assert walked == start + 1 + SIBLINGS_AHEAD
-    assert list(ns.list("/ct/Covid0/s/t")) == ["0.dcm", "1.dcm", "2.dcm"]
+    assert wait_for_requests(store, start + 1) == start + 1, "one patient read is no walk"
+    ns.list("/ct/Covid1")  # the next sibling: a walk
+    walked = wait_for_requests(store, start + 2 + SIBLINGS_AHEAD)
+    assert walked == start + 2 + SIBLINGS_AHEAD, "each sibling ahead by its own flat listing"
+    assert len(ns.list("/ct/Covid0/s/t")) == RUN_KEYS
     ns.list("/ct/Covid10/s")  # sorted by name, Covid10 follows Covid0 and Covid1
     assert store.requests["list"] == walked, "the flat listings answered the series and the siblings"
+
+
+def test_a_walk_over_small_siblings_lists_runs_of_them_in_one_listing() -> None:
+    keys = {f"training/xray/P{i:03d}/s/t/{n}.dcm": b"x" for i in range(300) for n in range(2)}
+    # Names that sort between a sibling and its keys, or beside the folders, must land where they belong.
+    keys |= {"training/xray/P100-b/s/1.dcm": b"y", "training/xray/P100.a/s/1.dcm": b"y", "training/xray/x.txt": b"z"}
+    store = MemoryStore(keys)
+    ns = make(store, root=("xray",))
+    names = [name for name, entry in ns.list("/xray").items() if entry.is_dir]
+    start = store.requests["list"]
+    for name in names:
+        listed = ns.list(f"/xray/{name}")
+        assert listed == {"s": listed["s"]} and listed["s"].is_dir, name
+    for name in names:
+        expected = store.list_dir(f"training/xray/{name}/s/")
+        assert [e.name for e in ns.list(f"/xray/{name}/s").values()] == sorted(
+            [p.rstrip("/").rsplit("/", 1)[1] for p in expected.prefixes] + [o.key.rsplit("/", 1)[1]
+                                                                         for o in expected.objects]), name
+    made = store.requests["list"] - start - len(names)  # minus this test's own list_dir calls
+    assert made <= 2 + 3, f"{made} listings for {len(names)} small siblings"
+    assert ns.lookup("/xray/x.txt").size == 1
+
+
+def test_a_lone_lookup_lists_only_its_patient() -> None:
+    keys = {f"training/ct/Covid{i}/s{i}/t/{n}.dcm": b"x" for i in range(30) for n in range(3)}
+    keys["training/ct/notes.txt"] = b"n"
+    store = MemoryStore(keys)
+    ns = make(store)
+    for i in (17, 3, 25):
+        assert ns.lookup(f"/ct/Covid{i}").is_dir
+        assert ns.lookup(f"/ct/Covid{i}/s{i}/t/2.dcm").size == 1
+    time.sleep(0.1)
+    assert store.requests["list"] == 3, "one flat listing of each patient, no folder, no siblings"
+    assert ns.lookup("/ct/notes.txt").size == 1  # not a patient: the folder is listed
+    with pytest.raises(NotFound):
+        ns.lookup("/ct/Covid99")
 
 
 def test_a_fast_walk_lists_each_patient_once() -> None:
@@ -164,4 +209,4 @@ def test_a_fast_walk_lists_each_patient_once() -> None:
     for name in names:
         assert list(ns.list(f"/data/{name}")) == ["status_2020-05-01.json"]
     time.sleep(0.5)
-    assert store.requests["list"] <= 1 + len(names) + SIBLINGS_AHEAD
+    assert store.requests["list"] <= 1 + 2 + 2, "the folder, two patients, then runs of the rest"

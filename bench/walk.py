@@ -1,0 +1,240 @@
+"""How fast a mount walks the warehouse, what it asks of S3, and how it answers other calls meanwhile.
+
+Runs ../shared/scale/synths3.py (the warehouse's whole shape, listing of ``training/`` refused) with an
+added latency per request, mounts nccidfs on it (a copy of the package, as bench/run.py does) and
+measures, each on a fresh mount and empty cache:
+
+- cold ``stat`` of random series files (chosen beforehand with boto3), one after another: the median
+  time and the listings they cost;
+- ``find FOLDER -type f`` for each folder: seconds, files per second, listings, and the daemon's
+  largest VmRSS, sampled throughout; meanwhile a ``stat`` every 0.1 s of a file listed before the walk
+  (in another folder; each named again only after the kernel's attribute timeout), timed;
+- boto3's paginator over the same prefix (bench/index_modality.py), stopped after ``--boto3-max-keys``
+  keys for the large folders, so its rate is measured without its hours;
+- the whole warehouse, extrapolated: each folder's keys at scale 1.0 over the rate measured here.
+
+    python bench/walk.py --scale 1.0 --folders xray-metadata          # the issue's first row
+    python bench/walk.py --scale 0.1                                    # every folder, for the extrapolation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index_modality import BUCKET, REPO, boto3_paginator, start_synths3  # noqa: E402
+from mounts import Nccidfs, Target, mounted, tool_env  # noqa: E402
+
+FOLDERS = ("data", "xray-metadata", "xray", "mri-metadata", "mri", "ct-metadata", "ct")
+PROBE_EVERY = 0.1
+ATTR_TIMEOUT = 5.0  # the daemon's default --attr-timeout: a name stat'ed again after this reaches the daemon
+
+
+def server_stats(endpoint: str, reset: bool = True) -> dict[str, object]:
+    query = "?reset=1" if reset else ""
+    return dict(json.loads(urllib.request.urlopen(f"{endpoint}/_stats{query}").read()))
+
+
+def listings(endpoint: str) -> int:
+    requests = server_stats(endpoint)["requests"]
+    assert isinstance(requests, dict)
+    return int(requests.get("ListObjectsV2", 0))
+
+
+def random_series_files(endpoint: str, count: int, seed: int) -> list[str]:
+    """``count`` keys, each the first file of a random series of a random CT patient (relative to training/)."""
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-2")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="training/ct/", Delimiter="/")
+    patients = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", ())]
+    chosen = random.Random(seed).sample(patients, count)
+    keys = []
+    for patient in chosen:
+        page = client.list_objects_v2(Bucket=BUCKET, Prefix=patient, MaxKeys=1)
+        keys.append(page["Contents"][0]["Key"][len("training/"):])
+    return keys
+
+
+class RssSampler:
+    """The daemon's largest VmRSS, sampled every 0.2 s while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        with open(f"/proc/{self._pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+class Prober:
+    """Stats known files while something else runs, cycling slowly enough that each reaches the daemon."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = paths
+        self.seconds: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        gap = max(PROBE_EVERY, (ATTR_TIMEOUT + 1) / max(1, len(self._paths)))
+        index = 0
+        while not self._stop.wait(gap):
+            started = time.monotonic()
+            os.stat(self._paths[index % len(self._paths)])
+            self.seconds.append(time.monotonic() - started)
+            index += 1
+
+    def __enter__(self) -> Prober:
+        if self._paths:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def p90_ms(self) -> float | None:
+        if len(self.seconds) < 2:
+            return None
+        return 1000 * statistics.quantiles(self.seconds, n=10)[-1]
+
+
+@contextmanager
+def fresh_mount(endpoint: str, workdir: Path, nccidfs: Nccidfs) -> Iterator[tuple[Path, int]]:
+    with mounted("nccidfs", Target(endpoint, BUCKET), workdir, nccidfs, prefetch=False) as mount:
+        listings(endpoint)  # start-up probes are not the workload's
+        yield mount.path, mount.pid
+
+
+def cold_stats(endpoint: str, workdir: Path, nccidfs: Nccidfs, keys: list[str]) -> dict[str, float]:
+    with fresh_mount(endpoint, workdir, nccidfs) as (mnt, _pid):
+        seconds = []
+        for key in keys:
+            started = time.monotonic()
+            os.stat(mnt / key)
+            seconds.append(time.monotonic() - started)
+        lists = listings(endpoint)
+    return {"stats": len(keys), "median_ms": round(1000 * statistics.median(seconds), 1),
+            "listings": lists, "listings_per_stat": round(lists / len(keys), 2)}
+
+
+def walk(endpoint: str, workdir: Path, nccidfs: Nccidfs, folder: str, probe_keys: list[str]) -> dict[str, float]:
+    with fresh_mount(endpoint, workdir, nccidfs) as (mnt, pid):
+        probes = [mnt / key for key in probe_keys if not key.startswith(f"{folder}/")]
+        for path in probes:
+            os.stat(path)  # listed before the walk
+        listings(endpoint)
+        time.sleep(ATTR_TIMEOUT)  # so each probe reaches the daemon
+        with RssSampler(pid) as rss, Prober(probes) as prober:
+            started = time.monotonic()
+            find = subprocess.run(["find", str(mnt / folder), "-type", "f"], capture_output=True, check=True)
+            seconds = time.monotonic() - started
+        files = find.stdout.count(b"\n")
+        lists = listings(endpoint)
+    p90 = prober.p90_ms()
+    return {"files": files, "seconds": round(seconds, 2), "files_per_second": round(files / seconds),
+            "listings": lists, "peak_rss_mib": round(rss.peak_kib / 1024), "probe_stats": len(prober.seconds),
+            "probe_p90_ms": round(p90, 1) if p90 is not None else -1}
+
+
+def boto3_rate(endpoint: str, folder: str, max_keys: int) -> dict[str, float]:
+    listings(endpoint)
+    started = time.monotonic()
+    keys = boto3_paginator(endpoint, f"training/{folder}/", max_keys)
+    seconds = time.monotonic() - started
+    return {"keys": keys, "seconds": round(seconds, 2), "keys_per_second": round(keys / seconds),
+            "listings": listings(endpoint)}
+
+
+def extrapolate(shared: Path, results: dict[str, object]) -> None:
+    """The whole warehouse at scale 1.0: each folder walked measured here, at the rate measured here."""
+    counts = json.loads(subprocess.run([sys.executable, str(shared / "scale" / "synths3.py"), "--count",
+                                        "--scale", "1.0"], capture_output=True, check=True, text=True).stdout)
+    seconds = 0.0
+    for folder, entry in results.items():
+        if isinstance(entry, dict) and "nccidfs" in entry:
+            rate = entry["nccidfs"]["files_per_second"]
+            seconds += counts["folders"][folder]["keys"] / rate
+    print(f"walked folders at scale 1.0, extrapolated: {seconds / 60:.1f} min", flush=True)
+    results["extrapolated_minutes_at_scale_1"] = round(seconds / 60, 1)
+
+
+def shown(name: str, result: dict[str, float]) -> dict[str, float]:
+    print(f"{name:40s} {json.dumps(result)}", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=0.1)
+    parser.add_argument("--latency-ms", type=float, default=20)
+    parser.add_argument("--folders", default=",".join(FOLDERS), help="comma-separated; default: all seven")
+    parser.add_argument("--stats", type=int, default=50, help="cold stats of random series files (0: none)")
+    parser.add_argument("--boto3-max-keys", type=int, default=200_000, help="boto3's rate is measured on this many")
+    parser.add_argument("--skip-boto3", action="store_true")
+    parser.add_argument("--port", type=int, default=9412)
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared/ folder")
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    args = parser.parse_args()
+    os.environ.update(tool_env())
+    endpoint = f"http://127.0.0.1:{args.port}"
+    server = start_synths3(args.shared, args.scale, args.port, args.latency_ms)
+    results: dict[str, object] = {"scale": args.scale, "latency_ms": args.latency_ms}
+    try:
+        with tempfile.TemporaryDirectory(prefix="nccidfs-walk-") as tmp:
+            workdir = Path(tmp)
+            nccidfs = Nccidfs.snapshot(workdir)
+            keys = random_series_files(endpoint, max(args.stats, 10), seed=7)
+            if args.stats:
+                results["cold_stat"] = shown("cold stat", cold_stats(endpoint, workdir, nccidfs, keys[:args.stats]))
+            counts = json.loads(urllib.request.urlopen(f"{endpoint}/_count").read())["folders"]
+            for folder in args.folders.split(","):
+                entry: dict[str, object] = {"keys": counts[folder]["keys"]}
+                entry["nccidfs"] = shown(f"find {folder}", walk(endpoint, workdir, nccidfs, folder, keys))
+                if not args.skip_boto3:
+                    entry["boto3"] = shown(f"boto3 {folder}", boto3_rate(endpoint, folder, args.boto3_max_keys))
+                results[folder] = entry
+    finally:
+        server.terminate()
+        server.wait(10)
+    extrapolate(args.shared, results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
