@@ -78,6 +78,12 @@ def block_size_for(size: int, base: int) -> int:
     return block
 
 
+def _block_crcs(data: bytes | bytearray, block: int) -> array[int]:
+    """The CRC32 of each block of ``data``, over views rather than copies (zlib releases the GIL)."""
+    view = memoryview(data)
+    return array("I", (zlib.crc32(view[i:i + block]) for i in range(0, len(view), block)))
+
+
 def _runs(flags: bytearray) -> list[list[int]]:
     """``[[first, last), ...]`` of the set bytes in ``flags``."""
     runs = []
@@ -296,6 +302,7 @@ class DiskCache:
             return True
 
     def unpin(self, entry: CacheEntry) -> None:
+        other = self._other_usage()[1]
         with self._lock:
             entry.pins -= 1
             if entry.pins > 0:
@@ -306,7 +313,7 @@ class DiskCache:
             if entry.map_bytes == 0:
                 self._forget(entry)  # never stored anything: leave no trace
             else:
-                self._evict_until(0)
+                self._evict_until(0, other)
 
     def _ensure_dir(self, path: Path) -> None:
         """Create a directory of ours; a link in its place is removed, never followed."""
@@ -338,9 +345,7 @@ class DiskCache:
                 return None
             fd = self._fd(entry)
         data = os.pread(fd, stop - start, start)
-        block = entry.block_size
-        bad = [i for i in range(first, last)
-               if zlib.crc32(data[(i - first) * block:(i - first + 1) * block]) != entry.crcs[i]]
+        bad = [first + i for i, crc in enumerate(_block_crcs(data, entry.block_size)) if crc != entry.crcs[first + i]]
         if len(data) != stop - start or bad:
             log.warning("cache file of %s failed verification (%d blocks); fetching again", entry.key,
                         len(bad) or last - first)
@@ -359,7 +364,7 @@ class DiskCache:
                         + (0 if entry.map_bytes else _MAP_HEADER + 2 * len(entry.key)))
         if not self._reserve(expected):
             return False
-        crcs = array("I", (zlib.crc32(data[i * block:(i + 1) * block]) for i in range(last - first)))
+        crcs = _block_crcs(data, block)
         with entry.lock:
             before = entry.charge
             try:
@@ -452,27 +457,33 @@ class DiskCache:
 
     # -- the bound ------------------------------------------------------------------------------
     def _reserve(self, nbytes: int) -> bool:
+        other = self._other_usage()[1]
         with self._lock:
-            if not self._evict_until(nbytes):
+            if not self._evict_until(nbytes, other):
                 return False
             self._used += nbytes
             return True
 
     def rebalance(self) -> None:
         """Evict until everything fits again (after the listing index grew)."""
+        other = self._other_usage()[1]
         with self._lock:
-            self._evict_until(0)
+            self._evict_until(0, other)
 
     def _settle(self, reserved: int, actual: int) -> None:
         """Replace a reservation by what the write really cost."""
+        other = self._other_usage()[1] if actual > reserved else 0
         with self._lock:
             self._used += actual - reserved
             if actual > reserved:
-                self._evict_until(0)
+                self._evict_until(0, other)
 
-    def _evict_until(self, room: int) -> bool:
-        """Evict unpinned entries, least recently used first, until ``room`` bytes fit. Hold ``_lock``."""
-        budget = self.size_bytes - self._other_usage()[1] - self._fixed
+    def _evict_until(self, room: int, other: int | None = None) -> bool:
+        """Evict unpinned entries, least recently used first, until ``room`` bytes fit. Hold ``_lock``.
+
+        ``other`` is the budget of the listing index, measured by the caller before taking the lock (its
+        file sizes are system calls that must not hold every reader up)."""
+        budget = self.size_bytes - (self._other_usage()[1] if other is None else other) - self._fixed
         if self._used + room <= budget:
             return True
         for entry in [e for e in self._entries.values() if e.pins == 0]:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Seconds for which a failed fetch fails the next reads of the same object at once.
 FAILURE_MEMORY = 2.0
+# A first read this large is the kernel's read-ahead for a reader of the whole file.
+WHOLE_READ = 128 * 1024
 
 
 @dataclass(eq=False)
@@ -103,18 +105,20 @@ class Fetcher:
             return b""
         block = entry.block_size
         first, last = offset // block, -(-end // block)
+        fetch_last = last
         if cursor is not None:
-            self._read_ahead(entry, offset, end, cursor)
+            fetch_last = self._read_ahead(entry, offset, size, end, cursor)
         for _attempt in range(3):
-            parts = self._ensure_or_fail_fast(entry, first, last)
+            parts = self._ensure_or_fail_fast(entry, first, last, fetch_last)
             data = self._assemble(entry, first, last, parts)
             if data is not None:
                 start = first * block
                 return data[offset - start:end - start]
         raise TransientError(f"{entry.key}: cached blocks kept failing verification")
 
-    def _ensure_or_fail_fast(self, entry: CacheEntry, first: int, last: int) -> list[InflightPart]:
-        """Like ``_ensure`` in the foreground pool, but a failure is remembered for a moment.
+    def _ensure_or_fail_fast(self, entry: CacheEntry, first: int, last: int, fetch_last: int) -> list[InflightPart]:
+        """Like ``_ensure`` of ``[first, fetch_last)`` in the foreground pool when any block of ``[first,
+        last)`` is missing, but a failure is remembered for a moment.
 
         When a read-ahead page fails, the kernel asks again for the single page at once; answering that
         from the remembered failure keeps the time to EIO at one deadline instead of two.
@@ -133,7 +137,7 @@ class Fetcher:
         if failure is not None:
             raise failure
         try:
-            return self._ensure(entry, first, last, self._foreground)
+            return self._ensure(entry, first, fetch_last, self._foreground)
         except NccidfsError as error:
             if isinstance(error, TransientError):
                 with self._parts_lock:
@@ -145,20 +149,31 @@ class Fetcher:
         parts = self._ensure(entry, first, min(last, entry.block_count), self._background)
         return sum(len(part.future.result()) for part in parts)
 
-    def _read_ahead(self, entry: CacheEntry, offset: int, end: int, cursor: ReadCursor) -> None:
-        """Grow the window on sequential reads and keep ``window`` bytes fetched ahead of ``end``."""
+    def _read_ahead(self, entry: CacheEntry, offset: int, size: int, end: int, cursor: ReadCursor) -> int:
+        """Grow the window on sequential reads and keep ``window`` bytes fetched ahead of ``end``.
+
+        Returns the block the caller's own fetch should reach: the whole object, in one GET, when a first
+        read from its start asks for :data:`WHOLE_READ` bytes or more (the kernel's read-ahead of a reader
+        that reads the file through, where a header scan's first read is a few KiB) and the object fits
+        in one part; else the end of the read.
+        """
+        block = entry.block_size
+        if offset == 0 and cursor.next_offset == 0 and size >= WHOLE_READ and entry.size <= self._config.part_size:
+            cursor.next_offset = cursor.ahead_until = entry.size
+            return entry.block_count
         if offset == cursor.next_offset and offset > 0:
             cursor.window = min(max(cursor.window * 2, self._config.initial_window), self._config.max_window)
         elif offset != cursor.next_offset:
             cursor.window, cursor.ahead_until = 0, 0
         cursor.next_offset = end
+        last = -(-end // block)
         if not cursor.window or end >= entry.size or cursor.ahead_until - end > cursor.window // 2:
-            return
+            return last
         start = max(end, cursor.ahead_until)
         stop = min(end + cursor.window, entry.size)
         cursor.ahead_until = stop
-        block = entry.block_size
         self._ensure(entry, start // block, -(-stop // block), self._background, wait=False)
+        return last
 
     # -- planning -------------------------------------------------------------------------------
     def _ensure(self, entry: CacheEntry, first: int, last: int, pool: ThreadPoolExecutor,

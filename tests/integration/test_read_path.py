@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nccidfs.demo.warehouse import DemoObject
+from nccidfs.prefetch import IN_ORDER
 from tests.faultproxy import FaultProxy
 from tests.mounting import BUCKET, PREFIX, MountedDaemon, drop_page_cache, s3_client, seed_demo_bucket
 
@@ -73,12 +74,14 @@ def test_header_scan_fetches_headers_only(tmp_path: Path, proxy: FaultProxy, buc
         assert fetched <= 0.10 * sum(len(o.body) for o in images), f"{fetched} bytes for a header scan"
 
 
-def test_reading_one_image_whole_prefetches_its_series(tmp_path: Path, proxy: FaultProxy, bucket: str,
+def test_reading_a_series_in_order_prefetches_the_rest_of_it(tmp_path: Path, proxy: FaultProxy, bucket: str,
                                                        warehouse: list[DemoObject]) -> None:
     series = sorted({o.key.rsplit("/", 1)[0] for o in warehouse if o.key.startswith(f"{PREFIX}ct/")})[-1]
     images = sorted(o.key for o in warehouse if o.key.startswith(series + "/"))
+    assert len(images) > IN_ORDER
     with MountedDaemon(tmp_path / "mnt", proxy.url, tmp_path / "cache", tmp_path / "log", bucket=bucket) as daemon:
-        (daemon.mountpoint / images[0][len(PREFIX):]).read_bytes()
+        for key in images[:IN_ORDER]:  # a series walk: the first images in order
+            (daemon.mountpoint / key[len(PREFIX):]).read_bytes()
         deadline = time.monotonic() + 30
         while daemon.log().count(" GET ") < len(images):
             assert time.monotonic() < deadline, "the series was not prefetched"

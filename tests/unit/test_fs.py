@@ -19,7 +19,6 @@ from nccidfs.index import ListingIndex
 from nccidfs.mount import discover_root
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
-from nccidfs.prefetch import SeriesPrefetcher
 from tests.fakes import FailingStore
 
 SERIES = "training/ct/Covid1/1.2/1.3"
@@ -184,20 +183,6 @@ def test_tags_come_from_the_metadata_twin_without_reading_the_image(tmp_path: Pa
     assert filesystem.xattrs("/ct/Covid1/1.2/1.3/a.dcm") == {"user.dicom.PatientID": "Covid1"}
     assert not any(key.endswith(".dcm") for key, _start, _end in store.ranges)
     assert filesystem.xattrs("/data/Covid1/status_2020-05-01.json") == {}
-
-
-def test_opening_an_image_prefetches_the_headers_of_its_series(tmp_path: Path) -> None:
-    store = FailingStore(KEYS)
-    filesystem = make_fs(tmp_path, store)
-    prefetcher = SeriesPrefetcher(filesystem.namespace, filesystem.cache, filesystem.fetcher, 2)
-    filesystem.add_open_listener(prefetcher.opened)
-    handle = filesystem.open("/ct/Covid1/1.2/1.3/a.dcm").handle
-    give_up = time.monotonic() + 5
-    while (f"{SERIES}/b.dcm", 0, 4096) not in store.ranges:
-        assert time.monotonic() < give_up, "the header of the sibling image was never fetched"
-        time.sleep(0.01)
-    filesystem.release(handle)
-    prefetcher.shutdown()
 
 
 def test_root_discovery_lists_the_prefix_when_allowed_and_probes_folders_otherwise() -> None:
