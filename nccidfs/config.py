@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from nccidfs.errors import ConfigError
-from nccidfs.log import LEVELS
+from nccidfs.log import LEVELS, strip_credentials
 
 APP_NAME = "nccidfs"
 DEFAULT_BUCKET = "nccid-data-warehouse-prod"
@@ -159,7 +159,8 @@ def check_endpoint_url(url: str) -> None:
     except ValueError:  # a port that is not a number from 0 to 65535
         valid = False
     if not valid:
-        raise ConfigError(f"--endpoint-url {url!r} is not a URL: use http://HOST[:PORT] or https://HOST[:PORT]")
+        shown = strip_credentials(url)
+        raise ConfigError(f"--endpoint-url {shown!r} is not a URL: use http://HOST[:PORT] or https://HOST[:PORT]")
 
 
 def check_seconds(flag: str, value: float, minimum: float, above: bool = False) -> None:

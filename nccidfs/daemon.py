@@ -103,7 +103,7 @@ class Daemon:
         self.cache_lock = cache_lock or lock_cache_dir(config)
         self.cache_lock.record({"pid": os.getpid(), "mountpoint": str(config.mount.mountpoint)})
         directory = self.cache_lock.path
-        endpoint = s3.endpoint_url or f"aws:{s3.region}"
+        endpoint = strip_credentials(s3.endpoint_url or f"aws:{s3.region}")
         self.index = ListingIndex(directory / INDEX_FILE,
                                   {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
         self.namespace = Namespace(store, s3.prefix, folders, config.mount.listing_ttl,
