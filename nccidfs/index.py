@@ -29,7 +29,7 @@ from nccidfs.objects import Entry, ObjectInfo
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INDEX_FILE = "listings.sqlite3"
 # The write-ahead log is checkpointed at about this size; the cache budgets for it at its largest, since
 # it grows between two looks at it.
@@ -38,6 +38,8 @@ WAL_ALLOWANCE = 512 * 1024
 INDEX_FILES = (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm")
 # Entries are written as sizes; a directory has none.
 _DIR_SIZE = -1
+# A plain MD5 ETag (32 hex digits) is kept as its 16 bytes: about 100 bytes a row become about 85.
+_MD5_HEX = 32
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE IF NOT EXISTS dirs (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE NOT NULL, "
@@ -47,12 +49,22 @@ _SCHEMA = (
 )
 
 
-def _entry(prefix: str, row: tuple[str, int, str | None, float | None], dir_mtime: float) -> Entry:
+def _packed(etag: str) -> str | bytes:
+    if len(etag) == _MD5_HEX:
+        with contextlib.suppress(ValueError):
+            packed = bytes.fromhex(etag)
+            if packed.hex() == etag:
+                return packed
+    return etag  # multipart ("<hex>-N"), upper case or another form: as it came
+
+
+def _entry(prefix: str, row: tuple[str, int, str | bytes | None, float | None], dir_mtime: float) -> Entry:
     name, size, etag, mtime = row
     if size == _DIR_SIZE:
         return Entry(name, True, mtime=dir_mtime)
     when = float(mtime or 0.0)
-    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, etag or "", when))
+    text = etag.hex() if isinstance(etag, bytes) else etag or ""
+    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, text, when))
 
 
 class ListingIndex:
@@ -153,7 +165,7 @@ class ListingIndex:
             self._db.execute("DELETE FROM entries WHERE dir = ?", (dir_id,))
         self._db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", [
             (dir_id, e.name, _DIR_SIZE, None, None) if e.obj is None
-            else (dir_id, e.name, e.obj.size, e.obj.etag, e.obj.mtime) for e in entries.values()])
+            else (dir_id, e.name, e.obj.size, _packed(e.obj.etag), e.obj.mtime) for e in entries.values()])
 
     def delete_under(self, prefix: str) -> int:
         """Forget every directory at or below ``prefix``; returns how many."""

@@ -122,7 +122,14 @@ def entries_from_tree(listing: Listing, prefix: str, default_mtime: float) -> di
     """Every directory's entries under ``prefix`` from one flat listing; the same rules as per directory."""
     tree: dict[str, dict[str, Entry]] = {prefix: {}}
     files_seen: dict[tuple[str, str], str] = {}
+    # Keys come sorted, so most share the folder of the key before: its names were checked already.
+    last_folder, last_entries = None, tree[prefix]
     for obj in listing.objects:
+        folder, _, leaf = obj.key.rpartition("/")
+        if folder == last_folder and is_safe_name(leaf) and leaf not in last_entries:
+            last_entries[leaf] = Entry(leaf, False, obj.size, obj.mtime, obj)
+            files_seen[(folder + "/", leaf)] = obj.key
+            continue
         *folders, leaf = obj.key[len(prefix):].split("/")
         directory = prefix
         for name in folders:
@@ -145,6 +152,7 @@ def entries_from_tree(listing: Listing, prefix: str, default_mtime: float) -> di
             else:
                 tree[directory][leaf] = Entry(leaf, False, obj.size, obj.mtime, obj)
                 files_seen[(directory, leaf)] = obj.key
+            last_folder, last_entries = directory[:-1], tree[directory]
     return {directory: dict(sorted(entries.items())) for directory, entries in tree.items()}
 
 

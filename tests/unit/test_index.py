@@ -8,6 +8,7 @@ import pytest
 from nccidfs.errors import TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
+from nccidfs.objects import Entry, ObjectInfo
 from tests.fakes import MemoryStore
 
 KEYS = {
@@ -103,3 +104,15 @@ def test_a_folder_larger_than_the_memory_bound_is_looked_up_row_by_row(tmp_path:
     assert store.requests["list"] == lists
     assert per_lookup < 0.005, f"{per_lookup * 1e3:.2f} ms per lookup"
     assert ns.cached_entries() < 1000
+
+
+@pytest.mark.parametrize("etag", ["0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef-3",
+                                  "0123456789ABCDEF0123456789ABCDEF", "not-hex-but-32-characters-long!!", ""])
+def test_etags_come_back_as_they_were_listed(tmp_path: Path, etag: str) -> None:
+    index = ListingIndex(tmp_path / "index.db", {})
+    obj = ObjectInfo("training/ct/P/a.dcm", 7, etag, 1_600_000_000.5)
+    index.put([("training/ct/P/", {"a.dcm": Entry("a.dcm", False, 7, obj.mtime, obj)})], time.time())
+    found = index.lookup("training/ct/P/", "a.dcm", 0.0)
+    assert found is not None and found.obj == obj
+    stored = index.get("training/ct/P/", 0.0)
+    assert stored is not None and stored[1]["a.dcm"].obj == obj
