@@ -8,9 +8,12 @@ Paths under the hidden ``/.nccidfs/`` go to the layers of :mod:`nccidfs.views`; 
 mirrored tree of :mod:`nccidfs.namespace`. A real S3 folder named ``.nccidfs`` wins over the virtual one
 (logged once), so the mirrored tree always holds exactly the bucket's keys.
 
-Replaced objects: an open file reads the version its listing showed. If S3 answers that the object has
-changed (412) before any byte of the file was served, the parent is listed again and the file switches
-to the new version, and the kernel is told to forget the old size; once bytes were served it is EIO.
+Replaced objects: an open file reads the version its listing showed. Opening a file whose listing was
+saved by an earlier run first lets the listing be checked for a moment, so a file replaced while the
+daemon was down opens as its new version, with the kernel told the new size before any read. If S3
+still answers a first read that the object changed (412), the parent is listed again; a new version of
+the same size is served at once, one of another size fails that read (EIO) and the next open reads it.
+Once bytes were served, a change is EIO: versions are never mixed.
 """
 
 from __future__ import annotations
@@ -198,13 +201,21 @@ class FileSystem:
         return data
 
     def _switch_version(self, open_file: OpenFile) -> None:
-        """List the file's folder again and serve its current version (or ENOENT if it is gone)."""
+        """List the file's folder again and serve its current version (or ENOENT if it is gone).
+
+        Only a version of the same size is switched to inside a read: the kernel sized this read by the
+        old size, and telling it the new one while the read is under way would have it pad or cut the
+        reply. Otherwise the read fails (EIO) and the kernel is told; the next open gets the new version.
+        """
         assert open_file.obj is not None and open_file.entry is not None
         parent, name = open_file.path.rsplit("/", 1)
         entry = self.namespace.relist(parent or "/").get(name)
         self._invalidate(open_file.path, 0.0)
         if entry is None or entry.obj is None:
             raise NotFound(f"{open_file.path}: deleted since it was listed")
+        if entry.obj.size != open_file.obj.size:
+            raise ObjectChanged(f"{open_file.path}: replaced by a version of another size since it was opened; "
+                                "open it again")
         log.info("%s was replaced since it was listed; serving the new version", open_file.path)
         old = open_file.entry
         open_file.obj, open_file.entry, open_file.cursor = entry.obj, self.cache.pin(entry.obj), ReadCursor()

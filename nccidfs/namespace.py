@@ -18,7 +18,6 @@ name that is both an object and a prefix is shown as the directory. See docs/sem
 from __future__ import annotations
 
 import bisect
-import contextlib
 import logging
 import re
 import threading
@@ -285,7 +284,8 @@ class Namespace:
     def lookup_to_open(self, path: str) -> tuple[Entry, bool]:
         """Like :meth:`lookup`, but a listing saved by an earlier run is first checked against S3 for a
         moment, so a file replaced while the daemon was down opens as its new version; also says whether
-        that check changed the entry (the kernel may then hold the old size)."""
+        that check changed the entry (the kernel may then hold the old size). A check that does not
+        answer in time is not waited for again in that folder for a while (S3 may be down)."""
         before = self.lookup(path)
         parts = split_path(path)
         prefix = self._prefix_of(parts[:-1]) if parts else None
@@ -298,8 +298,13 @@ class Namespace:
                 with self._lock:
                     future = self._inflight.get(prefix)
                 if future is not None:
-                    with contextlib.suppress(FutureTimeout, NccidfsError):
+                    try:
                         future.result(timeout=min(REVALIDATE_ON_OPEN, deadline.remaining(self._timeout)))
+                    except FutureTimeout:
+                        with self._lock:
+                            self._backoff[prefix] = True
+                    except NccidfsError:
+                        pass  # the saved listing stays in use
                 after = self.lookup(path)
                 return after, after != before
         return before, False
@@ -380,7 +385,16 @@ class Namespace:
         try:
             return future.result(timeout=deadline.remaining(self._timeout))
         except FutureTimeout:
+            # Stop sharing a listing that outlived a whole deadline (a stall): the next caller starts a
+            # fresh one instead of waiting on it, as a part past its deadline in the fetcher.
+            self._done(prefix, future)
             raise TransientError(f"list {prefix}: no answer from S3 within {self._timeout:g}s") from None
+
+    def _done(self, prefix: str, future: Future[dict[str, Entry]]) -> None:
+        """Forget ``future`` as the listing in flight for ``prefix``, if it still is. Hold no lock."""
+        with self._lock:
+            if self._inflight.get(prefix) is future:
+                del self._inflight[prefix]
 
     def _fetch(self, prefix: str, future: Future[dict[str, Entry]], generation: int, background: bool) -> None:
         """One listing, in a pool thread: from patient depth down, one flat listing of the whole subtree
@@ -393,15 +407,13 @@ class Namespace:
             else:
                 tree = {prefix: entries_from_listing(self._store.list_dir(prefix), prefix, self._started)}
         except BaseException as error:
-            with self._lock:
-                self._inflight.pop(prefix, None)
+            self._done(prefix, future)
             if background and isinstance(error, NccidfsError):
                 self._background_failed(prefix, error)
             future.set_exception(error)
             return
         self._keep(tree, generation)
-        with self._lock:
-            self._inflight.pop(prefix, None)
+        self._done(prefix, future)
         future.set_result(tree[prefix])
 
     def _keep(self, tree: dict[str, dict[str, Entry]], generation: int) -> None:
@@ -489,9 +501,8 @@ class Namespace:
                                                 end=None if end is None else f"{parent}{end}/")
             tree = entries_from_tree(listing, parent, self._started)
         except BaseException as error:
-            with self._lock:
-                for prefix in futures:
-                    self._inflight.pop(prefix, None)
+            for prefix, future in futures.items():
+                self._done(prefix, future)
             if isinstance(error, NccidfsError):
                 self._background_failed(first, error)
             for future in futures.values():
@@ -504,9 +515,8 @@ class Namespace:
             if head >= 0 and directory[:head + 1] in futures:
                 kept[directory] = entries
         self._keep(kept, generation)
-        with self._lock:
-            for prefix in futures:
-                self._inflight.pop(prefix, None)
+        for prefix, future in futures.items():
+            self._done(prefix, future)
         for prefix, future in futures.items():
             future.set_result(kept[prefix])
 

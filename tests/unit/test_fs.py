@@ -101,18 +101,24 @@ def test_odd_keys_at_the_root_are_skipped_and_the_rest_served(tmp_path: Path) ->
     assert read_all(filesystem, "/lead.txt") == b"lead"
 
 
-def test_a_replacement_before_the_first_read_serves_the_new_version(tmp_path: Path) -> None:
+def test_a_replacement_before_the_first_read_serves_the_new_version_or_fails_once(tmp_path: Path) -> None:
     store = FailingStore(KEYS)
     filesystem = make_fs(tmp_path, store)
     invalidated: list[str] = []
     filesystem.set_invalidator(lambda path, wait: invalidated.append(path))
     path = "/ct/Covid1/1.2/1.3/a.dcm"
     handle = filesystem.open(path).handle
-    store.objects[f"{SERIES}/a.dcm"] = b"longer" * 20_000
-    assert filesystem.read(handle, 0, 6) == b"longer"
-    assert filesystem.lookup(path).size == 120_000
+    store.objects[f"{SERIES}/a.dcm"] = b"s" * 70_000  # the same size: served at once
+    assert filesystem.read(handle, 0, 6) == b"ssssss"
     assert invalidated == [path]
     filesystem.release(handle)
+    handle = filesystem.open(path).handle
+    store.objects[f"{SERIES}/a.dcm"] = b"longer" * 20_000  # another size: the kernel sized the read by the old
+    with pytest.raises(ObjectChanged):
+        filesystem.read(handle, 65536, 6)
+    filesystem.release(handle)
+    assert filesystem.lookup(path).size == 120_000
+    assert read_all(filesystem, path) == b"longer" * 20_000
 
 
 def test_a_replacement_after_bytes_were_served_is_an_error_then_the_new_version(tmp_path: Path) -> None:
