@@ -103,6 +103,7 @@ class FileSystem:
 
     def set_invalidator(self, invalidate: Invalidator) -> None:
         self._invalidate = invalidate
+        self.namespace.on_change = lambda path: invalidate(path, 0.0)
 
     def discarded(self, key: str) -> None:
         """The cache dropped this object's bytes (MD5 mismatch): pages the kernel holds are suspect too."""

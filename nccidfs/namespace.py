@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -222,6 +222,8 @@ class Namespace:
         self._backoff: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=REVALIDATE_BACKOFF)
         self._offline = False
         self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
+        # Called with the mount path of a file that a new listing replaced or removed.
+        self.on_change: Callable[[str], None] = lambda path: None
         self._walks: dict[str, _Walk] = {}
         self._foreground = ThreadPoolExecutor(FOREGROUND_LISTINGS, thread_name_prefix="list")
         self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list-ahead")
@@ -427,7 +429,18 @@ class Namespace:
                 log.warning("S3 answers again; listings are refreshed as they are used")
         self._index.put(tree.items(), fetched)
         for directory, entries in tree.items():
+            with self._lock:
+                held = self._listings.get(directory)
+            if held is not None:
+                self._report_changes(directory, held[1], entries)
             self._remember(directory, (fetched, entries))
+
+    def _report_changes(self, directory: str, old: dict[str, Entry], new: dict[str, Entry]) -> None:
+        """Tell ``on_change`` of every file a new listing replaced or removed, so that the kernel forgets
+        the size and pages it holds for them at once rather than when its own cache expires."""
+        for name, before in old.items():
+            if before.obj is not None and (name not in new or new[name].obj != before.obj):
+                self.on_change("/" + (directory + name)[len(self._prefix):])
 
     def _remember(self, prefix: str, held: Listed) -> None:
         with self._lock:

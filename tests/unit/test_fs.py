@@ -216,3 +216,21 @@ def test_a_cache_shared_by_two_endpoints_never_serves_one_for_the_other(tmp_path
     entry = second.pin(info)  # the same key and ETag, said by another endpoint
     assert second.read(entry, 0, 1) is None
     second.unpin(entry)
+
+
+def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(tmp_path: Path) -> None:
+    store = FailingStore(KEYS)
+    filesystem = make_fs(tmp_path, store, ttl=0.05)
+    invalidated: list[str] = []
+    filesystem.set_invalidator(lambda path, wait: invalidated.append(path))
+    path = "/ct/Covid1/1.2/1.3/b.dcm"
+    assert filesystem.lookup(path).size == 50_000
+    store.objects[f"{SERIES}/b.dcm"] = b"b" * 10
+    del store.objects[f"{SERIES}/a.dcm"]
+    time.sleep(0.1)
+    filesystem.lookup(path)  # past the TTL: served as it was, listed again in the background
+    give_up = time.monotonic() + 5
+    while sorted(invalidated) != ["/ct/Covid1/1.2/1.3/a.dcm", path]:
+        assert time.monotonic() < give_up, invalidated
+        time.sleep(0.01)
+    assert filesystem.lookup(path).size == 10
