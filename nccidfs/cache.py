@@ -64,6 +64,7 @@ _MAP_PER_BLOCK = 6
 _MAP_PER_RUN = 24
 _MAP_HEADER = 256
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")  # the ETag of a single-part upload
 
 
 def entry_digest(identity: str, key: str, etag: str) -> str:
@@ -404,12 +405,24 @@ class DiskCache:
             entry.extent = 0
         return entry.charge
 
+    def verify_bytes(self, entry: CacheEntry, data: bytes) -> bool:
+        """Check the whole object's bytes, fetched but not yet stored, against a plain-MD5 ETag; True when
+        the ETag is not one (multipart upload). Checked in memory, they need not be read back."""
+        if not _PLAIN_MD5.fullmatch(entry.etag) or len(data) != entry.size:
+            return True
+        if hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.etag:
+            log.error("%s: the bytes S3 sent do not match the ETag's MD5", entry.key)
+            return False
+        with entry.lock:
+            entry.verified = True
+        return True
+
     def verify_whole(self, entry: CacheEntry) -> bool:
         """Check a complete object against its ETag when the ETag is a plain MD5 (single-part upload).
 
         A mismatch drops every block, so the object is fetched again rather than served wrong.
         """
-        if not re.fullmatch(r"[0-9a-f]{32}", entry.etag) or not entry.is_complete():
+        if not _PLAIN_MD5.fullmatch(entry.etag) or not entry.is_complete():
             return True
         with entry.lock:
             if entry.verified:

@@ -30,7 +30,7 @@ from cachetools import TTLCache
 from nccidfs import deadline
 from nccidfs.cache import CacheEntry, DiskCache
 from nccidfs.config import ReadConfig
-from nccidfs.errors import NccidfsError, TransientError
+from nccidfs.errors import CorruptData, NccidfsError, TransientError
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,17 @@ class Fetcher:
         Returns the block the caller's own fetch should reach: the whole object, in one GET, when a first
         read from its start asks for :data:`WHOLE_READ` bytes or more (the kernel's read-ahead of a reader
         that reads the file through, where a header scan's first read is a few KiB) and the object fits
-        in one part; else the end of the read.
+        in one part; else the end of the read. A larger object read through gets a window of a part at once.
         """
         block = entry.block_size
-        if offset == 0 and cursor.next_offset == 0 and size >= WHOLE_READ and entry.size <= self._config.part_size:
+        through = offset == 0 and cursor.next_offset == 0 and size >= WHOLE_READ
+        if through and entry.size <= self._config.part_size:
             cursor.next_offset = cursor.ahead_until = entry.size
             return entry.block_count
-        if offset == cursor.next_offset and offset > 0:
-            cursor.window = min(max(cursor.window * 2, self._config.initial_window), self._config.max_window)
+        if offset == cursor.next_offset and (offset > 0 or through):
+            # A reader of the whole file starts with a window of four parts; any other, with the initial one.
+            start_window = 4 * self._config.part_size if through else self._config.initial_window
+            cursor.window = min(max(cursor.window * 2, start_window), self._config.max_window)
         elif offset != cursor.next_offset:
             cursor.window, cursor.ahead_until = 0, 0
         cursor.next_offset = end
@@ -223,6 +226,10 @@ class Fetcher:
             self._in_flight[id(part)] = (entry.key, stop - start)
         try:
             data = self._store.get_range(entry.key, start, stop, entry.etag)
+            whole = part.first == 0 and part.last >= entry.block_count
+            if whole and not self._cache.verify_bytes(entry, data):
+                self.on_discard(entry.key)
+                raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
             stored = self._cache.store(entry, part.first, data)
             if not stored:
                 log.debug("no cache room for %s [%d, %d); serving uncached", entry.key, start, stop)
@@ -232,7 +239,7 @@ class Fetcher:
             return
         self._finish(entry, part)
         part.future.set_result(data)
-        if stored and entry.is_complete() and self._cache.retain(entry):
+        if stored and not whole and entry.is_complete() and self._cache.retain(entry):
             self._background.submit(self._verify, entry)
 
     def _verify(self, entry: CacheEntry) -> None:
@@ -249,10 +256,7 @@ class Fetcher:
             self._in_flight.pop(id(part), None)
 
     def _assemble(self, entry: CacheEntry, first: int, last: int, parts: list[InflightPart]) -> bytes | None:
-        """Blocks ``[first, last)`` from the cache file, or from the bytes of parts that were not cached."""
-        cached = self._cache.read(entry, first, last)
-        if cached is not None:
-            return cached
+        """Blocks ``[first, last)`` from the bytes of the parts just fetched, the rest from the cache file."""
         pieces: list[bytes] = []
         block = first
         while block < last:
@@ -271,4 +275,4 @@ class Fetcher:
                 return None
             pieces.append(cached_run)
             block = run_last
-        return b"".join(pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)

@@ -105,6 +105,19 @@ def classify(error: Exception, what: str) -> NccidfsError:
     return TransientError(f"{what}: {code}")
 
 
+# The headers of a successful GET that nccidfs reads; botocore parses every other one it models (dates
+# among them) on every request, for nothing.
+_GET_HEADERS = frozenset(("content-length", "content-range", "etag"))
+
+
+def _lean_get_headers(response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore ``before-parse.s3.GetObject`` hook: drop the headers of a successful GET that go unread."""
+    if 200 <= response_dict.get("status_code", 0) < 300:
+        headers = response_dict["headers"]
+        for name in [name for name in headers if name.lower() not in _GET_HEADERS]:
+            del headers[name]
+
+
 class Boto3Store:
     """:class:`ObjectStore` over boto3, with botocore's standard retries and short timeouts."""
 
@@ -133,10 +146,15 @@ class Boto3Store:
             max_pool_connections=config.max_connections,
             s3={"addressing_style": "path"} if config.endpoint_url else {},
             tcp_keepalive=True,
+            # No SDK checksums unless S3 requires them: the cache checks each block's CRC and whole objects'
+            # MD5 itself, and botocore's own checks cost CPU on every GET.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
         # First: before botocore parses the whole page again to look for an error (see listparse).
         self._client.meta.events.register_first("before-parse.s3.ListObjectsV2", take_page)
+        self._client.meta.events.register("before-parse.s3.GetObject", _lean_get_headers)
 
     def _retrying(self, kind: str, what: str, call: Callable[[], T], deadline: float | None = None) -> T:
         """Run ``call`` until it succeeds, fails for good, or the deadline passes (then TransientError).
