@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +206,25 @@ def test_a_full_disk_serves_reads_from_s3_and_skips_index_writes(tmp_path: Path,
                 assert handle.readall() == data, name
         assert (small_disk / "cache" / "objects").is_dir()
         assert "Traceback" not in daemon.log()
+
+
+def test_a_cache_dir_another_user_made_with_a_planted_link_is_refused_and_nothing_is_touched(
+        tmp_path: Path, s3_endpoint: str, bucket_name: str, request: pytest.FixtureRequest) -> None:
+    create_bucket(s3_endpoint, bucket_name, [(f"{PREFIX}{SERIES}/x.dcm", b"x" * 100)])
+    shared = Path(tempfile.mkdtemp(prefix="nccidfs-shared-", dir="/tmp"))  # pytest's tmp is private to root
+    request.addfinalizer(lambda: shutil.rmtree(shared))
+    shared.chmod(0o1777)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("root's file")
+    cache = shared / "cache"
+    # A second local user prepares the cache dir the daemon will be given, with a link inside it.
+    planted = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+                              f"mkdir -m 0777 {cache} && ln -s {victim} {cache}/objects"], capture_output=True)
+    assert planted.returncode == 0, planted.stderr
+    (tmp_path / "mnt").mkdir()
+    result = nccidfs("mount", str(tmp_path / "mnt"), "-f", "--endpoint-url", s3_endpoint, "--bucket", bucket_name,
+                     "--cache-dir", str(cache))
+    assert result.returncode == 2 and "owned by uid 65534" in result.stderr, result.stderr
+    assert sorted(os.listdir(victim)) == ["keep.txt"] and (victim / "keep.txt").read_text() == "root's file"
+    assert not os.path.ismount(tmp_path / "mnt")
