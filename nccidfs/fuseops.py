@@ -125,11 +125,12 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
             "st_atime": mtime_ns, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
         }
         if entry.is_dir:
-            attrs.update(st_mode=self._dir_mode, st_nlink=2, st_size=0)
+            attrs.update(st_mode=self._mode(entry), st_nlink=2, st_size=0)
         elif entry.link is not None:
-            attrs.update(st_mode=LINK_MODE, st_nlink=1, st_size=len(entry.link.encode()))
+            attrs.update(st_mode=self._mode(entry), st_nlink=1, st_size=len(entry.link.encode()))
         else:
-            attrs.update(st_mode=self._file_mode, st_nlink=1, st_size=entry.size, st_blocks=-(-entry.size // 512))
+            attrs.update(st_mode=self._mode(entry), st_nlink=1, st_size=entry.size,
+                         st_blocks=-(-entry.size // 512))
         return attrs
 
     def init(self, path: str) -> None:
@@ -144,8 +145,16 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         return self._stat(self._fs.lookup(path))
 
     @_errors_to_errno
-    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, Any], int]]:
-        return [(name, attrs, 0) for name, attrs in self.readdir_attrs(path)]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
+        """Names and their file types only: a plain readdir passes nothing else to the kernel, so full
+        attributes are not built for every entry of a walk."""
+        names = [(".", self._dir_mode, 0), ("..", self._dir_mode, 0)]
+        return names + [(entry.name, self._mode(entry), 0) for entry in self._fs.readdir(path)]
+
+    def _mode(self, entry: Entry) -> int:
+        if entry.is_dir:
+            return self._dir_mode
+        return LINK_MODE if entry.link is not None else self._file_mode
 
     @_errors_to_errno
     def readdir_attrs(self, path: str) -> list[tuple[str, dict[str, Any]]]:
