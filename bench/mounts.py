@@ -52,6 +52,11 @@ class Mounted:
     cache_dir: Path
     log: Path
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU of the daemon so far, all its threads."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def memory_kib(self) -> dict[str, int]:
         """VmRSS and VmHWM of the daemon, in KiB."""
         values: dict[str, int] = {}
@@ -115,8 +120,9 @@ class Nccidfs:
 
 
 def command(system: str, target: Target, mountpoint: Path, cache_dir: Path, nccidfs: Nccidfs,
-            prefetch: bool) -> list[str]:
-    """The command line of each system, with its default settings."""
+            prefetch: bool, disk_cache: bool = False) -> list[str]:
+    """The command line of each system, with its default settings; ``disk_cache`` turns on rclone's full
+    disk cache (nccidfs always caches on disk, s3fs only with ``use_cache``, left off)."""
     endpoint = target.endpoint
     if system == "nccidfs":
         argv = nccidfs.argv(str(mountpoint), "-f", "--endpoint-url", endpoint, "--bucket", target.bucket,
@@ -132,12 +138,13 @@ def command(system: str, target: Target, mountpoint: Path, cache_dir: Path, ncci
     if system == "rclone":
         return ["rclone", "mount", f":s3:{target.bucket}/{target.prefix}", str(mountpoint), "--read-only",
                 "--s3-provider", "Other", "--s3-env-auth", "--s3-endpoint", endpoint, "--s3-force-path-style",
-                "--cache-dir", str(cache_dir)]
+                "--cache-dir", str(cache_dir), *(["--vfs-cache-mode", "full"] if disk_cache else [])]
     raise ValueError(f"unknown system {system!r}")
 
 
 @contextmanager
-def mounted(system: str, target: Target, workdir: Path, nccidfs: Nccidfs, prefetch: bool = True) -> Iterator[Mounted]:
+def mounted(system: str, target: Target, workdir: Path, nccidfs: Nccidfs, prefetch: bool = True,
+            disk_cache: bool = False) -> Iterator[Mounted]:
     """Mount ``system`` on a fresh directory under ``workdir``; unmount and reap it on exit."""
     base = workdir / system
     shutil.rmtree(base, ignore_errors=True)
@@ -145,7 +152,7 @@ def mounted(system: str, target: Target, workdir: Path, nccidfs: Nccidfs, prefet
     mountpoint.mkdir(parents=True)
     cache_dir.mkdir()
     log = base / "daemon.log"
-    argv = command(system, target, mountpoint, cache_dir, nccidfs, prefetch)
+    argv = command(system, target, mountpoint, cache_dir, nccidfs, prefetch, disk_cache)
     env = nccidfs.env() if system == "nccidfs" else tool_env(drop_ca_bundle=system == "rclone")
     with open(log, "wb") as log_file:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,

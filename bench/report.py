@@ -13,6 +13,7 @@ from typing import Any
 
 PEERS = ("s3fs", "rclone")
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Sample:
     requests: dict[str, int]
     bytes_out: int
     note: str = ""
+    bytes_read: int = 0  # what the workload read, when it reports it (throughput rows)
+    cpu_seconds: float | None = None  # CPU of the daemon, or of the SDK's own process for a baseline
 
     @property
     def total_requests(self) -> int:
@@ -35,6 +38,11 @@ class Median:
     requests: float
     bytes_out: float
     runs: int
+    bytes_read: float = 0
+    cpu_seconds: float | None = None
+
+    def cpu_per_gib(self) -> float | None:
+        return self.cpu_seconds / (self.bytes_read / GIB) if self.cpu_seconds is not None and self.bytes_read else None
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,9 @@ class Row:
     workload: str
     label: str
     limits: tuple[str, ...] = ()
-    rate: bool = False  # shown as MB/s of the large object
+    rate: bool = False  # shown as MB/s of the bytes read (of the large object when the workload does not say)
     show_bytes: bool = False
+    show_cpu: bool = False  # CPU seconds per GiB read
 
 
 @dataclass(frozen=True)
@@ -59,22 +68,29 @@ def median(samples: list[Sample]) -> Median | None:
     done = [s for s in samples if s.seconds is not None]
     if not done:
         return None
+    cpus = [s.cpu_seconds for s in done if s.cpu_seconds is not None]
     return Median(statistics.median(s.seconds for s in done if s.seconds is not None),
                   statistics.median(s.total_requests for s in done), statistics.median(s.bytes_out for s in done),
-                  len(done))
+                  len(done), statistics.median(s.bytes_read for s in done), statistics.median(cpus) if cpus else None)
 
 
 def rows(context: dict[str, Any], samples: Samples) -> list[Row]:
     reading, wide = context["reading"], context["wide"]
     slices, big = reading["slices"], f"{reading['big_bytes'] / MIB:.0f} MiB"
+    loader = context.get("loader", {})
     table = [
+        *(Row(name, f"data loader, {loader['files']} whole images at random from {loader['series']} series, "
+                    f"{name.split()[1]} reader{'' if name.split()[1] == '1' else 's'}, {name.split()[2]}",
+              (f"boto3 {name.split()[1]} threads", "cached file"), rate=True, show_bytes=True, show_cpu=True)
+          for name in loader_workloads(samples)),
         Row("header scan", f"header scan, {slices} slices (pydicom stop_before_pixels), cold, nccidfs prefetch off",
             show_bytes=True),
         Row("header scan prefetch", f"header scan, {slices} slices, cold, nccidfs prefetch on (default)",
             show_bytes=True),
         Row("series cat", f"series file by file ({slices} x cat), cold", ("aws s3 sync", "boto3")),
         Row("dcm2niix", f"dcm2niix on the series ({slices} slices), cold"),
-        Row("big cold", f"{big} object, dd bs=1M, cold", ("aws s3 cp", "boto3", "cached file"), rate=True),
+        Row("big cold", f"{big} object, dd bs=1M, cold", ("aws s3 cp", "boto3", "boto3 get", "cached file"), rate=True,
+            show_cpu=True),
         Row("big warm", f"{big} object, dd bs=1M, warm", ("cached file",), rate=True),
         Row("find cold", f"find -type f, {wide['objects']:,} files, {wide['patients']:,} patients, cold"),
         Row("find warm", "find -type f, warm"),
@@ -87,6 +103,17 @@ def rows(context: dict[str, Any], samples: Samples) -> list[Row]:
     return [row for row in table if row.workload in samples]
 
 
+def loader_workloads(samples: Samples) -> list[str]:
+    """``loader N cold`` and ``loader N warm`` rows, by readers, cold first."""
+    names = [name for name in samples if name.startswith("loader ")]
+    return sorted(names, key=lambda name: (int(name.split()[1]), name.split()[2] != "cold"))
+
+
+def rate(stats: Median, big_bytes: int) -> float:
+    """MB/s of what the workload read."""
+    return (stats.bytes_read or big_bytes) / 1e6 / stats.seconds
+
+
 def _cell(row: Row, stats: Median | None, samples: list[Sample], big_bytes: int, most_runs: int) -> str:
     """Median value and requests; a timed-out workload shows its bound and the requests made by then."""
     if stats is None:
@@ -96,10 +123,13 @@ def _cell(row: Row, stats: Median | None, samples: list[Sample], big_bytes: int,
         if first.note.startswith("timed out after "):
             return f"> {first.note.split()[3].rstrip('s')} s · {first.total_requests:,} req (timed out)"
         return f"failed ({first.note})"
-    value = f"{big_bytes / 1e6 / stats.seconds:,.0f} MB/s" if row.rate else f"{stats.seconds:,.2f} s"
+    value = f"{rate(stats, big_bytes):,.0f} MB/s" if row.rate else f"{stats.seconds:,.2f} s"
     value += f" · {stats.requests:,.0f} req"
     if row.show_bytes:
         value += f" · {stats.bytes_out / 1e6:,.1f} MB"
+    cpu = stats.cpu_per_gib()
+    if row.show_cpu and cpu is not None:
+        value += f" · {cpu:,.1f} CPU s/GiB"
     if stats.runs < len(samples):
         value += f" ({len(samples) - stats.runs} of {len(samples)} failed)"
     elif len(samples) < most_runs:
@@ -107,10 +137,11 @@ def _cell(row: Row, stats: Median | None, samples: list[Sample], big_bytes: int,
     return value
 
 
-def _ratio(other: Median | None, ours: Median | None) -> str:
-    if other is None or ours is None or ours.seconds <= 0:
+def _ratio(other: Median | None, ours: Median | None, big_bytes: int) -> str:
+    """nccidfs's rate over the other's (for rows of equal bytes, the other's time over nccidfs's)."""
+    if other is None or ours is None or ours.seconds <= 0 or other.seconds <= 0:
         return "-"
-    return f"{other.seconds / ours.seconds:.2f}x"
+    return f"{rate(ours, big_bytes) / rate(other, big_bytes):.2f}x"
 
 
 def _memory(memory: Mapping[str, Mapping[str, Mapping[str, int]]], role: str, system: str) -> str:
@@ -142,8 +173,8 @@ def build(context: dict[str, Any], samples: Samples, memory: Mapping[str, Mappin
         limit_cells = [f"{limit}: {_cell(row, medians[limit], list(per[limit]), big_bytes, most)}" for limit in limits]
         lines.append("| " + " | ".join([
             row.label, *cells, "; ".join(limit_cells) or "-",
-            f"{_ratio(medians[best], ours)} ({best})" if best else "-",
-            "; ".join(f"{_ratio(medians[limit], ours)} {limit}" for limit in limits) or "-",
+            f"{_ratio(medians[best], ours, big_bytes)} ({best})" if best else "-",
+            "; ".join(f"{_ratio(medians[limit], ours, big_bytes)} {limit}" for limit in limits) or "-",
         ]) + " |")
         table.append({"workload": row.workload, "label": row.label,
                       "medians": {s: asdict(m) if m else None for s, m in medians.items()},

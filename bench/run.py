@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +156,12 @@ class Bench:
     run_label: str = ""
 
     # -- plumbing --------------------------------------------------------------------------------
-    def measure(self, workload: str, system: str, action: Callable[[], float], cold: bool = True,
-                server: Server | None = None) -> Sample | None:
+    def measure(self, workload: str, system: str, action: Callable[[], float | dict[str, Any]], cold: bool = True,
+                server: Server | None = None, daemon: Mounted | None = None) -> Sample | None:
         """Time ``action`` and take the server's request counts for it alone.
+
+        An action may return a child's answer instead of seconds: then its ``bytes`` and ``cpu_seconds``
+        are kept too; with ``daemon``, the CPU kept is the daemon's over the action instead.
 
         A measurement whose first run failed or took longer than ``--repeat-limit`` is not repeated:
         its noise is small against its length, and repeating the slow peers would triple the run time.
@@ -169,13 +174,20 @@ class Bench:
             drop_caches()
         server.stats(reset=True)
         note = ""
+        outcome: dict[str, Any] = {}
+        cpu_before = daemon.cpu_seconds() if daemon else 0.0
         try:
-            seconds: float | None = action()
+            answer = action()
+            outcome = answer if isinstance(answer, dict) else {"seconds": answer}
         except Failed as error:
-            seconds, note = None, str(error)
+            note = str(error)
             self.findings.append(f"{system}, {workload}, {self.run_label}: {note}")
+        if daemon and outcome:
+            outcome["cpu_seconds"] = daemon.cpu_seconds() - cpu_before
         stats = server.stats(reset=True)
-        sample = Sample(seconds, stats["requests"], stats["bytes_out"], note)
+        seconds = outcome.get("seconds")
+        sample = Sample(seconds, stats["requests"], stats["bytes_out"], note, outcome.get("bytes", 0),
+                        outcome.get("cpu_seconds"))
         self.samples[workload][system].append(sample)
         shown = f"{seconds:8.2f} s" if seconds is not None else f"  FAILED ({note})"
         log(f"{self.run_label:>9} {system:12} {workload:16} {shown}  {sample.total_requests:6d} req "
@@ -187,9 +199,10 @@ class Bench:
         return not earlier or (earlier[0].seconds is not None and earlier[0].seconds <= self.args.repeat_limit)
 
     @contextmanager
-    def mount(self, system: str, target: Target, role: str, prefetch: bool = True) -> Iterator[Mounted]:
+    def mount(self, system: str, target: Target, role: str, prefetch: bool = True,
+              disk_cache: bool = False) -> Iterator[Mounted]:
         """A fresh mount; on exit its peak memory is kept per role and its log scanned for warnings."""
-        with mounts.mounted(system, target, self.workdir, self.nccidfs, prefetch) as mounted:
+        with mounts.mounted(system, target, self.workdir, self.nccidfs, prefetch, disk_cache) as mounted:
             try:
                 yield mounted
             finally:
@@ -210,8 +223,9 @@ class Bench:
                                 timeout or self.args.timeout)
         return dict(json.loads(stdout.strip().splitlines()[-1]))
 
-    def dd(self, path: Path) -> float:
-        return shell('dd if="$1" of=/dev/null bs=1M status=none', path, timeout=self.args.timeout)[0]
+    def dd(self, path: Path) -> dict[str, Any]:
+        seconds = shell('dd if="$1" of=/dev/null bs=1M status=none', path, timeout=self.args.timeout)[0]
+        return {"seconds": seconds, "bytes": path.stat().st_size}
 
     def count_files(self, expected: int, timeout: float, *find_args: str | Path) -> float:
         seconds, stdout = shell('find "$@" | wc -l', *find_args, timeout=timeout)
@@ -269,7 +283,7 @@ class Bench:
                 self.measure("dcm2niix", system, convert)
         with self.mount(system, self.reading_target(), "read") as mounted:
             big = mounted.path / self.layout.big_path
-            self.measure("big cold", system, lambda: self.dd(big))
+            self.measure("big cold", system, lambda: self.dd(big), daemon=mounted)
             self.measure("big warm", system, lambda: self.dd(big), cold=False)
             self.verify(mounted, self.layout.big_path, "big warm")
             if system == "nccidfs":
@@ -283,6 +297,44 @@ class Bench:
             return
         self.measure("big cold", "cached file", lambda: self.dd(data_files[-1]))
         self.measure("big warm", "cached file", lambda: self.dd(data_files[-1]), cold=False)
+
+    def loader_round(self, system: str) -> None:
+        """The data loader: whole images drawn at random across series, read by 1, 16, 64 workers.
+
+        Each reader count on a fresh mount, cold; at the main count the same files again with the page
+        cache dropped (the daemon's disk cache warm), and, for nccidfs, its cache files read directly
+        by the same workers (the local-disk limit). rclone runs with its full disk cache here.
+        """
+        for threads in self.args.loader_threads:
+            with self.mount(system, self.reading_target(), "loader", disk_cache=True) as mounted:
+                listing = self.workdir / "loader-paths.txt"
+                listing.write_text("\n".join(str(mounted.path / key[len(warehouse.PREFIX):])
+                                             for key in self.loader_keys))
+                run = partial(self.child, "loader", listing, threads)
+                self.measure(f"loader {threads} cold", system, run, daemon=mounted)
+                if threads != self.args.loader_threads[len(self.args.loader_threads) // 2]:
+                    continue
+                self.measure(f"loader {threads} warm", system, run, daemon=mounted)
+                if system == "nccidfs":
+                    cached = self.workdir / "loader-cached.txt"
+                    cached.write_text("\n".join(str(path) for path in mounted.cache_dir.glob("objects/*/*.data")))
+                    self.measure(f"loader {threads} warm", "cached file",
+                                 partial(self.child, "loader", cached, threads))
+
+    def loader_limits(self) -> None:
+        """The SDK floor for the data loader: the same keys, ``get_object().read()`` by as many threads."""
+        assert self.server is not None
+        listing = self.workdir / "loader-keys.txt"
+        listing.write_text("\n".join(self.loader_keys))
+        for threads in self.args.loader_threads:
+            self.measure(f"loader {threads} cold", f"boto3 {threads} threads", partial(
+                self.child, "boto3-loader", self.server.url, self.reading.bucket, listing, threads))
+
+    @property
+    def loader_keys(self) -> list[str]:
+        """The images the data loader reads: drawn once, the same for every system and run."""
+        keys = list(self.layout.image_keys)
+        return random.Random(self.reading.seed).sample(keys, min(self.args.loader_files, len(keys)))
 
     def limits_round(self) -> None:
         """The same objects without a filesystem: aws-cli and boto3 straight to the server."""
@@ -300,6 +352,7 @@ class Bench:
             [*aws, "cp", f"s3://{bucket}/{self.layout.big_key}", str(scratch / "big-cp")], self.args.timeout)[0])
         self.measure("big cold", "boto3", lambda: float(
             self.child("boto3-file", url, bucket, self.layout.big_key, scratch / "big-boto3")["seconds"]))
+        self.measure("big cold", "boto3 get", partial(self.child, "boto3-get", url, bucket, self.layout.big_key))
         shutil.rmtree(scratch, ignore_errors=True)
 
     def listing_round(self, system: str) -> None:
@@ -348,9 +401,11 @@ class Bench:
 
 def _specs(quick: bool) -> tuple[warehouse.ReadingSpec, warehouse.WideSpec]:
     if quick:
-        return (warehouse.ReadingSpec("bench-read-quick", slices=40, big_mib=32, clinical_files=50),
+        return (warehouse.ReadingSpec("bench-read-quick", slices=40, big_mib=32, clinical_files=50, loader_ct_series=4,
+                                      loader_slices=10, loader_xrays=3, xray_mib=2),
                 warehouse.WideSpec("bench-wide-quick", patients=100, ct_patients=10, slices_per_series=40))
-    return (warehouse.ReadingSpec("bench-read", slices=200, big_mib=100, clinical_files=300),
+    return (warehouse.ReadingSpec("bench-read", slices=200, big_mib=100, clinical_files=300, loader_ct_series=16,
+                                  loader_slices=48, loader_xrays=12),
             warehouse.WideSpec("bench-wide", patients=2000, ct_patients=250, slices_per_series=400))
 
 
@@ -415,7 +470,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listing-runs", type=int, default=1, help="runs of the listing workloads (default 1)")
     parser.add_argument("--quick", action="store_true", help="a small warehouse and one run: a smoke test")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="filesystems to measure (default: all)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: read,limits,listing")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: read,loader,limits,listing")
+    parser.add_argument("--loader-threads", default="1,16,64",
+                        help="reader counts of the data-loader workload; the middle one is also read warm")
+    parser.add_argument("--loader-files", type=int, help="images the data loader reads (default 400, quick 60)")
     parser.add_argument("--synth", action="store_true", help="also walk ct-metadata on shared/scale/synths3.py")
     parser.add_argument("--scale-list", default="0.01,0.1", help="synths3 scales for --synth (default 0.01,0.1)")
     parser.add_argument("--shared-dir", type=Path, default=REPO.parent / "shared",
@@ -430,6 +488,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     args.missing_names = 100 if args.quick else 1000
+    args.loader_threads = [int(n) for n in args.loader_threads.split(",") if n]
+    args.loader_files = args.loader_files or (60 if args.quick else 400)
     args.systems = [s for s in args.systems.split(",") if s]
     args.skip = {s for s in args.skip.split(",") if s}
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -471,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"S3 server at {server.url}, latency {args.latency_ms:g} ms; systems: {', '.join(systems)}")
             for run in range(1, args.runs + 1):
                 bench.run_label = f"run {run}/{args.runs}"
+                if "loader" not in args.skip:
+                    for system in systems:
+                        bench.loader_round(system)
+                    if "limits" not in args.skip:
+                        bench.loader_limits()
                 if "read" not in args.skip:
                     for system in systems:
                         bench.read_round(system)
@@ -498,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
             "reading": {"bucket": reading.bucket, "slices": len(bench.layout.slices),
                         "slice_bytes": _slice_bytes(root, bench), "big_bytes": _big_bytes(root, bench),
                         "clinical_files": reading.clinical_files},
+            "loader": {"files": len(bench.loader_keys), "series": 1 + len(bench.layout.loader_series),
+                       "bytes": sum((root / reading.bucket / key).stat().st_size for key in bench.loader_keys),
+                       "threads": args.loader_threads},
             "wide": {"bucket": wide.bucket, "patients": wide.patients, "ct_patients": wide.ct_patients,
                      "objects": wide.objects, "missing_names": args.missing_names},
         }
@@ -506,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(result.markdown)
     (args.out / "results.json").write_text(json.dumps(result.document, indent=1))
+    try:
+        import plot
+        plot.draw(result.document, args.out / "results.png")
+        log(f"drew {_shown(args.out / 'results.png')}")
+    except ImportError:
+        log("matplotlib is not installed (pip install -e .[bench]): no plot drawn")
     log(f"wrote {_shown(args.out / 'results.md')} and results.json in {elapsed:.0f}s")
     return 0
 

@@ -41,10 +41,17 @@ UPLOAD_THREADS = 8
 
 @dataclass(frozen=True)
 class ReadingSpec:
+    """The main CT series, the large object and clinical files; then the data loader's series: more CT
+    series and single-image X-ray series, drawn from at random by the data-loader workload."""
+
     bucket: str
     slices: int
     big_mib: int
     clinical_files: int
+    loader_ct_series: int = 0
+    loader_slices: int = 0
+    loader_xrays: int = 0
+    xray_mib: int = 6
     seed: int = 1
 
 
@@ -80,6 +87,14 @@ class ReadingLayout:
     slices: tuple[Slice, ...]
     big_key: str
     clinical_keys: tuple[str, ...]
+    # The data loader's other series: CT series with slices, X-ray series with their one image as big_key.
+    loader_series: tuple[ReadingLayout, ...] = ()
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        """Every image a data loader draws from: the slices of all CT series and the X-rays, not the large object."""
+        keys = [item.key for series in (self, *self.loader_series) for item in series.slices]
+        return tuple(keys + [series.big_key for series in self.loader_series if not series.slices])
 
     @property
     def series_prefix(self) -> str:
@@ -107,18 +122,37 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def plan_reading(spec: ReadingSpec) -> ReadingLayout:
-    """The keys of the reading warehouse; files sort by UUID while InstanceNumber is acquisition order."""
-    rng = random.Random(spec.seed)
-    patient, study, series = "Covid1001", _uid(rng), _uid(rng)
+def _ct_series(rng: random.Random, patient: str, count: int) -> tuple[str, str, tuple[Slice, ...]]:
+    """A CT series' UIDs and slices; files sort by UUID while InstanceNumber is acquisition order."""
+    study, series = _uid(rng), _uid(rng)
     prefix = f"{PREFIX}ct/{patient}/{study}/{series}/"
-    slices = tuple(sorted((Slice(f"{prefix}{_uuid(rng)}.dcm", n + 1, -n * 1.25) for n in range(spec.slices)),
+    slices = tuple(sorted((Slice(f"{prefix}{_uuid(rng)}.dcm", n + 1, -n * 1.25) for n in range(count)),
                           key=lambda s: s.key))
-    big_key = f"{PREFIX}xray/{patient}/{_uid(rng)}/{_uid(rng)}/{_uuid(rng)}.dcm"
+    return study, series, slices
+
+
+def _xray_key(rng: random.Random, patient: str) -> str:
+    return f"{PREFIX}xray/{patient}/{_uid(rng)}/{_uid(rng)}/{_uuid(rng)}.dcm"
+
+
+def plan_reading(spec: ReadingSpec) -> ReadingLayout:
+    """The keys of the reading warehouse."""
+    rng = random.Random(spec.seed)
+    patient = "Covid1001"
+    study, series, slices = _ct_series(rng, patient, spec.slices)
+    big_key = _xray_key(rng, patient)
     start = dt.date(2020, 3, 1)
     clinical = tuple(f"{PREFIX}data/Covid{1001 + n}/status_{start + dt.timedelta(days=n % 700)}.json"
                      for n in range(spec.clinical_files))
-    return ReadingLayout(patient, study, series, slices, big_key, clinical)
+    loader = []
+    for n in range(spec.loader_ct_series):
+        other = f"Covid{2001 + n}"
+        loader.append(ReadingLayout(other, *_ct_series(rng, other, spec.loader_slices), "", ()))
+    for n in range(spec.loader_xrays):
+        other = f"Covid{3001 + n}"
+        key = _xray_key(rng, other)
+        loader.append(ReadingLayout(other, key.split("/")[-3], key.split("/")[-2], (), key, ()))
+    return ReadingLayout(patient, study, series, slices, big_key, clinical, tuple(loader))
 
 
 def _header(layout: ReadingLayout, modality: str, sop_class: str, sop_uid: str) -> Dataset:
@@ -182,10 +216,13 @@ def reading_uploads(spec: ReadingSpec, layout: ReadingLayout) -> Iterator[Callab
     """Tasks that each make a few (key, body) pairs on demand, so memory stays small while uploading."""
     base = _phantom()
 
-    def slice_pair(item: Slice) -> list[tuple[str, bytes]]:
+    def slice_pair(item: Slice, series: ReadingLayout = layout) -> list[tuple[str, bytes]]:
         noise = np.random.default_rng([spec.seed, item.number]).integers(-20, 21, size=base.shape)
-        body, metadata = ct_slice(layout, item, np.clip(base + noise, 0, 4095).astype(np.uint16))
-        return [(item.key, body), (layout.metadata_key(item), metadata.encode())]
+        body, metadata = ct_slice(series, item, np.clip(base + noise, 0, 4095).astype(np.uint16))
+        return [(item.key, body), (series.metadata_key(item), metadata.encode())]
+
+    def xray(series: ReadingLayout, n: int) -> list[tuple[str, bytes]]:
+        return [(series.big_key, big_xray(series, spec.xray_mib, np.random.default_rng([spec.seed, n])))]
 
     def clinical(n: int, key: str) -> list[tuple[str, bytes]]:
         record = {"Pseudonym": key.split("/")[2], "SubmittingCentre": "Centre A", "Covid_code": "No",
@@ -197,6 +234,11 @@ def reading_uploads(spec: ReadingSpec, layout: ReadingLayout) -> Iterator[Callab
     for n, key in enumerate(layout.clinical_keys):
         yield partial(clinical, n, key)
     yield lambda: [(layout.big_key, big_xray(layout, spec.big_mib, np.random.default_rng(spec.seed)))]
+    for n, series in enumerate(layout.loader_series):
+        if series.slices:
+            yield from (partial(slice_pair, item, series) for item in series.slices)
+        else:
+            yield partial(xray, series, n)
 
 
 def _marker(root: Path, bucket: str) -> Path:

@@ -9,6 +9,9 @@ command prints one JSON object on its last line; ``seconds`` is the time of the 
     python bench/workloads.py md5 PATH...
     python bench/workloads.py boto3-prefix ENDPOINT BUCKET PREFIX
     python bench/workloads.py boto3-file ENDPOINT BUCKET KEY DEST
+    python bench/workloads.py boto3-get ENDPOINT BUCKET KEY
+    python bench/workloads.py loader LISTFILE THREADS
+    python bench/workloads.py boto3-loader ENDPOINT BUCKET LISTFILE THREADS
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +73,12 @@ def md5(*paths: str) -> dict[str, Any]:
     return {"seconds": time.monotonic() - started, "md5": digests}
 
 
-def _client(endpoint: str) -> Any:
+def _client(endpoint: str, connections: int = 10) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+    return boto3.client("s3", endpoint_url=endpoint,
+                        config=Config(s3={"addressing_style": "path"}, max_pool_connections=connections))
 
 
 def boto3_prefix(endpoint: str, bucket: str, prefix: str) -> dict[str, Any]:
@@ -98,9 +103,54 @@ def boto3_file(endpoint: str, bucket: str, key: str, dest: str) -> dict[str, Any
     return {"seconds": time.monotonic() - started, "bytes": Path(dest).stat().st_size}
 
 
+def boto3_get(endpoint: str, bucket: str, key: str) -> dict[str, Any]:
+    """One ``get_object().read()``: a single stream, the floor a reader of one large object should reach."""
+    client = _client(endpoint)
+    started, cpu = time.monotonic(), _cpu()
+    size = len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return {"seconds": time.monotonic() - started, "bytes": size, "cpu_seconds": _cpu() - cpu}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all threads, user and system."""
+    times = os.times()
+    return times.user + times.system
+
+
+def _threads(listfile: str, threads: str, read: Callable[[str], int]) -> dict[str, Any]:
+    """Read every item listed (a line each) with ``threads`` workers, as a training job's data loader does;
+    time and CPU of it."""
+    items = [line for line in Path(listfile).read_text().splitlines() if line]
+    started, cpu = time.monotonic(), _cpu()
+    with ThreadPoolExecutor(int(threads)) as pool:
+        total = sum(pool.map(read, items))
+    return {"seconds": time.monotonic() - started, "bytes": total, "files": len(items), "cpu_seconds": _cpu() - cpu}
+
+
+def loader(listfile: str, threads: str) -> dict[str, Any]:
+    """Whole files, one after another per worker, in the order of ``listfile`` (drawn at random)."""
+    def read(path: str) -> int:
+        total = 0
+        buffer = bytearray(CHUNK)
+        with open(path, "rb", buffering=0) as handle:
+            while count := handle.readinto(buffer):
+                total += count
+        return total
+    return _threads(listfile, threads, read)
+
+
+def boto3_loader(endpoint: str, bucket: str, listfile: str, threads: str) -> dict[str, Any]:
+    """The same keys with ``get_object().read()`` from one client shared by the workers: the SDK floor."""
+    client = _client(endpoint, int(threads))
+
+    def read(key: str) -> int:
+        return len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return _threads(listfile, threads, read)
+
+
 COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
     "headers": headers, "stat-missing": stat_missing, "md5": md5, "boto3-prefix": boto3_prefix,
-    "boto3-file": boto3_file,
+    "boto3-file": boto3_file, "boto3-get": boto3_get, "loader": loader, "boto3-loader": boto3_loader,
 }
 
 
