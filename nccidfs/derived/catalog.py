@@ -57,7 +57,8 @@ _SERIES_TAGS = (
 )  # fmt: skip
 PATIENT_COLUMNS = ("Patient_ID", "filename_covid_status", "filename_earliest_date", "filename_latest_date",
                    "latest_file")  # fmt: skip
-_CLINICAL_NAME = re.compile(r"(?P<kind>data|status)_(?P<date>\d{4}-\d{2}-\d{2})\.json")
+# NHSX match the prefix whatever its case (Data_, Status_): so do we.
+_CLINICAL_NAME = re.compile(r"(?P<kind>data|status)_(?P<date>\d{4}-\d{2}-\d{2})\.json", re.IGNORECASE)
 _SEGMENTATION = ("OtherDataSources", "SegmentationData")
 
 
@@ -129,7 +130,7 @@ def _patient_row(patient: str, files: Sequence[tuple[str, bytes]]) -> Row | None
         match = _CLINICAL_NAME.fullmatch(name)
         date = _date(match["date"]) if match else None
         if match and date:
-            dated.append((date, match["kind"], name, body))
+            dated.append((date, match["kind"].lower(), name, body))
     if not dated:
         return None
     positive = any(kind == "data" for _, kind, _, _ in dated)

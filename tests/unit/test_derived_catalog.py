@@ -176,3 +176,8 @@ def test_patients_csv_is_the_same_bytes_in_any_input_order(warehouse: list[DemoO
     items = list(clinical.items())
     random.Random(order).shuffle(items)
     assert patients_csv(patients_rows(dict(items))) == patients_csv(patients_rows(clinical))
+
+
+def test_clinical_file_prefixes_match_whatever_their_case_as_nhsx_do() -> None:
+    rows = patients_rows({"Covid9": [("Status_2020-01-01.json", b'{"a": 1}'), ("DATA_2020-02-02.json", b'{"a": 2}')]})
+    assert rows[0]["filename_covid_status"] == "True" and rows[0]["latest_file"] == "DATA_2020-02-02.json"
