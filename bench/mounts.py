@@ -107,7 +107,9 @@ class Nccidfs:
         return fingerprint(self.source / "nccidfs")
 
     def argv(self, *arguments: str) -> list[str]:
-        return [sys.executable, "-m", "nccidfs", *arguments]
+        # -P: ``python -m`` would otherwise put the working directory first on sys.path, and run from the
+        # repository it would import the work tree's nccidfs instead of this copy.
+        return [sys.executable, "-P", "-m", "nccidfs", *arguments]
 
     def env(self) -> dict[str, str]:
         return {**tool_env(), "PYTHONPATH": str(self.source)}
