@@ -3,8 +3,12 @@
 - A read waits only for the blocks it needs; they are fetched in the caller's priority pool as one
   ranged GET per missing run (single flight: a block already being fetched is waited for, not fetched
   again).
-- A sequential reader gets a read-ahead window that starts at ``initial_window`` and doubles up to
-  ``max_window``, fetched in the background as parallel GETs of at most ``part_size``.
+- A reader of the whole file (a first read of :data:`WHOLE_READ` or more from offset 0) gets an object of
+  up to ``part_size`` in one GET, checked against its MD5 in memory before any byte is served, and a
+  larger object a read-ahead window of four parts at once.
+- Any other sequential reader gets a read-ahead window that starts at ``initial_window``; windows double
+  up to ``max_window``, fetched in the background as parallel GETs of at most ``part_size``.
+- Bytes just fetched are served from memory; only other reads go to the cache file.
 - Every wait is bounded: by the part's own deadline (fixed when its GET starts, so a second reader of a
   stalled part does not wait a whole deadline again) and by what is left of the FUSE call's deadline.
 - A failed fetch is remembered for a moment, so the kernel's immediate retry fails at once.
