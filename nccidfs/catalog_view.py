@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_FOLDERS = ("ct", "mri", "xray")
 CLINICAL = "data"
-WORKERS = 8
+# Patients in flight: the catalog waits on S3 far more than it computes.
+WORKERS = 32
 
 
 class CatalogBuilder:
