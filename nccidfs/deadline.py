@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 _local = threading.local()
 
 
-@contextmanager
-def bounded(seconds: float) -> Iterator[None]:
-    """Give the calling thread ``seconds`` for everything inside; nested calls keep the outer deadline."""
-    outer: float | None = getattr(_local, "until", None)
-    if outer is None:
-        _local.until = time.monotonic() + seconds
-    try:
-        yield
-    finally:
-        if outer is None:
+class bounded:  # noqa: N801 - used as a function: ``with deadline.bounded(30):``
+    """Give the calling thread ``seconds`` for everything inside; nested calls keep the outer deadline.
+
+    A class rather than a generator-based context manager: it wraps every FUSE call, so its cost counts.
+    """
+
+    __slots__ = ("_seconds", "_outermost")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._outermost = False
+
+    def __enter__(self) -> None:
+        if getattr(_local, "until", None) is None:
+            _local.until = time.monotonic() + self._seconds
+            self._outermost = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._outermost:
             _local.until = None
 
 
