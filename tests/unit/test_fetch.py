@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from nccidfs.cache import DiskCache
 from nccidfs.cachedir import prepare
 from nccidfs.config import ReadConfig
-from nccidfs.errors import ObjectChanged, TransientError
-from nccidfs.fetch import Fetcher, ReadCursor
+from nccidfs.errors import CorruptData, ObjectChanged, TransientError
+from nccidfs.fetch import WHOLE_READ, Fetcher, ReadCursor
 from tests.fakes import MemoryStore
 
 BLOCK = 4096
@@ -119,3 +119,37 @@ def test_a_replaced_object_is_an_error_not_mixed_bytes(tmp_path: Path) -> None:
     store.objects[KEY] = b"new" + BODY
     with pytest.raises(ObjectChanged):
         fetcher.read(entry, BLOCK * 10, 10)
+
+
+def test_a_whole_file_reader_gets_a_small_object_in_one_get(tmp_path: Path) -> None:
+    small = BODY[:BLOCK * 6 + 7]  # fits in one part (8 blocks)
+    store = MemoryStore({KEY: small})
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    cursor = ReadCursor()
+    assert fetcher.read(entry, 0, WHOLE_READ, cursor) == small
+    assert store.ranges == [(KEY, 0, len(small))]
+    assert entry.is_complete() and entry.verified  # checked against its MD5 on the way in
+    cache.unpin(entry)
+    fetcher.shutdown()
+
+
+class ZeroingStore(MemoryStore):
+    """Sends zeros of the right length for the right ETag: bytes damaged on the way."""
+
+    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        return bytes(len(super().get_range(key, start, end, etag)))
+
+
+def test_an_object_whose_bytes_miss_their_md5_is_an_error_and_not_cached(tmp_path: Path) -> None:
+    store = ZeroingStore({KEY: BODY[:BLOCK * 6 + 7]})
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    discarded: list[str] = []
+    fetcher.on_discard = discarded.append
+    with pytest.raises(CorruptData):
+        fetcher.read(entry, 0, WHOLE_READ, ReadCursor())
+    assert discarded == [KEY]
+    assert entry.cached_bytes == 0 and not list((tmp_path / "cache").rglob("*.data"))
+    cache.unpin(entry)
+    fetcher.shutdown()
