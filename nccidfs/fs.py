@@ -71,6 +71,7 @@ Invalidator = Callable[[str, float], None]
 # right after agrees with the bytes read; a read never waits (the kernel may hold the page it asks for).
 OPEN_INVALIDATION_WAIT = 0.2
 WHOLE_FILE_READ = 256 * 1024
+CONTROL_PATH = "/" + CONTROL
 
 
 class FileSystem:
@@ -114,10 +115,11 @@ class FileSystem:
 
     # -- names ----------------------------------------------------------------------------------
     def _virtual(self, path: str) -> list[str] | None:
-        """Path components below ``/.nccidfs`` for a virtual path, None for the mirrored tree."""
-        parts = split_path(path)
-        if not parts or parts[0] != CONTROL:
+        """Path components below ``/.nccidfs`` for a virtual path, None for the mirrored tree (told apart
+        by a prefix test: this runs on every call of a walk)."""
+        if not path.startswith(CONTROL_PATH) or path[len(CONTROL_PATH):len(CONTROL_PATH) + 1] not in ("", "/"):
             return None
+        parts = split_path(path)
         if CONTROL in self.namespace.list("/"):
             if not self._collision_logged:
                 self._collision_logged = True

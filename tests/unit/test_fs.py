@@ -234,3 +234,11 @@ def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(tmp_path
         assert time.monotonic() < give_up, invalidated
         time.sleep(0.01)
     assert filesystem.lookup(path).size == 10
+
+
+def test_a_name_that_only_begins_like_the_control_folder_is_mirrored(tmp_path: Path) -> None:
+    store = FailingStore({**KEYS, "training/.nccidfs-old/x.txt": b"kept"})
+    filesystem = make_fs(tmp_path, store, folders=None)
+    assert ".nccidfs-old" in [e.name for e in filesystem.readdir("/")]
+    assert read_all(filesystem, "/.nccidfs-old/x.txt") == b"kept"
+    assert filesystem.lookup("/.nccidfs/status.json").size > 0
