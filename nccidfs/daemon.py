@@ -75,7 +75,7 @@ def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCach
                    read: ReadConfig, timeout: float) -> CatalogBuilder:
     """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
     returns the catalog's builder, which ``nccidfs catalog build`` drives."""
-    reader = ObjectReader(cache, fetcher, timeout)
+    reader = ObjectReader(fetcher, timeout)
     generated = Generated(cache, read, timeout, f"{CONTROL}/")
     catalog = CatalogBuilder(namespace, reader)
     control.register("patients", PatientView(namespace))

@@ -59,18 +59,13 @@ IMAGE, TWIN = ".dcm", ".json"
 class ObjectReader:
     """Whole objects through the cache, many at once, within what is left of the calling FUSE call."""
 
-    def __init__(self, cache: DiskCache, fetcher: Fetcher, timeout: float) -> None:
-        self._cache = cache
+    def __init__(self, fetcher: Fetcher, timeout: float) -> None:
         self._fetcher = fetcher
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="derive")
 
     def _read(self, obj: ObjectInfo) -> bytes:
-        entry = self._cache.pin(obj)
-        try:
-            return self._fetcher.read(entry, 0, obj.size)
-        finally:
-            self._cache.unpin(entry)
+        return self._fetcher.read_start(obj, obj.size)
 
     def read_many(self, objects: Sequence[ObjectInfo]) -> list[bytes]:
         futures = [self._pool.submit(self._read, obj) for obj in objects]

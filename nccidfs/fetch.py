@@ -35,6 +35,7 @@ from nccidfs import deadline
 from nccidfs.cache import CacheEntry, DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.errors import CorruptData, NccidfsError, TransientError
+from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,14 @@ class Fetcher:
                 with self._parts_lock:
                     self._failures[entry.digest] = error
             raise
+
+    def read_start(self, obj: ObjectInfo, size: int) -> bytes:
+        """The first ``size`` bytes of an object that no file handle holds open, pinned while read."""
+        entry = self._cache.pin(obj)
+        try:
+            return self.read(entry, 0, size)
+        finally:
+            self._cache.unpin(entry)
 
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
         """Fetch the missing blocks of ``[first, last)`` in the background pool; returns bytes downloaded."""

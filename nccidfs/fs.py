@@ -79,7 +79,7 @@ class FileSystem:
         self.namespace = namespace
         self.cache = cache
         self.fetcher = fetcher
-        self.tags = TagReader(namespace, cache, fetcher)
+        self.tags = TagReader(namespace, fetcher)
         self.control = ControlFolder(namespace.mount_time)
         self._handles: dict[int, OpenFile] = {}
         self._next_handle = itertools.count(1)

@@ -16,7 +16,6 @@ import threading
 
 from cachetools import LRUCache
 
-from nccidfs.cache import DiskCache
 from nccidfs.dicom import tags_from_dicom_header, tags_from_metadata_json
 from nccidfs.errors import AccessDenied, NotFound
 from nccidfs.fetch import Fetcher
@@ -42,9 +41,8 @@ def metadata_twin(path: str) -> str | None:
 
 
 class TagReader:
-    def __init__(self, namespace: Namespace, cache: DiskCache, fetcher: Fetcher) -> None:
+    def __init__(self, namespace: Namespace, fetcher: Fetcher) -> None:
         self._namespace = namespace
-        self._cache = cache
         self._fetcher = fetcher
         self._lock = threading.Lock()
         self._tags: LRUCache[tuple[str, str], dict[str, str]] = LRUCache(maxsize=4096)
@@ -66,11 +64,7 @@ class TagReader:
         return tags
 
     def _read(self, obj: ObjectInfo, size: int) -> bytes:
-        entry = self._cache.pin(obj)
-        try:
-            return self._fetcher.read(entry, 0, size)
-        finally:
-            self._cache.unpin(entry)
+        return self._fetcher.read_start(obj, size)
 
     def _from_twin(self, twin: str) -> dict[str, str] | None:
         try:

@@ -304,7 +304,7 @@ def test_tags_read_at_most_a_mebibyte_of_a_huge_twin_or_a_huge_non_dicom(
     store = MemoryStore({"training/ct/P/S/E/a.dcm": image.dicom, "training/ct-metadata/P/S/E/a.json": huge,
                          "training/ct/P/S/E/b.dcm": huge, "training/ct-metadata/P/S/E/b.json": huge})
     cache = DiskCache(tmp_path, 1 << 26, "b", 32 * 1024)
-    reader = TagReader(Twins(store), cache, Fetcher(store, cache, ReadConfig(), 5.0))  # type: ignore[arg-type]
+    reader = TagReader(Twins(store), Fetcher(store, cache, ReadConfig(), 5.0))  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="nccidfs.xattrs"):
         for _ in range(2):
             # A twin over the bound is not read at all; the header still gives the image's tags.
