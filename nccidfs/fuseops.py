@@ -34,9 +34,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 LOOP_ENDED_BY_SIGNAL = 8
 KERNEL_NEGATIVE_TIMEOUT = 1.0
-# FUSE worker threads (libfuse's own default), and as many kept idle: libfuse 3.14 logs "Ignoring invalid max
-# threads value 4294967295" on every mount when max_idle_threads is left unset (-1).
-MAX_THREADS = 10
+# FUSE worker threads, and as many kept idle: each read waiting on S3 holds one, so libfuse's default of 10
+# would cap a data loader's readers at 10. (libfuse 3.14 logs "Ignoring invalid max threads value
+# 4294967295" on every mount when max_idle_threads is left unset.)
+MAX_THREADS = 64
+# Reads the kernel sends without waiting for earlier ones (read-ahead is such a read); its default of 12
+# would queue the 13th reader of a cold file in the kernel behind the others' GETs.
+MAX_BACKGROUND = 64
 LINK_MODE = stat.S_IFLNK | 0o777
 
 
@@ -133,7 +137,10 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
                          st_blocks=-(-entry.size // 512))
         return attrs
 
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            conn.max_background = MAX_BACKGROUND
+            conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
         log.info("mounted (libfuse %d)", libfuse_version())
         self._invalidator.start()
         self._fs.set_invalidator(self._invalidator)

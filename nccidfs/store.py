@@ -105,37 +105,30 @@ def classify(error: Exception, what: str) -> NccidfsError:
     return TransientError(f"{what}: {code}")
 
 
-# The headers of a successful GET that nccidfs reads; botocore parses every other one it models (dates
-# among them) on every request, for nothing.
-_GET_HEADERS = frozenset(("content-length", "content-range", "etag"))
-
-
-def _lean_get_headers(response_dict: dict[str, Any], **_: Any) -> None:
-    """botocore ``before-parse.s3.GetObject`` hook: drop the headers of a successful GET that go unread."""
-    if 200 <= response_dict.get("status_code", 0) < 300:
-        headers = response_dict["headers"]
-        for name in [name for name in headers if name.lower() not in _GET_HEADERS]:
-            del headers[name]
-
-
 class Boto3Store:
-    """:class:`ObjectStore` over boto3, with botocore's standard retries and short timeouts."""
+    """:class:`ObjectStore` over boto3 (listings) and :class:`~nccidfs.s3get.RangeGetter` (GETs), with short
+    timeouts and retries until the deadline."""
 
     def __init__(self, config: S3Config, max_attempts: int = 3) -> None:
         import boto3
+        import botocore.session
         from botocore.config import Config as BotoConfig
         from botocore.exceptions import ProfileNotFound
+
+        from nccidfs.s3get import RangeGetter
 
         self.bucket = config.bucket
         self.stats = RequestStats()
         self._deadline = config.deadline
         # One attempt means "fail fast": the start-up probe must report an unreachable endpoint in seconds.
         self._retry = max_attempts > 1
+        core = botocore.session.Session()
         try:
-            session = boto3.session.Session(profile_name=config.profile)
+            session = boto3.session.Session(botocore_session=core, profile_name=config.profile)
         except ProfileNotFound:
             raise ConfigError(f"AWS profile {config.profile!r} not found in the AWS config files") from None
-        if session.get_credentials() is None:
+        credentials = session.get_credentials()
+        if credentials is None:
             raise ConfigError("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                               "use --profile, or configure ~/.aws/credentials")
         boto_config = BotoConfig(
@@ -154,7 +147,9 @@ class Boto3Store:
         self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
         # First: before botocore parses the whole page again to look for an error (see listparse).
         self._client.meta.events.register_first("before-parse.s3.ListObjectsV2", take_page)
-        self._client.meta.events.register("before-parse.s3.GetObject", _lean_get_headers)
+        self._getter = RangeGetter(self._client, credentials, self.bucket, connect_timeout=config.connect_timeout,
+                                   read_timeout=config.read_timeout, max_connections=config.max_connections,
+                                   verify=core.get_config_variable("ca_bundle") or True)
 
     def _retrying(self, kind: str, what: str, call: Callable[[], T], deadline: float | None = None) -> T:
         """Run ``call`` until it succeeds, fails for good, or the deadline passes (then TransientError).
@@ -274,18 +269,17 @@ class Boto3Store:
             nonlocal got
             begin = start + got
             started = time.monotonic()
-            response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={begin}-{end - 1}",
-                                               IfMatch=f'"{etag}"')
-            if response.get("ContentLength", 0) > end - begin:
-                response["Body"].close()
-                raise CorruptData(f"get {key}: more bytes than asked for")
+            body = self._getter.open(key, begin, end, etag)
             before = got
             try:
-                while got < end - start and (piece := response["Body"].read(min(BODY_PIECE, end - start - got))):
+                while got < end - start and (piece := body.read(min(BODY_PIECE, end - start - got))):
                     pieces.append(piece)
                     got += len(piece)
             finally:
                 self.stats.record("GetObject", got - before)
+                if got != end - start:
+                    body.close()
+                body.release_conn()
             log.debug("GET %s bytes=%d-%d -> %d bytes %.3fs", key, begin, end - 1, got - before,
                       time.monotonic() - started)
             if got != end - start:

@@ -8,6 +8,11 @@ It answers ListObjectsV2 and ranged GETs for one bucket (path-style, signatures 
 - ``notoken/``: the first page says it is truncated but gives no continuation token;
 - ``malformed/``: one ``<Contents>`` has no ``<Size>`` and the next has two.
 
+GETs of objects whose name starts with one of :data:`BAD_GETS` misbehave too: ``wrongrange`` answers a
+range with bytes from the object's start, ``norange`` answers with the whole object and status 200,
+``otheretag`` ignores If-Match and names another ETag, and ``bigerror`` answers 500 with an error body of
+:data:`BIG_ERROR` bytes.
+
 Standard library only, so that it cannot share a bug with the S3 libraries under test.
 """
 
@@ -27,6 +32,8 @@ PREFIX = "training/"
 BAD_FOLDERS = ("endless", "drip", "notoken", "malformed")
 _STAMP = "2020-05-01T12:00:00.000Z"
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+BAD_GETS = ("wrongrange", "norange", "otheretag", "bigerror")
+BIG_ERROR = 8 * 1024**2
 
 
 def _contents(key: str, body: bytes, etag: str | None = None) -> str:
@@ -135,8 +142,18 @@ class HostileS3:
                 match = _RANGE.fullmatch(self.headers.get("Range", ""))
                 start = int(match.group(1)) if match else 0
                 end = min(int(match.group(2)) + 1 if match and match.group(2) else len(body), len(body))
-                self._send(206 if match else 200, body[start:end], {
-                    "ETag": f'"{server._etags[key]}"', "Last-Modified": "Fri, 01 May 2020 12:00:00 GMT",
+                status, etag, name = 206 if match else 200, server._etags[key], key.rsplit("/", 1)[-1]
+                if name.startswith("bigerror"):
+                    self._send(500, b"<Error><Code>InternalError</Code>" + b" " * BIG_ERROR + b"</Error>")
+                    return
+                if name.startswith("wrongrange"):
+                    start, end = 0, end - start
+                elif name.startswith("norange"):
+                    status, start, end = 200, 0, len(body)
+                elif name.startswith("otheretag"):
+                    etag = hashlib.md5(b"another version").hexdigest()
+                self._send(status, body[start:end], {
+                    "ETag": f'"{etag}"', "Last-Modified": "Fri, 01 May 2020 12:00:00 GMT",
                     "Content-Range": f"bytes {start}-{end - 1}/{len(body)}"})
 
         return Handler

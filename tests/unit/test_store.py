@@ -108,3 +108,33 @@ def test_the_deadline_covers_all_pages_of_a_listing_together(hostile: HostileS3)
 def test_the_same_server_still_lists_a_sane_folder(hostile: HostileS3) -> None:
     listing = hostile_store(hostile).list_dir(f"{PREFIX}data/Covid1/")
     assert [(o.key, o.size) for o in listing.objects] == [(f"{PREFIX}data/Covid1/status.json", 2)]
+
+
+@pytest.mark.parametrize(("name", "error", "message"), [
+    ("wrongrange.dcm", CorruptData, "another range"),
+    ("norange.dcm", CorruptData, "more bytes than asked for"),
+    ("otheretag.dcm", ObjectChanged, "object changed"),
+])
+def test_a_get_answered_with_other_bytes_than_asked_for_fails(
+        monkeypatch: pytest.MonkeyPatch, name: str, error: type[Exception], message: str) -> None:
+    for variable, value in CREDENTIALS.items():
+        monkeypatch.setenv(variable, value)
+    key, body = f"{PREFIX}data/Covid1/{name}", bytes(range(256)) * 40
+    with HostileS3({key: body}, "hostile-bucket") as server:
+        with pytest.raises(error, match=message):
+            hostile_store(server).get_range(key, 100, 200, hashlib.md5(body).hexdigest())
+
+
+def test_a_huge_error_answer_is_classified_from_its_start_and_retried_until_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the start of an 8 MiB error body is read (for its code); the GET is retried, then fails."""
+    for variable, value in CREDENTIALS.items():
+        monkeypatch.setenv(variable, value)
+    key, body = f"{PREFIX}data/Covid1/bigerror.dcm", b"x" * 1000
+    with HostileS3({key: body}, "hostile-bucket") as server:
+        store = hostile_store(server, deadline=1.5)
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="InternalError"):
+            store.get_range(key, 0, 10, hashlib.md5(body).hexdigest())
+        assert time.monotonic() - started < 4
+        assert store.stats.snapshot()["bytes_fetched"] == 0

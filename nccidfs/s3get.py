@@ -1,0 +1,92 @@
+"""Ranged GETs of objects without the SDK's per-request machinery.
+
+A botocore call costs about 1 ms of interpreter time (event hooks, parameter validation, endpoint rules,
+response parsing) on top of the request itself, and with many readers the interpreter lock makes that
+the daemon's limit. A GET of a byte range needs none of it. The bucket's URL is asked of botocore once,
+so its addressing and endpoint rules still decide it. Each request is signed by botocore's SigV4 signer
+and sent through botocore's own HTTP session, with the same proxies, CA bundle and timeouts as the
+client. The body is then read straight from the connection.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Any
+from urllib.parse import quote
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.httpsession import URLLib3Session
+from botocore.utils import get_environ_proxies
+
+from nccidfs.errors import CorruptData, ObjectChanged
+
+# A key whose presigned URL shows where keys go in the bucket's URLs.
+_PLACEHOLDER_KEY = "nccidfs-placeholder"
+# An error answer is read up to this many bytes for its code; a longer one is cut off, not read through.
+ERROR_BODY_LIMIT = 64 * 1024
+_ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+
+
+class GetError(Exception):
+    """A GET that S3 answered with an error status; ``response`` mimics botocore's for :func:`classify`."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(f"HTTP {status} {code}")
+        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+
+class RangeGetter:
+    """Opens signed ranged GETs pinned to an ETag; the caller reads the body from the returned response."""
+
+    def __init__(self, client: Any, credentials: Any, bucket: str, *, connect_timeout: float,
+                 read_timeout: float, max_connections: int, verify: str | bool) -> None:
+        url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": _PLACEHOLDER_KEY})
+        self._bucket_url = url.split("?", 1)[0][:-len(_PLACEHOLDER_KEY)]
+        self._credentials = credentials
+        self._region = client.meta.region_name
+        keepalive = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+        # (The type stubs of URLLib3Session are narrower than what botocore itself passes it.)
+        options: dict[str, Any] = {"verify": verify, "timeout": (connect_timeout, read_timeout),
+                                   "socket_options": keepalive}
+        self._http = URLLib3Session(proxies=get_environ_proxies(self._bucket_url),
+                                    max_pool_connections=max_connections, **options)
+
+    def open(self, key: str, start: int, end: int, etag: str) -> Any:
+        """The urllib3 response of ``GET key`` for bytes ``[start, end)``, its status and headers checked.
+
+        Raises :class:`GetError` for an error answer, :class:`ObjectChanged` when the server answers for
+        another version, and :class:`CorruptData` when it answers with other bytes than those asked for.
+        """
+        request = AWSRequest("GET", self._bucket_url + quote(key, safe="/~"),
+                             headers={"Range": f"bytes={start}-{end - 1}", "If-Match": f'"{etag}"'})
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        prepared = request.prepare()
+        prepared.stream_output = True
+        raw = self._http.send(prepared).raw
+        try:
+            _check(raw, key, start, end, etag)
+        except BaseException:
+            raw.close()
+            raw.release_conn()
+            raise
+        return raw
+
+
+def _check(raw: Any, key: str, start: int, end: int, etag: str) -> None:
+    if raw.status not in (200, 206):
+        body = raw.read(ERROR_BODY_LIMIT)
+        found = _ERROR_CODE.search(body)
+        raise GetError(raw.status, found.group(1).decode("ascii", "replace") if found else str(raw.status))
+    length = raw.headers.get("Content-Length")
+    if length is not None and (not length.isdigit() or int(length) > end - start):
+        raise CorruptData(f"get {key}: more bytes than asked for")
+    content_range = raw.headers.get("Content-Range")
+    if raw.status == 206 and not (content_range or "").startswith(f"bytes {start}-"):
+        raise CorruptData(f"get {key}: the server sent another range ({content_range}) than bytes {start}-")
+    if raw.status == 200 and start != 0:
+        raise CorruptData(f"get {key}: the server sent the whole object when bytes {start}- were asked for")
+    answered = raw.headers.get("ETag", "").strip('"')
+    if answered and answered != etag:
+        raise ObjectChanged(f"get {key}: object changed since it was listed")
