@@ -308,13 +308,13 @@ class DiskCache:
             entry.pins -= 1
             if entry.pins > 0:
                 return
-            if entry.fd is not None:
-                os.close(entry.fd)
-                entry.fd = None
+            fd, entry.fd = entry.fd, None  # closed outside the lock: no pin is left, so nobody else uses it
             if entry.map_bytes == 0:
                 self._forget(entry)  # never stored anything: leave no trace
             else:
                 self._evict_until(0, other)
+        if fd is not None:
+            os.close(fd)
 
     def _ensure_dir(self, path: Path) -> None:
         """Create a directory of ours; a link in its place is removed, never followed."""

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import TTLCache
@@ -48,12 +48,14 @@ WHOLE_READ = 128 * 1024
 
 @dataclass(eq=False)
 class InflightPart:
-    """A ranged GET under way for blocks ``[first, last)`` of one entry; its future yields the bytes."""
+    """A ranged GET under way for blocks ``[first, last)`` of one entry; its future yields the bytes, which
+    are stored in the cache once ``settled`` is set."""
 
     first: int
     last: int
     future: Future[bytes]
     deadline: float
+    settled: threading.Event = field(default_factory=threading.Event)
 
 
 def _uncovered(first: int, last: int, parts: list[InflightPart]) -> list[tuple[int, int]]:
@@ -158,8 +160,11 @@ class Fetcher:
             self._cache.unpin(entry)
 
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
-        """Fetch the missing blocks of ``[first, last)`` in the background pool; returns bytes downloaded."""
+        """Fetch the missing blocks of ``[first, last)`` in the background pool and wait until they are
+        stored; returns bytes downloaded."""
         parts = self._ensure(entry, first, min(last, entry.block_count), self._background)
+        for part in parts:
+            part.settled.wait(max(0.0, part.deadline - time.monotonic()))
         return sum(len(part.future.result()) for part in parts)
 
     def _read_ahead(self, entry: CacheEntry, offset: int, size: int, end: int, cursor: ReadCursor) -> int:
@@ -234,26 +239,42 @@ class Fetcher:
                     del self._parts[entry.digest]
 
     def _fetch_part(self, entry: CacheEntry, part: InflightPart) -> None:
+        """GET the part, hand its bytes to the readers waiting, then store them.
+
+        The part holds a pin of its own, so a reader that closes the file meanwhile cannot make the entry
+        go away under the write. The readers are served before the write; until the bytes are stored the
+        part stays listed as in flight, so a later reader takes them from it instead of from S3.
+        """
         start, stop = entry.block_span(part.first, part.last)
         with self._counter_lock:
             self._in_flight[id(part)] = (entry.key, stop - start)
+        pinned = self._cache.retain(entry)
         try:
-            data = self._store.get_range(entry.key, start, stop, entry.etag)
-            whole = part.first == 0 and part.last >= entry.block_count
-            if whole and not self._cache.verify_bytes(entry, data):
-                self.on_discard(entry.key)
-                raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
-            stored = self._cache.store(entry, part.first, data)
+            try:
+                data = self._store.get_range(entry.key, start, stop, entry.etag)
+                whole = part.first == 0 and part.last >= entry.block_count
+                if whole and not self._cache.verify_bytes(entry, data):
+                    self.on_discard(entry.key)
+                    raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
+            except BaseException as error:
+                self._finish(entry, part)
+                part.future.set_exception(error)
+                return
+            part.future.set_result(data)
+            try:
+                stored = pinned and self._cache.store(entry, part.first, data)
+            except OSError as error:
+                log.warning("could not cache %s [%d, %d): %s", entry.key, start, stop, error)
+                stored = False
+            finally:
+                self._finish(entry, part)
             if not stored:
-                log.debug("no cache room for %s [%d, %d); serving uncached", entry.key, start, stop)
-        except BaseException as error:
-            self._finish(entry, part)
-            part.future.set_exception(error)
-            return
-        self._finish(entry, part)
-        part.future.set_result(data)
-        if stored and not whole and entry.is_complete() and self._cache.retain(entry):
-            self._background.submit(self._verify, entry)
+                log.debug("no cache room for %s [%d, %d); served uncached", entry.key, start, stop)
+            elif not whole and entry.is_complete() and self._cache.retain(entry):
+                self._background.submit(self._verify, entry)
+        finally:
+            if pinned:
+                self._cache.unpin(entry)
 
     def _verify(self, entry: CacheEntry) -> None:
         """The MD5 check of a completed object, off the reader's path (it reads the whole object)."""
@@ -267,6 +288,7 @@ class Fetcher:
         self._abandon(entry, part)
         with self._counter_lock:
             self._in_flight.pop(id(part), None)
+        part.settled.set()
 
     def _assemble(self, entry: CacheEntry, first: int, last: int, parts: list[InflightPart]) -> bytes | None:
         """Blocks ``[first, last)`` from the bytes of the parts just fetched, the rest from the cache file."""

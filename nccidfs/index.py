@@ -95,17 +95,21 @@ class ListingIndex:
                 self._db.execute("DELETE FROM entries")
                 self._db.execute("DELETE FROM dirs")
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (stamp,))
+        self._usage = self._measure()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         """One transaction (the connection is in autocommit mode, so ``with connection`` would not be)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            self._usage = self._measure()
 
     # -- reading ----------------------------------------------------------------------------------
     def head(self, prefix: str) -> tuple[float, int] | None:
@@ -195,7 +199,13 @@ class ListingIndex:
 
     def disk_usage(self) -> tuple[int, int]:
         """(bytes the index files take, bytes to budget for them): apparent sizes, as ``du -b`` counts
-        them, since they share the cache's bound; the budget counts the WAL at its allowance."""
+        them, since they share the cache's bound; the budget counts the WAL at its allowance.
+
+        Measured after every write (only writes change the files), so the cache, which asks on every
+        store and close, costs no system calls."""
+        return self._usage
+
+    def _measure(self) -> tuple[int, int]:
         sizes = {}
         for suffix in ("", "-wal", "-shm"):
             try:

@@ -120,9 +120,8 @@ def test_a_get_answered_with_other_bytes_than_asked_for_fails(
     for variable, value in CREDENTIALS.items():
         monkeypatch.setenv(variable, value)
     key, body = f"{PREFIX}data/Covid1/{name}", bytes(range(256)) * 40
-    with HostileS3({key: body}, "hostile-bucket") as server:
-        with pytest.raises(error, match=message):
-            hostile_store(server).get_range(key, 100, 200, hashlib.md5(body).hexdigest())
+    with HostileS3({key: body}, "hostile-bucket") as server, pytest.raises(error, match=message):
+        hostile_store(server).get_range(key, 100, 200, hashlib.md5(body).hexdigest())
 
 
 def test_a_huge_error_answer_is_classified_from_its_start_and_retried_until_the_deadline(
