@@ -217,7 +217,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="nccidfs-walk-") as tmp:
             workdir = Path(tmp)
-            nccidfs = Nccidfs.snapshot(workdir)
+            nccidfs = Nccidfs.snapshot(workdir / "source")  # not workdir itself: each mount takes workdir/<system>
             keys = random_series_files(endpoint, max(args.stats, 10), seed=7)
             if args.stats:
                 results["cold_stat"] = shown("cold stat", cold_stats(endpoint, workdir, nccidfs, keys[:args.stats]))

@@ -111,6 +111,7 @@ class Boto3Store:
 
     def __init__(self, config: S3Config, max_attempts: int = 3) -> None:
         import boto3
+        import botocore.handlers
         import botocore.session
         from botocore.config import Config as BotoConfig
         from botocore.exceptions import ProfileNotFound
@@ -145,8 +146,13 @@ class Boto3Store:
             response_checksum_validation="when_required",
         )
         self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
-        # First: before botocore parses the whole page again to look for an error (see listparse).
+        # Listings are the only S3 calls left to botocore. take_page parses their pages and marks an error
+        # inside a 200 answer itself; botocore's own check for that parses every page whole again, with
+        # ElementTree, and is switched off (if this botocore has it under that name).
         self._client.meta.events.register_first("before-parse.s3.ListObjectsV2", take_page)
+        botocore_check = getattr(botocore.handlers, "_handle_200_error", None)
+        if botocore_check is not None:
+            self._client.meta.events.unregister("before-parse.s3.*", botocore_check)
         self._getter = RangeGetter(self._client, credentials, self.bucket, connect_timeout=config.connect_timeout,
                                    read_timeout=config.read_timeout, max_connections=config.max_connections,
                                    verify=core.get_config_variable("ca_bundle") or True)

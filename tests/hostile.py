@@ -8,6 +8,8 @@ It answers ListObjectsV2 and ranged GETs for one bucket (path-style, signatures 
 - ``notoken/``: the first page says it is truncated but gives no continuation token;
 - ``malformed/``: one ``<Contents>`` has no ``<Size>`` and the next has two.
 
+``error200/`` answers its first listing with an S3 error document inside a 200, and sanely after.
+
 GETs of objects whose name starts with one of :data:`BAD_GETS` misbehave too: ``wrongrange`` answers a
 range with bytes from the object's start, ``norange`` answers with the whole object and status 200,
 ``otheretag`` ignores If-Match and names another ETag, and ``bigerror`` answers 500 with an error body of
@@ -87,6 +89,8 @@ class HostileS3:
                          token=f"t{int(token[1:] if token else 0) + 1}")
         if folder == "notoken":
             return _page(prefix, _contents(f"{prefix}a.dcm", b"x"), truncated=True)
+        if folder == "error200" and self.lists[folder] == 1:
+            return b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code></Error>'
         if folder == "malformed":
             sizeless = _contents(f"{prefix}a.dcm", b"x").replace("<Size>1</Size>", "")
             two_sizes = _contents(f"{prefix}b.dcm", b"x").replace("<Size>1</Size>", "<Size>1</Size><Size>7</Size>")

@@ -82,13 +82,20 @@ def test_fields_in_any_order_stay_with_their_own_key(objects: list[tuple[str, in
 @pytest.mark.parametrize("body", [
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code></Error>',  # an error inside a 200
     HEAD + contents(KEY_A, STAMP, ETAG, field("Size", "1")),                                # cut short
-    b"",
 ])
-def test_the_hook_leaves_anything_but_one_whole_result_to_botocore(body: bytes) -> None:
+def test_the_hook_marks_anything_but_one_whole_result_as_an_error_for_botocore(body: bytes) -> None:
     response = {"status_code": 200, "body": body}
     taken: dict[str, object] = {}
     take_page(response, taken)
-    assert taken == {} and response["body"] == body
+    assert taken == {} and response == {"status_code": 500, "body": body}
+
+
+def test_the_hook_leaves_an_empty_answer_and_error_statuses_to_botocore() -> None:
+    for response in ({"status_code": 200, "body": b""}, {"status_code": 503, "body": b"<Error/>"}):
+        before = dict(response)
+        taken: dict[str, object] = {}
+        take_page(response, taken)
+        assert taken == {} and response == before
 
 
 def test_the_hook_takes_a_whole_result_and_hands_botocore_a_stub() -> None:

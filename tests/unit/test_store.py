@@ -105,6 +105,15 @@ def test_the_deadline_covers_all_pages_of_a_listing_together(hostile: HostileS3)
     assert hostile.lists["drip"] <= 11
 
 
+def test_an_error_inside_a_200_listing_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in CREDENTIALS.items():
+        monkeypatch.setenv(variable, value)
+    with HostileS3({f"{PREFIX}error200/a.json": b"{}"}, "hostile-bucket") as server:
+        listing = hostile_store(server).list_dir(f"{PREFIX}error200/")
+        assert [obj.key for obj in listing.objects] == [f"{PREFIX}error200/a.json"]
+        assert server.lists["error200"] == 2
+
+
 def test_the_same_server_still_lists_a_sane_folder(hostile: HostileS3) -> None:
     listing = hostile_store(hostile).list_dir(f"{PREFIX}data/Covid1/")
     assert [(o.key, o.size) for o in listing.objects] == [(f"{PREFIX}data/Covid1/status.json", 2)]
