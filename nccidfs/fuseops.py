@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import stat
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +45,10 @@ MAX_THREADS = 64
 # would queue the 13th reader of a cold file in the kernel behind the others' GETs.
 MAX_BACKGROUND = 64
 LINK_MODE = stat.S_IFLNK | 0o777
+# How long a thread may hold the interpreter lock while another waits for it (Python's default is 5 ms).
+# Background listings of a walk parse pages for many milliseconds; a short interval lets a user's stat
+# through between their steps.
+GIL_SWITCH_INTERVAL = 0.001
 
 
 def libfuse_version() -> int:
@@ -290,6 +295,7 @@ _DOT = Entry(".", True)
 def run_mount(operations: FuseOperations, config: MountConfig, debug: bool = False) -> None:
     """Mount and serve until unmounted or signalled (SIGINT/SIGTERM unmount cleanly)."""
     mountpoint, ttl = str(config.mountpoint), config.listing_ttl
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     if libfuse_version() != 3:
         raise NccidfsError(f"libfuse {libfuse_version()} was loaded; nccidfs needs libfuse 3 (install fuse3)")
     options: dict[str, Any] = {

@@ -33,6 +33,13 @@ _EMPTY_RESULT = (b'<?xml version="1.0" encoding="UTF-8"?>'
 # A value never holds "<" (XML escapes it), so "[^<]*" reads it without backtracking.
 _FIELD = re.compile(rb"<(Key|Size|ETag|LastModified)>([^<]*)</\1>")
 _FIELD_COUNT = 4
+# A <Contents> element as S3 writes it: these fields in this order, with only the optional ones S3 adds
+# between them. A page whose every element matches is read in one scan; any other is read element by element.
+_CANONICAL = re.compile(
+    rb"<Contents><Key>([^<]*)</Key><LastModified>([^<]*)</LastModified><ETag>([^<]*)</ETag>"
+    rb"(?:<Checksum(?:Algorithm|Type)>[^<]*</Checksum(?:Algorithm|Type)>)*<Size>([^<]*)</Size>"
+    rb"(?:<Owner>(?:<ID>[^<]*</ID>)?(?:<DisplayName>[^<]*</DisplayName>)?</Owner>)?"
+    rb"(?:<StorageClass>[^<]*</StorageClass>)?</Contents>")
 _COMMON_PREFIX = re.compile(rb"<CommonPrefixes>\s*<Prefix>(.*?)</Prefix>\s*</CommonPrefixes>", re.S)
 _TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
 _TOKEN = re.compile(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", re.S)
@@ -71,6 +78,27 @@ def _parse(body: bytes) -> ListPage:
     url_encoded = _URL_ENCODED.search(body) is not None
     times: dict[bytes, float] = {}
     objects = []
+    for number, (key, stamp, etag, size) in enumerate(_contents(body)):
+        when = times.get(stamp)
+        if when is None:
+            when = times[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
+        if not size.isdigit():
+            raise ValueError(f"Contents element {number} has size {size[:32]!r}")
+        objects.append(ObjectInfo(_text(key, url_encoded), int(size),
+                                  etag.replace(b"&quot;", b"").strip(b'"').decode(), when))
+    prefixes = [_text(p, url_encoded) for p in _COMMON_PREFIX.findall(body)]
+    token = _TOKEN.search(body)
+    return ListPage(objects, prefixes, _TRUNCATED.search(body) is not None,
+                    token.group(1).decode() if token else None)
+
+
+def _contents(body: bytes) -> list[tuple[bytes, bytes, bytes, bytes]]:
+    """(Key, LastModified, ETag, Size) of every ``<Contents>``: in one scan when every element has S3's
+    own layout, else element by element, each required to hold exactly one of each field."""
+    rows: list[tuple[bytes, bytes, bytes, bytes]] = _CANONICAL.findall(body)
+    if len(rows) == body.count(b"<Contents>"):
+        return rows
+    rows = []
     for number, chunk in enumerate(body.split(b"<Contents>")[1:]):
         element, end, _ = chunk.partition(b"</Contents>")
         found = _FIELD.findall(element)
@@ -78,19 +106,8 @@ def _parse(body: bytes) -> ListPage:
         if not end or len(found) != _FIELD_COUNT or len(fields) != _FIELD_COUNT:
             raise ValueError(f"Contents element {number} does not hold exactly one Key, Size, ETag and "
                              "LastModified")
-        stamp = fields[b"LastModified"]
-        when = times.get(stamp)
-        if when is None:
-            when = times[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
-        size = fields[b"Size"]
-        if not size.isdigit():
-            raise ValueError(f"Contents element {number} has size {size[:32]!r}")
-        objects.append(ObjectInfo(_text(fields[b"Key"], url_encoded), int(size),
-                                  fields[b"ETag"].replace(b"&quot;", b"").strip(b'"').decode(), when))
-    prefixes = [_text(p, url_encoded) for p in _COMMON_PREFIX.findall(body)]
-    token = _TOKEN.search(body)
-    return ListPage(objects, prefixes, _TRUNCATED.search(body) is not None,
-                    token.group(1).decode() if token else None)
+        rows.append((fields[b"Key"], fields[b"LastModified"], fields[b"ETag"], fields[b"Size"]))
+    return rows
 
 
 def _is_whole_result(body: bytes) -> bool:

@@ -104,3 +104,14 @@ def test_the_hook_takes_a_whole_result_and_hands_botocore_a_stub() -> None:
     take_page(response, taken)
     assert [o.key for o in taken[PAGE_KEY].objects] == ["training/ct/a.dcm"]  # type: ignore[attr-defined]
     assert b"<Contents>" not in response["body"]  # type: ignore[operator]
+
+
+def test_s3s_optional_fields_keep_the_one_scan_reading_and_a_mixed_page_is_read_element_by_element() -> None:
+    optional = (b"<Contents><Key>training/ct/a.dcm</Key><LastModified>2020-05-01T12:00:00.000Z</LastModified>"
+                b"<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag><ChecksumAlgorithm>CRC64NVME"
+                b"</ChecksumAlgorithm><ChecksumType>FULL_OBJECT</ChecksumType><Size>5</Size><Owner><ID>x</ID>"
+                b"<DisplayName>y</DisplayName></Owner><StorageClass>STANDARD</StorageClass></Contents>")
+    reordered = contents(field("Size", "6"), KEY_B, ETAG, STAMP)
+    for body, expected in ((HEAD + optional + TAIL, [("training/ct/a.dcm", 5)]),
+                           (HEAD + optional + reordered + TAIL, [("training/ct/a.dcm", 5), ("training/ct/b.dcm", 6)])):
+        assert [(o.key, o.size) for o in parse_list_page(body).objects] == expected
