@@ -114,6 +114,9 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     mount.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=ReadConfig.prefetch,
                        help="when a .dcm is read past its header, fetch the rest of its series in the "
                             "background (default: on)")
+    mount.add_argument("--verify", action=argparse.BooleanOptionalAction, default=ReadConfig.verify,
+                       help="check every object fetched whole against its MD5 ETag before it is served or "
+                            "cached; off saves about 1.3 CPU seconds per GiB read (default: on)")
     mount.add_argument("--readdirplus", action="store_true",
                        help="return attributes with directory listings: ls -l of a big directory needs no "
                             "lookup per entry, but a walk of a million files keeps about 120 MiB more in the "
@@ -189,7 +192,7 @@ def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
         s3=dataclasses.replace(s3, deadline=args.timeout),
         cache=CacheConfig(directory=(args.cache_dir or default_cache_dir()).expanduser().absolute(),
                           size_bytes=parse_size(args.cache_size)),
-        read=ReadConfig(prefetch=args.prefetch),
+        read=ReadConfig(prefetch=args.prefetch, verify=args.verify),
     )
 
 
@@ -415,7 +418,7 @@ SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "st
 FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
                        "cache_size", "listing_ttl", "max_listing_entries", "timeout", "attr_timeout", "uid", "gid",
                        "umask", "log_level", "log_file")
-FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "readdirplus")
+FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "no_verify", "readdirplus")
 # Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
 FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",
                  "dev", "nodev", "async", "sync", "atime", "noatime", "relatime", "defaults", "nofail", "_netdev")

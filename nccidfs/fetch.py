@@ -253,7 +253,7 @@ class Fetcher:
             try:
                 data = self._store.get_range(entry.key, start, stop, entry.etag)
                 whole = part.first == 0 and part.last >= entry.block_count
-                if whole and not self._cache.verify_bytes(entry, data):
+                if whole and self._config.verify and not self._cache.verify_bytes(entry, data):
                     self.on_discard(entry.key)
                     raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
             except BaseException as error:
@@ -270,7 +270,7 @@ class Fetcher:
                 self._finish(entry, part)
             if not stored:
                 log.debug("no cache room for %s [%d, %d); served uncached", entry.key, start, stop)
-            elif not whole and entry.is_complete() and self._cache.retain(entry):
+            elif self._config.verify and not whole and entry.is_complete() and self._cache.retain(entry):
                 self._background.submit(self._verify, entry)
         finally:
             if pinned:

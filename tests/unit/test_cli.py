@@ -40,6 +40,8 @@ def test_fstab_options_become_flags() -> None:
                                        "--allow-other", "--endpoint-url", "http://127.0.0.1:9000", "--uid", "1000",
                                        "--umask", "027", "--allow-root"]
     assert from_mount_helper(["my-bucket", "/m", "-o", "ro"]) == ["mount", "/m", "--bucket", "my-bucket"]
+    assert from_mount_helper(["nccidfs", "/m", "-o", "no_verify,no_prefetch"]) == [
+        "mount", "/m", "--no-verify", "--no-prefetch"]
 
 
 def test_fstab_list_values_take_a_separator_that_survives_the_option_split() -> None:

@@ -22,7 +22,7 @@ KEY = "training/xray/Covid1/s/t/x.dcm"
 
 
 def make(tmp_path: Path, store: MemoryStore, cache_size: int = 1 << 24, deadline: float = 5.0,
-         **read: int) -> tuple[Fetcher, DiskCache]:
+         **read: int | bool) -> tuple[Fetcher, DiskCache]:
     config = ReadConfig(block_size=BLOCK, initial_window=BLOCK * 4, max_window=BLOCK * 16, part_size=BLOCK * 8,
                         fetch_threads=4, **read)
     cache = DiskCache(prepare(tmp_path / "cache"), cache_size, "b", BLOCK)
@@ -151,5 +151,16 @@ def test_an_object_whose_bytes_miss_their_md5_is_an_error_and_not_cached(tmp_pat
         fetcher.read(entry, 0, WHOLE_READ, ReadCursor())
     assert discarded == [KEY]
     assert entry.cached_bytes == 0 and not list((tmp_path / "cache").rglob("*.data"))
+    cache.unpin(entry)
+    fetcher.shutdown()
+
+
+def test_with_verification_off_an_object_is_served_and_cached_as_s3_sent_it(tmp_path: Path) -> None:
+    """--no-verify trades the MD5 check for CPU: the same damaged answer is then served, not refused."""
+    size = BLOCK * 6 + 7
+    store = ZeroingStore({KEY: BODY[:size]})
+    fetcher, cache = make(tmp_path, store, verify=False)
+    entry = cache.pin(store.info(KEY))
+    assert fetcher.read(entry, 0, WHOLE_READ, ReadCursor()) == bytes(size)
     cache.unpin(entry)
     fetcher.shutdown()
