@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One object as the listing describes it; size and time never need a HEAD."""
+class ObjectInfo(NamedTuple):
+    """One object as the listing describes it; size and time never need a HEAD.
+
+    A named tuple rather than a frozen dataclass, as :class:`Entry`: a walk makes one per key, and a
+    tuple is made in a third of the time.
+    """
 
     key: str
     size: int
@@ -23,8 +27,7 @@ class Listing:
     objects: tuple[ObjectInfo, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A name in a directory: a sub-directory, a file backed by one object, or a symlink (views only)."""
 
     name: str
