@@ -330,6 +330,7 @@ class Namespace:
         for a folder too large for memory, whose names are then looked up in the index one by one."""
         with self._lock:
             held = self._listings.get(prefix)
+            generation = self._generation
         if held is not None:
             return held
         pending = self._from_pending_subtree(parts, prefix)
@@ -344,7 +345,7 @@ class Namespace:
         stored = self._index.get(prefix, self._started)
         if stored is None:
             return None
-        self._remember(prefix, stored)
+        self._remember(prefix, stored, generation)
         return stored
 
     def _from_pending_subtree(self, parts: Sequence[str], prefix: str) -> Listed | None:
@@ -447,8 +448,12 @@ class Namespace:
             if before.obj is not None and (name not in new or new[name].obj != before.obj):
                 self.on_change("/" + (directory + name)[len(self._prefix):])
 
-    def _remember(self, prefix: str, held: Listed) -> None:
+    def _remember(self, prefix: str, held: Listed, generation: int | None = None) -> None:
+        """Hold a listing in memory; one read from the index is not held if an invalidation came since
+        (``generation``), or a refresh could be undone by a read that raced it."""
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return
             try:
                 self._listings[prefix] = held
             except ValueError:
@@ -552,15 +557,22 @@ class Namespace:
         return self.invalidate_prefix(dir_prefix(self._prefix, split_path(path)))
 
     def invalidate_prefix(self, prefix: str) -> int:
+        """Drop memory, then the index, then memory again: a caller that read the index back between the
+        first two steps holds an older generation, and its listing is dropped or never kept."""
+        stale = self._forget_under(prefix)
+        dropped = self._index.delete_under(prefix)
+        self._forget_under(prefix)
+        return max(stale, dropped)
+
+    def _forget_under(self, prefix: str) -> int:
         with self._lock:
-            self._generation += 1
+            self._generation += 1  # listings under way are not kept either
             stale = [key for key in self._listings if key.startswith(prefix)]
             for key in stale:
                 del self._listings[key]
             for key in [key for key in self._backoff if key.startswith(prefix)]:
                 del self._backoff[key]
-        dropped = self._index.delete_under(prefix)
-        return max(len(stale), dropped)
+        return len(stale)
 
     def relist(self, path: str) -> dict[str, Entry]:
         """List directory ``path`` from S3 now (within the call's deadline): the listing is known stale."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,27 @@ def test_invalidate_forgets_index_rows_too(tmp_path: Path) -> None:
     store.objects["training/data/Covid1/data_2020-06-01.json"] = b"{}"
     assert ns.invalidate("/data") >= 1
     assert "data_2020-06-01.json" in ns.list("/data/Covid1")
+
+
+class RacedIndex(ListingIndex):
+    """An index whose rows a reader reads back just before ``delete_under`` removes them."""
+
+    reader: Callable[[], object] = staticmethod(lambda: None)
+
+    def delete_under(self, prefix: str) -> int:
+        self.reader()
+        return super().delete_under(prefix)
+
+
+def test_a_read_of_the_index_that_races_a_refresh_does_not_bring_the_old_listing_back(tmp_path: Path) -> None:
+    index = RacedIndex(tmp_path / "index.db", {"bucket": "b"})
+    namespace(MemoryStore(KEYS), tmp_path).list("/data/Covid1")  # saved in the index
+    grown = MemoryStore({**KEYS, "training/data/Covid1/data_2020-06-01.json": b"{}"})
+    ns = Namespace(grown, "training/", ["ct", "data"], 300.0, 10_000, index)
+    assert list(ns.list("/data/Covid1")) == ["status_2020-05-01.json"]  # from the index
+    index.reader = lambda: ns.list("/data/Covid1")  # between the memory drop and the index delete
+    ns.invalidate("/data")
+    assert list(ns.list("/data/Covid1")) == ["data_2020-06-01.json", "status_2020-05-01.json"]
 
 
 def test_an_index_of_another_endpoint_or_bucket_is_not_used(tmp_path: Path) -> None:
