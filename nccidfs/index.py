@@ -96,6 +96,10 @@ class ListingIndex:
                 self._db.execute("DELETE FROM dirs")
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (stamp,))
         self._usage = self._measure()
+        # Reads have a connection of their own: in WAL mode they then never wait for a write under way (a
+        # walk writes listings while a user's lookups read them).
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._read_lock = threading.Lock()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -126,22 +130,27 @@ class ListingIndex:
 
     def get(self, prefix: str, dir_mtime: float) -> tuple[float, dict[str, Entry]] | None:
         """(fetched, entries sorted by name) of an indexed directory, or None."""
-        with self._lock:
+        with self._read_lock:
             try:
-                head = self._db.execute("SELECT id, fetched FROM dirs WHERE prefix = ?", (prefix,)).fetchone()
-                if head is None:
-                    return None
-                rows = self._db.execute("SELECT name, size, etag, mtime FROM entries WHERE dir = ? ORDER BY name",
-                                        (head[0],)).fetchall()
+                self._reader.execute("BEGIN")  # one snapshot for both statements
+                try:
+                    head = self._reader.execute("SELECT id, fetched FROM dirs WHERE prefix = ?", (prefix,)).fetchone()
+                    rows = [] if head is None else self._reader.execute(
+                        "SELECT name, size, etag, mtime FROM entries WHERE dir = ? ORDER BY name",
+                        (head[0],)).fetchall()
+                finally:
+                    self._reader.execute("COMMIT")
             except sqlite3.Error as error:
                 log.warning("listing index unreadable (%s); listing %s from S3", error, prefix)
                 return None
+        if head is None:
+            return None
         return float(head[1]), {row[0]: _entry(prefix, row, dir_mtime) for row in rows}
 
     def _query_one(self, sql: str, args: tuple[str, ...]) -> Any:
-        with self._lock:
+        with self._read_lock:
             try:
-                return self._db.execute(sql, args).fetchone()
+                return self._reader.execute(sql, args).fetchone()
             except sqlite3.Error as error:
                 log.warning("listing index unreadable (%s); listing from S3", error)
                 return None
@@ -216,5 +225,7 @@ class ListingIndex:
         return actual, actual - sizes["-wal"] + max(sizes["-wal"], WAL_ALLOWANCE)
 
     def close(self) -> None:
+        with self._read_lock, contextlib.suppress(sqlite3.Error):
+            self._reader.close()
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.close()
