@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from nccidfs.cachedir import LOCK, MARKER, OBJECTS, CacheLock, is_cache_dir
+from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
 from nccidfs.objects import ObjectInfo
 
@@ -83,6 +84,16 @@ def _block_crcs(data: bytes | bytearray, block: int) -> array[int]:
     """The CRC32 of each block of ``data``, over views rather than copies (zlib releases the GIL)."""
     view = memoryview(data)
     return array("I", (zlib.crc32(view[i:i + block]) for i in range(0, len(view), block)))
+
+
+def _blocks_intact(data: bytes, crcs: array[int], block: int) -> bool:
+    """Whether the blocks in ``data`` match their recorded CRCs: the whole blocks in one pass against the
+    CRCs joined, a short last block on its own."""
+    whole = len(data) // block
+    view = memoryview(data)
+    if whole and zlib.crc32(view[:whole * block]) != joined_crc(crcs[:whole], block):
+        return False
+    return whole == len(crcs) or zlib.crc32(view[whole * block:]) == crcs[whole]
 
 
 def _runs(flags: bytearray) -> list[list[int]]:
@@ -346,13 +357,13 @@ class DiskCache:
                 return None
             fd = self._fd(entry)
         data = os.pread(fd, stop - start, start)
+        if len(data) == stop - start and _blocks_intact(data, entry.crcs[first:last], entry.block_size):
+            return data
         bad = [first + i for i, crc in enumerate(_block_crcs(data, entry.block_size)) if crc != entry.crcs[first + i]]
-        if len(data) != stop - start or bad:
-            log.warning("cache file of %s failed verification (%d blocks); fetching again", entry.key,
-                        len(bad) or last - first)
-            self._drop_blocks(entry, bad or list(range(first, last)))
-            return None
-        return data
+        log.warning("cache file of %s failed verification (%d blocks); fetching again", entry.key,
+                    len(bad) or last - first)
+        self._drop_blocks(entry, bad or list(range(first, last)))
+        return None
 
     def store(self, entry: CacheEntry, first: int, data: bytes) -> bool:
         """Write blocks starting at ``first`` and mark them present; False if the bound or the disk leaves

@@ -5,6 +5,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from nccidfs.cache import DiskCache, disk_usage
 from nccidfs.cachedir import prepare
 from nccidfs.objects import ObjectInfo
@@ -195,4 +198,30 @@ def test_a_deleted_objects_folder_is_recreated(tmp_path: Path) -> None:
     entry = cache.pin(obj("b", body))
     assert cache.store(entry, 0, body)
     assert cache.read(entry, 0, 1) == body
+    cache.unpin(entry)
+
+
+@given(st.integers(0, 3 * BLOCK + 99), st.integers(1, 255))
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_changed_byte_anywhere_in_a_run_of_blocks_drops_that_block_alone(tmp_path: Path, position: int,
+                                                                          flip: int) -> None:
+    """A read of several blocks is checked in one pass; the block that fails is found and only it is
+    fetched again."""
+    directory = tmp_path / f"c{position}-{flip}"
+    cache = new_cache(directory, 1 << 20)
+    body = os.urandom(3 * BLOCK + 100)  # three whole blocks and a short last one
+    info = obj("k", body)
+    store_all(cache, info, body)
+    data_file = next((directory / "objects").rglob("*.data"))
+    with open(data_file, "r+b") as handle:
+        handle.seek(position)
+        original = handle.read(1)[0]
+        handle.seek(position)
+        handle.write(bytes([original ^ flip]))
+    entry = cache.pin(info)
+    assert cache.read(entry, 0, 4) is None
+    bad = position // BLOCK
+    assert list(entry.missing_runs(0, 4)) == [(bad, bad + 1)]
+    for block in set(range(4)) - {bad}:
+        assert cache.read(entry, block, block + 1) == body[block * BLOCK:(block + 1) * BLOCK]
     cache.unpin(entry)
