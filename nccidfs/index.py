@@ -19,9 +19,11 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,6 @@ INDEX_FILES = (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm")
 # Entries are written as sizes; a directory has none.
 _DIR_SIZE = -1
 # A plain MD5 ETag (32 hex digits) is kept as its 16 bytes: about 100 bytes a row become about 85.
-_MD5_HEX = 32
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE IF NOT EXISTS dirs (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE NOT NULL, "
@@ -49,13 +50,19 @@ _SCHEMA = (
 )
 
 
+_MD5_HEX = re.compile("[0-9a-f]{32}")
+# Rows are inserted by statements of this many rows each (largest first). sqlite3 lets go of the
+# interpreter lock for every statement it steps, so a row at a time handed the lock over a thousand
+# times for a page of keys, and under a walk's other threads each hand-over waited its turn.
+_INSERT_BATCHES = (256, 64, 16, 4, 1)
+_COLUMNS = 5  # of the entries table
+_INSERT = {rows: "INSERT INTO entries VALUES " + ",".join([f"({', '.join('?' * _COLUMNS)})"] * rows)
+           for rows in _INSERT_BATCHES}
+
+
 def _packed(etag: str) -> str | bytes:
-    if len(etag) == _MD5_HEX:
-        with contextlib.suppress(ValueError):
-            packed = bytes.fromhex(etag)
-            if packed.hex() == etag:
-                return packed
-    return etag  # multipart ("<hex>-N"), upper case or another form: as it came
+    # multipart ("<hex>-N"), upper case or another form: as it came
+    return bytes.fromhex(etag) if _MD5_HEX.fullmatch(etag) else etag
 
 
 def _entry(prefix: str, row: tuple[str, int, str | bytes | None, float | None], dir_mtime: float) -> Entry:
@@ -176,9 +183,14 @@ class ListingIndex:
             dir_id = row[0]
             self._db.execute("UPDATE dirs SET fetched = ?, count = ? WHERE id = ?", (fetched, len(entries), dir_id))
             self._db.execute("DELETE FROM entries WHERE dir = ?", (dir_id,))
-        self._db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", [
+        values = list(chain.from_iterable(
             (dir_id, e.name, _DIR_SIZE, None, None) if e.obj is None
-            else (dir_id, e.name, e.obj.size, _packed(e.obj.etag), e.obj.mtime) for e in entries.values()])
+            else (dir_id, e.name, e.obj.size, _packed(e.obj.etag), e.obj.mtime) for e in entries.values()))
+        at = 0
+        for rows in _INSERT_BATCHES:
+            while len(values) - at >= rows * _COLUMNS:
+                self._db.execute(_INSERT[rows], values[at:at + rows * _COLUMNS])
+                at += rows * _COLUMNS
 
     def delete_under(self, prefix: str) -> int:
         """Forget every directory at or below ``prefix``; returns how many."""

@@ -60,7 +60,7 @@ def _text(raw: bytes, url_encoded: bool) -> str:
     text = raw.decode("utf-8")
     if "&" in text:
         text = html.unescape(text)
-    return unquote_plus(text) if url_encoded else text
+    return unquote_plus(text) if url_encoded and ("%" in text or "+" in text) else text
 
 
 def parse_list_page(body: bytes) -> ListPage:

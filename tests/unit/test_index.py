@@ -138,3 +138,23 @@ def test_etags_come_back_as_they_were_listed(tmp_path: Path, etag: str) -> None:
     assert found is not None and found.obj == obj
     stored = index.get("training/ct/P/", 0.0)
     assert stored is not None and stored[1]["a.dcm"].obj == obj
+
+
+@pytest.mark.parametrize("count", [0, 1, 4, 5, 255, 256, 257, 341, 1000])
+def test_a_listing_of_any_length_comes_back_whole_after_a_replacement(tmp_path: Path, count: int) -> None:
+    """Rows go in by statements of several rows each: every remainder of those batches must land."""
+    index = ListingIndex(tmp_path / "index.db", {})
+    prefix = "training/ct/P/"
+
+    def listing(size: int) -> dict[str, Entry]:
+        entries = {f"d{n:04}": Entry(f"d{n:04}", True, mtime=5.0) for n in range(size % 3)}
+        for n in range(size - len(entries)):
+            obj = ObjectInfo(f"{prefix}f{n:04}.dcm", n, f"{n:032x}" if n % 2 else f"{n:x}-2", 1_600_000_000.0 + n)
+            entries[f"f{n:04}.dcm"] = Entry(f"f{n:04}.dcm", False, n, obj.mtime, obj)
+        return entries
+
+    index.put([(prefix, listing(count + 7))], time.time())
+    index.put([(prefix, listing(count))], time.time())
+    stored = index.get(prefix, 5.0)
+    assert stored is not None and stored[1] == listing(count)
+    assert index.head(prefix) == (stored[0], count)
