@@ -230,6 +230,7 @@ class Namespace:
         # Called with the mount path of a file that a new listing replaced or removed.
         self.on_change: Callable[[str], None] = lambda path: None
         self._walks: dict[str, _Walk] = {}
+        self._looked_up_by_name: set[str] = set()  # folders where a patient was looked up before listing
         self._foreground = ThreadPoolExecutor(FOREGROUND_LISTINGS, thread_name_prefix="list")
         self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list-ahead")
         if isinstance(root, Listing):  # listed at start-up: no need to list it again
@@ -370,6 +371,7 @@ class Namespace:
         of its own subtree, which the next call needs anyway, instead of every page of the folder; only
         when that finds nothing is the folder listed (the name may be a file, or absent)."""
         if len(parent) + 1 == SUBTREE_DEPTH:
+            self._list_folder_if_looked_up_before(prefix)
             child = f"{prefix}{name}/"
             known = self._known(child, [*parent, name])
             # A subtree too large for memory is held in the index only, and is not empty.
@@ -377,6 +379,17 @@ class Namespace:
             if entries is None or entries:
                 return Entry(name, True, mtime=self._started)
         return self._list_once(prefix).get(name)
+
+    def _list_folder_if_looked_up_before(self, prefix: str) -> None:
+        """The second patient looked up by name in a folder not yet listed starts a listing of the folder in
+        the background, and lookups there are then answered from memory. The kernel sends the lookups of one
+        directory one at a time, so a data loader's first opens across many patients would otherwise each
+        wait for the targeted listing of the patient before (a single lookup lists nothing more)."""
+        with self._lock:
+            first = prefix not in self._looked_up_by_name
+            self._looked_up_by_name.add(prefix)
+        if not first:
+            self._list_once(prefix, background=True)
 
     # -- listing from S3 ------------------------------------------------------------------------
     def _list_once(self, prefix: str, background: bool = False) -> dict[str, Entry]:

@@ -185,19 +185,26 @@ def test_a_walk_over_small_siblings_lists_runs_of_them_in_one_listing() -> None:
     assert ns.lookup("/xray/x.txt").size == 1
 
 
-def test_a_lone_lookup_lists_only_its_patient() -> None:
+def test_a_lone_lookup_lists_only_its_patient_and_a_second_one_the_folder_once() -> None:
     keys = {f"training/ct/Covid{i}/s{i}/t/{n}.dcm": b"x" for i in range(30) for n in range(3)}
     keys["training/ct/notes.txt"] = b"n"
     store = MemoryStore(keys)
     ns = make(store)
-    for i in (17, 3, 25):
+    assert ns.lookup("/ct/Covid17").is_dir
+    assert ns.lookup("/ct/Covid17/s17/t/2.dcm").size == 1
+    time.sleep(0.1)
+    assert store.requests["list"] == 1, "one flat listing of the patient, no folder, no siblings"
+    assert ns.lookup("/ct/Covid3").is_dir  # the second by name: the folder is listed too, in the background
+    time.sleep(0.1)
+    assert store.requests["list"] == 3
+    for i in (3, 25):
         assert ns.lookup(f"/ct/Covid{i}").is_dir
         assert ns.lookup(f"/ct/Covid{i}/s{i}/t/2.dcm").size == 1
-    time.sleep(0.1)
-    assert store.requests["list"] == 3, "one flat listing of each patient, no folder, no siblings"
-    assert ns.lookup("/ct/notes.txt").size == 1  # not a patient: the folder is listed
+    assert store.requests["list"] == 4, "Covid25 is found in the folder's listing: only its subtree is listed"
+    assert ns.lookup("/ct/notes.txt").size == 1
     with pytest.raises(NotFound):
         ns.lookup("/ct/Covid99")
+    assert store.requests["list"] == 4, "names answered from the folder's listing"
 
 
 def test_a_fast_walk_lists_each_patient_once() -> None:
