@@ -457,8 +457,12 @@ class DiskCache:
         tmp = entry.base.with_suffix(".map.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o600)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(document)
+            try:  # os.write, not a file object: that would cost an fstat, an ioctl and a seek per map
+                written = 0
+                while written < len(document):
+                    written += os.write(fd, document[written:])
+            finally:
+                os.close(fd)
             os.replace(tmp, entry.map_path)
         except OSError:
             tmp.unlink(missing_ok=True)

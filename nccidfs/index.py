@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,21 @@ _INSERT = {rows: "INSERT INTO entries VALUES " + ",".join([f"({', '.join('?' * _
            for rows in _INSERT_BATCHES}
 
 
+# A directory with its rows as one JSON document, read in a single step: sqlite3 lets go of the interpreter
+# lock at every row it steps, and under a walk's threads a listing read row by row waited its turn at each.
+# The ETag comes back as text (a packed MD5 as hex) and the time with all 17 digits a float needs.
+_LISTING_AS_JSON = (
+    "SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, CASE typeof(e.etag) WHEN 'blob' "
+    "THEN lower(hex(e.etag)) ELSE e.etag END, printf('%.17g', e.mtime))) FROM entries e WHERE e.dir = d.id) "
+    "FROM dirs d WHERE d.prefix = ?")
+
+
 def _packed(etag: str) -> str | bytes:
     # multipart ("<hex>-N"), upper case or another form: as it came
     return bytes.fromhex(etag) if _MD5_HEX.fullmatch(etag) else etag
 
 
-def _entry(prefix: str, row: tuple[str, int, str | bytes | None, float | None], dir_mtime: float) -> Entry:
+def _entry(prefix: str, row: Sequence[Any], dir_mtime: float) -> Entry:
     name, size, etag, mtime = row
     if size == _DIR_SIZE:
         return Entry(name, True, mtime=dir_mtime)
@@ -137,22 +146,10 @@ class ListingIndex:
 
     def get(self, prefix: str, dir_mtime: float) -> tuple[float, dict[str, Entry]] | None:
         """(fetched, entries sorted by name) of an indexed directory, or None."""
-        with self._read_lock:
-            try:
-                self._reader.execute("BEGIN")  # one snapshot for both statements
-                try:
-                    head = self._reader.execute("SELECT id, fetched FROM dirs WHERE prefix = ?", (prefix,)).fetchone()
-                    rows = [] if head is None else self._reader.execute(
-                        "SELECT name, size, etag, mtime FROM entries WHERE dir = ? ORDER BY name",
-                        (head[0],)).fetchall()
-                finally:
-                    self._reader.execute("COMMIT")
-            except sqlite3.Error as error:
-                log.warning("listing index unreadable (%s); listing %s from S3", error, prefix)
-                return None
-        if head is None:
+        row = self._query_one(_LISTING_AS_JSON, (prefix,))  # one statement: one snapshot
+        if row is None:
             return None
-        return float(head[1]), {row[0]: _entry(prefix, row, dir_mtime) for row in rows}
+        return float(row[0]), {entry[0]: _entry(prefix, entry, dir_mtime) for entry in sorted(json.loads(row[1]))}
 
     def _query_one(self, sql: str, args: tuple[str, ...]) -> Any:
         with self._read_lock:
