@@ -190,6 +190,8 @@ class DiskCache:
         # (bytes taken, bytes to budget) by other files in the directory (the listing index).
         self._other_usage = other_usage
         self._objects = directory / OBJECTS
+        # Shard folders made or checked (no link in their place) by this run: an open there needs no check.
+        self._ready_shards: set[Path] = set()
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._used = 0  # charges of entries plus reservations under way
@@ -343,10 +345,19 @@ class DiskCache:
     def _fd(self, entry: CacheEntry) -> int:
         """The entry's data file, opened on first use. Hold ``entry.lock``."""
         if entry.fd is None:
+            try:
+                entry.fd = self._open_data(entry, check=entry.base.parent not in self._ready_shards)
+            except FileNotFoundError:  # the folders were deleted since they were made: make them again
+                self._ready_shards.clear()
+                entry.fd = self._open_data(entry, check=True)
+        return entry.fd
+
+    def _open_data(self, entry: CacheEntry, check: bool) -> int:
+        if check:
             self._ensure_dir(self._objects)  # recreated if someone deleted it
             self._ensure_dir(entry.base.parent)
-            entry.fd = os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
-        return entry.fd
+            self._ready_shards.add(entry.base.parent)
+        return os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
 
     # -- data -----------------------------------------------------------------------------------
     def read(self, entry: CacheEntry, first: int, last: int) -> bytes | None:

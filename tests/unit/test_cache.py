@@ -199,6 +199,11 @@ def test_a_deleted_objects_folder_is_recreated(tmp_path: Path) -> None:
     assert cache.store(entry, 0, body)
     assert cache.read(entry, 0, 1) == body
     cache.unpin(entry)
+    subprocess.run(["rm", "-rf", str(tmp_path / "objects")], check=True)
+    entry = cache.pin(obj("b", body))  # its folder was made by this run, and is gone again
+    assert cache.store(entry, 0, body)
+    assert cache.read(entry, 0, 1) == body
+    cache.unpin(entry)
 
 
 @given(st.integers(0, 3 * BLOCK + 99), st.integers(1, 255))
