@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import signal
@@ -39,6 +40,10 @@ from nccidfs.views import CONTROL, ControlFolder, PatientView
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024
+# The cyclic collector's first threshold (Python's default: 700 allocations). A walk allocates a tuple per
+# key; at the default the collector ran about 1,700 times during a walk of 522,000 files and held the
+# interpreter lock for 1.5 s of it, its full passes for up to 90 ms at once, stalling every other call.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 # glibc mallopt parameters.
@@ -210,6 +215,7 @@ class Daemon:
             mount = self.config.mount
             operations = fuseops.FuseOperations(self.fs, ready, self.config.s3.deadline, uid=mount.uid,
                                                 gid=mount.gid, file_mode=mount.file_mode, dir_mode=mount.dir_mode)
+            _settle_collector()
             fuseops.run_mount(operations, mount)
         finally:
             self.shutdown()
@@ -225,3 +231,12 @@ class Daemon:
         self.namespace.shutdown()
         self.index.close()
         self.cache_lock.release()
+
+
+def _settle_collector() -> None:
+    """Leave what start-up built (the SDK's service models, modules, the client) out of the collector's
+    passes, since it lives as long as the daemon, and collect young objects less often: together they
+    cut its time during a walk from 1.5 s to about 0.1 s, and its longest pause from 90 to 38 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)

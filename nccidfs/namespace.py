@@ -40,12 +40,13 @@ MAX_NAME_BYTES = 255
 # Directories this deep under the mount root (``ct/<patient>/``) are listed with their whole subtree.
 SUBTREE_DEPTH = 2
 # A walk (readdir of consecutive sibling subtrees, in order) has the next ones listed ahead: at least this
-# many siblings, in at most this many listings at a time, by this many threads. A walk of CT folders keeps
-# 4 busy on 2 cores; more only slowed other calls (a stat's 90th percentile during the walk: about 50 ms
-# with 4, 86-136 ms with 6, 108-172 ms with 8) for no faster walk.
+# many siblings, in at most this many listings at a time, by this many threads. A walk of CT folders on
+# 2 cores (at 20 ms a request): 64,000 files/s with 4 threads, 78,000-84,000 with 6, no more with 8; a
+# stat during the walk took 10-14 ms at the 90th percentile with 6 (16-21 ms with 8). (Before the garbage
+# collector was settled, see nccidfs.daemon, its pauses made 6 threads cost other calls 30-60 ms.)
 SIBLINGS_AHEAD = 16
 LISTINGS_AHEAD = 4
-BACKGROUND_LISTINGS = 4
+BACKGROUND_LISTINGS = 6
 # Where siblings hold few keys (X-rays: 3 or 4 a patient), one flat listing covers a run of them, sized
 # from the keys per sibling seen so far to fill about this much of a 1,000-key page.
 RUN_KEYS = 800
