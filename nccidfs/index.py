@@ -62,11 +62,22 @@ _INSERT = {rows: "INSERT INTO entries VALUES " + ",".join([f"({', '.join('?' * _
 
 # A directory with its rows as one JSON document, read in a single step: sqlite3 lets go of the interpreter
 # lock at every row it steps, and under a walk's threads a listing read row by row waited its turn at each.
-# The ETag comes back as text (a packed MD5 as hex) and the time with all 17 digits a float needs.
+# The ETag comes back as text (a packed MD5 as hex), the time as text with 17 digits in SQLite's extended
+# precision ("%!"), which reads back as the same float where SQLite prints floats exactly: that is checked
+# when the index is opened, and where it does not hold, a directory is read row by row (_LISTING_ROWS).
 _LISTING_AS_JSON = (
     "SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, CASE typeof(e.etag) WHEN 'blob' "
-    "THEN lower(hex(e.etag)) ELSE e.etag END, printf('%.17g', e.mtime))) FROM entries e WHERE e.dir = d.id) "
+    "THEN lower(hex(e.etag)) ELSE e.etag END, printf('%!.17g', e.mtime))) FROM entries e WHERE e.dir = d.id) "
     "FROM dirs d WHERE d.prefix = ?")
+_LISTING_ROWS = ("SELECT d.fetched, e.name, e.size, e.etag, e.mtime FROM dirs d LEFT JOIN entries e ON e.dir = d.id "
+                 "WHERE d.prefix = ?")
+
+
+def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
+    """Whether this SQLite prints times with _LISTING_AS_JSON's format so that each reads back unchanged."""
+    samples = [1_620_000_000.123 + n * 1.001 for n in range(100)] + [0.1, 1e-7, 2.0**52 + 0.5, 123456789.123456789]
+    return all(float(db.execute("SELECT printf('%!.17g', ?)", (sample,)).fetchone()[0]) == sample
+               for sample in samples)
 
 
 def _packed(etag: str) -> str | bytes:
@@ -116,6 +127,7 @@ class ListingIndex:
         # walk writes listings while a user's lookups read them).
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._read_lock = threading.Lock()
+        self._reads_in_one_statement = _times_read_back_exactly(self._reader)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -134,27 +146,37 @@ class ListingIndex:
     # -- reading ----------------------------------------------------------------------------------
     def head(self, prefix: str) -> tuple[float, int] | None:
         """(when it was listed, how many entries) of an indexed directory, or None."""
-        row = self._query_one("SELECT fetched, count FROM dirs WHERE prefix = ?", (prefix,))
+        row = self._read("SELECT fetched, count FROM dirs WHERE prefix = ?", (prefix,))
         return None if row is None else (float(row[0]), int(row[1]))
 
     def lookup(self, prefix: str, name: str, dir_mtime: float) -> Entry | None:
         """One entry of an indexed directory: a single B-tree probe."""
-        row = self._query_one(
+        row = self._read(
             "SELECT e.name, e.size, e.etag, e.mtime FROM entries e JOIN dirs d ON e.dir = d.id "
             "WHERE d.prefix = ? AND e.name = ?", (prefix, name))
         return None if row is None else _entry(prefix, row, dir_mtime)
 
     def get(self, prefix: str, dir_mtime: float) -> tuple[float, dict[str, Entry]] | None:
-        """(fetched, entries sorted by name) of an indexed directory, or None."""
-        row = self._query_one(_LISTING_AS_JSON, (prefix,))  # one statement: one snapshot
-        if row is None:
-            return None
-        return float(row[0]), {entry[0]: _entry(prefix, entry, dir_mtime) for entry in sorted(json.loads(row[1]))}
+        """(fetched, entries sorted by name) of an indexed directory, or None. One statement: one snapshot."""
+        if self._reads_in_one_statement:
+            row = self._read(_LISTING_AS_JSON, (prefix,))
+            if row is None:
+                return None
+            fetched, rows = row[0], json.loads(row[1])
+        else:
+            found = self._read(_LISTING_ROWS, (prefix,), every=True)
+            if not found:
+                return None
+            fetched, rows = found[0][0], [row[1:] for row in found if row[1] is not None]
+        return float(fetched), {row[0]: _entry(prefix, row, dir_mtime) for row in sorted(rows)}
 
-    def _query_one(self, sql: str, args: tuple[str, ...]) -> Any:
+    def _read(self, sql: str, args: tuple[str, ...], every: bool = False) -> Any:
+        """The first row (or with ``every``, all rows) of a query on the reading connection; None if the
+        index cannot be read."""
         with self._read_lock:
             try:
-                return self._reader.execute(sql, args).fetchone()
+                cursor = self._reader.execute(sql, args)
+                return cursor.fetchall() if every else cursor.fetchone()
             except sqlite3.Error as error:
                 log.warning("listing index unreadable (%s); listing from S3", error)
                 return None
@@ -212,7 +234,7 @@ class ListingIndex:
 
     # -- reporting ------------------------------------------------------------------------------
     def count(self) -> int:
-        row = self._query_one("SELECT count(*) FROM dirs", ())
+        row = self._read("SELECT count(*) FROM dirs", ())
         return 0 if row is None else int(row[0])
 
     def disk_usage(self) -> tuple[int, int]:

@@ -158,3 +158,25 @@ def test_a_listing_of_any_length_comes_back_whole_after_a_replacement(tmp_path: 
     stored = index.get(prefix, 5.0)
     assert stored is not None and stored[1] == listing(count)
     assert index.head(prefix) == (stored[0], count)
+
+
+@pytest.mark.parametrize("in_one_statement", [True, False])
+def test_a_listing_comes_back_with_exactly_its_names_etags_and_times(tmp_path: Path, in_one_statement: bool) -> None:
+    """Both ways a directory is read (one JSON document where SQLite prints times exactly, else row by
+    row) give back the very floats and strings stored."""
+    index = ListingIndex(tmp_path / "index.db", {})
+    if not in_one_statement:
+        index._reads_in_one_statement = False  # what a SQLite that prints times inexactly gets
+    prefix = "training/ct/P/"
+    names = ['a"b', "back\\\\slash", "ünïcode", "😀", "x'y", "sp ace", "\u2028", "z" * 255, "[1, 2]"]
+    entries: dict[str, Entry] = {"dir": Entry("dir", True, mtime=3.0)}
+    for n, name in enumerate(names):
+        mtime = 1_620_000_000.123 + n * 1.001 if n % 3 else 0.1 + n
+        obj = ObjectInfo(prefix + name, n, "0123456789abcdef0123456789abcdef" if n % 2 else f"etag-ü-{n}", mtime)
+        entries[name] = Entry(name, False, n, mtime, obj)
+    index.put([(prefix, entries), ("training/ct/Q/", {})], time.time())
+    stored = index.get(prefix, 3.0)
+    assert stored is not None and stored[1] == entries and list(stored[1]) == sorted(entries)
+    empty = index.get("training/ct/Q/", 3.0)
+    assert empty is not None and empty[1] == {}
+    assert index.get("training/ct/R/", 3.0) is None
