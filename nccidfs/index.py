@@ -41,6 +41,7 @@ INDEX_FILES = (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm")
 # Entries are written as sizes; a directory has none.
 _DIR_SIZE = -1
 # A plain MD5 ETag (32 hex digits) is kept as its 16 bytes: about 100 bytes a row become about 85.
+_MD5_HEX = re.compile("[0-9a-f]{32}")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE IF NOT EXISTS dirs (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE NOT NULL, "
@@ -50,7 +51,6 @@ _SCHEMA = (
 )
 
 
-_MD5_HEX = re.compile("[0-9a-f]{32}")
 # Rows are inserted by statements of this many rows each (largest first). sqlite3 lets go of the
 # interpreter lock for every statement it steps, so a row at a time handed the lock over a thousand
 # times for a page of keys, and under a walk's other threads each hand-over waited its turn.
@@ -65,10 +65,11 @@ _INSERT = {rows: "INSERT INTO entries VALUES " + ",".join([f"({', '.join('?' * _
 # The ETag comes back as text (a packed MD5 as hex), the time as text with 17 digits in SQLite's extended
 # precision ("%!"), which reads back as the same float where SQLite prints floats exactly: that is checked
 # when the index is opened, and where it does not hold, a directory is read row by row (_LISTING_ROWS).
+_TIME_AS_TEXT = "printf('%!.17g', {})"
 _LISTING_AS_JSON = (
     "SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, CASE typeof(e.etag) WHEN 'blob' "
-    "THEN lower(hex(e.etag)) ELSE e.etag END, printf('%!.17g', e.mtime))) FROM entries e WHERE e.dir = d.id) "
-    "FROM dirs d WHERE d.prefix = ?")
+    f"THEN lower(hex(e.etag)) ELSE e.etag END, {_TIME_AS_TEXT.format('e.mtime')})) FROM entries e "
+    "WHERE e.dir = d.id) FROM dirs d WHERE d.prefix = ?")
 _LISTING_ROWS = ("SELECT d.fetched, e.name, e.size, e.etag, e.mtime FROM dirs d LEFT JOIN entries e ON e.dir = d.id "
                  "WHERE d.prefix = ?")
 
@@ -76,12 +77,12 @@ _LISTING_ROWS = ("SELECT d.fetched, e.name, e.size, e.etag, e.mtime FROM dirs d 
 def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
     """Whether this SQLite prints times with _LISTING_AS_JSON's format so that each reads back unchanged."""
     samples = [1_620_000_000.123 + n * 1.001 for n in range(100)] + [0.1, 1e-7, 2.0**52 + 0.5, 123456789.123456789]
-    return all(float(db.execute("SELECT printf('%!.17g', ?)", (sample,)).fetchone()[0]) == sample
-               for sample in samples)
+    check = f"SELECT {_TIME_AS_TEXT.format('?')}"
+    return all(float(db.execute(check, (sample,)).fetchone()[0]) == sample for sample in samples)
 
 
 def _packed(etag: str) -> str | bytes:
-    # multipart ("<hex>-N"), upper case or another form: as it came
+    """A plain MD5 ETag as its 16 bytes; any other (multipart "<hex>-N", upper case) as it came."""
     return bytes.fromhex(etag) if _MD5_HEX.fullmatch(etag) else etag
 
 
