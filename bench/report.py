@@ -81,7 +81,8 @@ def rows(context: dict[str, Any], samples: Samples) -> list[Row]:
     table = [
         *(Row(name, f"data loader, {loader['files']} whole images at random from {loader['series']} series, "
                     f"{name.split()[1]} reader{'' if name.split()[1] == '1' else 's'}, {name.split()[2]}",
-              (f"boto3 {name.split()[1]} threads", "cached file"), rate=True, show_bytes=True, show_cpu=True)
+              (f"boto3 {name.split()[1]} threads", f"boto3 {name.split()[1]} threads + MD5 + file", "cached file",
+               "C FUSE over cached files"), rate=True, show_bytes=True, show_cpu=True)
           for name in loader_workloads(samples)),
         Row("header scan", f"header scan, {slices} slices (pydicom stop_before_pixels), cold, nccidfs prefetch off",
             show_bytes=True),

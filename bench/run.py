@@ -302,8 +302,8 @@ class Bench:
         """The data loader: whole images drawn at random across series, read by 1, 16, 64 workers.
 
         Each reader count on a fresh mount, cold; at the main count the same files again with the page
-        cache dropped (the daemon's disk cache warm), and, for nccidfs, its cache files read directly
-        by the same workers (the local-disk limit). rclone runs with its full disk cache here.
+        cache dropped (the daemon's disk cache warm), and, for nccidfs, its cache files read by the same
+        workers directly and through a C FUSE filesystem (the limits). rclone runs with its full disk cache.
         """
         for threads in self.args.loader_threads:
             with self.mount(system, self.reading_target(), "loader", disk_cache=True) as mounted:
@@ -316,19 +316,43 @@ class Bench:
                     continue
                 self.measure(f"loader {threads} warm", system, run, daemon=mounted)
                 if system == "nccidfs":
-                    cached = self.workdir / "loader-cached.txt"
-                    cached.write_text("\n".join(str(path) for path in mounted.cache_dir.glob("objects/*/*.data")))
-                    self.measure(f"loader {threads} warm", "cached file",
-                                 partial(self.child, "loader", cached, threads))
+                    self.cached_file_loader(mounted, threads)
+
+    def cached_file_loader(self, mounted: Mounted, threads: int) -> None:
+        """The limits of the warm data loader: nccidfs's cache files read directly by the same workers, and
+        through bindfs, a FUSE filesystem written in C (what FUSE itself costs, with no Python)."""
+        data_files = [str(path) for path in mounted.cache_dir.glob("objects/*/*.data")]
+        cached = self.workdir / "loader-cached.txt"
+        cached.write_text("\n".join(data_files))
+        self.measure(f"loader {threads} warm", "cached file", partial(self.child, "loader", cached, str(threads)))
+        if not shutil.which("bindfs"):
+            return
+        view = self.workdir / "bindfs"
+        view.mkdir(exist_ok=True)
+        run_command(["bindfs", "-r", "--multithreaded", str(mounted.cache_dir), str(view)], self.args.timeout)
+        try:
+            through = self.workdir / "loader-bindfs.txt"
+            through.write_text("\n".join(str(view / Path(path).relative_to(mounted.cache_dir)) for path in data_files))
+            self.measure(f"loader {threads} warm", "C FUSE over cached files",
+                         partial(self.child, "loader", through, str(threads)))
+        finally:
+            run_command(["fusermount3", "-u", str(view)], self.args.timeout)
 
     def loader_limits(self) -> None:
-        """The SDK floor for the data loader: the same keys, ``get_object().read()`` by as many threads."""
+        """The SDK floors for the data loader: the same keys, ``get_object().read()`` by as many threads; and
+        the same with each body checked against its MD5 and written to a file, as a verifying cache must."""
         assert self.server is not None
         listing = self.workdir / "loader-keys.txt"
         listing.write_text("\n".join(self.loader_keys))
+        kept = self.workdir / "boto3-kept"
         for threads in self.args.loader_threads:
             self.measure(f"loader {threads} cold", f"boto3 {threads} threads", partial(
                 self.child, "boto3-loader", self.server.url, self.reading.bucket, listing, threads))
+            shutil.rmtree(kept, ignore_errors=True)
+            kept.mkdir()
+            self.measure(f"loader {threads} cold", f"boto3 {threads} threads + MD5 + file", partial(
+                self.child, "boto3-store-loader", self.server.url, self.reading.bucket, listing, threads, kept))
+        shutil.rmtree(kept, ignore_errors=True)
 
     @property
     def loader_keys(self) -> list[str]:
@@ -411,15 +435,14 @@ def _specs(quick: bool) -> tuple[warehouse.ReadingSpec, warehouse.WideSpec]:
 
 def ensure_tools() -> list[str]:
     """Install the peers with apt-get when missing; return a note for each tool still missing."""
-    missing = [package for package, tool in (("s3fs", "s3fs"), ("rclone", "rclone"), ("dcm2niix", "dcm2niix"))
-               if not shutil.which(tool)]
+    tools = ("s3fs", "rclone", "dcm2niix", "bindfs")
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
         log(f"installing {' '.join(missing)} with apt-get")
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, capture_output=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    notes = [f"{tool} is not installed: its rows are skipped" for tool in ("s3fs", "rclone", "dcm2niix")
-             if not shutil.which(tool)]
+    notes = [f"{tool} is not installed: its rows are skipped" for tool in tools if not shutil.which(tool)]
     return notes
 
 

@@ -12,6 +12,7 @@ command prints one JSON object on its last line; ``seconds`` is the time of the 
     python bench/workloads.py boto3-get ENDPOINT BUCKET KEY
     python bench/workloads.py loader LISTFILE THREADS
     python bench/workloads.py boto3-loader ENDPOINT BUCKET LISTFILE THREADS
+    python bench/workloads.py boto3-store-loader ENDPOINT BUCKET LISTFILE THREADS DIR
 """
 
 from __future__ import annotations
@@ -148,9 +149,30 @@ def boto3_loader(endpoint: str, bucket: str, listfile: str, threads: str) -> dic
     return _threads(listfile, threads, read)
 
 
+def boto3_store_loader(endpoint: str, bucket: str, listfile: str, threads: str, directory: str) -> dict[str, Any]:
+    """The same keys, each body checked against its ETag's MD5 and written to a file of its own in
+    ``directory``: the least a disk cache that verifies what it keeps must do, before any filesystem."""
+    client = _client(endpoint, int(threads))
+
+    def read(key: str) -> int:
+        answer = client.get_object(Bucket=bucket, Key=key)
+        body = answer["Body"].read()
+        if hashlib.md5(body, usedforsecurity=False).hexdigest() != answer["ETag"].strip('"'):
+            raise SystemExit(f"{key}: the body does not match its ETag")
+        name = os.path.join(directory, hashlib.sha256(key.encode()).hexdigest())
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.pwrite(fd, body, 0)
+        finally:
+            os.close(fd)
+        return len(body)
+    return _threads(listfile, threads, read)
+
+
 COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
     "headers": headers, "stat-missing": stat_missing, "md5": md5, "boto3-prefix": boto3_prefix,
     "boto3-file": boto3_file, "boto3-get": boto3_get, "loader": loader, "boto3-loader": boto3_loader,
+    "boto3-store-loader": boto3_store_loader,
 }
 
 
