@@ -36,7 +36,7 @@ import mounts
 import report
 import warehouse
 from mounts import SYSTEMS, Mounted, Target, tool_env
-from report import Sample
+from report import C_FUSE, Sample
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -297,6 +297,25 @@ class Bench:
             return
         self.measure("big cold", "cached file", lambda: self.dd(data_files[-1]))
         self.measure("big warm", "cached file", lambda: self.dd(data_files[-1]), cold=False)
+        with self.c_fuse_view(mounted.cache_dir) as view:
+            if view is not None:
+                through = view / data_files[-1].relative_to(mounted.cache_dir)
+                self.measure("big cold", C_FUSE, lambda: self.dd(through))
+
+    @contextmanager
+    def c_fuse_view(self, directory: Path) -> Iterator[Path | None]:
+        """``directory`` through bindfs, a FUSE filesystem written in C: what FUSE itself costs, with no
+        Python; None when bindfs is not installed."""
+        if not shutil.which("bindfs"):
+            yield None
+            return
+        view = self.workdir / "bindfs"
+        view.mkdir(exist_ok=True)
+        run_command(["bindfs", "-r", "--multithreaded", str(directory), str(view)], self.args.timeout)
+        try:
+            yield view
+        finally:
+            run_command(["fusermount3", "-u", str(view)], self.args.timeout)
 
     def loader_round(self, system: str) -> None:
         """The data loader: whole images drawn at random across series, read by 1, 16, 64 workers.
@@ -319,24 +338,17 @@ class Bench:
                     self.cached_file_loader(mounted, threads)
 
     def cached_file_loader(self, mounted: Mounted, threads: int) -> None:
-        """The limits of the warm data loader: nccidfs's cache files read directly by the same workers, and
-        through bindfs, a FUSE filesystem written in C (what FUSE itself costs, with no Python)."""
-        data_files = [str(path) for path in mounted.cache_dir.glob("objects/*/*.data")]
+        """The limits of the warm data loader: nccidfs's cache files read by the same workers directly, and
+        through a C FUSE filesystem."""
+        data_files = list(mounted.cache_dir.glob("objects/*/*.data"))
         cached = self.workdir / "loader-cached.txt"
-        cached.write_text("\n".join(data_files))
+        cached.write_text("\n".join(map(str, data_files)))
         self.measure(f"loader {threads} warm", "cached file", partial(self.child, "loader", cached, str(threads)))
-        if not shutil.which("bindfs"):
-            return
-        view = self.workdir / "bindfs"
-        view.mkdir(exist_ok=True)
-        run_command(["bindfs", "-r", "--multithreaded", str(mounted.cache_dir), str(view)], self.args.timeout)
-        try:
-            through = self.workdir / "loader-bindfs.txt"
-            through.write_text("\n".join(str(view / Path(path).relative_to(mounted.cache_dir)) for path in data_files))
-            self.measure(f"loader {threads} warm", "C FUSE over cached files",
-                         partial(self.child, "loader", through, str(threads)))
-        finally:
-            run_command(["fusermount3", "-u", str(view)], self.args.timeout)
+        with self.c_fuse_view(mounted.cache_dir) as view:
+            if view is not None:
+                through = self.workdir / "loader-c-fuse.txt"
+                through.write_text("\n".join(str(view / path.relative_to(mounted.cache_dir)) for path in data_files))
+                self.measure(f"loader {threads} warm", C_FUSE, partial(self.child, "loader", through, str(threads)))
 
     def loader_limits(self) -> None:
         """The SDK floors for the data loader: the same keys, ``get_object().read()`` by as many threads; and

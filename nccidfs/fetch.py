@@ -7,7 +7,8 @@
   up to ``part_size`` in one GET, checked against its MD5 in memory before any byte is served, and a
   larger object a read-ahead window of four parts at once.
 - Any other sequential reader gets a read-ahead window that starts at ``initial_window``; windows double
-  up to ``max_window``, fetched in the background as parallel GETs of at most ``part_size``.
+  up to ``max_window``, fetched in the background as parallel GETs of at most ``part_size``. A window
+  slides: each part the reader uses up is replaced by the next at once.
 - Bytes just fetched are served from memory; only other reads go to the cache file.
 - Every wait is bounded: by the part's own deadline (fixed when its GET starts, so a second reader of a
   stalled part does not wait a whole deadline again) and by what is left of the FUSE call's deadline.
@@ -188,7 +189,10 @@ class Fetcher:
             cursor.window, cursor.ahead_until = 0, 0
         cursor.next_offset = end
         last = -(-end // block)
-        if not cursor.window or end >= entry.size or cursor.ahead_until - end > cursor.window // 2:
+        # The window slides: once the reader has used up a part of it, the next part is asked for, so the
+        # GETs of a reader of a large object overlap instead of starting in waves.
+        refill_below = max(cursor.window // 2, cursor.window - self._config.part_size)
+        if not cursor.window or end >= entry.size or cursor.ahead_until - end > refill_below:
             return last
         start = max(end, cursor.ahead_until)
         stop = min(end + cursor.window, entry.size)

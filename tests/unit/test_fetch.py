@@ -23,8 +23,9 @@ KEY = "training/xray/Covid1/s/t/x.dcm"
 
 def make(tmp_path: Path, store: MemoryStore, cache_size: int = 1 << 24, deadline: float = 5.0,
          **read: int | bool) -> tuple[Fetcher, DiskCache]:
-    config = ReadConfig(block_size=BLOCK, initial_window=BLOCK * 4, max_window=BLOCK * 16, part_size=BLOCK * 8,
-                        fetch_threads=4, **read)
+    settings: dict[str, int | bool] = {"block_size": BLOCK, "initial_window": BLOCK * 4, "max_window": BLOCK * 16,
+                                       "part_size": BLOCK * 8, "fetch_threads": 4}
+    config = ReadConfig(**{**settings, **read})  # type: ignore[arg-type]
     cache = DiskCache(prepare(tmp_path / "cache"), cache_size, "b", BLOCK)
     return Fetcher(store, cache, config, deadline), cache
 
@@ -62,6 +63,25 @@ def test_sequential_reads_grow_a_read_ahead_window(tmp_path: Path) -> None:
         offset += BLOCK
     assert cursor.window == BLOCK * 16
     assert store.requests["get"] < 40 // 2, "read-ahead should batch blocks into larger GETs"
+    fetched = sorted((start, end) for _, start, end in store.ranges)
+    assert all(a[1] <= b[0] for a, b in zip(fetched, fetched[1:], strict=False)), "no byte fetched twice"
+
+
+def test_a_full_window_stays_ahead_of_a_sequential_reader(tmp_path: Path) -> None:
+    """Once the window is at its largest, a part used up is asked for again at once: the bytes fetched
+    ahead of the reader never drop below the window less one part (a refill at half the window would let
+    them fall to half, and the GETs would come in waves)."""
+    body = os.urandom(BLOCK * 200)
+    store = MemoryStore({KEY: body})
+    fetcher, cache = make(tmp_path, store, max_window=BLOCK * 32)
+    entry = cache.pin(store.info(KEY))
+    cursor = ReadCursor()
+    lowest = len(body)
+    for offset in range(0, BLOCK * 150, BLOCK):
+        assert fetcher.read(entry, offset, BLOCK, cursor) == body[offset:offset + BLOCK]
+        if cursor.window == BLOCK * 32:
+            lowest = min(lowest, cursor.ahead_until - cursor.next_offset)
+    assert lowest >= BLOCK * (32 - 8)
     fetched = sorted((start, end) for _, start, end in store.ranges)
     assert all(a[1] <= b[0] for a, b in zip(fetched, fetched[1:], strict=False)), "no byte fetched twice"
 
