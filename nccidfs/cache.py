@@ -378,7 +378,13 @@ class DiskCache:
 
     def store(self, entry: CacheEntry, first: int, data: bytes) -> bool:
         """Write blocks starting at ``first`` and mark them present; False if the bound or the disk leaves
-        no room (the caller then serves the bytes uncached)."""
+        no room (the caller then serves the bytes uncached). The caller holds a pin on the entry.
+
+        The bytes are written outside the entry's lock: a part of a large object takes milliseconds to
+        write, and readers of its other blocks must not wait for that. The blocks are unmarked until the
+        write is done, so nobody reads them before. What the entry costs is measured under the lock, with
+        the marking, so concurrent stores of one entry each count only what they added.
+        """
         block = entry.block_size
         last = first + -(-len(data) // block)
         start = first * block
@@ -388,18 +394,22 @@ class DiskCache:
         if not self._reserve(expected):
             return False
         crcs = _block_crcs(data, block)
-        with entry.lock:
-            before = entry.charge
-            try:
-                os.pwrite(self._fd(entry), data, start)
+        try:
+            with entry.lock:
+                fd = self._fd(entry)  # stays open: the caller's pin keeps unpin from closing it
+            os.pwrite(fd, data, start)
+            with entry.lock:
+                before = entry.charge
                 self._mark(entry, first, last, crcs)
-            except OSError as error:
+                actual = entry.charge - before
+        except OSError as error:
+            with entry.lock:
+                before = entry.charge
                 self._settle(expected, self._recount(entry) - before)
-                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                log.warning("cache disk full while storing %s; serving from S3", entry.key)
-                return False
-            actual = entry.charge - before
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("cache disk full while storing %s; serving from S3", entry.key)
+            return False
         self._settle(expected, actual)
         return True
 

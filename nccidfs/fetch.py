@@ -145,7 +145,8 @@ class Fetcher:
         if failure is not None:
             raise failure
         try:
-            return self._ensure(entry, first, fetch_last, self._foreground)
+            waits, started = self._ensure(entry, first, fetch_last, self._foreground)
+            return waits + started
         except NccidfsError as error:
             if isinstance(error, TransientError):
                 with self._parts_lock:
@@ -162,11 +163,11 @@ class Fetcher:
 
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
         """Fetch the missing blocks of ``[first, last)`` in the background pool and wait until they are
-        stored; returns bytes downloaded."""
-        parts = self._ensure(entry, first, min(last, entry.block_count), self._background)
-        for part in parts:
+        stored (those already in flight too); returns the bytes this call downloaded."""
+        waits, started = self._ensure(entry, first, min(last, entry.block_count), self._background)
+        for part in waits + started:
             part.settled.wait(max(0.0, part.deadline - time.monotonic()))
-        return sum(len(part.future.result()) for part in parts)
+        return sum(len(part.future.result()) for part in started)
 
     def _read_ahead(self, entry: CacheEntry, offset: int, size: int, end: int, cursor: ReadCursor) -> int:
         """Grow the window on sequential reads and keep ``window`` bytes fetched ahead of ``end``.
@@ -202,13 +203,16 @@ class Fetcher:
 
     # -- planning -------------------------------------------------------------------------------
     def _ensure(self, entry: CacheEntry, first: int, last: int, pool: ThreadPoolExecutor,
-                wait: bool = True) -> list[InflightPart]:
-        """Start GETs for the missing blocks of ``[first, last)``; return every part to wait for."""
+                wait: bool = True) -> tuple[list[InflightPart], list[InflightPart]]:
+        """Start GETs for the missing blocks of ``[first, last)``; return the parts already in flight that
+        cover some of them, and the parts started here."""
         part_blocks = max(1, self._config.part_size // entry.block_size)
-        with entry.lock:
-            missing = list(entry.missing_runs(first, last))
         new: list[InflightPart] = []
         with self._parts_lock:
+            # Under the parts lock: a part leaves the list only once its blocks are marked, so each block
+            # is seen either present, or in flight, or missing (never between the two and fetched twice).
+            with entry.lock:
+                missing = list(entry.missing_runs(first, last))
             flying = self._parts.setdefault(entry.digest, [])
             waits = [p for p in flying if p.first < last and p.last > first]
             for run_first, run_last in missing:
@@ -222,16 +226,15 @@ class Fetcher:
                 del self._parts[entry.digest]
         for part in new:
             pool.submit(self._fetch_part, entry, part)
-        parts = waits + new
         if wait:
-            for part in parts:
+            for part in waits + new:
                 timeout = min(part.deadline - time.monotonic(), deadline.remaining(self._deadline))
                 try:
                     part.future.result(timeout=max(0.0, timeout))
                 except FutureTimeout:
                     self._abandon(entry, part)
                     raise TransientError(f"{entry.key}: no answer from S3 within {self._deadline:g}s") from None
-        return parts
+        return waits, new
 
     def _abandon(self, entry: CacheEntry, part: InflightPart) -> None:
         """Stop sharing a part past its deadline, so the next reader starts a fresh GET instead of waiting."""

@@ -3,8 +3,10 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +48,38 @@ def test_stored_blocks_read_back_and_partial_objects_report_missing(tmp_path: Pa
     assert list(entry.missing_runs(0, 4)) == [(0, 1), (2, 4)]
     assert cache.store(entry, 2, body[2 * BLOCK:])
     assert cache.read(entry, 2, 4) == body[2 * BLOCK:]
+    cache.unpin(entry)
+
+
+def test_a_slow_write_of_one_part_does_not_hold_up_reads_of_other_blocks(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part of a large object takes a while to write; readers of the blocks already stored go on."""
+    cache = new_cache(tmp_path, 1 << 22)
+    body = os.urandom(16 * BLOCK)
+    entry = cache.pin(obj("k", body))
+    assert cache.store(entry, 0, body[:8 * BLOCK])
+    writing, release = threading.Event(), threading.Event()
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd: int, data: bytes, offset: int) -> int:
+        writing.set()
+        assert release.wait(10)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr("nccidfs.cache.os.pwrite", slow_pwrite)
+    writer = threading.Thread(target=lambda: cache.store(entry, 8, body[8 * BLOCK:]))
+    writer.start()
+    try:
+        assert writing.wait(10)
+        reader = threading.Thread(target=lambda: cache.read(entry, 0, 8))
+        reader.start()
+        reader.join(2)
+        assert not reader.is_alive(), "the read waited for another part's write"
+        assert cache.read(entry, 8, 16) is None, "blocks being written are not served"
+    finally:
+        release.set()
+        writer.join()
+    assert cache.read(entry, 0, 16) == body
     cache.unpin(entry)
 
 

@@ -148,6 +148,7 @@ def test_a_whole_file_reader_gets_a_small_object_in_one_get(tmp_path: Path) -> N
     entry = cache.pin(store.info(KEY))
     cursor = ReadCursor()
     assert fetcher.read(entry, 0, WHOLE_READ, cursor) == small
+    assert fetcher.fetch_blocks(entry, 0, entry.block_count) == 0  # waits for the part to be stored
     assert store.ranges == [(KEY, 0, len(small))]
     assert entry.is_complete() and entry.verified  # checked against its MD5 on the way in
     cache.unpin(entry)
