@@ -1,8 +1,8 @@
 """The CRC32 of a run of equal-sized blocks, joined from the blocks' own CRC32s.
 
-The cache records one CRC32 per block. A read of many blocks checks them all with a single ``zlib.crc32``
-of the whole run, compared with the recorded CRCs joined into one. Checking block by block instead costs a
-``zlib.crc32`` call per block, and each such call releases and takes back the interpreter lock: under many
+The cache records one CRC32 (zlib's CRC-32) per block. A read of many blocks checks them all with a single
+CRC of the whole run, compared with the recorded CRCs joined into one. Checking block by block instead
+costs a call per block, and each such call releases and takes back the interpreter lock: under many
 readers, most of a warm read's time went to those hand-overs.
 
 Joining uses the algebra of CRCs (as zlib's ``crc32_combine``): the CRC of ``A + B`` is the CRC of ``A``

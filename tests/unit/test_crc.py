@@ -5,6 +5,7 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nccidfs.cache import _block_crcs
 from nccidfs.crc import joined_crc, multiply, power_of_x
 
 
@@ -34,3 +35,10 @@ def test_powers_of_x_multiply_as_exponents_add() -> None:
     assert power_of_x(0) == 1 << 31
     assert multiply(power_of_x(5), power_of_x(7)) == power_of_x(12)
     assert multiply(power_of_x(1000), power_of_x(24)) == power_of_x(1024)
+
+
+@given(st.binary(max_size=20_000), st.integers(1, 5_000))
+def test_the_cache_records_zlibs_crc32_of_each_block(data: bytes, block_size: int) -> None:
+    """The maps written by earlier versions hold zlib's CRC-32: the faster implementation must agree."""
+    assert list(_block_crcs(data, block_size)) == [zlib.crc32(data[i:i + block_size])
+                                                   for i in range(0, len(data), block_size)]
