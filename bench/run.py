@@ -305,13 +305,18 @@ class Bench:
     @contextmanager
     def c_fuse_view(self, directory: Path) -> Iterator[Path | None]:
         """``directory`` through bindfs, a FUSE filesystem written in C: what FUSE itself costs, with no
-        Python; None when bindfs is not installed."""
+        Python; None when bindfs is not installed or does not mount (a finding then)."""
         if not shutil.which("bindfs"):
             yield None
             return
         view = self.workdir / "bindfs"
         view.mkdir(exist_ok=True)
-        run_command(["bindfs", "-r", "--multithreaded", str(directory), str(view)], self.args.timeout)
+        try:
+            run_command(["bindfs", "-r", "--multithreaded", str(directory), str(view)], self.args.timeout)
+        except Failed as error:
+            self.findings.append(f"bindfs, {self.run_label}: {error}")
+            yield None
+            return
         try:
             yield view
         finally:

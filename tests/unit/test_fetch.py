@@ -22,10 +22,9 @@ KEY = "training/xray/Covid1/s/t/x.dcm"
 
 
 def make(tmp_path: Path, store: MemoryStore, cache_size: int = 1 << 24, deadline: float = 5.0,
-         **read: int | bool) -> tuple[Fetcher, DiskCache]:
-    settings: dict[str, int | bool] = {"block_size": BLOCK, "initial_window": BLOCK * 4, "max_window": BLOCK * 16,
-                                       "part_size": BLOCK * 8, "fetch_threads": 4}
-    config = ReadConfig(**{**settings, **read})  # type: ignore[arg-type]
+         max_window: int = BLOCK * 16, **read: int | bool) -> tuple[Fetcher, DiskCache]:
+    config = ReadConfig(block_size=BLOCK, initial_window=BLOCK * 4, max_window=max_window, part_size=BLOCK * 8,
+                        fetch_threads=4, **read)
     cache = DiskCache(prepare(tmp_path / "cache"), cache_size, "b", BLOCK)
     return Fetcher(store, cache, config, deadline), cache
 
