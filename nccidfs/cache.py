@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import stat
 import threading
@@ -54,7 +53,7 @@ from isal import isal_zlib
 from nccidfs.cachedir import LOCK, MARKER, OBJECTS, CacheLock, is_cache_dir
 from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
-from nccidfs.objects import ObjectInfo
+from nccidfs.objects import ObjectInfo, is_plain_md5
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ _MAP_PER_BLOCK = 6
 _MAP_PER_RUN = 24
 _MAP_HEADER = 256
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
-_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")  # the ETag of a single-part upload
 
 
 def entry_digest(identity: str, key: str, etag: str) -> str:
@@ -446,7 +444,7 @@ class DiskCache:
     def verify_bytes(self, entry: CacheEntry, data: bytes) -> bool:
         """Check the whole object's bytes, fetched but not yet stored, against a plain-MD5 ETag; True when
         the ETag is not one (multipart upload). Checked in memory, they need not be read back."""
-        if not _PLAIN_MD5.fullmatch(entry.etag) or len(data) != entry.size:
+        if not is_plain_md5(entry.etag) or len(data) != entry.size:
             return True
         if hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.etag:
             log.error("%s: the bytes S3 sent do not match the ETag's MD5", entry.key)
@@ -460,7 +458,7 @@ class DiskCache:
 
         A mismatch drops every block, so the object is fetched again rather than served wrong.
         """
-        if not _PLAIN_MD5.fullmatch(entry.etag) or not entry.is_complete():
+        if not is_plain_md5(entry.etag) or not entry.is_complete():
             return True
         with entry.lock:
             if entry.verified:

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from nccidfs.objects import Entry, ObjectInfo
+from nccidfs.objects import Entry, ObjectInfo, is_plain_md5
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,6 @@ WAL_ALLOWANCE = 512 * 1024
 INDEX_FILES = (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm")
 # Entries are written as sizes; a directory has none.
 _DIR_SIZE = -1
-# A plain MD5 ETag (32 hex digits) is kept as its 16 bytes: about 100 bytes a row become about 85.
-_MD5_HEX = re.compile("[0-9a-f]{32}")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE IF NOT EXISTS dirs (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE NOT NULL, "
@@ -82,8 +79,9 @@ def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
 
 
 def _packed(etag: str) -> str | bytes:
-    """A plain MD5 ETag as its 16 bytes; any other (multipart "<hex>-N", upper case) as it came."""
-    return bytes.fromhex(etag) if _MD5_HEX.fullmatch(etag) else etag
+    """A plain MD5 ETag as its 16 bytes (about 100 bytes a row become about 85); any other (multipart
+    "<hex>-N", upper case) as it came."""
+    return bytes.fromhex(etag) if is_plain_md5(etag) else etag
 
 
 def _entry(prefix: str, row: Sequence[Any], dir_mtime: float) -> Entry:

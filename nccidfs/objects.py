@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
+
+_PLAIN_MD5 = re.compile("[0-9a-f]{32}")
+
+
+def is_plain_md5(etag: str) -> bool:
+    """Whether an ETag is the MD5 of the object's bytes: that of a single-part upload, 32 lower-case hex
+    digits (a multipart upload's is "<hex>-N")."""
+    return _PLAIN_MD5.fullmatch(etag) is not None
 
 
 class ObjectInfo(NamedTuple):
