@@ -54,9 +54,17 @@ CACHE_SLACK = 64 * 1024
 
 
 def du_bytes(directory: Path) -> int:
-    """What ``du -sb`` prints for a directory: the measure the cache's bound is stated in."""
-    result = subprocess.run(["du", "-sb", str(directory)], capture_output=True, text=True, check=True)
-    return int(result.stdout.split()[0])
+    """What ``du -sb`` prints for a directory: the measure the cache's bound is stated in.
+
+    A live daemon renames and evicts files while du walks; a file that vanished under du makes it fail,
+    and the walk is then taken again (any other failure is raised at once)."""
+    for _attempt in range(5):
+        result = subprocess.run(["du", "-sb", str(directory)], capture_output=True, text=True)
+        if result.returncode == 0:
+            return int(result.stdout.split()[0])
+        if "No such file or directory" not in result.stderr:
+            break
+    raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
 
 
 def drop_page_cache() -> None:

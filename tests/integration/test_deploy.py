@@ -216,7 +216,9 @@ def test_a_cache_held_by_another_daemon_gives_the_job_a_cache_of_its_own(script_
 @pytest.fixture
 def waiting_job(script_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """A wrapped command that holds the mount until the test creates tmp_path/go."""
-    command = f'cat "$NCCIDFS_MOUNTPOINT/.nccidfs/status.json" > {tmp_path}/first.json; ' \
+    # Written under another name and renamed, so the test never reads the file half written.
+    command = f'cat "$NCCIDFS_MOUNTPOINT/.nccidfs/status.json" > {tmp_path}/first.tmp; ' \
+              f'mv {tmp_path}/first.tmp {tmp_path}/first.json; ' \
               f'while [ ! -e {tmp_path}/go ]; do sleep 0.05; done'
     job = subprocess.Popen([str(WRAPPER), "sh", "-c", command], env=script_env, text=True, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
