@@ -257,10 +257,13 @@ class FolderBuild:
             self._refuse(key, MAX_TWIN_BYTES)
             return {}
         try:
-            return tags_from_metadata_json(body)
+            tags = tags_from_metadata_json(body)
         except Exception as error:  # one twin, however malformed, spoils only its own row
             self._bad_input(key, error)
             return {}
+        if not tags:  # not DICOM JSON, or no element that could be shown
+            self._bad_input(key, "no DICOM element in it could be read")
+        return tags
 
     def _clinical_rows(self, listed: Listed) -> list[Row]:
         latest = latest_clinical_file([obj.key.rsplit("/", 1)[1] for obj in listed.files])

@@ -307,11 +307,14 @@ class Boto3Store:
                 if _error_code(error) == "InvalidRange":
                     return b""  # an empty object has no byte 0
                 raise
+            started = time.monotonic()
             try:
                 data: bytes = body.read(limit)
             finally:
                 body.release_conn()
             self.stats.record("GetObject", len(data))
+            log.debug("GET %s (its first %d bytes) -> %d bytes %.3fs", key, limit, len(data),
+                      time.monotonic() - started)
             return data
 
         return self._retrying("GetObject", f"get {key} (its first {limit} bytes)", fetch)

@@ -117,3 +117,7 @@ class FailingStore(MemoryStore):
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
         self._outage(f"get {key}")
         return super().get_range(key, start, end, etag)
+
+    def get_head(self, key: str, limit: int) -> bytes:
+        self._outage(f"get {key}")
+        return super().get_head(key, limit)

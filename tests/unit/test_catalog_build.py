@@ -1,0 +1,175 @@
+"""The catalog's build over an in-memory store: tables complete or absent, rows kept under their listings'
+fingerprints and read again only when those change, bulk listings, bad inputs confined to their rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from nccidfs.catalog_build import LIST_THREADS, MAX_TWIN_BYTES, image_patient
+from nccidfs.catalog_db import CatalogDB
+from nccidfs.catalog_view import CatalogBuilder, CatalogView
+from nccidfs.derived.catalog import render_csv, spreadsheet_cell, valid_text
+from nccidfs.errors import NotReady
+from nccidfs.index import ListingIndex
+from nccidfs.namespace import Namespace
+from nccidfs.objects import ObjectInfo
+from tests.fakes import FailingStore
+
+PREFIX = "training/"
+
+
+def twin(description: str) -> bytes:
+    return json.dumps({"00080060": {"vr": "CS", "Value": ["CT"]},
+                       "0008103E": {"vr": "LO", "Value": [description]}}).encode()
+
+
+def warehouse(patients: range, images: int = 3) -> dict[str, bytes]:
+    objects = {}
+    for number in patients:
+        for series in range(2):
+            folder = f"ct/P{number}/1.{number}/1.{number}.{series}"
+            for image in range(images):
+                objects[f"{PREFIX}{folder}/i{image}.dcm"] = b"x" * (10 + image)
+                objects[f"{PREFIX}{folder.replace('ct/', 'ct-metadata/', 1)}/i{image}.json"] = twin(f"s{series}")
+        objects[f"{PREFIX}data/P{number}/status_2020-01-0{1 + number % 9}.json"] = b'{"Sex": "F"}'
+    return objects
+
+
+class Catalog:
+    """A builder, its view and its database over one store, as the daemon wires them."""
+
+    def __init__(self, store: FailingStore, directory: Path) -> None:
+        directory.mkdir(exist_ok=True)
+        index = ListingIndex(directory / "index.db", {})
+        self.namespace = Namespace(store, PREFIX, ["ct", "ct-metadata", "data"], 60.0, 100_000, index)
+        self.db = CatalogDB(directory, {"bucket": "b"})
+        self.builder = CatalogBuilder(self.namespace, store, self.db)
+        self.view = CatalogView(self.builder, self.db, 0.0)
+
+    def build(self, folders: list[str] | None = None) -> dict[str, object]:
+        self.builder.start(folders, again=True)
+        deadline = time.monotonic() + 30
+        while (progress := self.builder.progress())["state"] == "building":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return progress
+
+    def table(self, name: str) -> list[dict[str, str]]:
+        opened = self.view.open([name])
+        try:
+            return list(csv.DictReader(io.StringIO(opened.read(0, 1 << 30).decode("utf-8"))))
+        finally:
+            opened.release()
+
+
+def twin_gets(store: FailingStore) -> int:
+    return sum(1 for key, _, _ in store.ranges if "-metadata/" in key)
+
+
+@pytest.mark.parametrize(("text", "cell"), [
+    ("=1+2", "'=1+2"), ("+1-2", "'+1-2"), ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"),
+    ("\r=1", "'\r=1"), ("-3", "-3"), ("-1.5e-3", "-1.5e-3"), ("+", "'+"), ("a=b", "a=b"), ("", ""),
+])
+def test_a_cell_a_spreadsheet_would_run_is_quoted_and_a_number_is_left(text: str, cell: str) -> None:
+    assert spreadsheet_cell(text) == cell
+
+
+def test_lone_surrogates_become_the_replacement_character_in_valid_utf8() -> None:
+    assert valid_text("a\ud800b\udc80") == "a\ufffdb\ufffd" and valid_text("😀") == "😀"
+    data = render_csv(("=h\udc80",), [{"=h\udc80": "\ud83d"}])
+    assert data.decode("utf-8") == "'=h\ufffd\n\ufffd\n"
+
+
+def test_a_patients_listing_gives_its_series_and_a_fingerprint_of_keys_and_etags() -> None:
+    prefix = "training/ct/P1/"
+    objects = [ObjectInfo(prefix + key, size, etag, 0.0) for key, size, etag in [
+        ("S/R/b.dcm", 5, "e1"), ("S/R/a.dcm", 7, "e2"), ("S/R/notes.txt", 100, "e3"), ("S/R2/x/y.dcm", 1, "e4"),
+        ("S/bad\x01/c.dcm", 1, "e5"), ("loose.dcm", 1, "e6")]]
+    listed = image_patient("P1", prefix, objects)
+    assert [(s.study, s.series, s.images, s.bytes, s.first) for s in listed.series] == [
+        ("S", "R", 2, 12, "a.dcm"), ("S", "R2", 0, 0, "")]
+    changed = [*objects[:-1], objects[-1]._replace(etag="e7")]
+    assert image_patient("P1", prefix, changed).fingerprint != listed.fingerprint
+    assert image_patient("P1", prefix, list(objects)).fingerprint == listed.fingerprint
+
+
+def test_a_table_is_refused_until_a_build_completes_then_holds_every_series(tmp_path: Path) -> None:
+    store = FailingStore(warehouse(range(5)))
+    catalog = Catalog(store, tmp_path)
+    store.stall = 0.3
+    with pytest.raises(NotReady):
+        catalog.view.open(["series.csv"])  # and that open started a build
+    assert catalog.builder.progress()["state"] == "building"
+    store.stall = 0.0
+    done = catalog.build()
+    assert done["state"] == "complete" and done["series"] == 10
+    rows = catalog.table("series.csv")
+    assert [row["path"] for row in rows] == sorted(f"ct/P{n}/1.{n}/1.{n}.{s}" for n in range(5) for s in range(2))
+    assert {row["SeriesDescription"] for row in rows} == {"s0", "s1"} and rows[0]["images"] == "3"
+
+
+def test_bulk_listings_and_one_twin_get_per_series(tmp_path: Path) -> None:
+    store = FailingStore(warehouse(range(40)))
+    catalog = Catalog(store, tmp_path)
+    store.requests.clear()
+    catalog.build()
+    assert twin_gets(store) == 80
+    # Per folder: a listing of its patients, then flat runs: one patient each at first, then one run for
+    # the rest (a listing per patient would take 40 per folder).
+    assert store.requests["list"] <= 2 * (1 + LIST_THREADS + 1)
+
+
+def test_a_second_build_reads_nothing_and_new_patients_alone_are_read(tmp_path: Path) -> None:
+    store = FailingStore(warehouse(range(6)))
+    catalog = Catalog(store, tmp_path)
+    catalog.build()
+    first = catalog.table("series.csv")
+    again = Catalog(store, tmp_path / ".")  # as after a remount: the same directory
+    before = len(store.ranges)
+    assert again.table("series.csv") == first and len(store.ranges) == before
+    store.objects.update(warehouse(range(6, 8)))
+    again.namespace.invalidate("/")
+    done = again.build()
+    assert twin_gets(store) - sum(1 for key, _, _ in store.ranges[:before] if "-metadata/" in key) == 4
+    assert (done["patients_read"], done["patients_reused"]) == (4, 12)
+    assert len(again.table("series.csv")) == 16 and len(again.table("patients.csv")) == 8
+
+
+def test_a_failing_store_fails_the_build_and_keeps_the_last_complete_tables(tmp_path: Path) -> None:
+    store = FailingStore(warehouse(range(3)))
+    catalog = Catalog(store, tmp_path)
+    catalog.build()
+    before = catalog.table("series.csv")
+    store.objects.update(warehouse(range(3, 5)))
+    catalog.namespace.invalidate("/")
+    store.down = True
+    failed = catalog.build()
+    assert failed["state"] == "failed" and "503" in str(failed["reason"])
+    assert catalog.table("series.csv") == before
+
+
+def test_an_oversized_twin_is_refused_and_its_row_kept(tmp_path: Path) -> None:
+    objects = warehouse(range(2), images=1)
+    objects[f"{PREFIX}ct-metadata/P1/1.1/1.1.0/i0.json"] = b" " * (MAX_TWIN_BYTES + 1)
+    objects[f"{PREFIX}ct-metadata/P0/1.0/1.0.0/i0.json"] = b"{]"
+    catalog = Catalog(FailingStore(objects), tmp_path)
+    done = catalog.build()
+    assert (done["state"], done["refused"], done["errors"], done["series"]) == ("complete", 1, 1, 4)
+    rows = {row["path"]: row for row in catalog.table("series.csv")}
+    assert rows["ct/P1/1.1/1.1.0"]["Modality"] == "" and rows["ct/P1/1.1/1.1.1"]["Modality"] == "CT"
+
+
+def test_a_build_of_one_folder_keeps_the_tables_of_the_others(tmp_path: Path) -> None:
+    catalog = Catalog(FailingStore(warehouse(range(3))), tmp_path)
+    catalog.build()
+    patients = catalog.table("patients.csv")
+    done = catalog.build(["ct"])
+    assert done["building"] == ["ct"] and catalog.table("patients.csv") == patients
+    with pytest.raises(Exception, match="not an image folder"):
+        catalog.builder.start(["data"])
