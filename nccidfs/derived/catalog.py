@@ -31,6 +31,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
+from nccidfs.derived.clinical import CLEANED_COLUMNS, clean
+
 Row = dict[str, str]
 
 SERIES_COLUMNS = (
@@ -68,6 +70,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # NHSX match the prefix whatever its case (Data_, Status_): so do we.
 _CLINICAL_NAME = re.compile(r"(?P<kind>data|status)_(?P<date>\d{4}-\d{2}-\d{2})\.json", re.IGNORECASE)
 _SEGMENTATION = ("OtherDataSources", "SegmentationData")
+_CLEANED = frozenset(CLEANED_COLUMNS)
 
 
 def series_row(
@@ -115,11 +118,14 @@ def patients_rows(clinical: Mapping[str, Sequence[tuple[str, bytes]]]) -> list[R
 
 
 def patient_columns(rows: Iterable[Mapping[str, str]]) -> tuple[str, ...]:
-    """patients.csv's columns: the fixed ones, then every clinical field in the order first met."""
+    """patients.csv's columns: the fixed ones, every raw clinical field in the order first met, then the
+    cleaned columns that any row has, in :data:`~nccidfs.derived.clinical.CLEANED_COLUMNS` order."""
     fields: dict[str, None] = dict.fromkeys(PATIENT_COLUMNS)
+    cleaned: set[str] = set()
     for row in rows:
-        fields.update(dict.fromkeys(row))
-    return tuple(fields)
+        cleaned.update(name for name in row if name in _CLEANED)
+        fields.update(dict.fromkeys(name for name in row if name not in _CLEANED))
+    return (*fields, *(name for name in CLEANED_COLUMNS if name in cleaned))
 
 
 def patients_csv(rows: Sequence[Mapping[str, str]]) -> bytes:
@@ -186,8 +192,11 @@ def patient_row(patient: str, files: Sequence[tuple[str, bytes]]) -> tuple[Row |
         fields = _clinical_fields(dict(files)[latest_name])
     except ValueError as error:
         return row, f"{latest_name}: {error}"
-    for name, value in fields.items():
-        row.setdefault(valid_text(name), valid_text(_cell(value)))  # never overrides the columns above
+    raw = {valid_text(name): valid_text(_cell(value)) for name, value in fields.items()}
+    for name, value in raw.items():
+        row.setdefault(name, value)  # never overrides the columns above
+    for name, value in clean(raw).items():
+        row.setdefault(name, value)
     return row, None
 
 
