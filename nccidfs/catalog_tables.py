@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nccidfs import catalog_parquet
 from nccidfs.catalog_build import CLINICAL
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.derived.catalog import SERIES_COLUMNS, Row, patient_columns, write_csv
@@ -31,15 +32,24 @@ def write_tables(db: CatalogDB, state: dict[str, Any]) -> dict[str, Path]:
     images = [folder for folder in as_of if folder != CLINICAL]
     written: dict[str, Path] = {}
     counts = {"series": 0, "patients": 0}
+    parquet = catalog_parquet.available()
     if images:
         path = written["series.csv"] = db.temporary("series.csv")
         with open(path, "w", encoding="utf-8", newline="") as out:
             counts["series"] = _count_written(out, SERIES_COLUMNS, _stamped(db.rows(images), as_of))
+        if parquet:
+            path = written["series.parquet"] = db.temporary("series.parquet")
+            catalog_parquet.write_parquet(path, SERIES_COLUMNS, catalog_parquet.SERIES_TYPES,
+                                          _stamped(db.rows(images), as_of))
     if CLINICAL in as_of:
         columns = patient_columns(db.rows([CLINICAL]))
         path = written["patients.csv"] = db.temporary("patients.csv")
         with open(path, "w", encoding="utf-8", newline="") as out:
             counts["patients"] = _count_written(out, columns, _stamped(db.rows([CLINICAL]), as_of, CLINICAL))
+        if parquet:
+            path = written["patients.parquet"] = db.temporary("patients.parquet")
+            catalog_parquet.write_parquet(path, columns, catalog_parquet.PATIENT_TYPES,
+                                          _stamped(db.rows([CLINICAL]), as_of, CLINICAL))
     state["counts"] = counts
     db.measure()
     return written

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from nccidfs import catalog_parquet
 from nccidfs.catalog_build import CLINICAL, IMAGE_FOLDERS, Bucket, Progress, build_folders
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_tables import iso_time, write_tables
@@ -31,7 +32,9 @@ from nccidfs.views import Parts, Snapshot, VirtualFile
 log = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
-TABLES = ("series.csv", "patients.csv")
+# The Parquet twins where pyarrow is installed (nccidfs[parquet]).
+TABLES = ("series.csv", "patients.csv",
+          *(("series.parquet", "patients.parquet") if catalog_parquet.available() else ()))
 
 
 class CatalogBuilder:

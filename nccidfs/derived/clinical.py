@@ -93,6 +93,13 @@ def _name(field: str, drop_commas: bool = False) -> str:
 
 
 CLEANED_COLUMNS = _columns()
+# What each cleaned column holds, for typed copies of the table (Parquet): numbers, dates, yes/no; the
+# rest (groups, codes, results) text.
+CLEANED_TYPES = {
+    **{_name(f, drop_commas=True): "number" for f in _NUMERIC}, "systolic_bp": "number", "diastolic_bp": "number",
+    "age": "number", "fio2": "number", **{_name(f): "date" for f in _US_DATES}, "swabdate": "date",
+    "latest_swab_date": "date", **{_name(f): "flag" for f in _BINARY}, "pmh_diabetes_mellitus_type_2": "flag",
+}
 
 
 def ethnicity(raw: str | None) -> str:

@@ -16,11 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from nccidfs import catalog_parquet
 from nccidfs.demo.warehouse import DemoObject
 from tests.faultproxy import FaultProxy
 from tests.mounting import PREFIX, MountedDaemon, create_bucket, daemon_env, s3_client
 
 pytestmark = pytest.mark.fuse
+# What the catalog folder lists: the tables, their Parquet twins where pyarrow is installed, the progress.
+CATALOG_FILES = sorted(["patients.csv", "progress.json", "series.csv",
+                        *(["patients.parquet", "series.parquet"] if catalog_parquet.available() else [])])
 
 IMAGE_FOLDERS = ("ct", "mri", "xray")
 
@@ -178,8 +182,7 @@ def test_hostile_inputs_spoil_only_their_own_rows_and_no_cell_is_a_formula(
                        extra=["--no-prefetch"]) as daemon:
         built = nccidfs("catalog", "build", str(daemon.mountpoint))
         assert built.returncode == 0, built.stderr
-        assert sorted(os.listdir(daemon.mountpoint / ".nccidfs" / "catalog")) == [
-            "patients.csv", "progress.json", "series.csv"]
+        assert sorted(os.listdir(daemon.mountpoint / ".nccidfs" / "catalog")) == CATALOG_FILES
         series = {row["Patient_ID"]: row for row in table(daemon, "series.csv")}
         # The twin's lone surrogate costs at most its own cell; the table stays valid UTF-8 (read strictly).
         assert series["Synth0"]["Modality"] == "" and series["Synth0"]["images"] == "1"

@@ -173,3 +173,21 @@ def test_a_build_of_one_folder_keeps_the_tables_of_the_others(tmp_path: Path) ->
     assert done["building"] == ["ct"] and catalog.table("patients.csv") == patients
     with pytest.raises(Exception, match="not an image folder"):
         catalog.builder.start(["data"])
+
+
+def test_the_parquet_twins_hold_the_rows_with_their_types(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    store = FailingStore(warehouse(range(3)))
+    store.objects[f"{PREFIX}data/P1/data_2020-02-03.json"] = b'{"Age": "52.5", "Death": 1, "Note": "=1+1"}'
+    catalog = Catalog(store, tmp_path)
+    catalog.build()
+    series = pq.read_table(catalog.db.table_path("series.parquet"))
+    types = {field.name: str(field.type) for field in series.schema}
+    assert (types["images"], types["bytes"], types["SliceThickness"], types["path"]) == (
+        "int64", "int64", "double", "string")
+    assert types["as_of"] == "timestamp[ms, tz=UTC]"
+    assert series.column("path").to_pylist() == [row["path"] for row in catalog.table("series.csv")]
+    patients = pq.read_table(catalog.db.table_path("patients.parquet")).to_pylist()
+    one = next(row for row in patients if row["Patient_ID"] == "P1")
+    assert one["filename_covid_status"] is True and str(one["filename_earliest_date"]) == "2020-01-02"
+    assert (one["age"], one["death"], one["Note"]) == (52.0, True, "=1+1")  # no CSV quote in Parquet
