@@ -40,6 +40,7 @@ from nccidfs.derived.catalog import (
 )
 from nccidfs.dicom import tags_from_metadata_json
 from nccidfs.errors import NotFound
+from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace, dir_prefix, is_safe_name
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
@@ -99,17 +100,24 @@ class Listed:
 def image_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo]) -> Listed:
     """A patient of an image folder from its keys (``prefix`` is the patient's, ending in ``/``): a series
     per ``study/series/`` folder, its images the ``.dcm`` files directly in it. Names the mount does not
-    show (see docs/semantics.md) are left out, as the mount leaves them out."""
+    show (see docs/semantics.md) are left out, as the mount leaves them out. Keys come sorted, so a run of
+    keys in one folder has that folder's names checked once."""
     found: dict[tuple[str, str], Series] = {}
+    last_folder, facts, direct = "", None, False
     for obj in objects:
-        parts = obj.key[len(prefix):].split("/")
-        if len(parts) < 3 or not all(is_safe_name(part) for part in parts[:3]):
-            continue
-        facts = found.setdefault((parts[0], parts[1]), Series(parts[0], parts[1]))
-        if len(parts) == 3 and parts[2].endswith(IMAGE):
+        folder, _, name = obj.key.rpartition("/")
+        if folder != last_folder:
+            last_folder = folder
+            parts = folder[len(prefix):].split("/")
+            facts = None
+            if len(parts) >= 2 and is_safe_name(parts[0]) and is_safe_name(parts[1]):
+                facts = found.setdefault((parts[0], parts[1]), Series(parts[0], parts[1]))
+            direct = len(parts) == 2
+        if facts is not None and direct and name.endswith(IMAGE) and is_safe_name(name):
             facts.images += 1
             facts.bytes += obj.size
-            facts.first = min(facts.first, parts[2]) if facts.first else parts[2]
+            if not facts.first or name < facts.first:
+                facts.first = name
     fingerprint = listing_fingerprint((obj.key[len(prefix):], obj.etag) for obj in objects)
     return Listed(patient, fingerprint, sorted(found.values(), key=lambda s: (s.study, s.series)))
 
@@ -160,10 +168,13 @@ def _lower_priority() -> None:
 class FolderBuild:
     """One folder's part of a build: lists it in runs, reads what changed, stores the rows."""
 
-    def __init__(self, namespace: Namespace, bucket: Bucket, folder: str, progress: Progress,
+    def __init__(self, namespace: Namespace, index: ListingIndex, bucket: Bucket, folder: str, progress: Progress,
                  list_pool: ThreadPoolExecutor, read_pool: ThreadPoolExecutor) -> None:
         self._namespace = namespace
+        self._index = index
         self._bucket = bucket
+        # The oldest listing taken from the index (a walk's), which the folder's "as of" cannot be after.
+        self.oldest = time.time()
         self.folder = folder
         self._progress = progress
         self._list_pool = list_pool
@@ -198,17 +209,28 @@ class FolderBuild:
 
     # -- listing --------------------------------------------------------------------------------
     def _listed(self, patients: list[str]) -> Iterator[Listed]:
-        """Every patient's listing, in runs of consecutive patients sized to about CHUNK_KEYS keys from the
-        keys per patient seen so far (one patient a run until a run has come back)."""
+        """Every patient's listing: from the listing index where the mount holds the patient's whole
+        subtree (after a walk of the folder), else in runs of consecutive patients sized to about CHUNK_KEYS
+        keys from the keys per patient seen so far (one patient a run until a run has come back)."""
         pending: set[Future[tuple[int, int, list[Listed]]]] = set()
         at, seen_patients, seen_keys = 0, 0, 0
+        reduce = clinical_patient if self.folder == CLINICAL else image_patient
         try:
             while at < len(patients) or pending:
                 while at < len(patients) and len(pending) < LIST_THREADS:
+                    saved = self._saved(patients[at])
+                    if saved is not None:
+                        yield reduce(patients[at], f"{self._prefix}{patients[at]}/", saved)
+                        at += 1
+                        continue
                     length = 1 if not seen_keys else max(1, CHUNK_KEYS * seen_patients // seen_keys)
-                    run, at = patients[at:at + length], at + length
+                    run, at = [patients[at]], at + 1
+                    while len(run) < length and at < len(patients) and not self._held(patients[at]):
+                        run, at = [*run, patients[at]], at + 1
                     end = f"{self._prefix}{patients[at]}/" if at < len(patients) else None
                     pending.add(self._list_pool.submit(self._list_run, run, end))
+                if not pending:
+                    continue
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     count, keys, listed = future.result()
@@ -217,6 +239,26 @@ class FolderBuild:
         finally:
             for future in pending:
                 future.cancel()
+
+    def _held(self, patient: str) -> bool:
+        return self._index.head(f"{self._prefix}{patient}/") is not None
+
+    def _saved(self, patient: str) -> list[ObjectInfo] | None:
+        """The patient's objects, in key order, from the listings the index holds of its subtree; None
+        unless it holds every directory of it."""
+        pending, objects = [f"{self._prefix}{patient}/"], []
+        while pending:
+            prefix = pending.pop()
+            saved = self._index.get(prefix, 0.0)
+            if saved is None:
+                return None
+            self.oldest = min(self.oldest, saved[0])
+            for name, entry in saved[1].items():
+                if entry.is_dir:
+                    pending.append(f"{prefix}{name}/")
+                elif entry.obj is not None:
+                    objects.append(entry.obj)
+        return sorted(objects, key=lambda obj: obj.key)
 
     def _list_run(self, run: list[str], end: str | None) -> tuple[int, int, list[Listed]]:
         """One flat listing from the first patient of ``run`` to ``end``; keys of patients outside the run
@@ -300,17 +342,18 @@ def build_pools() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
             ThreadPoolExecutor(READ_THREADS, "catalog-read", initializer=_lower_priority))
 
 
-def build_folders(namespace: Namespace, bucket: Bucket, folders: Sequence[str], progress: Progress,
+def build_folders(namespace: Namespace, index: ListingIndex, bucket: Bucket, folders: Sequence[str],
+                  progress: Progress,
                   fingerprints: Callable[[str], dict[str, str]],
                   store: Callable[[str, list[tuple[str, str, list[Row]]]], None],
                   prune: Callable[[str, set[str]], int]) -> dict[str, float]:
     """Catalog ``folders`` one after the other; returns each folder's "as of" time (when its listing
-    began). Raises NccidfsError when S3 fails."""
+    began, or the oldest listing the index gave). Raises NccidfsError when S3 fails."""
     _lower_priority()
     list_pool, read_pool = build_pools()
     as_of: dict[str, float] = {}
     try:
-        builds = [FolderBuild(namespace, bucket, folder, progress, list_pool, read_pool) for folder in folders]
+        builds = [FolderBuild(namespace, index, bucket, folder, progress, list_pool, read_pool) for folder in folders]
         listed = []
         for build in builds:
             as_of[build.folder] = time.time()
@@ -320,6 +363,7 @@ def build_folders(namespace: Namespace, bucket: Bucket, folders: Sequence[str], 
         for build, patients in zip(builds, listed, strict=True):
             build.run(patients, fingerprints(build.folder), functools.partial(store, build.folder))
             prune(build.folder, set(patients))
+            as_of[build.folder] = min(as_of[build.folder], build.oldest)
     finally:
         list_pool.shutdown(wait=False, cancel_futures=True)
         read_pool.shutdown(wait=False, cancel_futures=True)

@@ -25,6 +25,7 @@ from nccidfs.catalog_build import CLINICAL, IMAGE_FOLDERS, Bucket, Progress, bui
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_tables import iso_time, write_tables
 from nccidfs.errors import ConfigError, NccidfsError, NotFound, NotReady
+from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry
 from nccidfs.views import Parts, Snapshot, VirtualFile
@@ -40,8 +41,9 @@ TABLES = ("series.csv", "patients.csv",
 class CatalogBuilder:
     """Runs one build at a time in a thread of its own, and publishes what a build completes."""
 
-    def __init__(self, namespace: Namespace, bucket: Bucket, db: CatalogDB) -> None:
+    def __init__(self, namespace: Namespace, index: ListingIndex, bucket: Bucket, db: CatalogDB) -> None:
         self._namespace = namespace
+        self._index = index
         self._bucket = bucket
         self._db = db
         self._lock = threading.Lock()
@@ -91,7 +93,7 @@ class CatalogBuilder:
 
     def _build(self, progress: Progress) -> None:
         try:
-            as_of = build_folders(self._namespace, self._bucket, progress.folders, progress,
+            as_of = build_folders(self._namespace, self._index, self._bucket, progress.folders, progress,
                                   self._db.fingerprints, self._db.put, self._db.prune)
             state = self._db.state()
             state["folders"] = {**state.get("folders", {}), **{f: iso_time(t) for f, t in as_of.items()}}

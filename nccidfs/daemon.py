@@ -79,12 +79,13 @@ def notify_systemd(message: bytes) -> None:
 
 
 def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
-                   read: ReadConfig, timeout: float, bucket: Bucket, catalog_db: CatalogDB) -> CatalogBuilder:
+                   read: ReadConfig, timeout: float, bucket: Bucket, catalog_db: CatalogDB,
+                   index: ListingIndex) -> CatalogBuilder:
     """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
     returns the catalog's builder, which ``nccidfs catalog build`` drives."""
     reader = ObjectReader(fetcher, timeout)
     generated = Generated(cache, read, timeout, f"{CONTROL}/")
-    catalog = CatalogBuilder(namespace, bucket, catalog_db)
+    catalog = CatalogBuilder(namespace, index, bucket, catalog_db)
     control.register("patients", PatientView(namespace))
     control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
     control.register(ImageView.NAME, ImageView(namespace, reader, generated))
@@ -125,7 +126,7 @@ class Daemon:
         self.fs.set_status_provider(self.status)
         assert isinstance(store, Bucket), "the catalog reads metadata twins by name"
         self.catalog = register_views(self.fs.control, self.namespace, self.cache, self.fetcher, config.read,
-                                      s3.deadline, store, self.catalog_db)
+                                      s3.deadline, store, self.catalog_db, self.index)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,

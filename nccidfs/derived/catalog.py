@@ -166,10 +166,8 @@ def valid_text(text: str) -> str:
 def listing_fingerprint(objects: Iterable[tuple[str, str]]) -> str:
     """A digest of (key, ETag) pairs, in the order given: rows made from a listing are still right while
     the listing's fingerprint is the same."""
-    digest = hashlib.sha256()
-    for key, etag in objects:
-        digest.update(f"{key}\0{etag}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
+    text = "".join([f"{key}\0{etag}\n" for key, etag in objects])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def patient_row(patient: str, files: Sequence[tuple[str, bytes]]) -> tuple[Row | None, str | None]:

@@ -49,7 +49,7 @@ class Catalog:
         index = ListingIndex(directory / "index.db", {})
         self.namespace = Namespace(store, PREFIX, ["ct", "ct-metadata", "data"], 60.0, 100_000, index)
         self.db = CatalogDB(directory, {"bucket": "b"})
-        self.builder = CatalogBuilder(self.namespace, store, self.db)
+        self.builder = CatalogBuilder(self.namespace, index, store, self.db)
         self.view = CatalogView(self.builder, self.db, 0.0)
 
     def build(self, folders: list[str] | None = None) -> dict[str, object]:
@@ -191,3 +191,14 @@ def test_the_parquet_twins_hold_the_rows_with_their_types(tmp_path: Path) -> Non
     one = next(row for row in patients if row["Patient_ID"] == "P1")
     assert one["filename_covid_status"] is True and str(one["filename_earliest_date"]) == "2020-01-02"
     assert (one["age"], one["death"], one["Note"]) == (52.0, True, "=1+1")  # no CSV quote in Parquet
+
+
+def test_listings_the_mount_already_holds_are_not_listed_again(tmp_path: Path) -> None:
+    store = FailingStore(warehouse(range(4)))
+    catalog = Catalog(store, tmp_path)
+    for path in ["/ct", *(f"/ct/P{number}" for number in range(4))]:  # as a walk of ct/ leaves them
+        catalog.namespace.list(path)
+    store.requests.clear()
+    done = catalog.build(["ct"])
+    assert store.requests["list"] == 0 and twin_gets(store) == 8
+    assert done["series"] == 8 and [row["images"] for row in catalog.table("series.csv")] == ["3"] * 8
