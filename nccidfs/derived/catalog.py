@@ -11,10 +11,11 @@ in nhsx/nccid-cleaning), so numbers from the mount agree with work done on their
 - three columns come from the file names of all of the patient's files, under NHSX's names:
   ``filename_covid_status``, ``filename_earliest_date``, ``filename_latest_date``.
 
-Unlike NHSX, the fields are not cleaned (their ``clean_data_df`` does that downstream, on this same
-table), the nested ``OtherDataSources`` object is not kept beside its lifted fields, and a field holding
-a list or an object is written as compact JSON. Columns are the patient id, the three file-name columns,
-the latest file's name, ``as_of``, then every field in the order first met, patients taken in id order.
+The fields are kept as submitted, and NHSX's ``clean_data_df`` rules add cleaned columns beside them
+(:mod:`nccidfs.derived.clinical`). Unlike NHSX, the nested ``OtherDataSources`` object is not kept beside
+its lifted fields, and a field holding a list or an object is written as compact JSON. Columns are the
+patient id, the three file-name columns, the latest file's name, ``as_of``, every raw field in the order
+first met, then the cleaned columns; patients are taken in id order.
 
 Every cell is valid UTF-8 (:func:`valid_text`: a lone surrogate, which JSON may hold, becomes U+FFFD),
 and no cell of the CSV can be a live spreadsheet formula (:func:`spreadsheet_cell`, the OWASP rule).
