@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from nccidfs.derived.catalog import (
+    SERIES_TAGS,
     Row,
     latest_clinical_file,
     listing_fingerprint,
     patient_row,
     series_row,
 )
-from nccidfs.dicom import tags_from_metadata_json
+from nccidfs.dicom import selected_tags_from_metadata_json
 from nccidfs.errors import NotFound
 from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace, dir_prefix, is_safe_name
@@ -299,7 +300,7 @@ class FolderBuild:
             self._refuse(key, MAX_TWIN_BYTES)
             return {}
         try:
-            tags = tags_from_metadata_json(body)
+            tags = selected_tags_from_metadata_json(body, SERIES_TAGS)
         except Exception as error:  # one twin, however malformed, spoils only its own row
             self._bad_input(key, error)
             return {}

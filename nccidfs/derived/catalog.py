@@ -56,7 +56,7 @@ SERIES_COLUMNS = (
     "as_of",
 )
 # The series tags copied as the metadata twin shows them (nccidfs.dicom.tags_from_metadata_json).
-_SERIES_TAGS = (
+SERIES_TAGS = (
     "Modality", "StudyDate", "SeriesDescription", "BodyPartExamined", "Manufacturer", "Rows", "Columns",
     "SliceThickness", "PixelSpacing",
 )  # fmt: skip
@@ -88,7 +88,7 @@ def series_row(
     the display mapping of one image's metadata twin (``tags_from_metadata_json``); ``path`` is where
     the series lies in the mount. The identifiers come from the keys, which are what a user navigates."""
     row = {column: "" for column in SERIES_COLUMNS}
-    row.update({tag: valid_text(first_meta.get(tag, "")) for tag in _SERIES_TAGS})
+    row.update({tag: valid_text(first_meta.get(tag, "")) for tag in SERIES_TAGS})
     row.update(
         folder=modality,
         Patient_ID=patient,
