@@ -167,7 +167,8 @@ def _lower_priority() -> None:
 
 
 class FolderBuild:
-    """One folder's part of a build: lists it in runs, reads what changed, stores the rows."""
+    """One folder's part of a build: lists it in runs, reads what changed, stores the rows. The folders
+    of a build run side by side."""
 
     def __init__(self, namespace: Namespace, index: ListingIndex, bucket: Bucket, folder: str, progress: Progress,
                  list_pool: ThreadPoolExecutor, read_pool: ThreadPoolExecutor) -> None:
@@ -348,23 +349,31 @@ def build_folders(namespace: Namespace, index: ListingIndex, bucket: Bucket, fol
                   fingerprints: Callable[[str], dict[str, str]],
                   store: Callable[[str, list[tuple[str, str, list[Row]]]], None],
                   prune: Callable[[str, set[str]], int]) -> dict[str, float]:
-    """Catalog ``folders`` one after the other; returns each folder's "as of" time (when its listing
-    began, or the oldest listing the index gave). Raises NccidfsError when S3 fails."""
+    """Catalog ``folders`` at once, sharing the build's pools: a CT folder's listing is bound by the CPU
+    that parses its pages, an X-ray or clinical folder by the round trips of its GETs, so together they
+    take little more than the longer. Returns each folder's "as of" time (when its listing began, or the
+    oldest listing the index gave). Raises NccidfsError when S3 fails."""
     _lower_priority()
     list_pool, read_pool = build_pools()
     as_of: dict[str, float] = {}
+    builds = [FolderBuild(namespace, index, bucket, folder, progress, list_pool, read_pool) for folder in folders]
     try:
-        builds = [FolderBuild(namespace, index, bucket, folder, progress, list_pool, read_pool) for folder in folders]
         listed = []
         for build in builds:
             as_of[build.folder] = time.time()
             patients = build.patients()
             progress.add(total=len(patients))
             listed.append(patients)
-        for build, patients in zip(builds, listed, strict=True):
+
+        def finish(build: FolderBuild, patients: list[str]) -> None:
             build.run(patients, fingerprints(build.folder), functools.partial(store, build.folder))
             prune(build.folder, set(patients))
             as_of[build.folder] = min(as_of[build.folder], build.oldest)
+
+        with ThreadPoolExecutor(len(builds) or 1, "catalog-folder", initializer=_lower_priority) as each:
+            for future in [each.submit(finish, build, patients) for build, patients in zip(builds, listed,
+                                                                                            strict=True)]:
+                future.result()
     finally:
         list_pool.shutdown(wait=False, cancel_futures=True)
         read_pool.shutdown(wait=False, cancel_futures=True)
