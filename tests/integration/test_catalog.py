@@ -218,3 +218,18 @@ def test_a_slow_build_never_holds_up_a_reader_of_the_mount(
         assert time.monotonic() - started < 2.0
         assert served is None
         proxy.clear()
+
+
+def test_a_catalog_after_a_find_lists_nothing_again(
+        tmp_path: Path, proxy: FaultProxy, s3_endpoint: str, bucket_name: str, warehouse: list[DemoObject]) -> None:
+    objects = demo(warehouse)
+    create_bucket(s3_endpoint, bucket_name, objects)
+    with MountedDaemon(tmp_path / "mnt", proxy.url, tmp_path / "cache", tmp_path / "log", bucket=bucket_name,
+                       extra=["--no-prefetch"]) as daemon:
+        folders = [str(daemon.mountpoint / folder) for folder in (*IMAGE_FOLDERS, "data")]
+        subprocess.run(["find", *folders], check=True, capture_output=True)
+        proxy.reset_counts()
+        built = nccidfs("catalog", "build", str(daemon.mountpoint))
+        assert built.returncode == 0, built.stderr
+        assert proxy.counts()["ListObjectsV2"] == 0
+        assert {row["path"] for row in table(daemon, "series.csv")} == series_paths(objects)
