@@ -51,21 +51,22 @@ class CatalogBuilder:
         self._thread: threading.Thread | None = None
         self._stale = False
 
-    def image_folders(self) -> list[str]:
-        """The mount's image folders (those of ct, mri, xray that it shows)."""
+    def _folders(self) -> tuple[list[str], list[str]]:
+        """The mount's image folders (those of ct, mri, xray that it shows), and its clinical one if shown."""
         root = self._namespace.list("/")
-        return [folder for folder in IMAGE_FOLDERS if folder in root and root[folder].is_dir]
+        shown = [name for name, entry in root.items() if entry.is_dir]
+        return [f for f in IMAGE_FOLDERS if f in shown], [f for f in (CLINICAL,) if f in shown]
 
     def start(self, folders: Sequence[str] | None = None, again: bool = False) -> dict[str, Any]:
-        """Start a build of ``folders`` (image folders; None: every image folder and the clinical one)
+        """Start a build of ``folders`` (image folders; None: every folder of the catalog the mount shows)
         unless one is under way, or, without ``again``, one has completed; returns the progress."""
-        images = self.image_folders()
+        images, clinical = self._folders()
         if folders is not None:
             wrong = sorted(set(folders) - set(images))
             if wrong:
                 raise ConfigError(f"--modality {wrong[0]}: not an image folder of this mount "
                                   f"(it has {', '.join(images) or 'none'})")
-        wanted = list(folders) if folders is not None else [*images, CLINICAL]
+        wanted = list(folders) if folders is not None else [*images, *clinical]
         with self._lock:
             busy = self._thread is not None and self._thread.is_alive()
             if not busy and (again or self._stale or not self._db.state()):

@@ -8,6 +8,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,15 @@ def warehouse(patients: range, images: int = 3) -> dict[str, bytes]:
     return objects
 
 
+def finished(builder: CatalogBuilder) -> dict[str, Any]:
+    """The progress of the build under way once it has ended."""
+    deadline = time.monotonic() + 30
+    while (progress := builder.progress())["state"] == "building":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return progress
+
+
 class Catalog:
     """A builder, its view and its database over one store, as the daemon wires them."""
 
@@ -54,11 +64,7 @@ class Catalog:
 
     def build(self, folders: list[str] | None = None) -> dict[str, object]:
         self.builder.start(folders, again=True)
-        deadline = time.monotonic() + 30
-        while (progress := self.builder.progress())["state"] == "building":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        return progress
+        return finished(self.builder)
 
     def table(self, name: str) -> list[dict[str, str]]:
         opened = self.view.open([name])
@@ -202,3 +208,13 @@ def test_listings_the_mount_already_holds_are_not_listed_again(tmp_path: Path) -
     done = catalog.build(["ct"])
     assert store.requests["list"] == 0 and twin_gets(store) == 8
     assert done["series"] == 8 and [row["images"] for row in catalog.table("series.csv")] == ["3"] * 8
+
+
+def test_a_mount_without_the_clinical_folder_builds_series_alone(tmp_path: Path) -> None:
+    store = FailingStore({key: body for key, body in warehouse(range(2)).items() if "/data/" not in key})
+    index = ListingIndex(tmp_path / "index.db", {})
+    namespace = Namespace(store, PREFIX, ["ct", "ct-metadata"], 60.0, 100_000, index)
+    builder = CatalogBuilder(namespace, index, store, CatalogDB(tmp_path, {}))
+    builder.start()
+    progress = finished(builder)
+    assert (progress["state"], progress["building"], progress["series"]) == ("complete", ["ct"], 4)
