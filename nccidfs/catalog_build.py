@@ -212,8 +212,7 @@ class FolderBuild:
     # -- listing --------------------------------------------------------------------------------
     def _listed(self, patients: list[str]) -> Iterator[Listed]:
         """Every patient's listing: from the listing index where the mount holds the patient's whole
-        subtree (after a walk of the folder), else in runs of consecutive patients sized to about CHUNK_KEYS
-        keys from the keys per patient seen so far (one patient a run until a run has come back)."""
+        subtree (after a walk of the folder), else in runs of consecutive patients (:meth:`_run_length`)."""
         pending: set[Future[tuple[int, int, list[Listed]]]] = set()
         at, seen_patients, seen_keys = 0, 0, 0
         reduce = clinical_patient if self.folder == CLINICAL else image_patient
@@ -225,7 +224,7 @@ class FolderBuild:
                         yield reduce(patients[at], f"{self._prefix}{patients[at]}/", saved)
                         at += 1
                         continue
-                    length = 1 if not seen_keys else max(1, CHUNK_KEYS * seen_patients // seen_keys)
+                    length = self._run_length(seen_patients, seen_keys, len(patients) - at)
                     run, at = [patients[at]], at + 1
                     while len(run) < length and at < len(patients) and not self._held(patients[at]):
                         run, at = [*run, patients[at]], at + 1
@@ -241,6 +240,16 @@ class FolderBuild:
         finally:
             for future in pending:
                 future.cancel()
+
+    @staticmethod
+    def _run_length(seen_patients: int, seen_keys: int, left: int) -> int:
+        """Patients in the next run: about CHUNK_KEYS keys at the keys per patient seen so far, once a few
+        patients have been seen (one patient's count says little: CT patients hold 100 to 10,000 keys);
+        towards the end of a folder, shorter (down to a quarter of that), so every listing thread has a run."""
+        if seen_patients < LIST_THREADS or not seen_keys:
+            return 1
+        length = CHUNK_KEYS * seen_patients // seen_keys
+        return max(1, min(length, max(left // LIST_THREADS, length // 4)))
 
     def _held(self, patient: str) -> bool:
         return self._index.head(f"{self._prefix}{patient}/") is not None

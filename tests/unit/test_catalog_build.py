@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nccidfs.catalog_build import LIST_THREADS, MAX_TWIN_BYTES, image_patient
+from nccidfs.catalog_build import MAX_TWIN_BYTES, FolderBuild, image_patient
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
 from nccidfs.derived.catalog import render_csv, spreadsheet_cell, valid_text
@@ -126,9 +126,9 @@ def test_bulk_listings_and_one_twin_get_per_series(tmp_path: Path) -> None:
     store.requests.clear()
     catalog.build()
     assert twin_gets(store) == 80
-    # Per folder: a listing of its patients, then flat runs: one patient each at first, then one run for
-    # the rest (a listing per patient would take 40 per folder).
-    assert store.requests["list"] <= 2 * (1 + LIST_THREADS + 1)
+    # Per folder: a listing of its patients, then flat runs: one patient each at first, then runs of many
+    # (a listing per patient would take 40 per folder).
+    assert store.requests["list"] <= 2 * 20, store.requests
 
 
 def test_a_second_build_reads_nothing_and_new_patients_alone_are_read(tmp_path: Path) -> None:
@@ -218,3 +218,15 @@ def test_a_mount_without_the_clinical_folder_builds_series_alone(tmp_path: Path)
     builder.start()
     progress = finished(builder)
     assert (progress["state"], progress["building"], progress["series"]) == ("complete", ["ct"], 4)
+
+
+@pytest.mark.parametrize(("seen", "keys", "left", "length"), [
+    (1, 10_000, 5_000, 1),  # one patient says little
+    (6, 6_000, 5_000, 30),  # 1,000 keys a patient: 30,000 keys a run
+    (6, 18, 5_000, 2_500),  # 3 keys a patient; near the end, down to a quarter so all threads have a run
+    (6, 18, 60_000, 10_000),
+    (600, 600_000, 60, 10),  # 1,000 keys a patient, 60 left: 10 a run for the 6 threads
+])
+def test_runs_hold_about_chunk_keys_and_leave_work_for_every_thread(seen: int, keys: int, left: int,
+                                                                    length: int) -> None:
+    assert FolderBuild._run_length(seen, keys, left) == length
