@@ -103,6 +103,10 @@ class CatalogBuilder:
             log.warning("catalog build failed (%s); the last complete catalog stays", error)
             progress.end("failed", str(error))
             return
+        except Exception as error:  # never "building" for ever: whatever stopped the build is reported
+            log.exception("catalog build failed; the last complete catalog stays")
+            progress.end("failed", f"{type(error).__name__}: {error}")
+            return
         progress.end("complete")
         snapshot = self.progress()
         log.info("catalog built: %d series, %d patients (%d patient folders read, %d unchanged)",

@@ -230,3 +230,16 @@ def test_a_mount_without_the_clinical_folder_builds_series_alone(tmp_path: Path)
 def test_runs_hold_about_chunk_keys_and_leave_work_for_every_thread(seen: int, keys: int, left: int,
                                                                     length: int) -> None:
     assert FolderBuild._run_length(seen, keys, left) == length
+
+
+def test_an_unexpected_failure_ends_the_build_as_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = Catalog(FailingStore(warehouse(range(2))), tmp_path)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(catalog.db, "put", broken)
+    done = catalog.build()
+    assert done["state"] == "failed" and "disk on fire" in str(done["reason"])
+    with pytest.raises(NotReady):
+        catalog.view.open(["series.csv"])
