@@ -4,8 +4,9 @@ A folder is listed flat, in runs of consecutive patients (about :data:`CHUNK_KEY
 once), not a listing per patient or per series: a page holds 1,000 keys, so the whole warehouse's image
 folders take about one page per thousand images. Each patient's keys and ETags are reduced to a
 fingerprint and its series' facts (images, bytes, the first image's name) as their run arrives, so memory
-holds a few runs, never a folder. A patient whose fingerprint is the one its stored rows were made from is
-not read again; any other reads one metadata twin per series, found by the twin rule from the first
+holds a few runs, never a folder. A patient whose whole subtree the listing index already holds (a walk
+listed it) is taken from there without a request. A patient whose fingerprint is the one its stored rows
+were made from is not read again; any other reads one metadata twin per series, found by the twin rule from the first
 image's key (``ct/P/S/R/x.dcm`` -> ``ct-metadata/P/S/R/x.json``), so the metadata folders are never
 listed. A clinical folder reads only the file that gives the patient's fields.
 
@@ -14,8 +15,8 @@ size bound (:data:`MAX_TWIN_BYTES`, :data:`MAX_CLINICAL_BYTES`), leaves the row'
 with one warning, counted in ``progress.json``. A failure of S3 itself (a listing or a GET that failed after
 every retry) fails the build: nothing is published, and the last complete catalog stays.
 
-The build runs in pools of its own, at a lower CPU priority than the daemon's other threads, so readers of
-the mount never wait behind it.
+The folders of a build run side by side, in pools of the build's own, at a lower CPU priority than the
+daemon's other threads, so readers of the mount never wait behind it.
 """
 
 from __future__ import annotations
