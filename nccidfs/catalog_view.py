@@ -1,170 +1,161 @@
-"""``.nccidfs/catalog/``: ``series.csv`` (one row per image series) and ``patients.csv`` (one row per patient,
-as NHSX's ingest builds it), made from the listings and one metadata twin per series.
+"""``.nccidfs/catalog/``: ``series.csv`` (one row per image series), ``patients.csv`` (one row per patient,
+as NHSX's ingest builds it) and ``progress.json``.
 
-A whole-warehouse catalog takes minutes (a listing per patient, a twin per series), longer than any FUSE
-call may wait, so it is built in the background and a catalog file serves what is built so far: opening
-one that is not built yet starts the build and returns the rows known at that moment (the header alone at
-first). ``nccidfs catalog build MOUNT`` starts the build and shows its progress until it is complete;
-``.nccidfs/catalog/progress.json`` says how far it is. The catalog is kept in memory for the daemon's
-life; ``nccidfs catalog build`` again (or ``refresh``) makes a new one.
+A table is never served part built. Until a build has completed, opening ``series.csv`` or
+``patients.csv`` fails with EAGAIN ("Resource temporarily unavailable") and starts a build, with a log
+line naming ``nccidfs catalog build`` and ``progress.json``. Once one has completed, the tables are the
+last complete catalog, kept in the cache directory (:mod:`nccidfs.catalog_db`): a remount serves them at
+once, and a new build replaces them only when it completes. Each row says as of when (``as_of``, the time
+its folder's listing was taken); ``progress.json`` says the same per folder, and ``stale`` once
+``nccidfs refresh`` has dropped listings since (the next open then starts an update in the background,
+reading again only the patients whose listings changed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
-from nccidfs.derived.catalog import Row, patients_csv, patients_rows, series_csv, series_row
-from nccidfs.derived_views import ObjectReader
-from nccidfs.dicom import tags_from_metadata_json
-from nccidfs.errors import NccidfsError, NotFound
+from nccidfs import catalog_parquet
+from nccidfs.catalog_build import CLINICAL, IMAGE_FOLDERS, Bucket, Progress, build_folders
+from nccidfs.catalog_db import CatalogDB
+from nccidfs.catalog_tables import iso_time, write_tables
+from nccidfs.errors import ConfigError, NccidfsError, NotFound, NotReady
+from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry
 from nccidfs.views import Parts, Snapshot, VirtualFile
 
 log = logging.getLogger(__name__)
 
-IMAGE_FOLDERS = ("ct", "mri", "xray")
-CLINICAL = "data"
-# Patients in flight: the catalog waits on S3 far more than it computes.
-WORKERS = 32
+PROGRESS = "progress.json"
+# The Parquet twins where pyarrow is installed (nccidfs[parquet]).
+TABLES = ("series.csv", "patients.csv",
+          *(("series.parquet", "patients.parquet") if catalog_parquet.available() else ()))
 
 
 class CatalogBuilder:
-    """Walks the image folders patient by patient, in parallel, collecting a row per series."""
+    """Runs one build at a time in a thread of its own, and publishes what a build completes."""
 
-    def __init__(self, namespace: Namespace, reader: ObjectReader) -> None:
+    def __init__(self, namespace: Namespace, index: ListingIndex, bucket: Bucket, db: CatalogDB) -> None:
         self._namespace = namespace
-        self._reader = reader
+        self._index = index
+        self._bucket = bucket
+        self._db = db
         self._lock = threading.Lock()
-        self._series: list[Row] = []
-        self._patients: list[Row] = []
-        self._done = 0
-        self._total = 0
-        self._errors = 0
-        self._state = "not started"
-        self._started = 0.0
+        self._progress: Progress | None = None
         self._thread: threading.Thread | None = None
+        self._stale = False
+
+    def _folders(self) -> tuple[list[str], list[str]]:
+        """The mount's image folders (those of ct, mri, xray that it shows), and its clinical one if shown."""
+        root = self._namespace.list("/")
+        shown = [name for name, entry in root.items() if entry.is_dir]
+        return [f for f in IMAGE_FOLDERS if f in shown], [f for f in (CLINICAL,) if f in shown]
 
     def start(self, folders: Sequence[str] | None = None, again: bool = False) -> dict[str, Any]:
-        """Start a build unless one is under way (or done, unless ``again``); returns the progress."""
+        """Start a build of ``folders`` (image folders; None: every folder of the catalog the mount shows)
+        unless one is under way, or, without ``again``, one has completed; returns the progress."""
+        images, clinical = self._folders()
+        if folders is not None:
+            wrong = sorted(set(folders) - set(images))
+            if wrong:
+                raise ConfigError(f"--modality {wrong[0]}: not an image folder of this mount "
+                                  f"(it has {', '.join(images) or 'none'})")
+        wanted = list(folders) if folders is not None else [*images, *clinical]
         with self._lock:
             busy = self._thread is not None and self._thread.is_alive()
-            if not busy and (again or self._state == "not started"):
-                self._series, self._patients, self._done, self._total, self._errors = [], [], 0, 0, 0
-                self._state, self._started = "building", time.time()
-                self._thread = threading.Thread(target=self._build, args=(folders,), name="catalog", daemon=True)
+            if not busy and (again or self._stale or not self._db.state()):
+                self._stale = False
+                self._progress = Progress(wanted)
+                self._thread = threading.Thread(target=self._build, args=(self._progress,), name="catalog",
+                                                 daemon=True)
                 self._thread.start()
         return self.progress()
 
+    def mark_stale(self) -> None:
+        """Listings were dropped (``nccidfs refresh``): the catalog may be older than them."""
+        with self._lock:
+            self._stale = bool(self._db.state())
+
     def progress(self) -> dict[str, Any]:
+        """progress.json: the build under way or last run, and what the published tables hold."""
+        state = self._db.state()
         with self._lock:
-            return {"state": self._state, "patients_done": self._done, "patients_total": self._total,
-                    "series": len(self._series), "patients": len(self._patients), "errors": self._errors,
-                    "seconds": round(time.time() - self._started, 1) if self._started else 0.0}
+            build = self._progress.snapshot() if self._progress else {"state": "not started"}
+            stale = self._stale
+        counts = state.get("counts", {})
+        return {**build, "series": counts.get("series", 0), "patients": counts.get("patients", 0),
+                "as_of": state.get("folders", {}), "stale": stale}
 
-    def series_csv(self) -> bytes:
-        with self._lock:
-            return series_csv(list(self._series))
-
-    def patients_csv(self) -> bytes:
-        with self._lock:
-            return patients_csv(sorted(self._patients, key=lambda row: row["Patient_ID"]))
-
-    # -- building -------------------------------------------------------------------------------
-    def _build(self, folders: Sequence[str] | None) -> None:
-        root = self._namespace.list("/")
-        wanted = [f for f in (folders or (*IMAGE_FOLDERS, CLINICAL)) if f in root]
+    def _build(self, progress: Progress) -> None:
         try:
-            work = [(folder, patient) for folder in wanted for patient, entry in
-                    self._namespace.list(f"/{folder}").items() if entry.is_dir]
-        except NccidfsError as error:
-            log.warning("catalog: listing failed (%s); the catalog stays incomplete", error)
-            with self._lock:
-                self._state = "failed"
+            as_of = build_folders(self._namespace, self._index, self._bucket, progress.folders, progress,
+                                  self._db.fingerprints, self._db.put, self._db.prune)
+            state = self._db.state()
+            state["folders"] = {**state.get("folders", {}), **{f: iso_time(t) for f, t in as_of.items()}}
+            self._db.publish(write_tables(self._db, state), state)
+        except (NccidfsError, OSError) as error:
+            log.warning("catalog build failed (%s); the last complete catalog stays", error)
+            progress.end("failed", str(error))
             return
-        with self._lock:
-            self._total = len({patient for _, patient in work})
-        seen: set[str] = set()
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="catalog") as pool:
-            for folder, patient, rows in pool.map(lambda item: (*item, self._rows(*item)), work):
-                with self._lock:
-                    if folder == CLINICAL:
-                        self._patients.extend(rows)
-                    else:
-                        self._series.extend(rows)
-                    if patient not in seen:
-                        seen.add(patient)
-                        self._done += 1
-        with self._lock:
-            self._state = "complete"
-        log.info("catalog built: %d series, %d patients", len(self._series), len(self._patients))
+        except Exception as error:  # never "building" for ever: whatever stopped the build is reported
+            log.exception("catalog build failed; the last complete catalog stays")
+            progress.end("failed", f"{type(error).__name__}: {error}")
+            return
+        progress.end("complete")
+        snapshot = self.progress()
+        log.info("catalog built: %d series, %d patients (%d patient folders read, %d unchanged)",
+                 snapshot["series"], snapshot["patients"], snapshot["patients_read"], snapshot["patients_reused"])
 
-    def _rows(self, folder: str, patient: str) -> list[Row]:
-        try:
-            if folder == CLINICAL:
-                return self._clinical(patient)
-            return self._patient_series(folder, patient)
-        except NccidfsError as error:
-            log.warning("catalog: %s/%s left out: %s", folder, patient, error)
-            with self._lock:
-                self._errors += 1
-            return []
 
-    def _clinical(self, patient: str) -> list[Row]:
-        files = [(name, e.obj) for name, e in self._namespace.list(f"/{CLINICAL}/{patient}").items() if e.obj]
-        bodies = self._reader.read_many([obj for _, obj in files])
-        return patients_rows({patient: [(name, body) for (name, _), body in zip(files, bodies, strict=True)]})
+class TableFile:
+    """A published table, read from its file: the descriptor taken at open keeps that version whole even
+    if a newer catalog replaces the file meanwhile."""
 
-    def _patient_series(self, folder: str, patient: str) -> list[Row]:
-        rows = []
-        for study, study_entry in self._namespace.list(f"/{folder}/{patient}").items():
-            if not study_entry.is_dir:
-                continue
-            for series, entry in self._namespace.list(f"/{folder}/{patient}/{study}").items():
-                if entry.is_dir:
-                    rows.append(self._series_row(folder, patient, study, series))
-        return rows
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
 
-    def _series_row(self, folder: str, patient: str, study: str, series: str) -> Row:
-        path = f"{folder}/{patient}/{study}/{series}"
-        images = [e.obj for name, e in self._namespace.list(f"/{path}").items()
-                  if name.endswith(".dcm") and e.obj is not None]
-        tags: dict[str, str] = {}
-        if images:
-            twin_name = images[0].key.rsplit("/", 1)[1][:-len(".dcm")] + ".json"
-            try:
-                twin = self._namespace.lookup(f"/{folder}-metadata/{patient}/{study}/{series}/{twin_name}")
-            except NotFound:
-                twin = None
-            if twin is not None and twin.obj is not None:
-                tags = tags_from_metadata_json(self._reader.read_many([twin.obj])[0])
-        return series_row(folder, patient, study, series, tags, len(images), sum(o.size for o in images), path)
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def release(self) -> None:
+        os.close(self._fd)
 
 
 class CatalogView:
-    """The ``catalog/`` layer: the two tables and the build's progress, each a snapshot taken at open."""
+    """The ``catalog/`` layer: the last complete tables, and the build's progress taken at open."""
 
     NAME = "catalog"
 
-    def __init__(self, builder: CatalogBuilder, mtime: float) -> None:
+    def __init__(self, builder: CatalogBuilder, db: CatalogDB, mtime: float) -> None:
         self._builder = builder
+        self._db = db
         self._mtime = mtime
-        self._files: dict[str, Callable[[], bytes]] = {
-            "series.csv": builder.series_csv, "patients.csv": builder.patients_csv, "progress.json": self._progress}
+        self._warned: set[str] = set()  # tables whose refusal was logged (once each per run)
 
     def _progress(self) -> bytes:
-        return json.dumps(self._builder.progress(), indent=2).encode() + b"\n"
+        return json.dumps(self._builder.progress(), indent=2, sort_keys=True).encode() + b"\n"
+
+    def _table(self, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(self._db.table_path(name))
+        except FileNotFoundError:
+            return None
 
     def list(self, parts: Parts) -> dict[str, Entry]:
         if parts:
             raise NotFound("/".join(parts))
-        return {name: Entry(name, False, len(make()), self._mtime) for name, make in sorted(self._files.items())}
+        entries = {PROGRESS: Entry(PROGRESS, False, len(self._progress()), self._mtime)}
+        for name in TABLES:
+            found = self._table(name)
+            entries[name] = Entry(name, False, found.st_size if found else 0,
+                                  found.st_mtime if found else self._mtime)
+        return dict(sorted(entries.items()))
 
     def lookup(self, parts: Parts) -> Entry:
         if not parts:
@@ -176,9 +167,22 @@ class CatalogView:
 
     def open(self, parts: Parts) -> VirtualFile:
         self.lookup(parts)
-        if parts[0] != "progress.json":
-            self._builder.start()
-        return Snapshot(self._files[parts[0]]())
+        if parts[0] == PROGRESS:
+            return Snapshot(self._progress())
+        try:
+            table = TableFile(os.open(self._db.table_path(parts[0]), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        except FileNotFoundError:
+            pass
+        else:
+            self._builder.start()  # brings a stale catalog up to date in the background
+            return table
+        self._builder.start(again=True)  # unless one is under way
+        if parts[0] not in self._warned:
+            self._warned.add(parts[0])
+            log.warning("catalog: %s is not built yet, so opening it fails (EAGAIN) until a build completes: "
+                        "see .nccidfs/catalog/%s, or run `nccidfs catalog build MOUNTPOINT` to wait for it",
+                        parts[0], PROGRESS)
+        raise NotReady(f"catalog/{parts[0]}: not built yet")
 
     def readlink(self, parts: Parts) -> str:
         raise NotFound("the catalog holds no symlinks")

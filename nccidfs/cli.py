@@ -390,13 +390,16 @@ def run_catalog(argv: Sequence[str]) -> int:
     parser = _Parser(prog="nccidfs catalog",
                      description="Build a mount's catalog: MOUNTPOINT/.nccidfs/catalog/series.csv (one row per "
                                  "image series) and patients.csv (one row per patient), from the listings and one "
-                                 "metadata twin per series, patients in parallel, with a progress bar. Until it is "
-                                 "built, opening a catalog file starts the build and shows the rows made so far.",
+                                 "metadata twin per series, with a progress bar. Only patients whose listings "
+                                 "changed since the last build are read again. Until a build has completed, "
+                                 "opening a table fails with EAGAIN; after that it is the last complete one.",
                      epilog=EXIT_CODES)
     parser.add_argument("action", choices=("build",), help="build: make the catalog anew and wait for it")
     parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
     parser.add_argument("--modality", action="append", metavar="FOLDER", dest="folders",
-                        help="only this folder (ct, mri, xray, data); repeat for more (default: all)")
+                        help="only this image folder of the mount (ct, mri, xray, as the mount names them); "
+                             "repeat for more; the other folders' rows stay as they are (default: every "
+                             "folder, and data/ for patients.csv)")
     args = parser.parse_args(argv)
     from nccidfs import commands
 
@@ -406,7 +409,10 @@ def run_catalog(argv: Sequence[str]) -> int:
         print("nccidfs catalog: stopped waiting; the build goes on in the daemon", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"catalog: {progress['series']} series, {progress['patients']} patients in {progress['seconds']} s "
-          f"({progress['errors']} patients left out on errors)")
+          f"({progress['patients_read']} patient folders read, {progress['patients_reused']} unchanged; "
+          f"{progress['errors']} bad inputs, {progress['refused']} refused as too large)")
+    if progress["state"] != "complete":
+        print(f"nccidfs catalog: build {progress['state']}: {progress.get('reason', '')}", file=sys.stderr)
     return EXIT_OK if progress["state"] == "complete" else EXIT_FAILURE
 
 

@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from nccidfs import control
 from nccidfs.cache import clear_directory
+from nccidfs.catalog_build import IMAGE_FOLDERS
+from nccidfs.catalog_db import FILES as CATALOG_FILES
 from nccidfs.config import CONTROL_DIR, STATUS_FILE, format_size
 from nccidfs.errors import ConfigError, NccidfsError
 from nccidfs.index import INDEX_FILES
@@ -84,8 +86,14 @@ def path_in_mount(mountpoint: Path, path: str) -> str:
 
 
 def catalog_build(mountpoint: Path, folders: list[str] | None) -> dict[str, Any]:
-    """Have the daemon build its catalog anew and show its progress until it ends; returns the last."""
+    """Have the daemon build its catalog anew and show its progress until it ends; returns the last.
+    ``folders`` must be image folders the mount shows, as they are named there."""
     status = mount_status(mountpoint)
+    shown = [name for name in IMAGE_FOLDERS if (mountpoint / name).is_dir()]
+    for folder in folders or ():
+        if folder not in shown:
+            raise ConfigError(f"--modality {folder}: not an image folder of {mountpoint} "
+                              f"(choose from {', '.join(shown) or 'none'})")
     progress = _ask(status, {"op": "catalog", "folders": folders})
     with tqdm(total=None, unit=" patients", desc="catalog", disable=None) as bar:
         while progress["state"] == "building":
@@ -113,7 +121,7 @@ def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
 def cache_clear(directory: Path) -> int:
     """Empty a cache directory; refused (by its lock) while a daemon holds it, and anywhere without the
     nccidfs marker."""
-    return clear_directory(directory, INDEX_FILES)
+    return clear_directory(directory, (*INDEX_FILES, *CATALOG_FILES))
 
 
 class _SizeBar(tqdm):  # type: ignore[misc]

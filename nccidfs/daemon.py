@@ -22,6 +22,8 @@ from typing import Any
 
 from nccidfs import __version__, cachedir
 from nccidfs.cache import DiskCache
+from nccidfs.catalog_build import Bucket
+from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
 from nccidfs.config import Config, ReadConfig
 from nccidfs.control import ControlServer
@@ -77,16 +79,17 @@ def notify_systemd(message: bytes) -> None:
 
 
 def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
-                   read: ReadConfig, timeout: float) -> CatalogBuilder:
+                   read: ReadConfig, timeout: float, bucket: Bucket, catalog_db: CatalogDB,
+                   index: ListingIndex) -> CatalogBuilder:
     """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
     returns the catalog's builder, which ``nccidfs catalog build`` drives."""
     reader = ObjectReader(fetcher, timeout)
     generated = Generated(cache, read, timeout, f"{CONTROL}/")
-    catalog = CatalogBuilder(namespace, reader)
+    catalog = CatalogBuilder(namespace, index, bucket, catalog_db)
     control.register("patients", PatientView(namespace))
     control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
     control.register(ImageView.NAME, ImageView(namespace, reader, generated))
-    control.register(CatalogView.NAME, CatalogView(catalog, namespace.mount_time))
+    control.register(CatalogView.NAME, CatalogView(catalog, catalog_db, namespace.mount_time))
     return catalog
 
 
@@ -113,15 +116,17 @@ class Daemon:
                                   {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
         self.namespace = Namespace(store, s3.prefix, folders, config.mount.listing_ttl,
                                    config.mount.max_listing_entries, self.index, s3.deadline)
+        self.catalog_db = CatalogDB(directory, {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
         self.cache = DiskCache(directory, config.cache.size_bytes, f"{endpoint}\0{s3.bucket}",
-                               config.read.block_size, self.index.disk_usage)
-        self.index.after_write = self.cache.rebalance
+                               config.read.block_size, self._index_and_catalog_usage)
+        self.index.after_write = self.catalog_db.after_write = self.cache.rebalance
         self.fetcher = Fetcher(store, self.cache, config.read, s3.deadline)
         self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
         self.fetcher.on_discard = self.fs.discarded
         self.fs.set_status_provider(self.status)
+        assert isinstance(store, Bucket), "the catalog reads metadata twins by name"
         self.catalog = register_views(self.fs.control, self.namespace, self.cache, self.fetcher, config.read,
-                                      s3.deadline)
+                                      s3.deadline, store, self.catalog_db, self.index)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,
@@ -131,6 +136,11 @@ class Daemon:
         self.control_path = config.cache.control_socket
         self._control: ControlServer | None = None
         self._sighup_pipe = os.pipe()
+
+    def _index_and_catalog_usage(self) -> tuple[int, int]:
+        """What the cache's bound leaves to the files beside the objects: the listing index and the catalog."""
+        index, catalog = self.index.disk_usage(), self.catalog_db.disk_usage()
+        return index[0] + catalog[0], index[1] + catalog[1]
 
     # -- status and commands ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -156,6 +166,7 @@ class Daemon:
 
     def refresh(self, path: str = "/") -> int:
         dropped = self.namespace.invalidate(path)
+        self.catalog.mark_stale()
         log.info("refresh %s: dropped %d cached listings", path, dropped)
         return dropped
 
@@ -230,6 +241,7 @@ class Daemon:
         self.fetcher.shutdown()
         self.namespace.shutdown()
         self.index.close()
+        self.catalog_db.close()
         self.cache_lock.release()
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -61,6 +61,20 @@ def tags_from_metadata_json(raw: bytes) -> dict[str, str]:
     if not isinstance(document, dict):
         return {}
     return _render(_json_elements(document))
+
+
+def selected_tags_from_metadata_json(raw: bytes, keywords: Collection[str]) -> dict[str, str]:
+    """:func:`tags_from_metadata_json` for these keywords alone: the twin's other elements are never
+    converted, which is most of the cost when a few tags of a long header are wanted (the catalog)."""
+    wanted = {f"{tag:08X}" for tag in map(tag_for_keyword, keywords) if tag is not None}
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    chosen = {key: value for key, value in document.items() if isinstance(key, str) and key.upper() in wanted}
+    return _render(_json_elements(chosen))
 
 
 def tags_from_dicom_header(head: bytes, complete: bool = False) -> dict[str, str] | None:

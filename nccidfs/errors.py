@@ -5,7 +5,8 @@
      ├── AccessDenied      the credentials may not read or list it    -> EACCES
      ├── ObjectChanged     the object's ETag differs from the listing -> EIO (re-list and retry)
      ├── TransientError    S3 failed after retries, or timed out      -> EIO
-     └── CorruptData       bytes failed a size or checksum check      -> EIO
+     ├── CorruptData       bytes failed a size or checksum check      -> EIO
+     └── NotReady          a derived file is still being made         -> EAGAIN
 
 Lower layers raise these; only :func:`to_errno` decides what a FUSE caller sees.
 """
@@ -39,6 +40,12 @@ class TransientError(NccidfsError):
 
 class CorruptData(NccidfsError):
     """Bytes that failed verification; they never reach a reader."""
+
+
+class NotReady(NccidfsError):
+    """A derived file whose making has not completed (the catalog): an error, never a part of it."""
+
+    errno_value = errno.EAGAIN
 
 
 class ConfigError(NccidfsError):

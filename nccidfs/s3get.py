@@ -53,14 +53,17 @@ class RangeGetter:
         self._http = URLLib3Session(proxies=get_environ_proxies(self._bucket_url),
                                     max_pool_connections=max_connections, **options)
 
-    def open(self, key: str, start: int, end: int, etag: str) -> Any:
+    def open(self, key: str, start: int, end: int, etag: str | None) -> Any:
         """The urllib3 response of ``GET key`` for bytes ``[start, end)``, its status and headers checked.
 
         Raises :class:`GetError` for an error answer, :class:`ObjectChanged` when the server answers for
         another version, and :class:`CorruptData` when it answers with other bytes than those asked for.
+        With ``etag`` None any version is taken (an object known by name only), and it may be shorter.
         """
-        request = AWSRequest("GET", self._bucket_url + quote(key, safe="/~"),
-                             headers={"Range": f"bytes={start}-{end - 1}", "If-Match": f'"{etag}"'})
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if etag is not None:
+            headers["If-Match"] = f'"{etag}"'
+        request = AWSRequest("GET", self._bucket_url + quote(key, safe="/~"), headers=headers)
         S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
         prepared = request.prepare()
         prepared.stream_output = True
@@ -74,7 +77,7 @@ class RangeGetter:
         return raw
 
 
-def _check(raw: Any, key: str, start: int, end: int, etag: str) -> None:
+def _check(raw: Any, key: str, start: int, end: int, etag: str | None) -> None:
     if raw.status not in (200, 206):
         body = raw.read(ERROR_BODY_LIMIT)
         found = _ERROR_CODE.search(body)
@@ -88,5 +91,5 @@ def _check(raw: Any, key: str, start: int, end: int, etag: str) -> None:
     if raw.status == 200 and start != 0:
         raise CorruptData(f"get {key}: the server sent the whole object when bytes {start}- were asked for")
     answered = raw.headers.get("ETag", "").strip('"')
-    if answered and answered != etag:
+    if etag is not None and answered and answered != etag:
         raise ObjectChanged(f"get {key}: object changed since it was listed")

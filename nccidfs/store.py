@@ -293,3 +293,28 @@ class Boto3Store:
 
         self._retrying("GetObject", f"get {key} [{start}, {end})", fetch_rest)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def get_head(self, key: str, limit: int) -> bytes:
+        """The first ``limit`` bytes of ``key`` as it is now (all of it when shorter), in one GET: for an
+        object known by its name alone, such as a metadata twin whose folder was never listed. Nothing
+        pins a version, so a caller that must know which one uses :meth:`get_range`."""
+        from nccidfs.s3get import GetError
+
+        def fetch() -> bytes:
+            try:
+                body = self._getter.open(key, 0, limit, None)
+            except GetError as error:
+                if _error_code(error) == "InvalidRange":
+                    return b""  # an empty object has no byte 0
+                raise
+            started = time.monotonic()
+            try:
+                data: bytes = body.read(limit)
+            finally:
+                body.release_conn()
+            self.stats.record("GetObject", len(data))
+            log.debug("GET %s (its first %d bytes) -> %d bytes %.3fs", key, limit, len(data),
+                      time.monotonic() - started)
+            return data
+
+        return self._retrying("GetObject", f"get {key} (its first {limit} bytes)", fetch)

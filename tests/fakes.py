@@ -76,6 +76,16 @@ class MemoryStore:
             raise ObjectChanged(key)
         return self.objects[key][start:end]
 
+    def get_head(self, key: str, limit: int) -> bytes:
+        if self.latency:
+            time.sleep(self.latency)
+        with self._lock:
+            self.requests["get"] += 1
+            self.ranges.append((key, 0, limit))
+        if key not in self.objects:
+            raise NotFound(key)
+        return self.objects[key][:limit]
+
 
 def scratch_index() -> ListingIndex:
     """An empty listing index in a directory of its own, for namespaces built outside a tmp_path."""
@@ -107,3 +117,7 @@ class FailingStore(MemoryStore):
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
         self._outage(f"get {key}")
         return super().get_range(key, start, end, etag)
+
+    def get_head(self, key: str, limit: int) -> bytes:
+        self._outage(f"get {key}")
+        return super().get_head(key, limit)

@@ -11,24 +11,28 @@ in nhsx/nccid-cleaning), so numbers from the mount agree with work done on their
 - three columns come from the file names of all of the patient's files, under NHSX's names:
   ``filename_covid_status``, ``filename_earliest_date``, ``filename_latest_date``.
 
-Unlike NHSX, the fields are not cleaned (their ``clean_data_df`` does that downstream, on this same
-table), the nested ``OtherDataSources`` object is not kept beside its lifted fields, and a field holding
-a list or an object is written as compact JSON. Columns are the patient id, the three file-name columns,
-the latest file's name, then every field in the order first met, patients taken in id order.
+The fields are kept as submitted, and NHSX's ``clean_data_df`` rules add cleaned columns beside them
+(:mod:`nccidfs.derived.clinical`). Unlike NHSX, the nested ``OtherDataSources`` object is not kept beside
+its lifted fields, and a field holding a list or an object is written as compact JSON. Columns are the
+patient id, the three file-name columns, the latest file's name, ``as_of``, every raw field in the order
+first met, then the cleaned columns; patients are taken in id order.
 
-No Parquet twin: pyarrow would add about 40 MB to every install for a file any reader can build from
-the CSV in one line.
+Every cell is valid UTF-8 (:func:`valid_text`: a lone surrogate, which JSON may hold, becomes U+FFFD),
+and no cell of the CSV can be a live spreadsheet formula (:func:`spreadsheet_cell`, the OWASP rule).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
+
+from nccidfs.derived.clinical import CLEANED_COLUMNS, clean
 
 Row = dict[str, str]
 
@@ -49,17 +53,25 @@ SERIES_COLUMNS = (
     "PixelSpacing",
     "bytes",
     "path",
+    "as_of",
 )
 # The series tags copied as the metadata twin shows them (nccidfs.dicom.tags_from_metadata_json).
-_SERIES_TAGS = (
+SERIES_TAGS = (
     "Modality", "StudyDate", "SeriesDescription", "BodyPartExamined", "Manufacturer", "Rows", "Columns",
     "SliceThickness", "PixelSpacing",
 )  # fmt: skip
 PATIENT_COLUMNS = ("Patient_ID", "filename_covid_status", "filename_earliest_date", "filename_latest_date",
-                   "latest_file")  # fmt: skip
+                   "latest_file", "as_of")  # fmt: skip
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection); TAB and CR too,
+# since some spreadsheets strip them and read what follows.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A number as JSON or DICOM writes it; "-3" or "-1.5e-3" is data, not a formula, and stays as it is.
+_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # NHSX match the prefix whatever its case (Data_, Status_): so do we.
 _CLINICAL_NAME = re.compile(r"(?P<kind>data|status)_(?P<date>\d{4}-\d{2}-\d{2})\.json", re.IGNORECASE)
 _SEGMENTATION = ("OtherDataSources", "SegmentationData")
+_CLEANED = frozenset(CLEANED_COLUMNS)
 
 
 def series_row(
@@ -76,7 +88,7 @@ def series_row(
     the display mapping of one image's metadata twin (``tags_from_metadata_json``); ``path`` is where
     the series lies in the mount. The identifiers come from the keys, which are what a user navigates."""
     row = {column: "" for column in SERIES_COLUMNS}
-    row.update({tag: first_meta.get(tag, "") for tag in _SERIES_TAGS})
+    row.update({tag: valid_text(first_meta.get(tag, "")) for tag in SERIES_TAGS})
     row.update(
         folder=modality,
         Patient_ID=patient,
@@ -100,52 +112,115 @@ def patients_rows(clinical: Mapping[str, Sequence[tuple[str, bytes]]]) -> list[R
     are ignored, and a patient with none is left out."""
     rows = []
     for patient in sorted(clinical):
-        row = _patient_row(patient, clinical[patient])
+        row, _ = patient_row(patient, clinical[patient])
         if row is not None:
             rows.append(row)
     return rows
 
 
+def patient_columns(rows: Iterable[Mapping[str, str]]) -> tuple[str, ...]:
+    """patients.csv's columns: the fixed ones, every raw clinical field in the order first met, then the
+    cleaned columns that any row has, in :data:`~nccidfs.derived.clinical.CLEANED_COLUMNS` order."""
+    fields: dict[str, None] = dict.fromkeys(PATIENT_COLUMNS)
+    cleaned: set[str] = set()
+    for row in rows:
+        cleaned.update(name for name in row if name in _CLEANED)
+        fields.update(dict.fromkeys(name for name in row if name not in _CLEANED))
+    return (*fields, *(name for name in CLEANED_COLUMNS if name in cleaned))
+
+
 def patients_csv(rows: Sequence[Mapping[str, str]]) -> bytes:
     """patients.csv: the fixed columns, then every clinical field in the order first met."""
-    fields: dict[str, None] = dict.fromkeys(PATIENT_COLUMNS)
-    for row in rows:
-        fields.update(dict.fromkeys(row))
-    return render_csv(tuple(fields), rows)
+    return render_csv(patient_columns(rows), rows)
 
 
 def render_csv(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> bytes:
     """RFC 4180 CSV in UTF-8 with a header line and LF line ends; a missing value is an empty cell."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    write_csv(out, columns, rows)
     return out.getvalue().encode("utf-8")
 
 
-def _patient_row(patient: str, files: Sequence[tuple[str, bytes]]) -> Row | None:
-    """The NHSX row of one patient: cohort and dates from all file names, fields from the latest file."""
-    dated = []
-    for name, body in files:
-        match = _CLINICAL_NAME.fullmatch(name)
-        date = _date(match["date"]) if match else None
-        if match and date:
-            dated.append((date, match["kind"].lower(), name, body))
+def write_csv(out: IO[str], columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> None:
+    """The CSV of :func:`render_csv` written to a text stream, header and cells made safe to open."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([spreadsheet_cell(valid_text(column)) for column in columns])
+    for row in rows:
+        writer.writerow([spreadsheet_cell(valid_text(row.get(column, ""))) for column in columns])
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` as a cell no spreadsheet takes for a formula: one starting with = + - @ TAB or CR gets a
+    single quote before it (OWASP's rule for CSV injection), unless it is a plain number ("-3", "-1.5e-3"),
+    which a spreadsheet reads as that number."""
+    if text.startswith(FORMULA_STARTS) and _NUMBER.fullmatch(text) is None:
+        return "'" + text
+    return text
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate (JSON's ``"\\udc80"`` decodes to one, and UTF-8 cannot hold it)
+    replaced by U+FFFD, the replacement character."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def listing_fingerprint(objects: Iterable[tuple[str, str]]) -> str:
+    """A digest of (key, ETag) pairs, in the order given: rows made from a listing are still right while
+    the listing's fingerprint is the same."""
+    text = "".join([f"{key}\0{etag}\n" for key, etag in objects])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def patient_row(patient: str, files: Sequence[tuple[str, bytes]]) -> tuple[Row | None, str | None]:
+    """The NHSX row of one patient (None without a dated clinical file), and what was wrong with its
+    latest file if it gave no fields (not JSON, not an object): the row then holds the file-name columns.
+    Only the body of :func:`latest_clinical_file` is read."""
+    dated = _dated(name for name, _ in files)
     if not dated:
-        return None
-    positive = any(kind == "data" for _, kind, _, _ in dated)
-    _, _, latest_name, latest_body = max(entry for entry in dated if (entry[1] == "data") == positive)
-    dates = [date for date, _, _, _ in dated]
+        return None, None
+    positive, (_, _, latest_name) = _cohort_and_latest(dated)
+    dates = [date for date, _, _ in dated]
     row = {
-        "Patient_ID": patient,
+        "Patient_ID": valid_text(patient),
         "filename_covid_status": str(positive),
         "filename_earliest_date": min(dates).isoformat(),
         "filename_latest_date": max(dates).isoformat(),
-        "latest_file": latest_name,
+        "latest_file": valid_text(latest_name),
     }
-    for field, value in _clinical_fields(latest_body).items():
-        row.setdefault(field, _cell(value))  # a field never overrides the columns above
-    return row
+    try:
+        fields = _clinical_fields(dict(files)[latest_name])
+    except ValueError as error:
+        return row, f"{latest_name}: {error}"
+    raw = {valid_text(name): valid_text(_cell(value)) for name, value in fields.items()}
+    for name, value in raw.items():
+        row.setdefault(name, value)  # never overrides the columns above
+    for name, value in clean(raw).items():
+        row.setdefault(name, value)
+    return row, None
+
+
+def latest_clinical_file(names: Iterable[str]) -> str | None:
+    """The file whose fields make the patient's row: the latest of the cohort's kind (positive: ``data_``,
+    negative: ``status_``); None when no name is ``{data,status}_<date>.json``."""
+    dated = _dated(names)
+    return _cohort_and_latest(dated)[1][2] if dated else None
+
+
+def _dated(names: Iterable[str]) -> list[tuple[dt.date, str, str]]:
+    """(date, kind, name) of every clinical file named by a valid date."""
+    dated = []
+    for name in names:
+        match = _CLINICAL_NAME.fullmatch(name)
+        date = _date(match["date"]) if match else None
+        if match and date:
+            dated.append((date, match["kind"].lower(), name))
+    return dated
+
+
+def _cohort_and_latest(dated: list[tuple[dt.date, str, str]]) -> tuple[bool, tuple[dt.date, str, str]]:
+    """NHSX's rule: positive when any ``data_`` file exists; the latest file of the cohort's kind wins."""
+    positive = any(kind == "data" for _, kind, _ in dated)
+    return positive, max(entry for entry in dated if (entry[1] == "data") == positive)
 
 
 def _date(text: str) -> dt.date | None:
@@ -156,13 +231,16 @@ def _date(text: str) -> dt.date | None:
 
 
 def _clinical_fields(body: bytes) -> dict[str, Any]:
-    """A clinical record's fields with SegmentationData's lifted to the top; {} if not a JSON object."""
+    """A clinical record's fields with SegmentationData's lifted to the top; ValueError if it is not a
+    JSON object."""
     try:
         record = json.loads(body)
-    except (ValueError, RecursionError):
-        return {}
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as error:  # bad UTF-8 or bad JSON
+        raise ValueError(f"not JSON ({error})") from None
     if not isinstance(record, dict):
-        return {}
+        raise ValueError("not a JSON object")
     sources = record.pop(_SEGMENTATION[0], None)
     segmentation = sources.get(_SEGMENTATION[1]) if isinstance(sources, dict) else None
     if isinstance(segmentation, dict):

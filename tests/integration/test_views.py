@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from nccidfs.demo.warehouse import DemoObject
+from tests.integration.test_catalog import CATALOG_FILES
 from tests.mounting import PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
 from tests.unit.test_derived_image import decode_png, read_pgm
 
@@ -112,7 +113,7 @@ def test_a_generated_volume_survives_a_restart_without_fetching_again(
 def test_the_catalog_builds_with_progress_and_holds_every_series_and_patient(
         mount: MountedDaemon, warehouse: list[DemoObject]) -> None:
     catalog = mount.mountpoint / ".nccidfs" / "catalog"
-    assert sorted(os.listdir(catalog)) == ["patients.csv", "progress.json", "series.csv"]
+    assert sorted(os.listdir(catalog)) == CATALOG_FILES
     built = subprocess.run([sys.executable, "-m", "nccidfs", "catalog", "build", str(mount.mountpoint)],
                            capture_output=True, text=True, timeout=120, env=daemon_env())
     assert built.returncode == 0, built.stderr

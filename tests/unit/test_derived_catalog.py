@@ -18,13 +18,14 @@ from nccidfs.demo.warehouse import DemoObject
 from nccidfs.derived.catalog import (
     PATIENT_COLUMNS,
     SERIES_COLUMNS,
+    SERIES_TAGS,
     Row,
     patients_csv,
     patients_rows,
     series_csv,
     series_row,
 )
-from nccidfs.dicom import tags_from_metadata_json
+from nccidfs.dicom import selected_tags_from_metadata_json, tags_from_metadata_json
 
 IMAGE_KEY = re.compile(
     r"^training/(?P<folder>ct|mri|xray)/(?P<pid>[^/]+)/(?P<study>[^/]+)/(?P<series>[^/]+)/[^/]+\.dcm$"
@@ -181,3 +182,13 @@ def test_patients_csv_is_the_same_bytes_in_any_input_order(warehouse: list[DemoO
 def test_clinical_file_prefixes_match_whatever_their_case_as_nhsx_do() -> None:
     rows = patients_rows({"Covid9": [("Status_2020-01-01.json", b'{"a": 1}'), ("DATA_2020-02-02.json", b'{"a": 2}')]})
     assert rows[0]["filename_covid_status"] == "True" and rows[0]["latest_file"] == "DATA_2020-02-02.json"
+
+
+def test_the_series_tags_of_a_twin_are_those_of_its_whole_mapping(warehouse: list[DemoObject]) -> None:
+    twins = [obj.body for obj in warehouse if "-metadata/" in obj.key]
+    assert twins
+    for body in twins:
+        whole = tags_from_metadata_json(body)
+        assert selected_tags_from_metadata_json(body, SERIES_TAGS) == {
+            keyword: text for keyword, text in whole.items() if keyword in SERIES_TAGS}
+    assert selected_tags_from_metadata_json(b"{]", SERIES_TAGS) == {}

@@ -10,6 +10,7 @@ import pytest
 from nccidfs import deadline
 from nccidfs.cache import DiskCache
 from nccidfs.cachedir import prepare
+from nccidfs.catalog_db import CatalogDB
 from nccidfs.config import ReadConfig, S3Config
 from nccidfs.daemon import register_views
 from nccidfs.errors import ConfigError, NotFound, ObjectChanged, TransientError
@@ -41,7 +42,8 @@ def make_fs(tmp_path: Path, store: FailingStore, folders: list[str] | None = Non
     config = ReadConfig(block_size=4096, initial_window=16384, max_window=65536, part_size=32768, fetch_threads=4)
     filesystem = FileSystem(namespace, cache, Fetcher(store, cache, config, TIMEOUT))
     filesystem.set_status_provider(lambda: {"ok": True})
-    register_views(filesystem.control, namespace, cache, filesystem.fetcher, config, TIMEOUT)
+    register_views(filesystem.control, namespace, cache, filesystem.fetcher, config, TIMEOUT, store,
+                   CatalogDB(directory, {}), index)
     return filesystem
 
 
