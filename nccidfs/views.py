@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 CONTROL = CONTROL_DIR
 Parts = Sequence[str]
+# Called with a mount path whose size or bytes the kernel may hold wrongly (a replaced or discarded object,
+# a derived file whose inputs changed), and how long to wait for the kernel to take it in (0: do not wait).
+Invalidator = Callable[[str, float], None]
 
 
 class VirtualFile(Protocol):
@@ -160,6 +163,8 @@ class ControlFolder:
     def __init__(self, mtime: float) -> None:
         self._mtime = mtime
         self._layers: dict[str, Layer] = {}
+        # The kernel's invalidation, once the mount is up; layers reach it through here.
+        self.invalidate: Invalidator = lambda path, wait: None
 
     def register(self, name: str, layer: Layer) -> None:
         self._layers[name] = layer

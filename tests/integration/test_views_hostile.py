@@ -100,10 +100,14 @@ def test_a_deflate_bomb_too_large_for_a_png_is_not_listed(mount: Mount) -> None:
     daemon = mount({image: crafted.encode(bomb), twin_key: json.dumps(crafted.twin(bomb)).encode()})
     folder = views(daemon, "images", "xray") / SERIES
     listed = os.listdir(folder)
+    failed = []
     for name in listed:  # whatever is listed must read
-        (folder / name).read_bytes()
+        try:
+            (folder / name).read_bytes()
+        except OSError as error:
+            failed.append(error)
     assert report("deflate bomb, PNG (twin says 16384x16384)", daemon) < RSS_BOUND
-    assert listed == ["bomb.json"]
+    assert not failed and listed == ["bomb.json"]
     assert "pixels" in json.loads((folder / "bomb.json").read_bytes())["NoImageReason"]
 
 
