@@ -61,7 +61,7 @@ from nccidfs.errors import CorruptData, NotFound, TransientError
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry, Listing, ObjectInfo
-from nccidfs.views import Invalidator, Parts, Snapshot, VirtualFile
+from nccidfs.views import OPEN_INVALIDATION_WAIT, Invalidator, Parts, Snapshot, VirtualFile
 from nccidfs.xattrs import MAX_TWIN_BYTES
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,6 @@ WORK_BYTES_PER_PIXEL = 24
 MAX_IMAGE_PIXELS = DECODE_BUDGET // WORK_BYTES_PER_PIXEL
 # An image may be this many times the pixels its twin gives (plus HEADER_SLACK) before it is not read.
 MAX_IMAGE_EXPANSION = 2
-# An open of a generated file whose size changed since the kernel was last told waits this long for the
-# kernel to forget the old size (as for a replaced object in the mirrored tree).
-OPEN_INVALIDATION_WAIT = 0.2
 # Names, versions and reasons remembered per generated file (each a few hundred bytes).
 REMEMBERED_FILES = 100_000
 

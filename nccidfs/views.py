@@ -29,6 +29,10 @@ Parts = Sequence[str]
 # Called with a mount path whose size or bytes the kernel may hold wrongly (a replaced or discarded object,
 # a derived file whose inputs changed), and how long to wait for the kernel to take it in (0: do not wait).
 Invalidator = Callable[[str, float], None]
+# An open of a replaced object (or of a derived file of a new size) waits this long for the kernel to
+# forget the old size, so that a stat right after agrees with the bytes read; a read never waits (the
+# kernel may hold the page it asks for).
+OPEN_INVALIDATION_WAIT = 0.2
 
 
 class VirtualFile(Protocol):

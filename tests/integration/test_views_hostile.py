@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +31,8 @@ RSS_BOUND = 500 * MIB
 SERIES = "1.2.826.0.1.3680043.8.498.2"
 
 Mount = Callable[[dict[str, bytes]], MountedDaemon]
+T = TypeVar("T")
+HEADER_BYTES = 352  # a .nii's header and extension flag, before the voxels
 
 
 def rss(daemon: MountedDaemon, field: str = "VmHWM") -> int:
@@ -37,6 +40,14 @@ def rss(daemon: MountedDaemon, field: str = "VmHWM") -> int:
     assert daemon.process is not None
     status = Path(f"/proc/{daemon.process.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":"))) * 1024
+
+
+def attempt(action: Callable[[], T]) -> T | OSError:
+    """The action's result, or the error it failed with: the daemon's memory is reported either way."""
+    try:
+        return action()
+    except OSError as error:
+        return error
 
 
 def report(case: str, daemon: MountedDaemon) -> int:
@@ -196,8 +207,9 @@ def test_a_malformed_twin_spoils_only_its_own_series_or_image(mount: Mount) -> N
                 objects[crafted.keys(folder, f"{SERIES}.{kind}", "img0001")[1]] = MALFORMED[kind]
     daemon = mount(objects)
     study = views(daemon, "volumes", "ct")
-    listed = sorted(os.listdir(study))
-    assert f"{SERIES}.4.nii" in listed
+    listed = attempt(lambda: sorted(os.listdir(study)))
+    report("malformed twins (null, [], nested 100,000 deep)", daemon)
+    assert isinstance(listed, list) and f"{SERIES}.4.nii" in listed, listed
     for kind in MALFORMED:
         assert f"{SERIES}.{kind}.nii" not in listed
         reason = json.loads((study / f"{SERIES}.{kind}.json").read_bytes())["NoVolumeReason"]
@@ -219,7 +231,9 @@ def test_a_lone_surrogate_in_a_twin_costs_only_its_own_tag(mount: Mount) -> None
     objects[twin_key] = json.dumps(document).encode().replace(b"SURROGATE", b"\\ud800")
     daemon = mount(objects)
     path = daemon.mountpoint / image.split("/", 1)[1]
-    names = os.listxattr(path)
+    names = attempt(lambda: os.listxattr(path))
+    report("a lone surrogate in a twin", daemon)
+    assert isinstance(names, list), names
     assert "user.dicom.PatientID" in names and "user.dicom.SeriesDescription" not in names
     assert os.getxattr(path, "user.dicom.PatientID") == b"Hostile1"
     assert subprocess.run(["getfattr", "-d", str(path)], capture_output=True).returncode == 0
@@ -240,8 +254,9 @@ def test_a_series_grown_after_refresh_is_read_at_its_new_size(mount: Mount) -> N
                                capture_output=True, text=True, timeout=30, env=daemon_env())
     assert refreshed.returncode == 0, refreshed.stderr
     after = volume.read_bytes()
-    slice_bytes = (len(before) - 352) // 3
-    assert len(after) == 352 + 4 * slice_bytes, "the kernel still held the old size"
+    report("a series grown by a slice, then refresh", daemon)
+    slice_bytes = (len(before) - HEADER_BYTES) // 3
+    assert len(after) == HEADER_BYTES + 4 * slice_bytes, "the kernel still held the old size"
     assert os.stat(volume).st_size == len(after)
 
 
@@ -253,9 +268,9 @@ def test_a_twin_whose_rescale_differs_from_its_image_fails_with_eio_then_gives_t
     objects[twin_key] = json.dumps(document).encode()
     daemon = mount(objects)
     study = views(daemon, "volumes", "ct")
-    with pytest.raises(OSError) as failure:
-        (study / f"{SERIES}.nii").read_bytes()
-    assert failure.value.errno == errno.EIO
+    read = attempt(lambda: (study / f"{SERIES}.nii").read_bytes())
+    report("a twin whose RescaleIntercept differs from the image's", daemon)
+    assert isinstance(read, OSError) and read.errno == errno.EIO, "never wrong voxels"
     assert warnings_about(daemon, "RescaleIntercept")
     assert os.listdir(study) == [f"{SERIES}.json"]
     reason = json.loads((study / f"{SERIES}.json").read_bytes())["NoVolumeReason"]
@@ -273,6 +288,7 @@ def test_a_view_name_over_255_bytes_is_not_listed_and_logged_once(mount: Mount) 
     series = "1." + "2" * 249  # 251 bytes: its .nii has 255, its .json 256
     daemon = mount(crafted.series_objects("ct", series, 2))
     study = views(daemon, "volumes", "ct")
-    for _ in range(2):
-        assert os.listdir(study) == [f"{series}.nii"]
+    listings = [os.listdir(study) for _ in range(2)]
+    report("a 251-byte series name", daemon)
+    assert listings == [[f"{series}.nii"]] * 2
     assert len(warnings_about(daemon, f"{series}.json")) == 1
