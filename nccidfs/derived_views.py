@@ -67,8 +67,9 @@ from nccidfs.xattrs import MAX_TWIN_BYTES
 log = logging.getLogger(__name__)
 
 READ_THREADS = 16
-# Encoded slices a volume keeps at hand (about 0.5 MiB each for 512x512).
-RECENT_SLICES = 16
+# Bytes made for open files and kept for their readers (whole PNGs, encoded slices: ranges do not end on
+# slice boundaries), all files together.
+MADE_BYTES = 48 * 1024 * 1024
 IMAGE, TWIN = ".dcm", ".json"
 # The longest file name the kernel takes (NAME_MAX).
 NAME_MAX = 255
@@ -78,11 +79,13 @@ MAX_SERIES_TWIN_BYTES = 16 * 1024 * 1024
 # What is remembered of parsed twins (plans, PNG sizes, what each image must agree with), counted by the
 # bytes of the twins it came from.
 MEMO_TWIN_BYTES = 32 * 1024 * 1024
-# Memory all image decoding may take at once, and what decoding takes per pixel, all in (measured: a
-# 4096 x 4096 16-bit X-ray made into a PNG took 385 MiB, 23 bytes a pixel).
+# Memory all image decoding may take at once, and what decoding takes per pixel, all in: the image's bytes
+# (read, then copied by pydicom), its pixels, and the float64 steps of display or rescale. Measured 23 to 30
+# bytes a pixel for 16-bit X-rays made into PNGs; 32 keeps two 2500 x 2500 X-rays from being decoded at
+# once, and takes a single 16-bit image up to about 11.8 million pixels (3440 x 3440). With MADE_BYTES and
+# the rest of the daemon (about 90 MiB), the daemon stays under 500 MiB.
 DECODE_BUDGET = 384 * 1024 * 1024
-WORK_BYTES_PER_PIXEL = 24
-MAX_IMAGE_PIXELS = DECODE_BUDGET // WORK_BYTES_PER_PIXEL
+WORK_BYTES_PER_PIXEL = 32
 # An image may be this many times the pixels its twin gives (plus HEADER_SLACK) before it is not read.
 MAX_IMAGE_EXPANSION = 2
 # Names, versions and reasons remembered per generated file (each a few hundred bytes).
@@ -200,6 +203,7 @@ class Generated:
         self.producers = Producers()
         self.fetcher = Fetcher(self.producers, cache, config, timeout)
         self.budget = MemoryBudget(DECODE_BUDGET, timeout)
+        self.made = Made(MADE_BYTES)
         self._prefix = prefix
         self._invalidate = invalidate
         self._lock = threading.Lock()
@@ -256,22 +260,36 @@ class Generated:
         return guarded
 
 
+class Made:
+    """Bytes made for generated files, kept for their readers in one LRU bounded by bytes: however many
+    files are open, what they hold between reads stays within MADE_BYTES. What is dropped is made again
+    when asked for (most ranges are then served from the disk cache instead)."""
+
+    def __init__(self, size: int) -> None:
+        self._lock = threading.Lock()
+        self._kept: LRUCache[tuple[str, ...], bytes] = LRUCache(maxsize=size, getsizeof=len)
+
+    def get(self, key: tuple[str, ...]) -> bytes | None:
+        with self._lock:
+            return self._kept.get(key)
+
+    def put(self, key: tuple[str, ...], data: bytes) -> None:
+        with self._lock, suppress(ValueError):  # heavier than the whole LRU: not kept
+            self._kept[key] = data
+
+
 def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: ObjectReader,
-                    encode: Callable[[int, bytes], bytes]) -> Producer:
+                    encode: Callable[[int, bytes], bytes], made: Made, scope: tuple[str, ...]) -> Producer:
     """Bytes of a volume file made from just the slices a range covers (each slice has a fixed place);
-    ``encode(index, dicom)`` makes slice ``index`` of its image. The last slices made are kept for a
-    moment: ranges do not end on slice boundaries."""
-    lock = threading.Lock()
-    recent: LRUCache[int, bytes] = LRUCache(maxsize=RECENT_SLICES)
+    ``encode(index, dicom)`` makes slice ``index`` of its image. Slices made are kept in ``made`` under
+    ``scope`` for a moment: ranges do not end on slice boundaries."""
 
     def slices(first: int, last: int) -> list[bytes]:
-        with lock:
-            known = {index: recent[index] for index in range(first, last) if index in recent}
+        known = {index: data for index in range(first, last) if (data := made.get((*scope, str(index)))) is not None}
         wanted = [index for index in range(first, last) if index not in known]
         for index, body in zip(wanted, reader.read_many([images[i] for i in wanted]), strict=True):
             known[index] = encode(index, body)
-            with lock:
-                recent[index] = known[index]
+            made.put((*scope, str(index)), known[index])
         return [known[index] for index in range(first, last)]
 
     def produce(start: int, end: int) -> bytes:
@@ -287,17 +305,19 @@ def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: Obje
     return produce
 
 
-def whole_producer(build: Callable[[], bytes]) -> Producer:
+def whole_producer(build: Callable[[], bytes], made: Made, scope: tuple[str, ...]) -> Producer:
     """Bytes of a file made whole (a PNG): built once, by the first range asked for, while the ranges
-    asked for at the same time (parts of a read-ahead, other readers) wait for it; then sliced."""
+    asked for at the same time (parts of a read-ahead, other readers) wait for it; kept in ``made`` under
+    ``scope`` and sliced."""
     lock = threading.Lock()
-    made: list[bytes] = []
 
     def produce(start: int, end: int) -> bytes:
         with lock:
-            if not made:
-                made.append(build())
-        return made[0][start:end]
+            data = made.get(scope)
+            if data is None:
+                data = build()
+                made.put(scope, data)
+        return data[start:end]
 
     return produce
 
@@ -323,9 +343,9 @@ class _Images:
     def twin_bytes(self) -> int:
         return sum(twin.size for twin in self.twins.values())
 
-    def key(self, kind: str) -> tuple[str, ...]:
-        """A memo key for what is derived from the twins alone."""
-        return (kind, *sorted(f"{t.key}\0{t.etag}" for t in self.twins.values()))
+    def key(self, kind: str, objects: Mapping[str, ObjectInfo]) -> tuple[str, ...]:
+        """A memo key for what is derived from these objects (the twins, or the images too)."""
+        return (kind, *sorted(f"{o.key}\0{o.etag}" for o in objects.values()))
 
 
 @dataclass(frozen=True)
@@ -471,11 +491,17 @@ def _naming(ident: str) -> Iterator[None]:
         raise ValueError(f"{ident}: {error}") from None
 
 
-def _check_size(image: ObjectInfo, promised: Expected) -> None:
-    """An image far larger than its twin's pixels is not read (its bytes would all be held at once)."""
+def _work(promised: Expected, image: ObjectInfo) -> int:
+    """The memory decoding an image takes, all in (see WORK_BYTES_PER_PIXEL)."""
+    return promised.pixels * WORK_BYTES_PER_PIXEL + image.size
+
+
+def _oversized(ident: str, image: ObjectInfo, promised: Expected) -> str | None:
+    """Why an image is not read at all: far larger than its twin's pixels (its bytes are held at once)."""
     limit = MAX_IMAGE_EXPANSION * promised.pixel_bytes + HEADER_SLACK
     if image.size > limit:
-        raise ValueError(f"the image is {image.size} bytes, over the {limit} its metadata twin's pixels allow")
+        return f"{ident}: the image is {image.size} bytes, over the {limit} its metadata twin's pixels allow"
+    return None
 
 
 class VolumeView(_SeriesLayer):
@@ -504,11 +530,13 @@ class VolumeView(_SeriesLayer):
         if missing:
             return images, _Derived(Rejection(f"{len(missing)} images have no metadata twin, e.g. {missing[0]}",
                                               {}), 0)
-        planned = self._remember(images.key("plan"), lambda: self._plan_series(images))
+        planned = self._remember(images.key("plan", images.twins), lambda: self._plan_series(images))
+        if not isinstance(planned.value, VolumePlan):
+            return images, planned
         failure = self._generated.failure(f"{self.NAME}/{'/'.join(parts)}.nii", images.inputs())
-        if failure is not None and isinstance(planned.value, VolumePlan):
-            return images, _Derived(Rejection(failure, planned.value.tags), 0)
-        return images, planned
+        oversized = (_oversized(ident, images.images[ident], promised) for ident, promised in planned.promised.items())
+        reason = failure or next((why for why in oversized if why is not None), None)
+        return images, planned if reason is None else _Derived(Rejection(reason, planned.value.tags), 0)
 
     def _plan_series(self, images: _Images) -> _Derived:
         weight = images.twin_bytes() + 1
@@ -541,13 +569,13 @@ class VolumeView(_SeriesLayer):
         def encode(index: int, dicom: bytes) -> bytes:
             ident = outcome.slices[index]
             promised = planned.promised[ident]
-            with _naming(ident):
-                _check_size(ordered[index], promised)
-                with self._generated.budget.reserve(promised.pixels * WORK_BYTES_PER_PIXEL + len(dicom), "it"):
-                    return encode_slice(outcome, index, checked(dicom, promised))
+            with _naming(ident), self._generated.budget.reserve(_work(promised, ordered[index]), "it"):
+                return encode_slice(outcome, index, checked(dicom, promised))
 
-        produce = volume_producer(outcome, ordered, self._reader, encode)
-        return self._generated.open(f"{self.NAME}/" + "/".join(parts), images.inputs(), outcome.size, produce)
+        name, inputs = f"{self.NAME}/" + "/".join(parts), images.inputs()
+        produce = volume_producer(outcome, ordered, self._reader, encode, self._generated.made,
+                                  (name, version_of(inputs)))
+        return self._generated.open(name, inputs, outcome.size, produce)
 
 
 @dataclass(frozen=True)
@@ -592,13 +620,15 @@ class ImageView(_SeriesLayer):
         """By image id: its PNG or the reason it has none, remembered by the twins' ETags."""
         def compute() -> _Derived:
             twins = self._twins(images)
-            return _Derived({ident: self._png(ident, twin) for ident, twin in twins.items()}, images.twin_bytes() + 1)
+            return _Derived({ident: self._png(ident, twin, images.images[ident]) for ident, twin in twins.items()},
+                            images.twin_bytes() + 1)
 
-        return self._remember(images.key("png"), compute).value  # type: ignore[no-any-return]
+        key = images.key("png", {**images.images, **{ident + TWIN: twin for ident, twin in images.twins.items()}})
+        return self._remember(key, compute).value  # type: ignore[no-any-return]
 
     @staticmethod
-    def _png(ident: str, twin: dict[str, Any] | str) -> _Png | str:
-        """From the twin's Rows (0028,0010) and Columns (0028,0011)."""
+    def _png(ident: str, twin: dict[str, Any] | str, image: ObjectInfo) -> _Png | str:
+        """From the twin's Rows (0028,0010) and Columns (0028,0011), if decoding the image fits the budget."""
         if isinstance(twin, str):
             return twin
         try:
@@ -606,9 +636,13 @@ class ImageView(_SeriesLayer):
             rows, columns = (int(twin[tag]["Value"][0]) for tag in ("00280010", "00280011"))
         except (KeyError, IndexError, TypeError, ValueError) as error:
             return f"{ident}: its metadata twin gives no Rows and Columns ({error})"
-        if rows <= 0 or columns <= 0 or promised.pixels > MAX_IMAGE_PIXELS:
-            return f"{ident}: {rows}x{columns} pixels in {promised.pixels} in all; a PNG is made of an image of " \
-                   f"1 to {MAX_IMAGE_PIXELS} pixels"
+        oversized = _oversized(ident, image, promised)
+        if oversized is not None:
+            return oversized
+        work = _work(promised, image)
+        if rows <= 0 or columns <= 0 or work > DECODE_BUDGET:
+            return f"{ident}: {rows}x{columns} pixels ({promised.pixels} in all) would take about {work} bytes " \
+                   f"to decode, over the {DECODE_BUDGET} allowed"
         return _Png(png_size(rows, columns), promised)
 
     def open(self, parts: Parts) -> VirtualFile:
@@ -629,18 +663,18 @@ class ImageView(_SeriesLayer):
         def build() -> bytes:
             started = time.monotonic()
             with _naming(ident):
-                _check_size(image, promised)
-                dicom = self._reader.read_many([image])[0]
-                with self._generated.budget.reserve(promised.pixels * WORK_BYTES_PER_PIXEL + len(dicom), "its PNG"):
-                    data = build_png(checked(dicom, promised))
+                # Reserved before the image is read: builds waiting for memory hold none.
+                with self._generated.budget.reserve(_work(promised, image), "its PNG"):
+                    data = build_png(checked(self._reader.read_many([image])[0], promised))
                 if len(data) != entry.size:
                     raise ValueError(f"the image is {len(data)} bytes as PNG, its metadata twin promised {entry.size}")
             log.debug("built %s (%d bytes) in %.2f s", "/".join([self.NAME, *parts]), len(data),
                       time.monotonic() - started)
             return data
 
-        return self._generated.open(f"{self.NAME}/" + "/".join(parts), [image, twin], entry.size,
-                                    whole_producer(build))
+        name = f"{self.NAME}/" + "/".join(parts)
+        return self._generated.open(name, [image, twin], entry.size,
+                                    whole_producer(build, self._generated.made, (name, version_of([image, twin]))))
 
 
 def _reason_file(reason: str) -> bytes:

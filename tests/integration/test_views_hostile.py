@@ -29,6 +29,7 @@ pytestmark = pytest.mark.fuse
 MIB = 1024 * 1024
 RSS_BOUND = 500 * MIB
 SERIES = "1.2.826.0.1.3680043.8.498.2"
+LARGEST = 3400  # about the side of the largest square 16-bit X-ray made into a PNG (derived_views.DECODE_BUDGET)
 
 Mount = Callable[[dict[str, bytes]], MountedDaemon]
 T = TypeVar("T")
@@ -119,7 +120,7 @@ def test_a_deflate_bomb_too_large_for_a_png_is_not_listed(mount: Mount) -> None:
             failed.append(error)
     assert report("deflate bomb, PNG (twin says 16384x16384)", daemon) < RSS_BOUND
     assert not failed and listed == ["bomb.json"]
-    assert "pixels" in json.loads((folder / "bomb.json").read_bytes())["NoImageReason"]
+    assert "pixels" in json.loads((folder / "bomb.json").read_bytes())["NoImageReason"]  # 16384x16384
 
 
 def test_the_tags_of_a_deflate_bomb_without_a_twin_come_in_bounded_memory(mount: Mount) -> None:
@@ -135,8 +136,8 @@ def test_the_tags_of_a_deflate_bomb_without_a_twin_come_in_bounded_memory(mount:
 # --- concurrent readers ----------------------------------------------------------------------------
 
 
-def test_three_readers_of_a_large_png_build_it_once(mount: Mount) -> None:
-    ds = crafted.dataset("DX", 3000, 3000, SERIES, 1)
+def test_three_readers_of_the_largest_png_build_it_once(mount: Mount) -> None:
+    ds = crafted.dataset("DX", LARGEST, LARGEST, SERIES, 1)
     image, twin_key = crafted.keys("xray", SERIES, "large")
     daemon = mount({image: crafted.encode(ds), twin_key: json.dumps(crafted.twin(ds)).encode()})
     png = views(daemon, "images", "xray") / SERIES / "large.png"
@@ -150,9 +151,30 @@ def test_three_readers_of_a_large_png_build_it_once(mount: Mount) -> None:
     with ThreadPoolExecutor(3) as pool:
         bodies = list(pool.map(lambda _: read(), range(3)))
     assert len({len(body) for body in bodies}) == 1 and len(bodies[0]) == os.stat(png).st_size
-    assert report("3 readers of a 3000x3000 PNG", daemon) < RSS_BOUND
+    assert report(f"3 readers of a {LARGEST}x{LARGEST} PNG", daemon) < RSS_BOUND
     assert bodies[0] == bodies[1] == bodies[2]
     assert len([line for line in daemon.log().splitlines() if "built images/" in line]) == 1
+
+
+def test_eight_readers_of_eight_large_pngs_held_open_stay_bounded(mount: Mount) -> None:
+    objects = {}
+    for instance in range(8):
+        ds = crafted.dataset("DX", 2500, 2500, SERIES, instance)
+        image, twin_key = crafted.keys("xray", SERIES, f"large{instance}")
+        objects.update({image: crafted.encode(ds), twin_key: json.dumps(crafted.twin(ds)).encode()})
+    daemon = mount(objects)
+    folder = views(daemon, "images", "xray") / SERIES
+    files = [open(folder / f"large{instance}.png", "rb") for instance in range(8)]  # noqa: SIM115
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            bodies = list(pool.map(lambda file: attempt(file.read), files))
+        peak = report("8 readers of 8 different 2500x2500 PNGs, held open", daemon)
+    finally:
+        for file in files:
+            file.close()
+    assert peak < RSS_BOUND
+    size = os.stat(folder / "large0.png").st_size
+    assert all(isinstance(body, bytes) and len(body) == size for body in bodies)
 
 
 # --- twins: huge, many, malformed ------------------------------------------------------------------
@@ -174,6 +196,21 @@ def test_a_250_mb_twin_is_refused_unread_with_one_warning(mount: Mount) -> None:
     status = json.loads((daemon.mountpoint / ".nccidfs" / "status.json").read_bytes())
     assert status["s3"]["bytes_fetched"] < 10 * MIB
     assert len(warnings_about(daemon, "img0002.json")) == 1
+
+
+def test_an_image_far_larger_than_its_twins_pixels_is_not_read(mount: Mount) -> None:
+    objects = crafted.series_objects("ct", SERIES, 3)
+    image, _ = crafted.keys("ct", SERIES, "img0003")
+    objects[image] += bytes(20 * MIB)  # trailing bytes past the dataset: pydicom would read them all
+    daemon = mount(objects)
+    study = views(daemon, "volumes", "ct")
+    listed = os.listdir(study)
+    status = json.loads((daemon.mountpoint / ".nccidfs" / "status.json").read_bytes())
+    report("an image 20 MiB larger than its twin's pixels", daemon)
+    assert listed == [f"{SERIES}.json"]
+    reason = json.loads((study / f"{SERIES}.json").read_bytes())["NoVolumeReason"]
+    assert "img0003" in reason and "over the" in reason
+    assert status["s3"]["bytes_fetched"] < MIB
 
 
 def test_find_over_the_volumes_of_large_studies_stays_bounded(mount: Mount) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
-from nccidfs.derived_views import OPEN_INVALIDATION_WAIT, Generated, Producers, whole_producer
+from nccidfs.derived_views import OPEN_INVALIDATION_WAIT, Generated, Made, Producers, whole_producer
 from nccidfs.errors import CorruptData
 from nccidfs.objects import ObjectInfo
 
@@ -24,10 +24,22 @@ def test_a_whole_file_is_built_once_for_ranges_asked_at_once() -> None:
         time.sleep(0.05)
         return bytes(range(200))
 
-    produce = whole_producer(build)
+    made = Made(1024)
+    produce = whole_producer(build, made, ("images/a.png", "v1"))
     with ThreadPoolExecutor(6) as pool:
         pieces = list(pool.map(lambda start: produce(start, start + 20), range(0, 120, 20)))
     assert b"".join(pieces) == bytes(range(120)) and len(builds) == 1
+    assert whole_producer(build, made, ("images/a.png", "v1"))(0, 3) == bytes(range(3)) and len(builds) == 1
+
+
+def test_what_is_made_is_kept_within_its_bytes() -> None:
+    made = Made(1000)
+    for index in range(10):
+        made.put(("a.nii", "v1", str(index)), bytes(300))
+    kept = [index for index in range(10) if made.get(("a.nii", "v1", str(index))) is not None]
+    assert kept == [7, 8, 9]
+    made.put(("huge",), bytes(2000))
+    assert made.get(("huge",)) is None
 
 
 def test_every_open_of_a_version_shares_the_first_producer() -> None:
