@@ -84,7 +84,7 @@ def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCach
     """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
     returns the catalog's builder, which ``nccidfs catalog build`` drives."""
     reader = ObjectReader(fetcher, timeout)
-    generated = Generated(cache, read, timeout, f"{CONTROL}/")
+    generated = Generated(cache, read, timeout, f"{CONTROL}/", lambda path, wait: control.invalidate(path, wait))
     catalog = CatalogBuilder(namespace, index, bucket, catalog_db)
     control.register("patients", PatientView(namespace))
     control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))

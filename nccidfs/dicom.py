@@ -4,7 +4,14 @@ from the image's warehouse metadata JSON twin or from the first bytes of the ima
 Both sources yield the same mapping for the same image. Values go through pydicom on both paths and are
 then rendered by one formatter. Numbers are normalised because the JSON twin stores DS values as JSON
 floats and so loses their original strings. Only top-level, standard, non-empty, non-binary,
-non-sequence elements appear. Every function here is pure: it parses the bytes it is given and does no I/O.
+non-sequence elements appear; so does no text that is not valid Unicode (a JSON twin may escape a lone
+surrogate, which no UTF-8 xattr value can carry). Every function here is pure: it parses the bytes it is
+given and does no I/O.
+
+Deflated images (the Deflated Explicit VR Little Endian transfer syntax) are inflated here, never by
+pydicom, which inflates a whole dataset at once: a few hundred KiB of deflate can inflate a thousand
+times over. :func:`undeflate` inflates at most a given number of bytes; a header is inflated at most
+:data:`MAX_INFLATED_HEADER_BYTES` deep.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import zlib
 from collections.abc import Collection, Iterator
 from io import BytesIO
 from typing import Any
@@ -19,9 +27,12 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 XATTR_PREFIX = "user.dicom."
@@ -39,6 +50,15 @@ _NON_DATASET_GROUPS = frozenset({0x0000, 0x0002})
 _PIXEL_TAG_BYTES = frozenset(
     struct.pack(order + "HH", 0x7FE0, element) for order in "<>" for element in (0x0010, 0x0009, 0x0008)
 )
+# A header is a few tens of KiB; inflating further only feeds a deflate bomb.
+MAX_INFLATED_HEADER_BYTES = 1024 * 1024
+# Part 10: a 128-byte preamble, "DICM", then the file meta group (0002) in Explicit VR Little Endian, whose
+# VRs with a 4-byte length (PS3.5 7.1.2) are these.
+_PREAMBLE = 128
+_MAGIC = b"DICM"
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
+                              b"UV"})
+_TRANSFER_SYNTAX_ELEMENT = 0x0010
 
 
 def xattr_name(keyword: str) -> str:
@@ -92,8 +112,61 @@ def tags_from_dicom_header(head: bytes, complete: bool = False) -> dict[str, str
     return _render(_header_elements(dataset))
 
 
+def undeflate(dicom: bytes, limit: int) -> tuple[bytes, bool]:
+    """A deflated Part 10 file as the same file in Explicit VR Little Endian, its dataset inflated at most
+    ``limit`` bytes, and whether the whole dataset fit; any other bytes are returned as they are, whole.
+
+    Raises ValueError for a deflated stream that is not deflate."""
+    meta = _file_meta(dicom)
+    if meta is None or meta[1] != DeflatedExplicitVRLittleEndian:
+        return dicom, True
+    end = meta[0]
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        dataset = inflater.decompress(dicom[end:], limit)
+    except zlib.error as error:
+        raise ValueError(f"deflated dataset does not inflate: {error}") from None
+    file_meta = dcmread(BytesIO(dicom[:end]), force=True).file_meta
+    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return dicom[:_PREAMBLE] + _MAGIC + _encode_file_meta(file_meta) + dataset, inflater.eof
+
+
+def _encode_file_meta(file_meta: FileMetaDataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, file_meta, enforce_standard=False)
+    return buffer.getvalue()
+
+
+def _file_meta(dicom: bytes) -> tuple[int, str] | None:
+    """(offset where the dataset starts, transfer syntax UID) of a Part 10 file; None for a raw dataset or
+    a file meta group cut short. Read by hand: it is a flat run of Explicit VR Little Endian elements."""
+    if dicom[_PREAMBLE:_PREAMBLE + len(_MAGIC)] != _MAGIC:
+        return None
+    at, syntax = _PREAMBLE + len(_MAGIC), ""
+    while at + 8 <= len(dicom):
+        group, element = struct.unpack_from("<HH", dicom, at)
+        if group != 0x0002:
+            return at, syntax
+        if dicom[at + 4:at + 6] in _LONG_LENGTH_VRS:
+            if at + 12 > len(dicom):
+                return None
+            length, value = struct.unpack_from("<I", dicom, at + 8)[0], at + 12
+        else:
+            length, value = struct.unpack_from("<H", dicom, at + 6)[0], at + 8
+        if element == _TRANSFER_SYNTAX_ELEMENT:
+            syntax = dicom[value:value + length].rstrip(b"\0 ").decode("ascii", "replace")
+        at = value + length
+    return None
+
+
 def _read_header(head: bytes, complete: bool) -> Dataset | None:
     """The dataset before Pixel Data if ``head`` holds all of it, else None."""
+    try:
+        head, whole = undeflate(head, MAX_INFLATED_HEADER_BYTES)
+    except ValueError:
+        return None
+    complete = complete and whole
     # Without a Pixel Data tag in the bytes no parse can succeed. Skipping pydicom then saves time and
     # the warnings it logs about values cut short (a transfer syntax UID, a character set).
     if not complete and not any(tag in head for tag in _PIXEL_TAG_BYTES):
@@ -195,7 +268,10 @@ def _display(elem: DataElement) -> str:
     if not any(parts):
         return ""
     text = "\\".join(parts)
-    encoded = text.encode("utf-8")
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no UTF-8 text carries it
+        return ""
     if len(encoded) <= MAX_VALUE_BYTES:
         return text
     return encoded[:MAX_VALUE_BYTES].decode("utf-8", errors="ignore")  # never split a character

@@ -34,7 +34,7 @@ from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace import Namespace, split_path
 from nccidfs.objects import Entry, ObjectInfo
-from nccidfs.views import CONTROL, ControlFolder, StatusFile, VirtualFile
+from nccidfs.views import CONTROL, OPEN_INVALIDATION_WAIT, ControlFolder, Invalidator, StatusFile, VirtualFile
 from nccidfs.xattrs import TagReader
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,6 @@ class Opened:
 # read goes past the header (or reaches the end of a small file), i.e. when the reader wants whole images.
 # The series prefetcher hooks in to both; header scans (pydicom's stop_before_pixels) never reach the second.
 Listener = Callable[[str, ObjectInfo], None]
-# Called with a mount path whose size or bytes the kernel may hold wrongly (a replaced or discarded object),
-# and how long to wait for the kernel to take it in (0: do not wait).
-Invalidator = Callable[[str, float], None]
-# An open of a replaced object waits this long for the kernel to forget the old size, so that a stat
-# right after agrees with the bytes read; a read never waits (the kernel may hold the page it asks for).
-OPEN_INVALIDATION_WAIT = 0.2
 WHOLE_FILE_READ = 256 * 1024
 CONTROL_PATH = "/" + CONTROL
 
@@ -104,6 +98,7 @@ class FileSystem:
 
     def set_invalidator(self, invalidate: Invalidator) -> None:
         self._invalidate = invalidate
+        self.control.invalidate = invalidate
         self.namespace.on_change = lambda path: invalidate(path, 0.0)
 
     def discarded(self, key: str) -> None:

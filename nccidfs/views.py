@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 
 CONTROL = CONTROL_DIR
 Parts = Sequence[str]
+# Called with a mount path whose size or bytes the kernel may hold wrongly (a replaced or discarded object,
+# a derived file whose inputs changed), and how long to wait for the kernel to take it in (0: do not wait).
+Invalidator = Callable[[str, float], None]
+# An open of a replaced object (or of a derived file of a new size) waits this long for the kernel to
+# forget the old size, so that a stat right after agrees with the bytes read; a read never waits (the
+# kernel may hold the page it asks for).
+OPEN_INVALIDATION_WAIT = 0.2
 
 
 class VirtualFile(Protocol):
@@ -160,6 +167,8 @@ class ControlFolder:
     def __init__(self, mtime: float) -> None:
         self._mtime = mtime
         self._layers: dict[str, Layer] = {}
+        # The kernel's invalidation, once the mount is up; layers reach it through here.
+        self.invalidate: Invalidator = lambda path, wait: None
 
     def register(self, name: str, layer: Layer) -> None:
         self._layers[name] = layer

@@ -1,12 +1,14 @@
 """DICOM tags of a mounted ``.dcm`` as ``user.dicom.<Keyword>`` extended attributes, without downloading it.
 
 The tags come from the image's ``-metadata`` JSON twin (a few KiB, cached like any file). Where there is
-no readable twin, the image's header is read with ranged reads that start at 64 KiB and double until the
-header is whole. Parsed tags are kept in a small LRU keyed by the object version.
+no readable twin, or it gives no tags (it is no DICOM JSON object), the image's header is read with
+ranged reads that start at 64 KiB and double until the header is whole. Parsed tags are kept in a small
+LRU keyed by the object version.
 
 Each request's work is bounded: a twin larger than :data:`MAX_TWIN_BYTES` is not read, and a header is
-read at most :data:`MAX_HEADER_BYTES` deep. Past either bound the image has no tags from that source,
-and the log says so once per object version.
+read at most :data:`MAX_HEADER_BYTES` deep (and, if deflated, inflated at most
+:data:`~nccidfs.dicom.MAX_INFLATED_HEADER_BYTES`). Past either bound the image has no tags from that
+source, and the log says so once per object version.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class TagReader:
         if cached is not None:
             return cached
         tags = self._from_twin(twin)
-        if tags is None:
+        if not tags:  # no twin, or one that is no DICOM JSON object (null, [], nested past parsing)
             tags = self._from_header(obj)
         with self._lock:
             self._tags[(obj.key, obj.etag)] = tags

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -16,14 +17,16 @@ import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.demo.warehouse import generate_warehouse
-from nccidfs.dicom import MAX_VALUE_BYTES, tags_from_dicom_header, tags_from_metadata_json, xattr_name
+from nccidfs.dicom import MAX_VALUE_BYTES, tags_from_dicom_header, tags_from_metadata_json, undeflate, xattr_name
 from nccidfs.fetch import Fetcher
 from nccidfs.xattrs import MAX_HEADER_BYTES, TagReader
+from tests import crafted
 from tests.fakes import MemoryStore
 
 IMAGE_KEY = re.compile(
@@ -315,3 +318,42 @@ def test_tags_read_at_most_a_mebibyte_of_a_huge_twin_or_a_huge_non_dicom(
     assert len(warnings) == 3, warnings  # the two twins and the header of b.dcm, once each
     assert sum("no DICOM header within its first 1048576 bytes" in line for line in warnings) == 1
 
+
+
+def test_a_lone_surrogate_costs_only_its_own_element() -> None:
+    raw = b'{"0008103E": {"vr": "LO", "Value": ["a\\ud800b"]}, "00100010": {"vr": "PN", "Value": ' \
+          b'[{"Alphabetic": "\\udfff"}]}, "00100020": {"vr": "LO", "Value": ["P1"]}}'
+    tags = tags_from_metadata_json(raw)
+    assert tags == {"PatientID": "P1"}
+    assert all(value.encode("utf-8") for value in tags.values())
+
+
+def test_a_deflated_header_gives_the_tags_of_the_same_image_uncompressed() -> None:
+    plain = crafted.dataset("DX", 64, 64, "1.2.3", 1)
+    deflated = crafted.dataset("DX", 64, 64, "1.2.3", 1, DeflatedExplicitVRLittleEndian)
+    expected = tags_from_dicom_header(crafted.encode(plain), complete=True)
+    assert expected and expected["PatientID"] == "Hostile1"
+    assert tags_from_dicom_header(crafted.encode(deflated), complete=True) == expected
+
+
+def test_a_deflate_bomb_is_inflated_only_as_far_as_asked() -> None:
+    bomb = crafted.encode(crafted.deflate_bomb(64 * 1024 * 1024, "1.2.3"))
+    assert len(bomb) < 128 * 1024
+    out, whole = undeflate(bomb, 100_000)
+    assert not whole and len(out) < 100_000 + 1024  # the limit plus preamble and file meta
+    assert dcmread(BytesIO(out), stop_before_pixels=True).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    tags = tags_from_dicom_header(bomb, complete=True)
+    assert tags is not None and tags["Rows"] == "5792"
+    _, whole = undeflate(bomb, 64 * 1024 * 1024 + 4096)
+    assert whole
+    plain = crafted.encode(crafted.dataset("DX", 8, 8, "1.2.3", 1))
+    assert undeflate(plain, 10) == (plain, True)
+
+
+def test_a_deflated_stream_that_is_not_deflate_gives_no_tags() -> None:
+    deflated = crafted.encode(crafted.dataset("DX", 8, 8, "1.2.3", 1, DeflatedExplicitVRLittleEndian))
+    meta_end = len(deflated) - len(zlib.compress(b"x")) - 200  # well inside the deflated part
+    broken = deflated[:meta_end] + b"\xff" * 400
+    with pytest.raises(ValueError):
+        undeflate(broken, 1 << 20)
+    assert tags_from_dicom_header(broken, complete=True) == {}

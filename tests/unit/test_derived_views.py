@@ -1,0 +1,96 @@
+"""Tests for the parts of nccidfs.derived_views that keep generated files safe: one build for all readers,
+one producer for all opens of a version, the kernel told of a new size, a failure remembered as a reason."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from nccidfs.cache import DiskCache
+from nccidfs.config import ReadConfig
+from nccidfs.derived_views import OPEN_INVALIDATION_WAIT, Generated, Made, Producers, whole_producer
+from nccidfs.errors import CorruptData
+from nccidfs.objects import ObjectInfo
+
+
+def test_a_whole_file_is_built_once_for_ranges_asked_at_once() -> None:
+    builds = []
+
+    def build() -> bytes:
+        builds.append(1)
+        time.sleep(0.05)
+        return bytes(range(200))
+
+    made = Made(1024)
+    produce = whole_producer(build, made, ("images/a.png", "v1"))
+    with ThreadPoolExecutor(6) as pool:
+        pieces = list(pool.map(lambda start: produce(start, start + 20), range(0, 120, 20)))
+    assert b"".join(pieces) == bytes(range(120)) and len(builds) == 1
+    assert whole_producer(build, made, ("images/a.png", "v1"))(0, 3) == bytes(range(3)) and len(builds) == 1
+
+
+def test_what_is_made_is_kept_within_its_bytes() -> None:
+    made = Made(1000)
+    for index in range(10):
+        made.put(("a.nii", "v1", str(index)), bytes(300))
+    kept = [index for index in range(10) if made.get(("a.nii", "v1", str(index))) is not None]
+    assert kept == [7, 8, 9]
+    made.put(("huge",), bytes(2000))
+    assert made.get(("huge",)) is None
+
+
+def test_every_open_of_a_version_shares_the_first_producer() -> None:
+    producers = Producers()
+    obj = ObjectInfo("views/a.png", 10, "v1", 0.0)
+    producers.add(obj, lambda start, end: b"first"[start:end])
+    producers.add(obj, lambda start, end: b"later"[start:end])
+    assert producers.get_range(obj.key, 0, 5, obj.etag) == b"first"
+    producers.remove(obj)
+    assert producers.get_range(obj.key, 0, 5, obj.etag) == b"first"
+
+
+@pytest.fixture
+def generated(tmp_path: Path) -> tuple[Generated, list[tuple[str, float]]]:
+    told: list[tuple[str, float]] = []
+    cache = DiskCache(tmp_path, 1 << 24, "test", 32 * 1024)
+    return Generated(cache, ReadConfig(), 5.0, ".nccidfs/", lambda path, wait: told.append((path, wait))), told
+
+
+def test_a_new_size_is_told_to_the_kernel_at_once_and_the_next_open_reads_direct(
+        generated: tuple[Generated, list[tuple[str, float]]]) -> None:
+    views, told = generated
+    inputs = [ObjectInfo("training/ct/a.dcm", 1, "e1", 0.0)]
+    views.listed("volumes/a.nii", 100)
+    views.listed("volumes/a.nii", 100)
+    assert told == []
+    first = views.open("volumes/a.nii", inputs, 100, lambda start, end: bytes(end - start))
+    assert not first.direct_io
+    views.listed("volumes/a.nii", 120)
+    assert told == [("/.nccidfs/volumes/a.nii", 0.0)]
+    second = views.open("volumes/a.nii", inputs + inputs, 120, lambda start, end: bytes(end - start))
+    assert second.direct_io
+    assert told[-1] == ("/.nccidfs/volumes/a.nii", OPEN_INVALIDATION_WAIT)
+    first.release()
+    second.release()
+
+
+def test_a_failed_version_is_remembered_with_its_reason(
+        generated: tuple[Generated, list[tuple[str, float]]], caplog: pytest.LogCaptureFixture) -> None:
+    views, told = generated
+    inputs = [ObjectInfo("training/ct/a.dcm", 1, "e1", 0.0)]
+
+    def produce(start: int, end: int) -> bytes:
+        raise ValueError("a.dcm: the image's Rows is 8, its metadata twin says 16")
+
+    opened = views.open("volumes/a.nii", inputs, 100, produce)
+    for _ in range(2):
+        with pytest.raises(CorruptData):
+            opened.read(0, 100)
+    opened.release()
+    assert views.failure("volumes/a.nii", inputs) == "a.dcm: the image's Rows is 8, its metadata twin says 16"
+    assert views.failure("volumes/a.nii", [ObjectInfo("training/ct/a.dcm", 1, "e2", 0.0)]) is None
+    assert sum("listed with this reason" in record.getMessage() for record in caplog.records) == 1
+    assert {path for path, _ in told} == {"/.nccidfs/volumes/a.nii", "/.nccidfs/volumes/a.json"}
