@@ -1,0 +1,155 @@
+"""Cohorts through real mounts on moto: a frozen set of objects mounted again exactly, with no listing,
+after the bucket changed; the warehouse as of a date; manifests that must not mount."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nccidfs.cohort import manifest
+from nccidfs.demo.warehouse import DemoObject
+from tests.mounting import PREFIX, MountedDaemon, daemon_env, s3_client, seed_demo_bucket
+
+pytestmark = pytest.mark.fuse
+
+
+def listed(client: Any, bucket: str) -> list[dict[str, Any]]:
+    return [obj for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX)
+            for obj in page.get("Contents", [])]
+
+
+def freeze(path: Path, endpoint: str, bucket: str, objects: Iterable[dict[str, Any]]) -> list[manifest.Row]:
+    """A manifest of listed objects, written as ``nccidfs cohort create`` writes one."""
+    rows = sorted((o["Key"][len(PREFIX):], o["Size"], o["ETag"].strip('"'), o["LastModified"].timestamp())
+                  for o in objects)
+    header = manifest.Header(name=path.stem, warehouse=manifest.Warehouse(endpoint.split("//")[1], bucket, PREFIX),
+                             created=manifest.now_iso(), listed={"source": "test"}, selection={},
+                             objects=len(rows), bytes=sum(r[1] for r in rows),
+                             patients=manifest.count_patients(r[0] for r in rows))
+    manifest.write(path, header, rows)
+    return rows
+
+
+def requests(daemon: MountedDaemon) -> dict[str, int]:
+    status = json.loads((daemon.mountpoint / ".nccidfs" / "status.json").read_text())
+    return dict(status["s3"]["requests"])
+
+
+def find_files(root: Path) -> set[str]:
+    out = subprocess.run(["find", str(root), "-type", "f"], capture_output=True, text=True, check=True).stdout
+    return {os.path.relpath(line, root) for line in out.splitlines()}
+
+
+def patients(warehouse: list[DemoObject]) -> list[str]:
+    return sorted({o.key[len(PREFIX):].split("/")[1] for o in warehouse if o.key.startswith(f"{PREFIX}ct/")})
+
+
+def test_a_cohort_mounts_exactly_its_objects_with_no_listing_even_after_the_bucket_changed(
+        s3_endpoint: str, warehouse: list[DemoObject], bucket_name: str, tmp_path: Path) -> None:
+    bucket = seed_demo_bucket(s3_endpoint, bucket_name, warehouse)
+    client = s3_client(s3_endpoint)
+    chosen = patients(warehouse)[0]
+    frozen = [o for o in listed(client, bucket) if o["Key"].split("/")[2] == chosen]
+    rows = freeze(tmp_path / "c.nccid-cohort", s3_endpoint, bucket, frozen)
+    bodies = {o.key[len(PREFIX):]: o.body for o in warehouse}
+    images = [row[0] for row in rows if row[0].endswith(".dcm")]
+    replaced, deleted = images[0], images[1]
+    # The bucket changes: a new patient, a replaced object, a deleted one.
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}ct/{chosen}-new/s/se/i.dcm", Body=b"new")
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}{replaced}", Body=b"other bytes")
+    client.delete_object(Bucket=bucket, Key=f"{PREFIX}{deleted}")
+
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log", bucket=bucket,
+                       extra=["--cohort", str(tmp_path / "c.nccid-cohort")]) as daemon:
+        assert requests(daemon) == {}, "mounting a cohort sends S3 nothing"
+        assert find_files(daemon.mountpoint) == {row[0] for row in rows}
+        assert requests(daemon) == {}, "find over a cohort sends S3 nothing"
+        for key, size, _, mtime in rows:
+            stat = (daemon.mountpoint / key).stat()
+            assert (stat.st_size, stat.st_mtime) == (size, pytest.approx(mtime, abs=1e-3))
+            if key in (replaced, deleted):
+                continue
+            assert hashlib.sha256((daemon.mountpoint / key).read_bytes()).digest() == \
+                hashlib.sha256(bodies[key]).digest(), key
+        with pytest.raises(OSError) as changed:
+            (daemon.mountpoint / replaced).read_bytes()
+        assert changed.value.errno == errno.EIO
+        with pytest.raises(OSError) as vanished:
+            (daemon.mountpoint / deleted).read_bytes()
+        assert vanished.value.errno == errno.ENOENT
+        assert requests(daemon).get("ListObjectsV2", 0) == 0
+        assert os.listdir(daemon.mountpoint / ".nccidfs" / "patients") == [chosen]
+    log = daemon.log()
+    assert sum(f"{PREFIX}{replaced} changed since the cohort was frozen" in line for line in log.splitlines()) == 1
+    assert sum(f"{PREFIX}{deleted} deleted since the cohort was frozen" in line for line in log.splitlines()) == 1
+    # Besides that line, only the failed reads' own warnings (naming the path and the same reason).
+    assert daemon.unexpected_log_lines(allowed=("cohort object", "changed since the cohort was frozen")) == []
+
+
+def test_as_of_hides_later_uploads(s3_endpoint: str, bucket_name: str, tmp_path: Path) -> None:
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket=bucket_name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    client.put_object(Bucket=bucket_name, Key=f"{PREFIX}ct/P1/s/se/a.dcm", Body=b"before")
+    time.sleep(1.1)
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time()))
+    time.sleep(1.1)
+    client.put_object(Bucket=bucket_name, Key=f"{PREFIX}ct/P1/s/se/b.dcm", Body=b"after")
+    client.put_object(Bucket=bucket_name, Key=f"{PREFIX}ct/P1/s/se/a.dcm.later", Body=b"after")
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log",
+                       bucket=bucket_name, extra=["--as-of", cutoff]) as daemon:
+        assert find_files(daemon.mountpoint) == {"ct/P1/s/se/a.dcm"}
+        assert (daemon.mountpoint / "ct/P1/s/se/a.dcm").read_bytes() == b"before"
+        assert not (daemon.mountpoint / "ct/P1/s/se/b.dcm").exists()
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon2.log",
+                       bucket=bucket_name) as daemon:
+        assert len(find_files(daemon.mountpoint)) == 3, "a plain mount on the same cache shows the bucket as it is"
+
+
+def hostile_manifests(tmp_path: Path, endpoint: str) -> dict[str, bytes]:
+    good = tmp_path / "good"
+    freeze(good, endpoint, "nccid-data-warehouse-prod", [
+        {"Key": f"{PREFIX}ct/P/s/se/a.dcm", "Size": 1, "ETag": '"e"', "LastModified": _when()}])
+    data = good.read_bytes()
+    header = json.loads(gzip.decompress(data).splitlines()[0])
+    return {
+        "truncated": data[:-9],
+        "not gzip": b"[\"ct/P/a\", 1, \"e\", 1.0]\n",
+        "a path out of the mount": gzip.compress(json.dumps(header).encode() + b'\n["../../etc/passwd", 1, "e", 1]\n'),
+        "a header injection in an ETag": gzip.compress(
+            json.dumps(header).encode() + b'\n["ct/P/a", 1, "e\\r\\nHost: evil", 1]\n'),
+        "another endpoint": gzip.compress(json.dumps({**header, "warehouse": {**header["warehouse"],
+                                                      "endpoint": "s3.example.org"}}).encode() + b"\n"),
+        "empty": b"",
+    }
+
+
+def _when() -> Any:
+    import datetime as dt
+
+    return dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
+
+
+def test_a_bad_manifest_exits_2_with_one_line_and_mounts_nothing(s3_endpoint: str, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    for what, data in hostile_manifests(tmp_path, s3_endpoint).items():
+        path = tmp_path / "bad.nccid-cohort"
+        path.write_bytes(data)
+        for foreground in ([], ["-f"]):
+            result = subprocess.run([sys.executable, "-m", "nccidfs", str(mountpoint), "--cohort", str(path),
+                                     "--endpoint-url", s3_endpoint, "--cache-dir", str(tmp_path / "cache"),
+                                     *foreground], capture_output=True, text=True, env=daemon_env(), timeout=60)
+            assert result.returncode == 2, (what, result.stderr)
+            assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, (what, result.stderr)
+            assert not os.path.ismount(mountpoint), what
