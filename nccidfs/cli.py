@@ -41,7 +41,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 READY_TIMEOUT = 60.0
 
 USAGE = ("%(prog)s [mount] MOUNTPOINT [options]\n"
-         "       %(prog)s {demo,status,refresh,prefetch,catalog,cache} ... (each has --help)")
+         "       %(prog)s {demo,status,refresh,prefetch,catalog,cache,cohort} ... (each has --help)")
 COMMANDS = """\
 commands:
   nccidfs [mount] MOUNTPOINT         mount the warehouse; returns once mounted (-f stays in the foreground).
@@ -52,6 +52,7 @@ commands:
   nccidfs prefetch PATH...           warm the cache for patients, studies or series, with progress
   nccidfs catalog build MOUNTPOINT   build .nccidfs/catalog/{series,patients}.csv, with progress
   nccidfs cache stats|clear          what a cache directory holds; empty it
+  nccidfs cohort create|split|verify|diff   freeze a selection into a manifest, split, check, compare
 """
 EXAMPLES = """\
 examples:
@@ -434,8 +435,14 @@ def run_catalog(argv: Sequence[str]) -> int:
     return EXIT_OK if progress["state"] == "complete" else EXIT_FAILURE
 
 
+def run_cohort(argv: Sequence[str]) -> int:
+    from nccidfs.cohort.command import run
+
+    return run(argv, _Parser, EXIT_CODES)
+
+
 SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "status": run_status,
-               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog}
+               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog, "cohort": run_cohort}
 
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.

@@ -153,3 +153,64 @@ def test_a_bad_manifest_exits_2_with_one_line_and_mounts_nothing(s3_endpoint: st
             assert result.returncode == 2, (what, result.stderr)
             assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, (what, result.stderr)
             assert not os.path.ismount(mountpoint), what
+
+
+def nccidfs(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "nccidfs", *args], capture_output=True, text=True,
+                            env=daemon_env(), timeout=300, cwd=cwd)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_create_split_diff_verify_and_mount_a_cohort_selected_from_the_catalog(
+        s3_endpoint: str, warehouse: list[DemoObject], bucket_name: str, tmp_path: Path) -> None:
+    bucket = seed_demo_bucket(s3_endpoint, bucket_name, warehouse)
+    client = s3_client(s3_endpoint)
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log",
+                       bucket=bucket) as daemon:
+        mnt = str(daemon.mountpoint)
+        nccidfs("catalog", "build", mnt, cwd=tmp_path)
+        created = nccidfs("cohort", "create", "ct", "--where", "Modality = 'CT' AND images >= 1", mnt, cwd=tmp_path)
+        bad = nccidfs("cohort", "create", "x", "--where", "no_such_column = 1", mnt, cwd=tmp_path, check=False)
+        empty = nccidfs("cohort", "create", "y", "--where", "images < 0", mnt, cwd=tmp_path, check=False)
+    assert created.stdout.startswith("ct.nccid-cohort: ") and " patients, " in created.stdout
+    for result, message in ((bad, "no such column"), (empty, "holds no object")):
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
+    frozen = manifest.read(tmp_path / "ct.nccid-cohort")
+    keys = {row[0] for row in frozen.rows}
+    ct = {o.key[len(PREFIX):] for o in warehouse if o.key.startswith(f"{PREFIX}ct/")}
+    ct_patients = {key.split("/")[1] for key in ct}
+    assert ct <= keys, "every CT image"
+    assert {o.key[len(PREFIX):] for o in warehouse if o.key.startswith(f"{PREFIX}ct-metadata/")} <= keys, "twins"
+    assert {key.split("/")[0] for key in keys} == {"ct", "ct-metadata", "data"}
+    assert {key.split("/")[1] for key in keys} == ct_patients
+    assert frozen.header.selection["where"] == "Modality = 'CT' AND images >= 1"
+
+    nccidfs("cohort", "split", "ct", "--fractions", "0.5,0.5", "--seed", "7", "--names", "a,b", cwd=tmp_path)
+    parts = [manifest.read(tmp_path / f"ct-{name}.nccid-cohort") for name in ("a", "b")]
+    assert sorted(row for part in parts for row in part.rows) == frozen.rows
+    assert not ({r[0].split("/")[1] for r in parts[0].rows} & {r[0].split("/")[1] for r in parts[1].rows})
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "ct.nccid-cohort").write_bytes((tmp_path / "ct.nccid-cohort").read_bytes())
+    nccidfs("cohort", "split", "ct", "--fractions", "0.5,0.5", "--seed", "7", "--names", "a,b", cwd=tmp_path / "again")
+    assert manifest.read(tmp_path / "again" / "ct-a.nccid-cohort").rows == parts[0].rows, "deterministic"
+    differ = nccidfs("cohort", "diff", "ct-a.nccid-cohort", "ct.nccid-cohort", cwd=tmp_path)
+    assert f"objects: {len(parts[1].rows)} added, 0 removed, 0 changed" in differ.stdout
+
+    assert nccidfs("cohort", "verify", "ct.nccid-cohort", "--endpoint-url", s3_endpoint, cwd=tmp_path).returncode == 0
+    replaced, deleted = sorted(k for k in ct if k.endswith(".dcm"))[:2]
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}{replaced}", Body=b"other")
+    client.delete_object(Bucket=bucket, Key=f"{PREFIX}{deleted}")
+    checked = nccidfs("cohort", "verify", "ct.nccid-cohort", "--endpoint-url", s3_endpoint, cwd=tmp_path,
+                      check=False)
+    assert checked.returncode == 1
+    assert f"changed  {replaced}" in checked.stdout and f"vanished {deleted}" in checked.stdout
+
+    name, part = max(zip("ab", parts, strict=True), key=lambda named: len(named[1].rows))
+    with MountedDaemon(tmp_path / "mnt2", s3_endpoint, tmp_path / "cache2", tmp_path / "daemon2.log", bucket=bucket,
+                       extra=["--cohort", str(tmp_path / f"ct-{name}.nccid-cohort")]) as daemon:
+        assert find_files(daemon.mountpoint) == {row[0] for row in part.rows}
+        series = next(daemon.mountpoint.glob(".nccidfs/volumes/ct/*/*/*.json"))
+        assert json.loads(series.read_text()), "the views work on a cohort mount"
+        assert requests(daemon).get("ListObjectsV2", 0) == 0
