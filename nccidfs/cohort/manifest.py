@@ -22,9 +22,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import operator
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ READ_CHUNK = 1024 * 1024
 # zlib's window bits for a gzip stream (16 + 15).
 GZIP_WBITS = 31
 COMPRESS_LEVEL = 6
+# An object line as the writer makes it, with an ASCII key: each key segment 1 to 255 characters of
+# printable ASCII but quote, slash and backslash, and not "." or ".."; a whole size; an MD5 or multipart
+# ETag; a time. What matches is exactly what the line-by-line reading accepts for such a line.
+_SEGMENT = rb'(?!\.\.?[/"])[ !#-.0-\[\]-~]{1,255}'
+_WRITTEN_LINE = re.compile(rb'^\["((?:' + _SEGMENT + rb"/)*" + _SEGMENT + rb')",(0|[1-9]\d{0,17}),'
+                           rb'"([0-9a-f]{32}(?:-[1-9]\d{0,4})?)",((?:0|[1-9]\d{0,9})\.\d{1,9})\]$', re.MULTILINE)
 # Quotes, backslashes and control characters never reach an If-Match header.
 _ETAG = re.compile(r"[0-9A-Za-z._+/=-]{1,128}")
 # A time in seconds since 1970, before the year 2100.
@@ -89,6 +96,25 @@ class Header:
 
 
 Row = tuple[str, int, str, float]  # key relative to the prefix, size, ETag, last modified
+
+
+@dataclass
+class Columns:
+    """A chunk of rows as columns: what a reader hands on, so that a daemon packs them without a Python
+    step per object."""
+
+    keys: list[str]
+    sizes: list[int]
+    etags: list[str]
+    mtimes: list[float]
+
+    @classmethod
+    def of(cls, rows: Sequence[Row]) -> Columns:
+        keys, sizes, etags, mtimes = zip(*rows, strict=True)
+        return cls(list(keys), list(sizes), list(etags), list(mtimes))
+
+    def rows(self) -> list[Row]:
+        return list(zip(self.keys, self.sizes, self.etags, self.mtimes, strict=True))
 
 
 def now_iso() -> str:
@@ -149,11 +175,11 @@ class Manifest:
 def read(path: Path) -> Manifest:
     """The whole manifest, every row in memory (for the commands; a daemon uses :func:`scan`)."""
     rows: list[Row] = []
-    header, digest = scan(path, rows.extend)
+    header, digest = scan(path, lambda columns: rows.extend(columns.rows()))
     return Manifest(header, digest, rows)
 
 
-def scan(path: Path, sink: Callable[[list[Row]], None]) -> tuple[Header, str]:
+def scan(path: Path, sink: Callable[[Columns], None]) -> tuple[Header, str]:
     """Check the manifest at ``path`` and hand its rows to ``sink`` in chunks, in key order."""
     what = f"cohort manifest {path}"
     try:
@@ -218,7 +244,7 @@ def _check_pending(pending: bytes, what: str) -> None:
         raise ManifestError(f"{what}: a line longer than {MAX_HEADER_BYTES} bytes")
 
 
-def _scan(read: Callable[[int], bytes], what: str, sink: Callable[[list[Row]], None]) -> tuple[Header, str]:
+def _scan(read: Callable[[int], bytes], what: str, sink: Callable[[Columns], None]) -> tuple[Header, str]:
     digest = hashlib.sha256()
     header: Header | None = None
     seen, last = 0, ""
@@ -234,10 +260,10 @@ def _scan(read: Callable[[int], bytes], what: str, sink: Callable[[list[Row]], N
             raise ManifestError(f"{what}: more object lines than the {header.objects} its header declares")
         if max(map(len, lines)) > MAX_LINE_BYTES:
             raise ManifestError(f"{what}: an object line longer than {MAX_LINE_BYTES} bytes")
-        rows = _parse_rows(lines, what, seen, last)
-        seen += len(rows)
-        last = rows[-1][0]
-        sink(rows)
+        columns = _parse_rows(lines, what, seen, last)
+        seen += len(columns.keys)
+        last = columns.keys[-1]
+        sink(columns)
     if header is None:
         raise ManifestError(f"{what}: empty")
     if seen != header.objects:
@@ -245,8 +271,27 @@ def _scan(read: Callable[[int], bytes], what: str, sink: Callable[[list[Row]], N
     return header, digest.hexdigest()
 
 
-def _parse_rows(lines: list[bytes], what: str, before: int, last: str) -> list[Row]:
-    """Rows of a chunk of object lines, each checked; ``last`` is the key before the chunk."""
+def _parse_rows(lines: list[bytes], what: str, before: int, last: str) -> Columns:
+    """Columns of a chunk of object lines, each checked; ``last`` is the key before the chunk.
+
+    Lines as the writer makes them (ASCII keys, no escapes, MD5 or multipart ETags) are checked and
+    taken apart by one regular expression over the whole chunk, with no Python work per line: a million
+    lines in a few seconds. Any other chunk is read line by line with the same rules.
+    """
+    text = b"\n".join(lines)
+    found = _WRITTEN_LINE.findall(text)
+    if len(found) == len(lines):  # anchored at both ends of a line: every line matched whole
+        keys, sizes, etags, times = zip(*found, strict=True)
+        columns = Columns(b"\n".join(keys).decode("ascii").split("\n"), list(map(int, sizes)),
+                          b"\n".join(etags).decode("ascii").split("\n"), list(map(float, times)))
+        if columns.keys[0] > last and all(map(operator.lt, columns.keys, columns.keys[1:])) \
+                and max(columns.mtimes) < MAX_MTIME:
+            return columns
+    return Columns.of(_parse_each(lines, what, before, last))
+
+
+def _parse_each(lines: list[bytes], what: str, before: int, last: str) -> list[Row]:
+    """Rows of a chunk, each line parsed as JSON and checked, with the line at fault in any error."""
     try:
         parsed = json.loads(b"[" + b",".join(lines) + b"]")
     except (ValueError, RecursionError):
@@ -262,7 +307,7 @@ def _parse_rows(lines: list[bytes], what: str, before: int, last: str) -> list[R
         key, size, etag, mtime = row
         if type(key) is not str or not key > last:
             raise ManifestError(f"{what}: line {number}: keys must be text in strictly ascending order")
-        if type(size) is not int or size < 0:
+        if type(size) is not int or not 0 <= size < 2**63:
             raise ManifestError(f"{what}: line {number}: the size must be a whole number of bytes")
         if type(etag) is not str or not _ETAG.fullmatch(etag):
             raise ManifestError(f"{what}: line {number}: not an ETag")

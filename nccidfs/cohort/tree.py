@@ -10,13 +10,18 @@ bisection of the first keys. About 90 bytes an object for a CT series (a 36-char
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
+import re
 from array import array
-from collections.abc import Iterable
 
-from nccidfs.cohort.manifest import Row
+from nccidfs.cohort.manifest import Columns
 from nccidfs.objects import Listing, ObjectInfo, is_plain_md5
 
 _MD5_BYTES = 16
+_HEX = re.compile("[0-9a-f]*")
+_SPLIT = operator.methodcaller("rpartition", "/")
+_FOLDER, _LEAF = operator.itemgetter(0), operator.itemgetter(2)
 
 
 def prefix_end(prefix: str) -> str:
@@ -44,30 +49,43 @@ class FrozenTree:
         self.objects = 0
         self.bytes = 0
 
-    def add(self, rows: Iterable[Row]) -> None:
-        """Take rows in key order (a manifest's, keys relative to the prefix)."""
-        prefix, as_of, run = self.prefix, self._as_of, self._run
-        for key, size, etag, mtime in rows:
-            if as_of is not None and mtime > as_of:
-                continue
-            folder, _, leaf = key.rpartition("/")
-            folder = f"{prefix}{folder}/" if folder else prefix
-            if folder != self._folder or not run:
+    def add(self, chunk: Columns) -> None:
+        """Take a chunk of a manifest's objects, in key order (keys relative to the prefix). The work per
+        object is done by C loops (map, groupby, join); Python steps once per folder."""
+        if self._as_of is not None and max(chunk.mtimes) > self._as_of:
+            kept = [row for row in chunk.rows() if row[3] <= self._as_of]
+            if not kept:
+                return
+            chunk = Columns.of(kept)
+        self._pack_etags(chunk.etags)
+        self._sizes.extend(chunk.sizes)
+        self._mtimes.extend(chunk.mtimes)
+        self.bytes += sum(chunk.sizes)
+        at = self.objects
+        for folder, group in itertools.groupby(map(_SPLIT, chunk.keys), _FOLDER):
+            leaves = list(map(_LEAF, group))
+            full = f"{self.prefix}{folder}/" if folder else self.prefix
+            if full != self._folder or not self._run:
                 self._close_run()
-                self._folder = folder
-                self._firsts.append(folder + leaf)
-                self._folders.append(folder)
-                self._starts.append(self.objects)
-            run.append(leaf)
-            self._sizes.append(size)
-            self._mtimes.append(mtime)
+                self._folder = full
+                self._firsts.append(full + leaves[0])
+                self._folders.append(full)
+                self._starts.append(at)
+            self._run.extend(leaves)
+            at += len(leaves)
+        self.objects = at
+
+    def _pack_etags(self, etags: list[str]) -> None:
+        joined = "".join(etags)
+        if len(joined) == _MD5_BYTES * 2 * len(etags) and _HEX.fullmatch(joined):
+            self._etags += bytes.fromhex(joined)  # every one a plain MD5, as nearly always
+            return
+        for number, etag in enumerate(etags, self.objects):
             if is_plain_md5(etag):
                 self._etags += bytes.fromhex(etag)
             else:
                 self._etags += bytes(_MD5_BYTES)
-                self._other_etags[self.objects] = etag
-            self.objects += 1
-            self.bytes += size
+                self._other_etags[number] = etag
 
     def _close_run(self) -> None:
         if self._run:

@@ -121,3 +121,37 @@ def test_a_compression_bomb_ends_at_the_first_bound(tmp_path: Path) -> None:
 def test_a_declared_count_past_the_bound_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="header field"):
         manifest.read(raw(tmp_path / "m", [header_line(manifest.MAX_OBJECTS + 1)]))
+
+
+def compact(key: str, size: int = 1, etag: str = ETAG, mtime: str = "1.0") -> bytes:
+    return f'["{key}",{size},"{etag}",{mtime}]'.encode()
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ([compact("a/../b")], "cannot be a path"),
+    ([compact("a/./b")], "cannot be a path"),
+    ([compact("a//b")], "cannot be a path"),
+    ([compact("..")], "cannot be a path"),
+    ([compact("a/" + "x" * 256)], "cannot be a path"),
+    ([compact("a/b"), compact("a/b")], "ascending"),
+    ([compact("a/c"), compact("a/b")], "ascending"),
+    ([compact("a/b", mtime="9999999999.0")], "last-modified"),
+    ([compact("a/b", etag=ETAG.upper())], None),
+])
+def test_lines_as_written_are_held_to_the_same_rules(tmp_path: Path, lines: list[bytes], message: str | None) -> None:
+    """The writer's lines go through a faster check; it accepts exactly what line-by-line reading does."""
+    path = raw(tmp_path / "m", [header_line(len(lines)), *lines])
+    if message is None:
+        assert manifest.read(path).rows == [("a/b", 1, ETAG.upper(), 1.0)]
+    else:
+        with pytest.raises(ManifestError, match=message):
+            manifest.read(path)
+
+
+def test_the_fast_and_the_line_by_line_reading_give_the_same_rows() -> None:
+    lines = [compact(f"ct/P{n:03}/s/se/{n}.dcm", n * 7, ETAG if n % 3 else ETAG + "-2", f"{1.6e9 + n / 8}")
+             for n in range(300)]
+    fast = manifest._parse_rows(lines, "m", 0, "")  # noqa: SLF001
+    slow = manifest._parse_each(lines, "m", 0, "")  # noqa: SLF001
+    assert fast.rows() == slow
+    assert len(slow) == 300

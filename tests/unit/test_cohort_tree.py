@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from nccidfs.cohort.manifest import Columns
 from nccidfs.cohort.source import parse_as_of
 from nccidfs.cohort.tree import FrozenTree
 from nccidfs.errors import ConfigError
@@ -24,8 +25,8 @@ def objects() -> dict[str, bytes]:
 def tree(store: MemoryStore, as_of: float | None = None) -> FrozenTree:
     built = FrozenTree(PREFIX, as_of)
     rows = sorted((key[len(PREFIX):], *store.info(key)[1:]) for key in store.objects)
-    built.add(rows[:4])
-    built.add(rows[4:])
+    built.add(Columns.of(rows[:4]))
+    built.add(Columns.of(rows[4:]))
     return built.finish()
 
 
@@ -49,7 +50,7 @@ def test_a_run_of_siblings_is_cut_where_asked() -> None:
 def test_etags_come_back_as_written_packed_or_not() -> None:
     frozen = FrozenTree(PREFIX)
     md5 = hashlib.md5(b"x").hexdigest()
-    frozen.add([("a/b", 1, md5, 1.0), ("a/c", 2, "abc-12", 2.0)])
+    frozen.add(Columns.of([("a/b", 1, md5, 1.0), ("a/c", 2, "abc-12", 2.0)]))
     frozen.finish()
     assert [(o.etag, o.size, o.mtime) for o in frozen.list_dir(PREFIX + "a/").objects] == \
         [(md5, 1, 1.0), ("abc-12", 2, 2.0)]
@@ -59,7 +60,8 @@ def test_etags_come_back_as_written_packed_or_not() -> None:
 def test_as_of_leaves_out_later_objects_and_their_folders() -> None:
     frozen = FrozenTree(PREFIX, as_of=parse_as_of("2021-06-30"))
     day = parse_as_of("2021-06-30T00:00:00Z")
-    frozen.add([("ct/P1/a", 1, "e", day), ("ct/P1/b", 1, "e", day + 86_399.9), ("ct/P2/a", 1, "e", day + 86_400)])
+    frozen.add(Columns.of([("ct/P1/a", 1, "e", day), ("ct/P1/b", 1, "e", day + 86_399.9),
+                           ("ct/P2/a", 1, "e", day + 86_400)]))
     frozen.finish()
     assert frozen.list_dir(PREFIX + "ct/").prefixes == (PREFIX + "ct/P1/",)
     assert [o.key for o in frozen.list_tree(PREFIX + "ct/").objects] == [PREFIX + "ct/P1/a", PREFIX + "ct/P1/b"]
