@@ -44,7 +44,7 @@ MAX_LINE_BYTES = 2048
 MAX_HEADER_BYTES = 64 * 1024
 # About 55 bytes per object compressed: 20 million objects fit, and a larger file is refused unread.
 MAX_FILE_BYTES = 2 * 1024**3
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 256 * 1024
 # zlib's window bits for a gzip stream (16 + 15).
 GZIP_WBITS = 31
 COMPRESS_LEVEL = 6
