@@ -11,11 +11,14 @@ from dataclasses import dataclass
 
 from nccidfs.cohort.manifest import Row, patient_of
 from nccidfs.errors import ConfigError
+from nccidfs.objects import Listing
 from nccidfs.store import ObjectStore
 
 # A patient's place in [0, 1) is the first 8 bytes of SHA-256(seed, Patient_ID) over 2**64.
 _HASH_BYTES = 8
 LISTING_THREADS = 16
+# Keys this deep (``ct/<Patient_ID>/``) are a patient's folder, listed flat in one listing.
+PATIENT_DEPTH = 2
 
 
 def parse_fractions(text: str) -> list[float]:
@@ -75,10 +78,16 @@ def verify(rows: Sequence[Row], store: ObjectStore, prefix: str) -> Difference:
     folders: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         parts = row[0].split("/")
-        folder = "/".join(parts[:2]) + "/" if len(parts) > 2 else "/".join(parts[:-1]) + ("/" if len(parts) > 1 else "")
-        folders[folder].append(row)
+        folders["".join(f"{part}/" for part in parts[:min(PATIENT_DEPTH, len(parts) - 1)])].append(row)
+
+    def listing(folder: str) -> Listing:
+        """A patient's folder in one flat listing; a folder above patients one level only."""
+        if folder.count("/") == PATIENT_DEPTH:
+            return store.list_tree(prefix + folder)
+        return store.list_dir(prefix + folder)
+
     with ThreadPoolExecutor(LISTING_THREADS) as pool:
-        listings = dict(zip(folders, pool.map(lambda f: store.list_tree(prefix + f), folders), strict=True))
+        listings = dict(zip(folders, pool.map(listing, folders), strict=True))
     vanished, changed = [], []
     for folder, frozen in folders.items():
         now = {obj.key[len(prefix):]: (obj.size, obj.etag) for obj in listings[folder].objects}
