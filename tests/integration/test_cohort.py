@@ -88,8 +88,11 @@ def test_a_cohort_mounts_exactly_its_objects_with_no_listing_even_after_the_buck
         with pytest.raises(OSError) as vanished:
             (daemon.mountpoint / deleted).read_bytes()
         assert vanished.value.errno == errno.ENOENT
-        assert requests(daemon).get("ListObjectsV2", 0) == 0
         assert os.listdir(daemon.mountpoint / ".nccidfs" / "patients") == [chosen]
+        subprocess.run([sys.executable, "-m", "nccidfs", "refresh", str(daemon.mountpoint)], check=True,
+                       env=daemon_env(), capture_output=True)
+        assert find_files(daemon.mountpoint) == {row[0] for row in rows}, "listed again, from the manifest"
+        assert requests(daemon).get("ListObjectsV2", 0) == 0
     log = daemon.log()
     assert sum(f"{PREFIX}{replaced} changed since the cohort was frozen" in line for line in log.splitlines()) == 1
     assert sum(f"{PREFIX}{deleted} deleted since the cohort was frozen" in line for line in log.splitlines()) == 1
@@ -114,6 +117,12 @@ def test_as_of_hides_later_uploads(s3_endpoint: str, bucket_name: str, tmp_path:
     with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon2.log",
                        bucket=bucket_name) as daemon:
         assert len(find_files(daemon.mountpoint)) == 3, "a plain mount on the same cache shows the bucket as it is"
+        nccidfs("catalog", "build", str(daemon.mountpoint), cwd=tmp_path)
+        nccidfs("cohort", "create", "then", "--where", "images >= 1", "--as-of", cutoff, str(daemon.mountpoint),
+                cwd=tmp_path)
+    frozen = manifest.read(tmp_path / "then.nccid-cohort")
+    assert [row[0] for row in frozen.rows] == ["ct/P1/s/se/a.dcm"]
+    assert frozen.header.selection["as_of"] == cutoff
 
 
 def hostile_manifests(tmp_path: Path, endpoint: str) -> dict[str, bytes]:
