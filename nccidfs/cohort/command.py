@@ -11,7 +11,7 @@ from typing import Any
 from nccidfs.cohort import manifest, operations
 from nccidfs.cohort.manifest import Header, Row, Warehouse
 from nccidfs.cohort.mounting import warehouse_config
-from nccidfs.cohort.select import ListingSource, collect, load_catalog, select, select_paths
+from nccidfs.cohort.select import CATALOG, ListingSource, collect, load_catalog, select, select_paths
 from nccidfs.cohort.source import AsOfStore, endpoint_host, parse_as_of
 from nccidfs.commands import mount_status
 from nccidfs.config import DEFAULT_REGION, S3Config, format_size, normalize_prefix
@@ -53,6 +53,9 @@ def build_parser(parser_class: Callable[..., argparse.ArgumentParser], epilog: s
     create.add_argument("--paths", type=Path, metavar="FILE",
                         help="instead of a condition: these paths in the mount (folders or files), one a line")
     create.add_argument("--as-of", metavar="DATE", help="only objects last modified on or before DATE")
+    create.add_argument("--catalog", type=Path, metavar="DIR",
+                        help="read series.csv and patients.csv from DIR, a copy of the mount's catalog "
+                             "(default: MOUNTPOINT/.nccidfs/catalog)")
     create.add_argument("--profile", help="AWS profile, for folders the mount has not listed (default: boto3's)")
     split = actions.add_parser("split", help="split a cohort by patient", epilog=epilog,
                                description="Split a cohort into parts by patient (never one patient in two parts), "
@@ -103,7 +106,7 @@ def create(args: argparse.Namespace) -> int:
         selection = select_paths(mountpoint, _lines(args.paths))
     else:
         patients = None if args.patients is None else set(_lines(args.patients))
-        selection = select(load_catalog(mountpoint), args.where, patients)
+        selection = select(load_catalog(args.catalog or mountpoint / CATALOG), args.where, patients)
     s3 = S3Config(bucket=status["bucket"], prefix=normalize_prefix(status["prefix"]),
                   region=status.get("region") or DEFAULT_REGION, profile=args.profile,
                   endpoint_url=status.get("endpoint_url"))

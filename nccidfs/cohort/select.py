@@ -75,17 +75,17 @@ class Selection:
 
 
 # -- the catalog --------------------------------------------------------------------------------------
-def load_catalog(mountpoint: Path) -> sqlite3.Connection:
-    """The catalog of a mount in memory, as tables ``series`` and ``patients`` and the view ``cohort``."""
-    folder = mountpoint / CATALOG
+def load_catalog(folder: Path) -> sqlite3.Connection:
+    """A catalog (a mount's ``.nccidfs/catalog``, or a copy of its two tables) in memory, as tables
+    ``series`` and ``patients`` and the view ``cohort``. A build still under way is refused."""
     try:
-        progress = json.loads((folder / "progress.json").read_bytes())
-        if progress.get("state") != "complete":
-            raise ConfigError(f"the catalog of {mountpoint} is not built ({progress.get('state')}); "
-                              f"run: nccidfs catalog build {mountpoint}")
+        progress = folder / "progress.json"
+        state = json.loads(progress.read_bytes()).get("state") if progress.exists() else "complete"
+        if state != "complete":
+            raise ConfigError(f"the catalog in {folder} is not built ({state}); run: nccidfs catalog build MOUNTPOINT")
         tables = {name: (folder / f"{name}.csv").read_text() for name in ("series", "patients")}
     except OSError as error:
-        raise ConfigError(f"cannot read the catalog of {mountpoint}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot read the catalog in {folder}: {error.strerror or error}") from None
     db = sqlite3.connect(":memory:")
     columns = {name: _load(db, name, text) for name, text in tables.items()}
     extra = [c for c in columns["patients"] if c not in columns["series"]]

@@ -34,7 +34,7 @@ def catalog(tmp_path: Path) -> Path:
     (folder / "series.csv").write_text(SERIES)
     (folder / "patients.csv").write_text(PATIENTS)
     (folder / "progress.json").write_text('{"state": "complete"}')
-    return tmp_path
+    return folder
 
 
 def wanted(catalog: Path, where: str | None, patients: set[str] | None = None) -> dict[str, set[str]]:
@@ -74,7 +74,7 @@ def test_a_bad_or_hostile_condition_is_one_config_error(catalog: Path, where: st
 
 
 def test_an_unbuilt_catalog_is_refused(catalog: Path) -> None:
-    (catalog / ".nccidfs" / "catalog" / "progress.json").write_text('{"state": "building"}')
+    (catalog / "progress.json").write_text('{"state": "building"}')
     with pytest.raises(ConfigError, match="not built"):
         load_catalog(catalog)
 
