@@ -49,10 +49,11 @@ READ_CHUNK = 256 * 1024
 GZIP_WBITS = 31
 COMPRESS_LEVEL = 6
 # An object line as the writer makes it, with an ASCII key: each key segment 1 to 255 characters of
-# printable ASCII but quote, slash and backslash, and not "." or ".."; a whole size; an MD5 or multipart
-# ETag; a time. What matches is exactly what the line-by-line reading accepts for such a line.
+# printable ASCII but quote, slash and backslash, and not "." or "..", at most 1,024 in all (S3's bound,
+# which keeps the line under MAX_LINE_BYTES); a whole size; an MD5 or multipart ETag; a time. What
+# matches is exactly what the line-by-line reading accepts for such a line.
 _SEGMENT = rb'(?!\.\.?[/"])[ !#-.0-\[\]-~]{1,255}'
-_WRITTEN_LINE = re.compile(rb'^\["((?:' + _SEGMENT + rb"/)*" + _SEGMENT + rb')",(0|[1-9]\d{0,17}),'
+_WRITTEN_LINE = re.compile(rb'^\["(?=[^"\n]{1,1024}")((?:' + _SEGMENT + rb"/)*" + _SEGMENT + rb')",(0|[1-9]\d{0,17}),'
                            rb'"([0-9a-f]{32}(?:-[1-9]\d{0,4})?)",((?:0|[1-9]\d{0,9})\.\d{1,9})\]$', re.MULTILINE)
 # Quotes, backslashes and control characters never reach an If-Match header.
 _ETAG = re.compile(r"[0-9A-Za-z._+/=-]{1,128}")
@@ -258,8 +259,6 @@ def _scan(read: Callable[[int], bytes], what: str, sink: Callable[[Columns], Non
             continue
         if seen + len(lines) > header.objects:
             raise ManifestError(f"{what}: more object lines than the {header.objects} its header declares")
-        if max(map(len, lines)) > MAX_LINE_BYTES:
-            raise ManifestError(f"{what}: an object line longer than {MAX_LINE_BYTES} bytes")
         columns = _parse_rows(lines, what, seen, last)
         seen += len(columns.keys)
         last = columns.keys[-1]
@@ -292,6 +291,8 @@ def _parse_rows(lines: list[bytes], what: str, before: int, last: str) -> Column
 
 def _parse_each(lines: list[bytes], what: str, before: int, last: str) -> list[Row]:
     """Rows of a chunk, each line parsed as JSON and checked, with the line at fault in any error."""
+    if max(map(len, lines)) > MAX_LINE_BYTES:
+        raise ManifestError(f"{what}: an object line longer than {MAX_LINE_BYTES} bytes")
     try:
         parsed = json.loads(b"[" + b",".join(lines) + b"]")
     except (ValueError, RecursionError):

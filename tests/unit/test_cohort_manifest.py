@@ -133,6 +133,7 @@ def compact(key: str, size: int = 1, etag: str = ETAG, mtime: str = "1.0") -> by
     ([compact("a//b")], "cannot be a path"),
     ([compact("..")], "cannot be a path"),
     ([compact("a/" + "x" * 256)], "cannot be a path"),
+    ([compact("/".join(["x" * 200] * 10))], "longer than"),
     ([compact("a/b"), compact("a/b")], "ascending"),
     ([compact("a/c"), compact("a/b")], "ascending"),
     ([compact("a/b", mtime="9999999999.0")], "last-modified"),
