@@ -106,13 +106,15 @@ def create(args: argparse.Namespace) -> int:
         selection = select_paths(mountpoint, _lines(args.paths))
     else:
         patients = None if args.patients is None else set(_lines(args.patients))
-        selection = select(load_catalog(args.catalog or mountpoint / CATALOG), args.where, patients)
+        selection = select(load_catalog(args.catalog or mountpoint / CATALOG, args.where or ""), args.where,
+                           patients)
     s3 = S3Config(bucket=status["bucket"], prefix=normalize_prefix(status["prefix"]),
                   region=status.get("region") or DEFAULT_REGION, profile=args.profile,
                   endpoint_url=status.get("endpoint_url"))
-    store: ObjectStore = Boto3Store(s3)
-    if as_of is not None:
-        store = AsOfStore(store, as_of)
+
+    def store() -> ObjectStore:
+        return Boto3Store(s3) if as_of is None else AsOfStore(Boto3Store(s3), as_of)
+
     endpoint = status.get("endpoint_url") or f"aws:{s3.region}"
     source = ListingSource(Path(status["cache"]["directory"]), {"endpoint": endpoint, "bucket": s3.bucket,
                                                                 "prefix": s3.prefix}, store, s3.prefix)

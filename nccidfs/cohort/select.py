@@ -19,10 +19,11 @@ import csv
 import io
 import json
 import logging
+import operator
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,11 @@ CLINICAL = "data"
 TWIN_SUFFIX = "-metadata"
 # Folders listed in S3 at once, for the patients the listing index does not hold whole.
 LISTING_THREADS = 16
-_BOOLEANS = {"True": 1, "False": 0}
+# A CSV cell as SQL: "True" and "False" as 1 and 0, an empty cell as NULL, anything else as it is.
+_CELL = "CASE ?{0} WHEN 'True' THEN 1 WHEN 'False' THEN 0 ELSE NULLIF(?{0}, '') END"
 _TEXT_COLUMNS = {"Patient_ID", "folder", "path", "latest_file"}
+# The columns a selection reads whatever the condition.
+_NEEDED = {"Patient_ID", "path"}
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION}
 
 
@@ -75,9 +79,14 @@ class Selection:
 
 
 # -- the catalog --------------------------------------------------------------------------------------
-def load_catalog(folder: Path) -> sqlite3.Connection:
+def load_catalog(folder: Path, condition: str | None = None) -> sqlite3.Connection:
     """A catalog (a mount's ``.nccidfs/catalog``, or a copy of its two tables) in memory, as tables
-    ``series`` and ``patients`` and the view ``cohort``. A build still under way is refused."""
+    ``series`` and ``patients`` and the view ``cohort``. A build still under way is refused.
+
+    Only the columns whose names occur in ``condition`` are loaded, besides those a selection needs
+    (a patient table holds a hundred clinical fields; loading them all took most of the time of a
+    selection); None loads every column. A name the condition uses is always loaded, so SQLite still
+    reports a name the catalog lacks as an unknown column."""
     try:
         progress = folder / "progress.json"
         state = json.loads(progress.read_bytes()).get("state") if progress.exists() else "complete"
@@ -87,7 +96,7 @@ def load_catalog(folder: Path) -> sqlite3.Connection:
     except OSError as error:
         raise ConfigError(f"cannot read the catalog in {folder}: {error.strerror or error}") from None
     db = sqlite3.connect(":memory:")
-    columns = {name: _load(db, name, text) for name, text in tables.items()}
+    columns = {name: _load(db, name, text, condition) for name, text in tables.items()}
     extra = [c for c in columns["patients"] if c not in columns["series"]]
     series_cols = [f's."{c}"' for c in columns["series"]]
     patient_cols = [f'p."{c}"' for c in extra]
@@ -99,15 +108,25 @@ def load_catalog(folder: Path) -> sqlite3.Connection:
     return db
 
 
-def _load(db: sqlite3.Connection, table: str, text: str) -> list[str]:
+def _load(db: sqlite3.Connection, table: str, text: str, condition: str | None) -> list[str]:
     reader = csv.reader(io.StringIO(text))
-    columns = next(reader, None)
-    if not columns or "Patient_ID" not in columns:
+    header = next(reader, None)
+    if not header or "Patient_ID" not in header:
         raise ConfigError(f"the catalog's {table}.csv has no Patient_ID column")
+    mentioned = None if condition is None else condition.lower()
+    kept = [n for n, c in enumerate(header) if c in _NEEDED or mentioned is None or c.lower() in mentioned]
+    columns = [header[n] for n in kept]
     quoted = ", ".join('"' + c.replace('"', '""') + ('" TEXT' if _is_text(c) else '" NUMERIC') for c in columns)
     db.execute(f"CREATE TABLE {table} ({quoted})")
-    rows = ([_BOOLEANS.get(v, v) if v != "" else None for v in row] for row in reader)
-    db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})", rows)
+    # Cells are taken and converted without a Python step per cell: itemgetter picks the columns kept,
+    # and SQLite turns "True", "False" and "" into 1, 0 and NULL as it inserts them.
+    cells = ", ".join(_CELL.format(n) for n in range(1, len(columns) + 1))
+    rows = map(operator.itemgetter(*kept), reader) if len(kept) > 1 else ((row[kept[0]],) for row in reader)
+    try:
+        db.executemany(f"INSERT INTO {table} VALUES ({cells})", rows)
+    except (sqlite3.Error, csv.Error, IndexError) as error:
+        raise ConfigError(f"the catalog's {table}.csv, line {reader.line_num}: {error or 'too few cells'}") from None
+    db.execute(f'CREATE INDEX {table}_patient ON {table} ("Patient_ID")')
     return columns
 
 
@@ -125,7 +144,8 @@ def select(db: sqlite3.Connection, where: str | None, patients: set[str] | None)
     if patients is not None:
         db.execute("CREATE TEMP TABLE chosen (Patient_ID TEXT PRIMARY KEY)")
         db.executemany("INSERT OR IGNORE INTO chosen VALUES (?)", ((p,) for p in patients))
-        known = {row[0] for row in db.execute('SELECT "Patient_ID" FROM cohort')}
+        known = {row[0] for row in db.execute('SELECT "Patient_ID" FROM series UNION '
+                                              'SELECT "Patient_ID" FROM patients')}
         missing = sorted(patients - known)
         if missing:
             raise ConfigError(f"{len(missing)} patients are not in the catalog: {', '.join(missing[:5])}")
@@ -171,8 +191,9 @@ class ListingSource:
     """Every object under a patient folder: from the listing index where it holds the folder whole, else
     listed from S3. Remembers when the listings it used were made."""
 
-    def __init__(self, cache_dir: Path, identity: dict[str, str], store: ObjectStore, prefix: str) -> None:
-        self._store = store
+    def __init__(self, cache_dir: Path, identity: dict[str, str], store: Callable[[], ObjectStore],
+                 prefix: str) -> None:
+        self._store = store  # made only when the index lacks a folder (boto3 takes a second to start)
         self.prefix = prefix
         self._db = _open_index(cache_dir / INDEX_FILE, identity)
         self.earliest, self.latest = float("inf"), 0.0
@@ -190,9 +211,10 @@ class ListingSource:
                 found[folder] = indexed
         if missing:
             listed_at = time.time()
+            store = self._store()
             with ThreadPoolExecutor(LISTING_THREADS) as pool:
                 for folder, listing in zip(missing, pool.map(
-                        lambda f: self._store.list_tree(self.prefix + f), missing), strict=True):
+                        lambda f: store.list_tree(self.prefix + f), missing), strict=True):
                     found[folder] = list(listing.objects)
             self._seen(listed_at)
             self.from_s3 += len(missing)

@@ -38,7 +38,7 @@ def catalog(tmp_path: Path) -> Path:
 
 
 def wanted(catalog: Path, where: str | None, patients: set[str] | None = None) -> dict[str, set[str]]:
-    return dict(select(load_catalog(catalog), where, patients).wanted)
+    return dict(select(load_catalog(catalog, where or ""), where, patients).wanted)
 
 
 def test_numbers_compare_as_numbers_and_identifiers_stay_text(catalog: Path) -> None:
@@ -53,6 +53,13 @@ def test_numbers_compare_as_numbers_and_identifiers_stay_text(catalog: Path) -> 
 def test_patient_columns_select_their_series_and_patients_without_series(catalog: Path) -> None:
     assert set(wanted(catalog, "filename_covid_status")) == {"ct/P1/", "ct-metadata/P1/", "data/P1/", "data/P3/"}
     assert set(wanted(catalog, "age IS NULL")) == {"xray/P2/", "xray-metadata/P2/", "data/P2/"}
+
+
+def test_only_the_columns_a_condition_names_are_loaded(catalog: Path) -> None:
+    db = load_catalog(catalog, "age > 40")
+    assert [row[1] for row in db.execute("PRAGMA table_info(patients)")] == ["Patient_ID", "age"]
+    assert [row[1] for row in db.execute("PRAGMA table_info(series)")] == ["Patient_ID", "path"]
+    assert set(select(db, "age > 40", None).wanted) == {"ct/P1/", "ct-metadata/P1/", "data/P1/", "data/P3/"}
 
 
 def test_patients_file_narrows_the_condition(catalog: Path) -> None:
@@ -104,7 +111,7 @@ def test_objects_come_from_the_index_where_it_holds_a_folder_whole(tmp_path: Pat
     store.requests.clear()
     selection = Selection()
     selection.add("ct/P1/1.2/1.2.1")
-    source = ListingSource(tmp_path, IDENTITY, store, PREFIX)
+    source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
     found = [obj.key[len(PREFIX):] for obj in collect(selection, source)]
     assert found == ["ct-metadata/P1/1.2/1.2.1/a.json", "ct/P1/1.2/1.2.1/a.dcm", "data/P1/data_2020-04-01.json"]
     assert (source.from_index, source.from_s3) == (1, 2)
@@ -116,6 +123,6 @@ def test_an_index_of_another_view_is_not_used(tmp_path: Path) -> None:
     index = ListingIndex(tmp_path / INDEX_FILE, {**IDENTITY, "view": "cohort x"})
     index.put(entries_from_tree(store.list_tree(f"{PREFIX}ct/P1/"), f"{PREFIX}ct/P1/", 0.0).items(), time.time())
     index.close()
-    source = ListingSource(tmp_path, IDENTITY, store, PREFIX)
+    source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
     source.objects(["ct/P1/"])
     assert (source.from_index, source.from_s3) == (0, 1)
