@@ -197,6 +197,13 @@ def create(args: argparse.Namespace) -> None:
                                    str(work / "patients.txt"), "--catalog", str(work / "catalog"), cwd=work)
             times.append(seconds)
             print(json.dumps({"create_seconds": round(seconds, 2), "printed": out}), flush=True)
+        if args.profile:
+            subprocess.run([sys.executable, "-m", "cProfile", "-o", str(work / "create.prof"), "-m", "nccidfs",
+                            "cohort", "create", "profiled", str(mountpoint), "--patients", str(work / "patients.txt"),
+                            "--catalog", str(work / "catalog")], env=ENV, cwd=work, check=True, capture_output=True)
+            import pstats
+
+            pstats.Stats(str(work / "create.prof")).sort_stats("cumulative").print_stats(25)
         print(json.dumps({"patients": len(patients), "create_median_seconds": round(statistics.median(times), 2),
                           "manifest_kib": round((work / "run0.nccid-cohort").stat().st_size / 1024, 1)}))
     finally:
@@ -222,6 +229,7 @@ def main() -> None:
         action.add_argument("--objects", type=int, default=1_000_000)
         action.add_argument("--patients", type=int, default=10_000)
         action.add_argument("--runs", type=int, default=3)
+        action.add_argument("--profile", action="store_true", help="profile one more create (cProfile)")
     args = parser.parse_args()
     if args.action == "load":
         load(args.path)
