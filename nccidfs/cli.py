@@ -41,7 +41,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 READY_TIMEOUT = 60.0
 
 USAGE = ("%(prog)s [mount] MOUNTPOINT [options]\n"
-         "       %(prog)s {demo,status,refresh,prefetch,catalog,cache} ... (each has --help)")
+         "       %(prog)s {demo,status,refresh,prefetch,catalog,cache,cohort} ... (each has --help)")
 COMMANDS = """\
 commands:
   nccidfs [mount] MOUNTPOINT         mount the warehouse; returns once mounted (-f stays in the foreground).
@@ -52,6 +52,7 @@ commands:
   nccidfs prefetch PATH...           warm the cache for patients, studies or series, with progress
   nccidfs catalog build MOUNTPOINT   build .nccidfs/catalog/{series,patients}.csv, with progress
   nccidfs cache stats|clear          what a cache directory holds; empty it
+  nccidfs cohort create|split|verify|diff   freeze a selection into a manifest, split, check, compare
 """
 EXAMPLES = """\
 examples:
@@ -131,6 +132,16 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                        help="bits removed from files' 0444 and directories' 0555 (default: %(default)s)")
 
 
+def _add_cohort_options(parser: argparse.ArgumentParser) -> None:
+    cohort = parser.add_argument_group("Cohort")
+    cohort.add_argument("--cohort", type=Path, metavar="FILE",
+                        help="mount exactly the objects of a cohort manifest (NAME.nccid-cohort), each read "
+                             "pinned to its frozen ETag; no listing is sent to S3")
+    cohort.add_argument("--as-of", metavar="DATE",
+                        help="show only objects last modified on or before DATE (2021-06-30, or a time "
+                             "such as 2021-06-30T12:00:00Z)")
+
+
 def _add_cache_and_logging_options(parser: argparse.ArgumentParser, cache_default: str) -> None:
     cache = parser.add_argument_group("Cache")
     cache.add_argument("--cache-dir", type=Path, metavar="DIR",
@@ -158,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nccidfs {__version__}")
     _add_bucket_options(parser)
     _add_mount_options(parser)
+    _add_cohort_options(parser)
     _add_cache_and_logging_options(parser, str(default_cache_dir()))
     return parser
 
@@ -188,12 +200,23 @@ def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
                           max_listing_entries=args.max_listing_entries, readdirplus=args.readdirplus,
                           attr_timeout=args.attr_timeout, uid=args.uid, gid=args.gid,
                           umask=parse_umask(args.umask), log_level=args.log_level,
-                          log_file=None if log_file is None else log_file.expanduser().absolute()),
+                          log_file=None if log_file is None else log_file.expanduser().absolute(),
+                          **_cohort_fields(args)),
         s3=dataclasses.replace(s3, deadline=args.timeout),
         cache=CacheConfig(directory=(args.cache_dir or default_cache_dir()).expanduser().absolute(),
                           size_bytes=parse_size(args.cache_size)),
         read=ReadConfig(prefetch=args.prefetch, verify=args.verify),
     )
+
+
+def _cohort_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The Cohort flags, where the parser has them (the demo's has not)."""
+    cohort, as_of = getattr(args, "cohort", None), getattr(args, "as_of", None)
+    if as_of is None:
+        return {"cohort": cohort and cohort.expanduser().absolute()}
+    from nccidfs.cohort.source import parse_as_of
+
+    return {"cohort": cohort and cohort.expanduser().absolute(), "as_of": parse_as_of(as_of)}
 
 
 def _s3_config(args: argparse.Namespace) -> S3Config:
@@ -227,8 +250,9 @@ def _serve_in_background(config: Config) -> int:
     The child reports ``ok``, or ``<exit code> <message>`` when it fails.
     """
     from nccidfs import mount
+    from nccidfs.cohort.mounting import connect
 
-    store, folders = mount.connect(config.s3)
+    config, store, folders = connect(config)
     ready_read, ready_write = os.pipe()
     if os.fork() != 0:
         os.close(ready_write)
@@ -269,9 +293,10 @@ def run_mount(argv: Sequence[str]) -> int:
     if not config.mount.foreground:
         return _serve_in_background(config)
     from nccidfs import mount
+    from nccidfs.cohort.mounting import connect
 
     setup_logging(config.mount.log_level, config.mount.log_file)
-    store, folders = mount.connect(config.s3)
+    config, store, folders = connect(config)
     mount.serve(config, store, folders)
     return EXIT_OK
 
@@ -416,14 +441,20 @@ def run_catalog(argv: Sequence[str]) -> int:
     return EXIT_OK if progress["state"] == "complete" else EXIT_FAILURE
 
 
+def run_cohort(argv: Sequence[str]) -> int:
+    from nccidfs.cohort.command import run
+
+    return run(argv, _Parser, EXIT_CODES)
+
+
 SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "status": run_status,
-               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog}
+               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog, "cohort": run_cohort}
 
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.
 FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
                        "cache_size", "listing_ttl", "max_listing_entries", "timeout", "attr_timeout", "uid", "gid",
-                       "umask", "log_level", "log_file")
+                       "umask", "log_level", "log_file", "cohort", "as_of")
 FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "no_verify", "readdirplus")
 # Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
 FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",

@@ -252,6 +252,11 @@ class MountConfig:
     log_level: str = "info"
     # None: log to stderr.
     log_file: Path | None = None
+    # A frozen view instead of the bucket as it is now: a cohort manifest to mount, and a date (seconds
+    # since the epoch) after which objects are left out. ``view`` names what is shown, for the listing index.
+    cohort: Path | None = None
+    as_of: float | None = None
+    view: str = ""
 
     def __post_init__(self) -> None:
         check_seconds("--listing-ttl", self.listing_ttl, MIN_LISTING_TTL)

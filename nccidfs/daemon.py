@@ -36,7 +36,7 @@ from nccidfs.log import strip_credentials
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
-from nccidfs.store import Boto3Store, ObjectStore
+from nccidfs.store import ObjectStore, RequestStats
 from nccidfs.views import CONTROL, ControlFolder, PatientView
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,10 @@ class Daemon:
         self.cache_lock.record({"pid": os.getpid(), "mountpoint": str(config.mount.mountpoint)})
         directory = self.cache_lock.path
         endpoint = strip_credentials(s3.endpoint_url or f"aws:{s3.region}")
+        # A cohort's or a date's listings are not the bucket's: they are kept apart from a plain mount's.
+        view = {"view": config.mount.view} if config.mount.view else {}
         self.index = ListingIndex(directory / INDEX_FILE,
-                                  {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
+                                  {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix, **view})
         self.namespace = Namespace(store, s3.prefix, folders, config.mount.listing_ttl,
                                    config.mount.max_listing_entries, self.index, s3.deadline)
         self.catalog_db = CatalogDB(directory, {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
@@ -146,11 +148,13 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         cache = {**self.cache.stats(), "hits": self.fetcher.hits, "misses": self.fetcher.misses}
         lookups = cache["hits"] + cache["misses"]
-        requests = self.store.stats.snapshot() if isinstance(self.store, Boto3Store) else {}
+        stats = getattr(self.store, "stats", None)  # a cohort's store shares the S3 store's counters
+        requests = stats.snapshot() if isinstance(stats, RequestStats) else {}
         prefetch = self.prefetcher
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": str(self.config.mount.mountpoint),
-            "bucket": self.config.s3.bucket, "prefix": self.config.s3.prefix,
+            "bucket": self.config.s3.bucket, "prefix": self.config.s3.prefix, "region": self.config.s3.region,
+            "view": self.config.mount.view or None,
             "endpoint_url": strip_credentials(self.config.s3.endpoint_url or "") or None,
             "uptime_seconds": round(time.time() - self.started, 1),
             "control_socket": str(self.control_path),

@@ -1,0 +1,276 @@
+"""Selecting a cohort: which series and patients, from the catalog's tables; which objects, from listings.
+
+The condition is SQL over the catalog's two CSV tables, loaded into an in-memory SQLite database as
+``series`` and ``patients`` and joined by Patient_ID in the view ``cohort`` (every series with its
+patient's columns, and every patient without a series once). Columns have NUMERIC affinity, so numbers
+compare as numbers (``images >= 100``, ``StudyDate >= 20200301`` or ``'20200301'``); ``True`` and
+``False`` are stored as 1 and 0; an empty cell is NULL. The condition may only read: an authorizer
+refuses anything but SELECT and reads (no ATTACH, no PRAGMA, no writes).
+
+The objects of a selection are the selected series' folders, their ``-metadata`` twins and the selected
+patients' clinical folders (``data/<Patient_ID>/``). They come from the mount's listing index
+(``listings.sqlite3``, read-only) where it holds a patient's folder whole, and otherwise from one flat
+listing of that folder in S3.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import operator
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nccidfs.cohort.tree import prefix_end
+from nccidfs.errors import ConfigError
+from nccidfs.index import INDEX_FILE, SCHEMA_VERSION
+from nccidfs.objects import ObjectInfo
+from nccidfs.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+CATALOG = ".nccidfs/catalog"
+CLINICAL = "data"
+TWIN_SUFFIX = "-metadata"
+# Folders listed in S3 at once, for the patients the listing index does not hold whole.
+LISTING_THREADS = 16
+# A CSV cell as SQL: "True" and "False" as 1 and 0, an empty cell as NULL, anything else as it is.
+_CELL = "CASE ?{0} WHEN 'True' THEN 1 WHEN 'False' THEN 0 ELSE NULLIF(?{0}, '') END"
+_TEXT_COLUMNS = {"Patient_ID", "folder", "path", "latest_file"}
+# The columns a selection reads whatever the condition.
+_NEEDED = {"Patient_ID", "path"}
+_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION}
+
+
+@dataclass
+class Selection:
+    """Per patient folder (``ct/<Patient_ID>/``), the folders under it that are wanted; the patient's
+    whole folder is wanted when that set holds the folder itself."""
+
+    wanted: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    def add(self, relative: str, is_file: bool = False) -> None:
+        """Add a folder or file (relative to the prefix: ``ct/P/study/series``) and its twin, and the
+        patient's clinical folder."""
+        parts = relative.strip("/").split("/")
+        if len(parts) < 2:
+            raise ConfigError(f"{relative}: not inside a patient's folder (such as ct/<Patient_ID>/...)")
+        folder, patient = parts[0], parts[1]
+        below = "/".join(parts) + ("" if is_file else "/")
+        self.wanted[f"{folder}/{patient}/"].add(below)
+        if len(parts) > 2 and not folder.endswith(TWIN_SUFFIX) and folder != CLINICAL:
+            twin = "/".join([folder + TWIN_SUFFIX, *parts[1:]])
+            if is_file:
+                twin = twin.removesuffix(".dcm") + ".json"
+            self.wanted[f"{folder}{TWIN_SUFFIX}/{patient}/"].add(twin + ("" if is_file else "/"))
+        self.wanted[f"{CLINICAL}/{patient}/"].add(f"{CLINICAL}/{patient}/")
+
+    @property
+    def patients(self) -> set[str]:
+        return {folder.split("/")[1] for folder in self.wanted}
+
+
+# -- the catalog --------------------------------------------------------------------------------------
+def load_catalog(folder: Path, condition: str | None = None) -> sqlite3.Connection:
+    """A catalog (a mount's ``.nccidfs/catalog``, or a copy of its two tables) in memory, as tables
+    ``series`` and ``patients`` and the view ``cohort``. A build still under way is refused.
+
+    Only the columns whose names occur in ``condition`` are loaded, besides those a selection needs
+    (a patient table holds a hundred clinical fields; loading them all took most of the time of a
+    selection); None loads every column. A name the condition uses is always loaded, so SQLite still
+    reports a name the catalog lacks as an unknown column."""
+    try:
+        progress = folder / "progress.json"
+        state = json.loads(progress.read_bytes()).get("state") if progress.exists() else "complete"
+        if state != "complete":
+            raise ConfigError(f"the catalog in {folder} is not built ({state}); run: nccidfs catalog build MOUNTPOINT")
+        tables = {name: (folder / f"{name}.csv").read_text() for name in ("series", "patients")}
+    except OSError as error:
+        raise ConfigError(f"cannot read the catalog in {folder}: {error.strerror or error}") from None
+    db = sqlite3.connect(":memory:")
+    columns = {name: _load(db, name, text, condition) for name, text in tables.items()}
+    extra = [c for c in columns["patients"] if c not in columns["series"]]
+    series_cols = [f's."{c}"' for c in columns["series"]]
+    patient_cols = [f'p."{c}"' for c in extra]
+    nulls = ["NULL" if c != "Patient_ID" else 'p."Patient_ID"' for c in columns["series"]]
+    db.execute(f"CREATE VIEW cohort AS SELECT {', '.join(series_cols + patient_cols)} FROM series s "
+               'LEFT JOIN patients p ON p."Patient_ID" = s."Patient_ID" '
+               f"UNION ALL SELECT {', '.join(nulls + patient_cols)} FROM patients p "
+               'WHERE p."Patient_ID" NOT IN (SELECT "Patient_ID" FROM series)')
+    return db
+
+
+def _load(db: sqlite3.Connection, table: str, text: str, condition: str | None) -> list[str]:
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header or "Patient_ID" not in header:
+        raise ConfigError(f"the catalog's {table}.csv has no Patient_ID column")
+    mentioned = None if condition is None else condition.lower()
+    kept = [n for n, c in enumerate(header) if c in _NEEDED or mentioned is None or c.lower() in mentioned]
+    columns = [header[n] for n in kept]
+    quoted = ", ".join('"' + c.replace('"', '""') + ('" TEXT' if _is_text(c) else '" NUMERIC') for c in columns)
+    db.execute(f"CREATE TABLE {table} ({quoted})")
+    # Cells are taken and converted without a Python step per cell: itemgetter picks the columns kept,
+    # and SQLite turns "True", "False" and "" into 1, 0 and NULL as it inserts them.
+    cells = ", ".join(_CELL.format(n) for n in range(1, len(columns) + 1))
+    rows = map(operator.itemgetter(*kept), reader) if len(kept) > 1 else ((row[kept[0]],) for row in reader)
+    try:
+        db.executemany(f"INSERT INTO {table} VALUES ({cells})", rows)
+    except (sqlite3.Error, csv.Error, IndexError) as error:
+        raise ConfigError(f"the catalog's {table}.csv, line {reader.line_num}: {error or 'too few cells'}") from None
+    db.execute(f'CREATE INDEX {table}_patient ON {table} ("Patient_ID")')
+    return columns
+
+
+def _is_text(column: str) -> bool:
+    """Identifiers stay text even when they look like numbers (a Patient_ID "007", a UID "1.2")."""
+    return column in _TEXT_COLUMNS or column.endswith("UID")
+
+
+def _read_only(action: int, *args: Any) -> int:
+    return sqlite3.SQLITE_OK if action in _ALLOWED else sqlite3.SQLITE_DENY
+
+
+def select(db: sqlite3.Connection, where: str | None, patients: set[str] | None) -> Selection:
+    """The series and patients of the catalog that meet ``where`` and are among ``patients``."""
+    if patients is not None:
+        db.execute("CREATE TEMP TABLE chosen (Patient_ID TEXT PRIMARY KEY)")
+        db.executemany("INSERT OR IGNORE INTO chosen VALUES (?)", ((p,) for p in patients))
+        known = {row[0] for row in db.execute('SELECT "Patient_ID" FROM series UNION '
+                                              'SELECT "Patient_ID" FROM patients')}
+        missing = sorted(patients - known)
+        if missing:
+            raise ConfigError(f"{len(missing)} patients are not in the catalog: {', '.join(missing[:5])}")
+    conditions = [f"({where})"] if where else []
+    if patients is not None:
+        conditions.append('"Patient_ID" IN (SELECT Patient_ID FROM temp.chosen)')
+    query = 'SELECT DISTINCT "Patient_ID", path FROM cohort' + (
+        " WHERE " + " AND ".join(conditions) if conditions else "")
+    db.set_authorizer(_read_only)
+    try:
+        rows = db.execute(query).fetchall()
+    except sqlite3.Error as error:
+        raise ConfigError(f"--where: {error}") from None
+    finally:
+        db.set_authorizer(None)
+    selection = Selection()
+    for patient, path in rows:
+        if path is None:
+            selection.add(f"{CLINICAL}/{patient}")
+        else:
+            selection.add(str(path))
+    return selection
+
+
+def select_paths(mountpoint: Path, paths: Iterable[str]) -> Selection:
+    """A selection of paths in the mount (absolute, or relative to it), files or folders."""
+    selection = Selection()
+    for line in paths:
+        path = line.strip()
+        if not path:
+            continue
+        absolute = Path(path) if Path(path).is_absolute() else mountpoint / path
+        if mountpoint not in absolute.parents:
+            raise ConfigError(f"--paths: {path} is not in the mount {mountpoint}")
+        if not absolute.exists():
+            raise ConfigError(f"--paths: {path} is not in the mount {mountpoint}")
+        selection.add(str(absolute.relative_to(mountpoint)), absolute.is_file())
+    return selection
+
+
+# -- the objects --------------------------------------------------------------------------------------
+class ListingSource:
+    """Every object under a patient folder: from the listing index where it holds the folder whole, else
+    listed from S3. Remembers when the listings it used were made."""
+
+    def __init__(self, cache_dir: Path, identity: dict[str, str], store: Callable[[], ObjectStore],
+                 prefix: str) -> None:
+        self._store = store  # made only when the index lacks a folder (boto3 takes a second to start)
+        self.prefix = prefix
+        self._db = _open_index(cache_dir / INDEX_FILE, identity)
+        self.earliest, self.latest = float("inf"), 0.0
+        self.from_index = self.from_s3 = 0
+
+    def objects(self, folders: Sequence[str]) -> dict[str, list[ObjectInfo]]:
+        """Objects under each patient folder (relative to the prefix, ending in ``/``)."""
+        found: dict[str, list[ObjectInfo]] = {}
+        missing = []
+        for folder in folders:
+            indexed = self._indexed(self.prefix + folder)
+            if indexed is None:
+                missing.append(folder)
+            else:
+                found[folder] = indexed
+        if missing:
+            listed_at = time.time()
+            store = self._store()
+            with ThreadPoolExecutor(LISTING_THREADS) as pool:
+                for folder, listing in zip(missing, pool.map(
+                        lambda f: store.list_tree(self.prefix + f), missing), strict=True):
+                    found[folder] = list(listing.objects)
+            self._seen(listed_at)
+            self.from_s3 += len(missing)
+        return found
+
+    def _seen(self, when: float) -> None:
+        self.earliest, self.latest = min(self.earliest, when), max(self.latest, when)
+
+    def _indexed(self, prefix: str) -> list[ObjectInfo] | None:
+        if self._db is None:
+            return None
+        rows = self._db.execute(
+            "SELECT d.prefix, d.fetched, e.name, e.size, e.etag, e.mtime FROM dirs d LEFT JOIN entries e "
+            "ON e.dir = d.id WHERE d.prefix >= ? AND d.prefix < ?", (prefix, prefix_end(prefix))).fetchall()
+        directories = {row[0] for row in rows}
+        if prefix not in directories:
+            return None
+        objects = []
+        for directory, fetched, name, size, etag, mtime in rows:
+            self._seen(fetched)
+            if name is None:
+                continue
+            if size < 0:
+                if f"{directory}{name}/" not in directories:
+                    return None  # a folder inside whose listing was dropped: not whole
+                continue
+            objects.append(ObjectInfo(directory + name, size, etag.hex() if isinstance(etag, bytes) else etag, mtime))
+        self.from_index += 1
+        return objects
+
+
+def _open_index(path: Path, identity: dict[str, str]) -> sqlite3.Connection | None:
+    """The mount's listing index, read-only, if it is of this schema and for this warehouse."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        row = db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+    except sqlite3.Error as error:
+        log.info("listing index %s not used: %s", path, error)
+        return None
+    stamp = json.loads(row[0]) if row else {}
+    if stamp != {"schema": SCHEMA_VERSION, **identity}:
+        log.info("listing index %s is for another warehouse or view; listing from S3", path)
+        db.close()
+        return None
+    return db
+
+
+def collect(selection: Selection, source: ListingSource) -> list[ObjectInfo]:
+    """The objects of a selection, in key order."""
+    wanted = selection.wanted
+    found = source.objects(sorted(wanted))
+    chosen: list[ObjectInfo] = []
+    prefix_length = len(source.prefix)
+    for folder, objects in found.items():
+        below = tuple(wanted[folder])
+        whole = folder in below
+        chosen.extend(obj for obj in objects if whole or obj.key[prefix_length:].startswith(below)
+                      or obj.key[prefix_length:] in below)
+    return sorted(chosen)

@@ -1,0 +1,128 @@
+"""Selecting a cohort: SQL over the catalog's tables, and the objects of a selection from listings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from nccidfs.cohort.select import ListingSource, Selection, collect, load_catalog, select
+from nccidfs.errors import ConfigError
+from nccidfs.index import INDEX_FILE, ListingIndex
+from nccidfs.namespace import entries_from_tree
+from tests.fakes import MemoryStore
+
+SERIES = """folder,Modality,Patient_ID,StudyInstanceUID,SeriesInstanceUID,StudyDate,images,bytes,path
+ct,CT,P1,1.2,1.2.1,20200315,120,1000,ct/P1/1.2/1.2.1
+ct,CT,P1,1.2,1.2.2,20200315,9,100,ct/P1/1.2/1.2.2
+xray,DX,P2,2.1,2.1.1,20200210,1,50,xray/P2/2.1/2.1.1
+ct,CT,007,3.1,3.1.1,20210101,300,3000,ct/007/3.1/3.1.1
+"""
+PATIENTS = """Patient_ID,filename_covid_status,filename_earliest_date,filename_latest_date,latest_file,age
+P1,True,2020-03-01,2020-04-01,data_2020-04-01.json,61
+P2,False,2020-02-01,2020-02-01,status_2020-02-01.json,
+P3,True,2020-05-01,2020-05-01,data_2020-05-01.json,45
+007,False,2021-01-01,2021-01-01,status_2021-01-01.json,30
+"""
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    folder = tmp_path / ".nccidfs" / "catalog"
+    folder.mkdir(parents=True)
+    (folder / "series.csv").write_text(SERIES)
+    (folder / "patients.csv").write_text(PATIENTS)
+    (folder / "progress.json").write_text('{"state": "complete"}')
+    return folder
+
+
+def wanted(catalog: Path, where: str | None, patients: set[str] | None = None) -> dict[str, set[str]]:
+    return dict(select(load_catalog(catalog, where or ""), where, patients).wanted)
+
+
+def test_numbers_compare_as_numbers_and_identifiers_stay_text(catalog: Path) -> None:
+    assert wanted(catalog, "images >= 100 AND Modality = 'CT'") == {
+        "ct/P1/": {"ct/P1/1.2/1.2.1/"}, "ct-metadata/P1/": {"ct-metadata/P1/1.2/1.2.1/"}, "data/P1/": {"data/P1/"},
+        "ct/007/": {"ct/007/3.1/3.1.1/"}, "ct-metadata/007/": {"ct-metadata/007/3.1/3.1.1/"},
+        "data/007/": {"data/007/"}}
+    assert set(wanted(catalog, "StudyDate >= '20210101'")) == {"ct/007/", "ct-metadata/007/", "data/007/"}
+    assert set(wanted(catalog, "Patient_ID = '007'")) == {"ct/007/", "ct-metadata/007/", "data/007/"}
+
+
+def test_patient_columns_select_their_series_and_patients_without_series(catalog: Path) -> None:
+    assert set(wanted(catalog, "filename_covid_status")) == {"ct/P1/", "ct-metadata/P1/", "data/P1/", "data/P3/"}
+    assert set(wanted(catalog, "age IS NULL")) == {"xray/P2/", "xray-metadata/P2/", "data/P2/"}
+
+
+def test_only_the_columns_a_condition_names_are_loaded(catalog: Path) -> None:
+    db = load_catalog(catalog, "age > 40")
+    assert [row[1] for row in db.execute("PRAGMA table_info(patients)")] == ["Patient_ID", "age"]
+    assert [row[1] for row in db.execute("PRAGMA table_info(series)")] == ["Patient_ID", "path"]
+    assert set(select(db, "age > 40", None).wanted) == {"ct/P1/", "ct-metadata/P1/", "data/P1/", "data/P3/"}
+
+
+def test_patients_file_narrows_the_condition(catalog: Path) -> None:
+    assert set(wanted(catalog, "images > 5", {"P1"})) == {"ct/P1/", "ct-metadata/P1/", "data/P1/"}
+    with pytest.raises(ConfigError, match="1 patients are not in the catalog: P9"):
+        wanted(catalog, None, {"P1", "P9"})
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("no_such_column = 1", "no such column"),
+    ("images >", "syntax error"),
+    ("1); ATTACH DATABASE 'x.db' AS x; --", "one statement|syntax error|incomplete"),
+    ("(SELECT count(*) FROM pragma_table_info('series')) > 0", "not authorized"),
+    ("load_extension('/tmp/x.so')", "not authorized"),
+])
+def test_a_bad_or_hostile_condition_is_one_config_error(catalog: Path, where: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        wanted(catalog, where)
+
+
+def test_an_unbuilt_catalog_is_refused(catalog: Path) -> None:
+    (catalog / "progress.json").write_text('{"state": "building"}')
+    with pytest.raises(ConfigError, match="not built"):
+        load_catalog(catalog)
+
+
+def test_a_file_brings_its_twin_and_the_patients_clinical_files() -> None:
+    selection = Selection()
+    selection.add("ct/P1/s/se/img.dcm", is_file=True)
+    assert dict(selection.wanted) == {"ct/P1/": {"ct/P1/s/se/img.dcm"},
+                                      "ct-metadata/P1/": {"ct-metadata/P1/s/se/img.json"}, "data/P1/": {"data/P1/"}}
+
+
+PREFIX = "training/"
+OBJECTS = {f"{PREFIX}{key}": b"x" * n for n, key in enumerate([
+    "ct/P1/1.2/1.2.1/a.dcm", "ct/P1/1.2/1.2.2/b.dcm", "ct-metadata/P1/1.2/1.2.1/a.json",
+    "data/P1/data_2020-04-01.json", "data/P2/status.json"], 1)}
+IDENTITY = {"endpoint": "e", "bucket": "b", "prefix": PREFIX}
+
+
+def test_objects_come_from_the_index_where_it_holds_a_folder_whole(tmp_path: Path) -> None:
+    store = MemoryStore(OBJECTS)
+    index = ListingIndex(tmp_path / INDEX_FILE, IDENTITY)
+    index.put(entries_from_tree(store.list_tree(f"{PREFIX}ct/P1/"), f"{PREFIX}ct/P1/", 0.0).items(), time.time())
+    partial = entries_from_tree(store.list_tree(f"{PREFIX}data/P1/"), f"{PREFIX}data/P1/", 0.0)
+    index.put(partial.items(), time.time())
+    index.delete_under(f"{PREFIX}data/")  # nothing left of data/P1/: it is listed from the store
+    index.close()
+    store.requests.clear()
+    selection = Selection()
+    selection.add("ct/P1/1.2/1.2.1")
+    source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
+    found = [obj.key[len(PREFIX):] for obj in collect(selection, source)]
+    assert found == ["ct-metadata/P1/1.2/1.2.1/a.json", "ct/P1/1.2/1.2.1/a.dcm", "data/P1/data_2020-04-01.json"]
+    assert (source.from_index, source.from_s3) == (1, 2)
+    assert store.requests["list"] == 2
+
+
+def test_an_index_of_another_view_is_not_used(tmp_path: Path) -> None:
+    store = MemoryStore(OBJECTS)
+    index = ListingIndex(tmp_path / INDEX_FILE, {**IDENTITY, "view": "cohort x"})
+    index.put(entries_from_tree(store.list_tree(f"{PREFIX}ct/P1/"), f"{PREFIX}ct/P1/", 0.0).items(), time.time())
+    index.close()
+    source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
+    source.objects(["ct/P1/"])
+    assert (source.from_index, source.from_s3) == (0, 1)
