@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import select
 import sys
@@ -68,8 +69,8 @@ exit codes:
   0    success
   1    a runtime failure: S3 unreachable or failing (trying again later may work), the mount failed,
        a daemon not answering
-  2    bad input, to be fixed before trying again: a flag, the mount point or cache dir, credentials,
-       access denied, bucket or prefix not found, a path not in the mount
+  2    bad input, to be fixed before trying again: a flag, the mount point or cache dir, FUSE closed to
+       this user, credentials, access denied, bucket or prefix not found, a path not in the mount
   130  interrupted (Ctrl-C)
 """
 
@@ -211,6 +212,7 @@ def _prepare(config: Config) -> None:
     from nccidfs import mount
 
     mount.check_mountpoint(config.mount.mountpoint)
+    mount.check_fuse(config.mount)
     mount.check_cache_dir_placement(config.mount.mountpoint, config.cache.directory)
     log_file = config.mount.log_file
     if log_file is not None:
@@ -257,6 +259,7 @@ def _serve_in_background(config: Config) -> int:
         mount.serve(config, store, folders, on_ready=say_ready)
     except BaseException as error:  # the parent prints it; the child must not return into the CLI
         code = EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILURE
+        logging.getLogger(__name__).error("mount failed: %s", error)
         os.write(ready_write, f"{code} {error}".encode())
         os._exit(code)
     os._exit(EXIT_OK)
