@@ -332,7 +332,7 @@ def run_status(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from nccidfs import commands
 
-    print(json.dumps(commands.daemon_status(args.mountpoint.absolute()), indent=2, sort_keys=True))
+    print(json.dumps(commands.mount_status(args.mountpoint), indent=2, sort_keys=True))
     return EXIT_OK
 
 

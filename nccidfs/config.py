@@ -105,7 +105,7 @@ def default_log_file() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME)) / LOG_FILE
 
 
-def _runtime_dir() -> Path | None:
+def runtime_dir() -> Path | None:
     """``/run/nccidfs`` for root, ``$XDG_RUNTIME_DIR/nccidfs`` (or ``/run/user/UID/nccidfs``) for others."""
     if os.geteuid() == 0:
         return Path(platformdirs.site_runtime_dir(APP_NAME))
@@ -123,7 +123,7 @@ def control_socket_path(cache_dir: Path) -> Path:
     in_cache = cache_dir / CONTROL_SOCKET
     if len(os.fsencode(in_cache)) <= SOCKET_PATH_MAX:
         return in_cache
-    runtime = _runtime_dir()
+    runtime = runtime_dir()
     digest = hashlib.sha256(os.fsencode(cache_dir)).hexdigest()[:16]
     if runtime is not None and len(os.fsencode(runtime / f"{digest}.sock")) <= SOCKET_PATH_MAX:
         return runtime / f"{digest}.sock"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nccidfs import __version__, cachedir
+from nccidfs import __version__, cachedir, control
 from nccidfs.cache import DiskCache
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
 from nccidfs.config import Config, ReadConfig
@@ -130,6 +130,7 @@ class Daemon:
             self.fs.add_read_listener(self.prefetcher.reading)
         self.control_path = config.cache.control_socket
         self._control: ControlServer | None = None
+        self._record: Path | None = None
         self._sighup_pipe = os.pipe()
 
     # -- status and commands ----------------------------------------------------------------------
@@ -171,6 +172,7 @@ class Daemon:
                 "catalog-progress": lambda request: self.catalog.progress(),
             })
             self._control.start()
+            self._record = control.publish(self.config.mount.mountpoint, self.control_path)
         except (OSError, NccidfsError) as error:
             log.error("no control socket, so 'nccidfs status' and 'refresh' will not work: %s", error)
         threading.Thread(target=self._refresh_on_sighup, name="sighup", daemon=True).start()
@@ -223,6 +225,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         notify_systemd(b"STOPPING=1")
+        if self._record is not None:
+            control.withdraw(self._record)
         if self._control is not None:
             self._control.close()
         if self.prefetcher is not None:

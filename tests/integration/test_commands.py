@@ -1,0 +1,106 @@
+"""The commands that talk to a running mount, where it hurts: a daemon that does not answer, paths that are
+not under a mount, two mounts at once, and signals to a daemon in the foreground."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nccidfs.control import ANSWER_SECONDS
+from nccidfs.demo.warehouse import DemoObject
+from tests.mounting import BUCKET, PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
+
+pytestmark = pytest.mark.fuse
+
+# A command against a daemon that does not answer ends within this long (the answer's bound, plus start-up).
+BOUNDED_SECONDS = ANSWER_SECONDS + 5
+
+
+def nccidfs(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nccidfs", *args], capture_output=True, text=True, cwd=cwd,
+                          env=daemon_env(), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint: str, warehouse: list[DemoObject]) -> str:
+    return seed_demo_bucket(s3_endpoint, f"{BUCKET}-commands", warehouse)
+
+
+@pytest.fixture
+def mount(tmp_path: Path, s3_endpoint: str, bucket: str) -> Iterator[MountedDaemon]:
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log", bucket=bucket,
+                       extra=["--no-prefetch"]) as daemon:
+        yield daemon
+
+
+def a_patient(warehouse: list[DemoObject]) -> str:
+    """``ct/<patient>`` of the first CT image."""
+    return "/".join(next(o.key for o in warehouse if o.key.startswith(f"{PREFIX}ct/")).split("/")[1:3])
+
+
+@pytest.mark.parametrize("command", [["status", "{m}"], ["refresh", "{m}"], ["refresh", "{m}", "ct"],
+                                     ["prefetch", "{m}/ct"], ["catalog", "build", "{m}"]],
+                         ids=["status", "refresh", "refresh-path", "prefetch", "catalog-build"])
+def test_a_stopped_daemon_is_reported_within_seconds(mount: MountedDaemon, command: list[str]) -> None:
+    assert mount.process is not None
+    os.kill(mount.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = nccidfs(*(arg.format(m=mount.mountpoint) for arg in command), timeout=BOUNDED_SECONDS * 3)
+        took = time.monotonic() - started
+    finally:
+        os.kill(mount.process.pid, signal.SIGCONT)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "does not answer" in result.stderr
+    assert took < BOUNDED_SECONDS, took
+    assert nccidfs("status", str(mount.mountpoint)).returncode == 0  # and answers again once continued
+
+
+def test_prefetch_refuses_a_path_not_under_a_mount_at_once(mount: MountedDaemon, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "deep").mkdir(parents=True)
+    (elsewhere / "nowhere").symlink_to(tmp_path / "missing")  # a dangling link: once a raw errno
+    for index in range(2000):
+        (elsewhere / "deep" / f"f{index}").touch()
+    started = time.monotonic()
+    result = nccidfs("prefetch", str(elsewhere))
+    assert result.returncode == 2 and "is not under an nccidfs mount" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 5
+
+
+def test_prefetch_passes_over_a_dangling_link_in_a_mount(mount: MountedDaemon, tmp_path: Path,
+                                                         warehouse: list[DemoObject]) -> None:
+    """A link under the patient view whose target is gone (the series was just removed, say) is not a
+    failure; the files next to it are still read."""
+    from nccidfs.commands import _files
+
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "gone").symlink_to(tmp_path / "missing")
+    image = mount.mountpoint / next(o.key for o in warehouse if o.key.endswith(".dcm"))[len(PREFIX):]
+    (links / "image").symlink_to(image)
+    assert [path.name for path, _ in _files([links])] == ["image"]
+
+
+def test_prefetch_of_a_key_warms_the_mount_the_command_runs_in(tmp_path: Path, s3_endpoint: str, bucket: str,
+                                                               warehouse: list[DemoObject]) -> None:
+    patient = a_patient(warehouse)
+    first = MountedDaemon(tmp_path / "a", s3_endpoint, tmp_path / "cache-a", tmp_path / "a.log", bucket=bucket,
+                          extra=["--no-prefetch"])
+    second = MountedDaemon(tmp_path / "b", s3_endpoint, tmp_path / "cache-b", tmp_path / "b.log", bucket=bucket,
+                           extra=["--no-prefetch"])
+    with first, second:
+        result = nccidfs("prefetch", f"{PREFIX}{patient}", cwd=second.mountpoint)
+        assert result.returncode == 0, result.stderr
+        used = {m: nccidfs("status", str(m.mountpoint)).stdout for m in (first, second)}
+        assert '"misses": 0' in used[first] and '"misses": 0' not in used[second]
+        ambiguous = nccidfs("prefetch", f"{PREFIX}{patient}", cwd=tmp_path)
+        assert ambiguous.returncode == 2 and "more than one mount" in ambiguous.stderr, ambiguous.stderr
