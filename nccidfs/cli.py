@@ -272,6 +272,9 @@ def run_mount(argv: Sequence[str]) -> int:
     if not config.mount.foreground:
         return _serve_in_background(config)
     from nccidfs import mount
+    from nccidfs.interrupts import take_interrupts
+
+    take_interrupts()
 
     setup_logging(config.mount.log_level, config.mount.log_file)
     store, folders = mount.connect(config.s3)
@@ -281,6 +284,9 @@ def run_mount(argv: Sequence[str]) -> int:
 
 def run_demo(argv: Sequence[str]) -> int:
     args = build_demo_parser().parse_args(argv)
+    from nccidfs.interrupts import take_interrupts
+
+    take_interrupts()  # before the S3 server's threads start, so that none of them takes Ctrl-C
     mountpoint = args.mountpoint.expanduser().absolute()
     if not os.path.lexists(mountpoint):
         try:
@@ -301,7 +307,7 @@ def run_demo(argv: Sequence[str]) -> int:
         def say_ready() -> None:
             print(server.welcome(mountpoint), flush=True)
 
-        mount.serve(config, store, folders, on_ready=say_ready)
+        mount.serve(config, store, folders, on_ready=say_ready, hangup_ends=True)
     return EXIT_OK
 
 

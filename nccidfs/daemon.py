@@ -1,8 +1,10 @@
 """One running mount: assembles the parts, serves FUSE, and runs the side services of a live daemon.
 
 Side services start only once the mount is up (in FUSE's ``init``), never before a fork: the control
-socket (``refresh``, ``status``), SIGHUP handling (drop cached listings), and raising the mount's
-read-ahead to 1 MiB when running as root (it roughly doubles sequential reads on libfuse3).
+socket (``refresh``, ``status``), signals (SIGHUP drops cached listings, or ends a demo whose terminal
+closed; SIGUSR1 reopens the log file after logrotate; SIGINT, where the command took it, ends the
+mount as SIGTERM does, and the command then exits 130), and raising the mount's read-ahead to 1 MiB
+when running as root (it roughly doubles sequential reads on libfuse3).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nccidfs import __version__, cachedir, control
+from nccidfs import __version__, cachedir, control, interrupts
 from nccidfs.cache import DiskCache
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
 from nccidfs.config import Config, ReadConfig
@@ -30,7 +32,7 @@ from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
 from nccidfs.index import INDEX_FILE, ListingIndex
-from nccidfs.log import strip_credentials
+from nccidfs.log import reopen_log_file, strip_credentials
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
@@ -44,6 +46,7 @@ READ_AHEAD_KB = 1024
 # key; at the default the collector ran about 1,700 times during a walk of 522,000 files and held the
 # interpreter lock for 1.5 s of it, its full passes for up to 90 ms at once, stalling every other call.
 GC_YOUNG_THRESHOLD = 20_000
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 
 
 # glibc mallopt parameters.
@@ -131,7 +134,10 @@ class Daemon:
         self.control_path = config.cache.control_socket
         self._control: ControlServer | None = None
         self._record: Path | None = None
-        self._sighup_pipe = os.pipe()
+        self._signal_pipe = os.pipe()
+        self._main_thread = threading.get_ident()
+        self.hangup_ends = False  # a demo: SIGHUP (its terminal closed) ends it rather than refreshing
+        self.stopped_by: int | None = None
 
     # -- status and commands ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -175,16 +181,27 @@ class Daemon:
             self._record = control.publish(self.config.mount.mountpoint, self.control_path)
         except (OSError, NccidfsError) as error:
             log.error("no control socket, so 'nccidfs status' and 'refresh' will not work: %s", error)
-        threading.Thread(target=self._refresh_on_sighup, name="sighup", daemon=True).start()
+        threading.Thread(target=self._on_signals, name="signals", daemon=True).start()
         threading.Thread(target=self._raise_read_ahead, name="read-ahead", daemon=True).start()
         notify_systemd(b"READY=1\nSTATUS=mounted " + str(self.config.mount.mountpoint).encode())
 
-    def _refresh_on_sighup(self) -> None:
-        """Each SIGHUP byte that Python's C-level handler writes to the wake-up pipe drops all listings."""
+    def _on_signals(self) -> None:
+        """Act on each signal number that Python's C-level handler writes to the wake-up pipe."""
         while True:
-            received = os.read(self._sighup_pipe[0], 64)
-            for _ in range(received.count(signal.SIGHUP)):
-                self.refresh("/")
+            for number in os.read(self._signal_pipe[0], 64):
+                if number == signal.SIGUSR1:
+                    reopen_log_file()
+                elif not self.hangup_ends:
+                    self.refresh("/")
+                elif self.stopped_by is None:
+                    self._stop(number)
+
+    def _stop(self, number: int) -> None:
+        """End the mount as libfuse ends it on SIGTERM (its handler, in the thread that runs its loop),
+        remembering which signal asked for it."""
+        log.info("%s received: unmounting", signal.Signals(number).name)
+        self.stopped_by = number
+        signal.pthread_kill(self._main_thread, signal.SIGTERM)
 
     def _raise_read_ahead(self) -> None:
         """Raise the mount's bdi read-ahead; needs root, and is skipped quietly without it."""
@@ -209,10 +226,14 @@ class Daemon:
 
         # The main thread stays inside libfuse, so a Python handler never runs; but its C-level part writes
         # the signal number to the wake-up pipe, which a thread reads. Having a handler also stops libfuse
-        # from installing its own (which would unmount on SIGHUP).
-        signal.signal(signal.SIGHUP, lambda signum, frame: None)
-        os.set_blocking(self._sighup_pipe[1], False)
-        signal.set_wakeup_fd(self._sighup_pipe[1], warn_on_full_buffer=False)
+        # from installing its own, which would end the mount on SIGHUP. SIGTERM is left to libfuse, and
+        # SIGINT comes through nccidfs.interrupts where the command took it.
+        self._main_thread = threading.get_ident()
+        for number in HANDLED_SIGNALS:
+            signal.signal(number, lambda signum, frame: None)
+        interrupts.on_interrupt(lambda: self._stop(signal.SIGINT))
+        os.set_blocking(self._signal_pipe[1], False)
+        signal.set_wakeup_fd(self._signal_pipe[1], warn_on_full_buffer=False)
         try:
             mount = self.config.mount
             operations = fuseops.FuseOperations(self.fs, ready, self.config.s3.deadline, uid=mount.uid,
@@ -220,8 +241,11 @@ class Daemon:
             _settle_collector()
             fuseops.run_mount(operations, mount)
         finally:
+            interrupts.on_interrupt(None)
             self.shutdown()
         log.info("unmounted %s", self.config.mount.mountpoint)
+        if self.stopped_by == signal.SIGINT:
+            raise KeyboardInterrupt  # the command exits 130, as for Ctrl-C anywhere else
 
     def shutdown(self) -> None:
         notify_systemd(b"STOPPING=1")

@@ -151,11 +151,14 @@ def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | Listing]:
 
 
 def serve(config: Config, store: ObjectStore, folders: list[str] | Listing,
-          on_ready: Callable[[], None] | None = None) -> None:
-    """Mount in the foreground of this process and serve until unmounted."""
+          on_ready: Callable[[], None] | None = None, hangup_ends: bool = False) -> None:
+    """Mount in the foreground of this process and serve until unmounted; ``hangup_ends``: SIGHUP ends the
+    mount (a demo whose terminal closed) instead of dropping cached listings."""
     from nccidfs.daemon import Daemon
 
     try:
-        Daemon(config, store, folders).serve(on_ready)
+        daemon = Daemon(config, store, folders)
+        daemon.hangup_ends = hangup_ends
+        daemon.serve(on_ready)
     except RuntimeError as error:  # mfusepy's bare libfuse status; libfuse printed its reason before it
         raise NccidfsError(f"libfuse could not mount {config.mount.mountpoint} (status {error})") from None

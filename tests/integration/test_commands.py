@@ -104,3 +104,78 @@ def test_prefetch_of_a_key_warms_the_mount_the_command_runs_in(tmp_path: Path, s
         assert '"misses": 0' in used[first] and '"misses": 0' not in used[second]
         ambiguous = nccidfs("prefetch", f"{PREFIX}{patient}", cwd=tmp_path)
         assert ambiguous.returncode == 2 and "more than one mount" in ambiguous.stderr, ambiguous.stderr
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int]]:
+    """``nccidfs demo`` once mounted, with the port of its S3 server; stopped and unmounted on exit."""
+    mountpoint = tmp_path / "demo"
+    process = subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
+                                str(tmp_path / "cache"), "--log-file", str(tmp_path / "demo.log")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert os.path.ismount(mountpoint), first
+        port = int(first.split("served by S3 at http://127.0.0.1:")[1].split()[0])
+        yield process, mountpoint, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False, capture_output=True)
+
+
+def answers(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_closing_the_demos_terminal_ends_it_with_its_mount_and_server(
+        demo: tuple[subprocess.Popen[str], Path, int]) -> None:
+    process, mountpoint, port = demo
+    assert answers(port)
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=20) == 0, process.stderr.read() if process.stderr else ""
+    assert not os.path.ismount(mountpoint) and not answers(port)
+
+
+def test_ctrl_c_on_the_demo_exits_130_and_stops_everything(demo: tuple[subprocess.Popen[str], Path, int]) -> None:
+    process, mountpoint, port = demo
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 130
+    assert not os.path.ismount(mountpoint) and not answers(port)
+
+
+@pytest.mark.parametrize(("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["SIGINT", "SIGTERM"])
+def test_a_foreground_mount_exits_130_on_ctrl_c_and_0_on_sigterm(tmp_path: Path, s3_endpoint: str, bucket: str,
+                                                                  number: int, code: int) -> None:
+    daemon = MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "log", bucket=bucket)
+    with daemon:
+        assert daemon.process is not None
+        daemon.process.send_signal(number)
+        assert daemon.process.wait(timeout=20) == code, daemon.log()
+    assert not os.path.ismount(daemon.mountpoint)
+    assert "Traceback" not in daemon.log()
+
+
+def test_sigusr1_reopens_the_log_file_that_logrotate_moved(tmp_path: Path, s3_endpoint: str, bucket: str) -> None:
+    log_file = tmp_path / "nccidfs.log"
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "stderr", bucket=bucket,
+                       extra=["--log-file", str(log_file)]) as daemon:
+        assert daemon.process is not None
+        assert nccidfs("refresh", str(daemon.mountpoint), "ct").returncode == 0
+        rotated = log_file.rename(tmp_path / "nccidfs.log.1")
+        daemon.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not log_file.exists():
+            assert time.monotonic() < deadline, "SIGUSR1 did not reopen the log file"
+            time.sleep(0.05)
+        assert nccidfs("refresh", str(daemon.mountpoint), "data").returncode == 0
+        time.sleep(0.2)
+        assert "refresh /data" in log_file.read_text() and "refresh /data" not in rotated.read_text()
+        assert "refresh /ct" in rotated.read_text()
+        assert log_file.stat().st_mode & 0o777 == 0o600
+        assert os.path.ismount(daemon.mountpoint)  # the signal did not end the mount
