@@ -223,8 +223,9 @@ def test_demo_prints_its_endpoint_once_mounted_and_refuses_a_second_demo(tmp_pat
         lines = [first] + [demo.stdout.readline() for _ in range(6)]
         boto3_line = next(line for line in lines if "boto3" in line).strip()
         assert any("aws --region eu-west-2 --endpoint-url http://127.0.0.1:" in line for line in lines)
-        listed = subprocess.run([sys.executable, "-c", boto3_line.split("-c ", 1)[1].strip("'")],
-                                capture_output=True, text=True, env=daemon_env(), timeout=30)
+        # Pasted into a shell whose python3 is the system's, which has no boto3 on a fresh machine.
+        listed = subprocess.run(["sh", "-c", boto3_line], capture_output=True, text=True,
+                                env={**daemon_env(), "PATH": "/usr/bin:/bin"}, timeout=30)
         assert "training/ct/" in listed.stdout, listed.stderr
         started = time.monotonic()
         assert_one_line(nccidfs("demo", str(mountpoint)), 2, "already mounted")
