@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -153,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "into a bounded disk cache that survives restarts.",
         epilog="\n".join((COMMANDS, EXAMPLES, EXIT_CODES)),
     )
-    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory to mount on")
+    # Optional here and required in run_mount, so that a mistyped flag is named as one before a missing
+    # mount point is.
+    parser.add_argument("mountpoint", type=Path, nargs="?", metavar="MOUNTPOINT",
+                        help="an empty directory to mount on")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground (default: return once the mount is ready)")
     parser.add_argument("--version", action="version", version=f"nccidfs {__version__}")
@@ -266,7 +270,10 @@ def _serve_in_background(config: Config) -> int:
 
 
 def run_mount(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.mountpoint is None:
+        parser.error("the following arguments are required: MOUNTPOINT")
     config = _config(args, _s3_config(args), args.foreground)
     _prepare(config)
     if not config.mount.foreground:
@@ -343,9 +350,9 @@ def run_status(argv: Sequence[str]) -> int:
 
 
 def _cache_stats(directory: Path) -> str:
-    from nccidfs.cache import disk_usage
+    from nccidfs import commands
 
-    return json.dumps(disk_usage(directory), indent=2)
+    return json.dumps(commands.cache_stats(directory), indent=2)
 
 
 def _cache_clear(directory: Path) -> str:
@@ -457,6 +464,18 @@ def from_mount_helper(argv: list[str]) -> list[str]:
     return flags
 
 
+def _refuse_misspelled_command(argv: list[str]) -> None:
+    """``nccidfs stauts``: a first word close to a command and naming nothing on disk was meant as that
+    command, not as a mount point to create."""
+    first = argv[0] if argv else "-"
+    if first.startswith("-") or os.sep in first or os.path.lexists(first):
+        return
+    close = difflib.get_close_matches(first, [name for name in SUBCOMMANDS if name != "mount"], n=1)
+    if close:
+        raise ConfigError(f"{first!r} is not a command, nor an existing mount point; did you mean "
+                          f"'nccidfs {close[0]}'?")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -464,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv = from_mount_helper(argv)
         if argv and argv[0] in SUBCOMMANDS:
             return SUBCOMMANDS[argv[0]](argv[1:])
+        _refuse_misspelled_command(argv)
         return run_mount(argv)
     except BrokenPipeError:  # `nccidfs status M | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

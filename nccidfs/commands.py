@@ -16,11 +16,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from tqdm import tqdm
 
 from nccidfs import control
-from nccidfs.cache import clear_directory
-from nccidfs.config import CONTROL_DIR, STATUS_FILE, format_size
+from nccidfs.cache import clear_directory, disk_usage
+from nccidfs.cachedir import MARKER, is_cache_dir
+from nccidfs.config import APP_NAME, CONTROL_DIR, STATUS_FILE, format_size
 from nccidfs.errors import ConfigError, NccidfsError
 from nccidfs.index import INDEX_FILES
 
@@ -148,16 +150,57 @@ def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+def cache_directory(directory: Path) -> Path:
+    """``directory`` if it is an nccidfs cache directory; otherwise one line saying what it is instead.
+
+    A mount (or a path in one) is refused from the mount table without being looked at, and any other
+    directory without the nccidfs marker at once, so neither a mount nor ``/`` is ever walked.
+    """
+    directory = outside_mounts(directory)
+    if _mount_of(directory, mounted_nccidfs()) is not None:
+        raise ConfigError(f"{directory} is an nccidfs mount, not a cache directory; give the --cache-dir "
+                          "it was mounted with")
+    if not os.path.isdir(directory):
+        demo = Path(platformdirs.user_cache_dir(f"{APP_NAME}-demo"))
+        raise ConfigError(f"no cache directory at {directory} (a demo keeps one per mount point under {demo}); "
+                          "give one with --cache-dir")
+    if not is_cache_dir(directory):
+        raise ConfigError(f"{directory} is not an nccidfs cache directory (it has no {MARKER} marker)")
+    return directory
+
+
+def cache_stats(directory: Path) -> dict[str, Any]:
+    """What a cache directory holds, read without a daemon."""
+    directory = cache_directory(directory)
+    try:
+        return disk_usage(directory)
+    except OSError as error:
+        raise ConfigError(f"cache dir {directory}: {error.strerror or error}") from None
+
+
 def cache_clear(directory: Path) -> int:
     """Empty a cache directory; refused (by its lock) while a daemon holds it, and anywhere without the
     nccidfs marker."""
-    return clear_directory(directory, INDEX_FILES)
+    return clear_directory(cache_directory(directory), INDEX_FILES)
 
 
 class _SizeBar(tqdm):  # type: ignore[misc]
     """tqdm's bar with sizes named as what they are (MiB, MiB/s): its unit_scale calls 1024-based units MB."""
 
-    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"
+    total: int | None
+    FORMAT = "{desc}{percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"  # desc ends ": "
+
+    def advance(self, count: int) -> None:
+        """Count bytes read. A file that reads longer than it was listed (a view built as it is read)
+        raises the total with it, so the bar never runs past its end."""
+        if self.n + count > (self.total or 0):
+            self.total = self.n + count
+        self.update(count)
+
+    def finish(self) -> None:
+        """Everything was read: the bar ends full, also when files read shorter than they were listed."""
+        self.total = self.n
+        self.refresh()
 
     @property
     def format_dict(self) -> dict[str, Any]:
@@ -259,7 +302,7 @@ def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
                     if not chunk:
                         return
                     with lock:
-                        progress.update(len(chunk))
+                        progress.advance(len(chunk))
 
         with ThreadPoolExecutor(jobs) as pool:
             futures = [pool.submit(read_one, path) for path, _ in files]
@@ -274,4 +317,5 @@ def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
                 for future in futures:
                     future.cancel()
                 raise
-    return len(files), total
+        progress.finish()
+        return len(files), progress.n

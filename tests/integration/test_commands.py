@@ -179,3 +179,11 @@ def test_sigusr1_reopens_the_log_file_that_logrotate_moved(tmp_path: Path, s3_en
         assert "refresh /ct" in rotated.read_text()
         assert log_file.stat().st_mode & 0o777 == 0o600
         assert os.path.ismount(daemon.mountpoint)  # the signal did not end the mount
+
+
+def test_cache_stats_of_a_mount_point_is_refused_in_one_line(mount: MountedDaemon) -> None:
+    for target in (mount.mountpoint, mount.mountpoint / "ct"):
+        result = nccidfs("cache", "stats", "--cache-dir", str(target))
+        assert result.returncode == 2 and "is an nccidfs mount, not a cache directory" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    assert '"objects"' in nccidfs("cache", "stats", "--cache-dir", str(mount.cache_dir)).stdout
