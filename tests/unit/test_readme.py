@@ -4,7 +4,11 @@ then uses, and the test line installs what CI installs."""
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -35,3 +39,12 @@ def test_the_readme_test_line_installs_what_ci_installs() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     ci_line = next(line for line in ci.splitlines() if "apt-get install" in line)
     assert apt_packages(command_under("Run the tests")) - {"python3-venv"} <= apt_packages(ci_line)
+
+
+def test_the_nccidfs_installed_beside_this_interpreter_is_on_path_for_the_service_tests() -> None:
+    """``.venv/bin/python -m pytest`` (the README's test line) must not skip the tests that run the
+    installed command as systemd and mount(8) do."""
+    beside = Path(sys.executable).parent / "nccidfs"
+    if not beside.exists():
+        pytest.skip("nccidfs is not installed beside this interpreter (pip install -e .)")
+    assert shutil.which("nccidfs") == str(beside)
