@@ -32,6 +32,7 @@ from nccidfs.config import (
     demo_cache_dir,
     format_size,
     normalize_prefix,
+    parse_address,
     parse_list,
     parse_size,
     parse_umask,
@@ -43,13 +44,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 READY_TIMEOUT = 60.0
 
 USAGE = ("%(prog)s [mount] MOUNTPOINT [options]\n"
-         "       %(prog)s {demo,status,refresh,prefetch,catalog,cache} ... (each has --help)")
+         "       %(prog)s {demo,status,metrics,refresh,prefetch,catalog,cache} ... (each has --help)")
 COMMANDS = """\
 commands:
   nccidfs [mount] MOUNTPOINT         mount the warehouse; returns once mounted (-f stays in the foreground).
                                      'mount' is needed only for a MOUNTPOINT named like a command
   nccidfs demo [MOUNTPOINT]          mount a synthetic warehouse served from 127.0.0.1, no AWS account
   nccidfs status MOUNTPOINT          a running mount's cache, S3 requests, errors and downloads (JSON)
+  nccidfs metrics MOUNTPOINT         the same figures and latencies for Prometheus (text format)
   nccidfs refresh MOUNTPOINT [PATH]  drop cached listings so new uploads show at once (so does SIGHUP)
   nccidfs prefetch PATH...           warm the cache for patients, studies or series, with progress
   nccidfs catalog build MOUNTPOINT   build .nccidfs/catalog/{series,patients}.csv, with progress
@@ -127,6 +129,10 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
     mount.add_argument("--allow-root", action="store_true",
                        help="let root read the mount as well as you (needs user_allow_other in /etc/fuse.conf)")
+    mount.add_argument("--metrics-addr", metavar="[HOST:]PORT",
+                       help="also serve Prometheus metrics over HTTP at http://HOST:PORT/metrics; HOST defaults "
+                            "to 127.0.0.1, since the listener has no authentication (default: only through "
+                            "'nccidfs metrics')")
     mount.add_argument("--uid", type=int, help="owner shown for every file (default: the mounting user)")
     mount.add_argument("--gid", type=int, help="group shown for every file (default: the mounting user's)")
     mount.add_argument("--umask", default=f"{MountConfig.umask:03o}", metavar="OCTAL",
@@ -193,7 +199,8 @@ def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
                           max_listing_entries=args.max_listing_entries, readdirplus=args.readdirplus,
                           attr_timeout=args.attr_timeout, uid=args.uid, gid=args.gid,
                           umask=parse_umask(args.umask), log_level=args.log_level,
-                          log_file=None if log_file is None else log_file.expanduser().absolute()),
+                          log_file=None if log_file is None else log_file.expanduser().absolute(),
+                          metrics_addr=None if args.metrics_addr is None else parse_address(args.metrics_addr)),
         s3=dataclasses.replace(s3, deadline=args.timeout),
         cache=CacheConfig(directory=(args.cache_dir or default_cache_dir()).expanduser().absolute(),
                           size_bytes=parse_size(args.cache_size)),
@@ -349,6 +356,21 @@ def run_status(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def run_metrics(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="nccidfs metrics",
+                     description="Print a running mount's metrics in Prometheus's text format: S3 requests, "
+                                 "their errors and latencies by kind, bytes received, filesystem calls and their "
+                                 "latencies by operation, errors returned by errno, cache hits, misses, evictions "
+                                 "and use, listings, derived files built. A mount started with --metrics-addr also "
+                                 "serves them over HTTP.", epilog=EXIT_CODES)
+    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
+    args = parser.parse_args(argv)
+    from nccidfs import commands
+
+    sys.stdout.write(commands.metrics(args.mountpoint))
+    return EXIT_OK
+
+
 def _cache_stats(directory: Path) -> str:
     from nccidfs import commands
 
@@ -427,13 +449,13 @@ def run_catalog(argv: Sequence[str]) -> int:
 
 
 SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "status": run_status,
-               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog}
+               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog, "metrics": run_metrics}
 
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.
 FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
                        "cache_size", "listing_ttl", "max_listing_entries", "timeout", "attr_timeout", "uid", "gid",
-                       "umask", "log_level", "log_file")
+                       "umask", "log_level", "log_file", "metrics_addr")
 FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "no_verify", "readdirplus")
 # Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
 FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",

@@ -138,6 +138,11 @@ def catalog_build(mountpoint: Path, folders: list[str] | None) -> dict[str, Any]
     return progress
 
 
+def metrics(mountpoint: Path) -> str:
+    """The daemon's metrics in Prometheus's text format."""
+    return str(_ask(mount_status(mountpoint), {"op": "metrics"})["text"])
+
+
 def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     try:
         reply = control.send(Path(status["control_socket"]), request)

@@ -36,6 +36,8 @@ CONTROL_DIR = ".nccidfs"  # hidden directory at the mount's root
 STATUS_FILE = "status.json"  # inside CONTROL_DIR
 LOG_FILE = "nccidfs.log"
 
+METRICS_HOST = "127.0.0.1"  # --metrics-addr without a host listens on loopback only
+
 # A listing trusted for less than this would send S3 a listing for nearly every lookup of a walk: with a
 # TTL of 0 one `find` of 182 files cost 1,001 listings.
 MIN_LISTING_TTL = 1.0
@@ -129,6 +131,15 @@ def control_socket_path(cache_dir: Path) -> Path:
         return runtime / f"{digest}.sock"
     raise ConfigError(f"--cache-dir {cache_dir} is too long for the control socket's path "
                       f"({SOCKET_PATH_MAX} bytes at most) and no runtime directory fits; use a shorter --cache-dir")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``PORT`` (then on loopback only: the listener has no authentication)."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or METRICS_HOST
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics-addr {text!r}: give HOST:PORT or PORT, e.g. 127.0.0.1:9100")
+    return host, int(port)
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -252,6 +263,8 @@ class MountConfig:
     log_level: str = "info"
     # None: log to stderr.
     log_file: Path | None = None
+    # Where Prometheus metrics are served over HTTP (host, port); None: only through 'nccidfs metrics'.
+    metrics_addr: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         check_seconds("--listing-ttl", self.listing_ttl, MIN_LISTING_TTL)

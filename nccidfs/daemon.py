@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nccidfs import __version__, cachedir, control, interrupts
 from nccidfs.cache import DiskCache
@@ -38,6 +38,9 @@ from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import Boto3Store, ObjectStore
 from nccidfs.views import CONTROL, ControlFolder, PatientView
+
+if TYPE_CHECKING:
+    from nccidfs import exposition
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +83,10 @@ def notify_systemd(message: bytes) -> None:
 
 
 def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
-                   read: ReadConfig, timeout: float) -> CatalogBuilder:
+                   read: ReadConfig, timeout: float) -> tuple[CatalogBuilder, Generated]:
     """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
-    returns the catalog's builder, which ``nccidfs catalog build`` drives."""
+    returns the catalog's builder, which ``nccidfs catalog build`` drives, and the derived files' store,
+    whose counters the metrics show."""
     reader = ObjectReader(fetcher, timeout)
     generated = Generated(cache, read, timeout, f"{CONTROL}/")
     catalog = CatalogBuilder(namespace, reader)
@@ -90,7 +94,7 @@ def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCach
     control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
     control.register(ImageView.NAME, ImageView(namespace, reader, generated))
     control.register(CatalogView.NAME, CatalogView(catalog, namespace.mount_time))
-    return catalog
+    return catalog, generated
 
 
 def lock_cache_dir(config: Config) -> cachedir.CacheLock:
@@ -123,8 +127,8 @@ class Daemon:
         self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
         self.fetcher.on_discard = self.fs.discarded
         self.fs.set_status_provider(self.status)
-        self.catalog = register_views(self.fs.control, self.namespace, self.cache, self.fetcher, config.read,
-                                      s3.deadline)
+        self.catalog, self.generated = register_views(self.fs.control, self.namespace, self.cache, self.fetcher,
+                                                      config.read, s3.deadline)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,
@@ -134,6 +138,8 @@ class Daemon:
         self.control_path = config.cache.control_socket
         self._control: ControlServer | None = None
         self._record: Path | None = None
+        self._metrics: exposition.Exposition | None = None
+        self._exposition_lock = threading.Lock()
         self._signal_pipe = os.pipe()
         self._main_thread = threading.get_ident()
         self.hangup_ends = False  # a demo: SIGHUP (its terminal closed) ends it rather than refreshing
@@ -159,7 +165,21 @@ class Daemon:
             "in_flight": self.fetcher.in_flight(),
             "prefetch": None if prefetch is None else {
                 "objects": prefetch.objects_prefetched, "bytes": prefetch.bytes_prefetched},
+            "derived": {"blocks_built": self.generated.fetcher.misses, "blocks_cached": self.generated.fetcher.hits},
         }
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition of this daemon's figures."""
+        return self._exposition().text()
+
+    def _exposition(self) -> exposition.Exposition:
+        from nccidfs import exposition
+
+        with self._exposition_lock:
+            if self._metrics is None:
+                s3 = self.store.stats.latencies if isinstance(self.store, Boto3Store) else None
+                self._metrics = exposition.Exposition(exposition.DaemonCollector(self.status, s3))
+            return self._metrics
 
     def refresh(self, path: str = "/") -> int:
         dropped = self.namespace.invalidate(path)
@@ -176,14 +196,26 @@ class Daemon:
                 "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
                 "catalog": lambda request: self.catalog.start(request.get("folders"), again=True),
                 "catalog-progress": lambda request: self.catalog.progress(),
+                "metrics": lambda request: {"text": self.metrics()},
             })
             self._control.start()
             self._record = control.publish(self.config.mount.mountpoint, self.control_path)
         except (OSError, NccidfsError) as error:
             log.error("no control socket, so 'nccidfs status' and 'refresh' will not work: %s", error)
+        self._serve_metrics()
         threading.Thread(target=self._on_signals, name="signals", daemon=True).start()
         threading.Thread(target=self._raise_read_ahead, name="read-ahead", daemon=True).start()
         notify_systemd(b"READY=1\nSTATUS=mounted " + str(self.config.mount.mountpoint).encode())
+
+    def _serve_metrics(self) -> None:
+        address = self.config.mount.metrics_addr
+        if address is None:
+            return
+        try:
+            self._exposition().serve(*address)
+            log.info("metrics at http://%s:%d/metrics", *address)
+        except OSError as error:
+            log.error("metrics not served at %s:%d: %s", *address, error.strerror or error)
 
     def _on_signals(self) -> None:
         """Act on each signal number that Python's C-level handler writes to the wake-up pipe."""
