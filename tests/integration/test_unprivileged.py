@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import daemon_env
+from nccidfs.demo.warehouse import DemoObject
+from tests.mounting import daemon_env, seed_demo_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 WRAPPER = REPO / "deploy" / "slurm" / "nccidfs-job-wrapper.sh"
@@ -134,3 +135,41 @@ def test_allow_other_without_user_allow_other_is_refused(home: Path) -> None:
     allowed = as_user(home, nccidfs("mnt", "--allow-other", "--endpoint-url", NOWHERE),
                       device_mode=0o666, fuse_conf="user_allow_other\n")
     assert allowed.returncode == 1 and f"cannot reach {NOWHERE}" in allowed.stderr, allowed.stderr
+
+
+# -- the cluster recipes run by a user, where FUSE is open to users (/dev/fuse 0666, setuid fusermount3) --
+
+
+@pytest.fixture(scope="module")
+def user_bucket(s3_endpoint: str, warehouse: list[DemoObject]) -> str:
+    return seed_demo_bucket(s3_endpoint, "nccid-user-recipes", warehouse)
+
+
+def recipe_env(home: Path, s3_endpoint: str, bucket: str) -> dict[str, str]:
+    return {"NCCIDFS_CMD": f"{sys.executable} -m nccidfs", "NCCIDFS_STATE_DIR": str(home / "state"),
+            "NCCIDFS_MOUNTPOINT": str(home / "warehouse"), "NCCIDFS_CACHE_DIR": str(home / "cache"),
+            "NCCIDFS_BUCKET": bucket, "NCCIDFS_OPTIONS": f"--endpoint-url {s3_endpoint} --no-prefetch",
+            "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}
+
+
+def test_the_slurm_wrapper_mounts_runs_and_unmounts_as_a_user(home: Path, s3_endpoint: str,
+                                                             user_bucket: str) -> None:
+    command = 'echo "$(id -u) $(find "$NCCIDFS_MOUNTPOINT/xray" -name "*.dcm" | wc -l)"'
+    result = as_user(home, [str(WRAPPER), "sh", "-c", command], device_mode=0o666,
+                     env=recipe_env(home, s3_endpoint, user_bucket))
+    assert result.returncode == 0, result.stderr + (home / "state" / "nccidfs.log").read_text(errors="replace")
+    uid, images = result.stdout.split()
+    assert uid == str(USER) and int(images) > 0
+    assert not (home / "state" / "mounted").exists()  # unmounted on the way out
+    assert (home / "cache").stat().st_uid == USER and (home / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_container_entrypoint_mounts_and_unmounts_on_sigterm_as_a_user(home: Path, s3_endpoint: str,
+                                                                          user_bucket: str) -> None:
+    script = ('"$0" & daemon=$!; for _ in $(seq 150); do [ -d "$NCCIDFS_MOUNTPOINT/xray" ] && break; '
+              'sleep 0.2; done; ls "$NCCIDFS_MOUNTPOINT"; kill -TERM "$daemon"; wait "$daemon"; echo "exit $?"; '
+              'grep -c " $NCCIDFS_MOUNTPOINT " /proc/self/mounts')
+    result = as_user(home, ["sh", "-c", script, str(REPO / "deploy" / "entrypoint.sh")], device_mode=0o666,
+                     env=recipe_env(home, s3_endpoint, user_bucket))
+    lines = result.stdout.split()
+    assert "xray" in lines and lines[-3:] == ["exit", "0", "0"], result.stdout + result.stderr
