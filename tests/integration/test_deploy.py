@@ -123,7 +123,6 @@ def test_each_overlay_sets_the_image_and_its_own_credentials() -> None:
     assert images["overlays/irsa"] == {"123456789012.dkr.ecr.eu-west-2.amazonaws.com/nccidfs:0.1.0"}
     irsa = {d["kind"]: d for d in render(KUSTOMIZE / "overlays/irsa")}
     assert irsa["ServiceAccount"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
-    assert irsa["ServiceAccount"]["automountServiceAccountToken"] is True
     for overlay in ("base", "overlays/irsa"):
         assert "AWS_SECRET_ACCESS_KEY" not in str(pod_spec("DaemonSet", overlay)) and "Secret" not in {
             d["kind"] for d in render(KUSTOMIZE / overlay)}
