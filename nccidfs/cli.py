@@ -342,32 +342,35 @@ def run_refresh(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def run_status(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="nccidfs status",
-                     description="Show a running mount's bucket and prefix, uptime, cache use and hit ratio, "
-                                 "S3 requests (including those made while mounting) and errors, and downloads "
-                                 "in flight (JSON). The same data is readable at MOUNTPOINT/.nccidfs/status.json.",
-                     epilog=EXIT_CODES)
+def _mountpoint_argument(prog: str, description: str, argv: Sequence[str]) -> Path:
+    """The MOUNTPOINT of a command that takes nothing else."""
+    parser = _Parser(prog=prog, description=description, epilog=EXIT_CODES)
     parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
-    args = parser.parse_args(argv)
+    mountpoint: Path = parser.parse_args(argv).mountpoint
+    return mountpoint
+
+
+def run_status(argv: Sequence[str]) -> int:
+    mountpoint = _mountpoint_argument(
+        "nccidfs status", "Show a running mount's bucket and prefix, uptime, cache use and hit ratio, S3 requests "
+                          "(including those made while mounting) and errors, and downloads in flight (JSON). The "
+                          "same data is readable at MOUNTPOINT/.nccidfs/status.json.", argv)
     from nccidfs import commands
 
-    print(json.dumps(commands.mount_status(args.mountpoint), indent=2, sort_keys=True))
+    print(json.dumps(commands.mount_status(mountpoint), indent=2, sort_keys=True))
     return EXIT_OK
 
 
 def run_metrics(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="nccidfs metrics",
-                     description="Print a running mount's metrics in Prometheus's text format: S3 requests, "
-                                 "their errors and latencies by kind, bytes received, filesystem calls and their "
-                                 "latencies by operation, errors returned by errno, cache hits, misses, evictions "
-                                 "and use, listings, derived files built. A mount started with --metrics-addr also "
-                                 "serves them over HTTP.", epilog=EXIT_CODES)
-    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
-    args = parser.parse_args(argv)
+    mountpoint = _mountpoint_argument(
+        "nccidfs metrics", "Print a running mount's metrics in Prometheus's text format: S3 requests, their errors "
+                           "and latencies by kind, bytes received, filesystem calls and their latencies by "
+                           "operation, errors returned by errno, cache hits, misses, evictions and use, listings, "
+                           "derived files built. A mount started with --metrics-addr also serves them over HTTP.",
+        argv)
     from nccidfs import commands
 
-    sys.stdout.write(commands.metrics(args.mountpoint))
+    sys.stdout.write(commands.metrics(mountpoint))
     return EXIT_OK
 
 

@@ -147,3 +147,10 @@ class MountedDaemon:
             if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
                 bad.append(line)
         return bad
+
+
+def start_demo(mountpoint: Path, state: Path) -> subprocess.Popen[str]:
+    """``nccidfs demo MOUNTPOINT`` with its cache and log under ``state``, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
+                             str(state / "cache"), "--log-file", str(state / "demo.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())

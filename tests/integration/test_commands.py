@@ -15,7 +15,7 @@ import pytest
 
 from nccidfs.control import ANSWER_SECONDS
 from nccidfs.demo.warehouse import DemoObject
-from tests.mounting import BUCKET, PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
+from tests.mounting import BUCKET, PREFIX, MountedDaemon, daemon_env, seed_demo_bucket, start_demo
 
 pytestmark = pytest.mark.fuse
 
@@ -110,9 +110,7 @@ def test_prefetch_of_a_key_warms_the_mount_the_command_runs_in(tmp_path: Path, s
 def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int]]:
     """``nccidfs demo`` once mounted, with the port of its S3 server; stopped and unmounted on exit."""
     mountpoint = tmp_path / "demo"
-    process = subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
-                                str(tmp_path / "cache"), "--log-file", str(tmp_path / "demo.log")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+    process = start_demo(mountpoint, tmp_path)
     try:
         assert process.stdout is not None
         first = process.stdout.readline()

@@ -15,7 +15,7 @@ import pytest
 from nccidfs.cli import SUBCOMMANDS, build_parser, from_mount_helper, main
 from nccidfs.config import KNOWN_FOLDERS, CacheConfig, MountConfig, S3Config
 from nccidfs.errors import ConfigError
-from tests.mounting import MountedDaemon, daemon_env, seed_demo_bucket
+from tests.mounting import MountedDaemon, daemon_env, seed_demo_bucket, start_demo
 
 
 def nccidfs(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -213,9 +213,7 @@ def test_mount_options_status_and_refresh_of_a_missing_path(s3_endpoint: str, bu
 @pytest.mark.fuse
 def test_demo_prints_its_endpoint_once_mounted_and_refuses_a_second_demo(tmp_path: Path) -> None:
     mountpoint = tmp_path / "demo"
-    demo = subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
-                             str(tmp_path / "cache"), "--log-file", str(tmp_path / "demo.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+    demo = start_demo(mountpoint, tmp_path)
     try:
         assert demo.stdout is not None
         first = demo.stdout.readline()
