@@ -266,7 +266,12 @@ def resolve_prefetch_targets(arguments: list[str]) -> dict[Path, list[Path]]:
             raise ConfigError(f"{argument} is not under an nccidfs mount")
         found = []
         for mountpoint in [here] if here else mounts:
-            prefix = str(answering(mountpoint)["prefix"])
+            try:
+                prefix = str(answering(mountpoint)["prefix"])
+            except NccidfsError:
+                if here:
+                    raise
+                continue  # another mount on the machine whose daemon is gone or stuck: not the one meant
             inside = mountpoint / argument[len(prefix):].strip("/")
             if argument.startswith(prefix) and os.path.lexists(inside):
                 found.append((mountpoint, inside))

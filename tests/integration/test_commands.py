@@ -104,6 +104,13 @@ def test_prefetch_of_a_key_warms_the_mount_the_command_runs_in(tmp_path: Path, s
         assert '"misses": 0' in used[first] and '"misses": 0' not in used[second]
         ambiguous = nccidfs("prefetch", f"{PREFIX}{patient}", cwd=tmp_path)
         assert ambiguous.returncode == 2 and "more than one mount" in ambiguous.stderr, ambiguous.stderr
+        assert first.process is not None
+        os.kill(first.process.pid, signal.SIGSTOP)  # a mount that does not answer is not the one meant
+        try:
+            alone = nccidfs("prefetch", f"{PREFIX}{patient}", cwd=tmp_path, timeout=BOUNDED_SECONDS * 3)
+        finally:
+            os.kill(first.process.pid, signal.SIGCONT)
+        assert alone.returncode == 0, alone.stderr
 
 
 @pytest.fixture

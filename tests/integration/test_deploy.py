@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from nccidfs.demo.warehouse import DemoObject
-from tests.mounting import PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
+from tests.mounting import PREFIX, MountedDaemon, daemon_env, in_mount_table, seed_demo_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -96,12 +96,6 @@ def pod_spec(kind: str, overlay: str = "overlays/static-keys") -> dict[str, Any]
 
 def host_paths(spec: dict[str, Any]) -> dict[str, str]:
     return {volume["name"]: volume["hostPath"]["path"] for volume in spec["volumes"] if "hostPath" in volume}
-
-
-def mounted(path: Path) -> bool:
-    """Whether ``path`` is in the mount table (a dead FUSE mount counts; os.path.ismount says no to it)."""
-    with open("/proc/self/mounts") as table:
-        return any(line.split()[1] == str(path) for line in table)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -242,7 +236,7 @@ def test_the_job_wrapper_mounts_runs_the_command_and_unmounts(script_env: dict[s
     count, patient = result.stdout.splitlines()
     assert int(count) == len(warehouse)
     assert f"[{image.split('/')[1]}]" in patient
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
     assert not (tmp_path / "state" / "mounted").exists()
 
     # The next job on the node finds the bytes in the node's cache: reading the image again costs no GET.
@@ -250,7 +244,7 @@ def test_the_job_wrapper_mounts_runs_the_command_and_unmounts(script_env: dict[s
                                 'cat "$NCCIDFS_MOUNTPOINT/.nccidfs/status.json"')
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["s3"]["requests"].get("GetObject", 0) == 0
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -258,7 +252,7 @@ def test_the_job_wrapper_exits_with_the_commands_status_and_still_unmounts(scrip
                                                                             tmp_path: Path) -> None:
     result = wrapper(script_env, 'test -d "$NCCIDFS_MOUNTPOINT/xray" && exit 3')
     assert result.returncode == 3, result.stderr
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -271,7 +265,7 @@ def test_the_job_wrapper_unmounts_when_the_job_is_cancelled(script_env: dict[str
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGTERM)
     assert job.wait(timeout=30) == 143
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -296,7 +290,7 @@ def test_a_cache_held_by_another_daemon_gives_the_job_a_cache_of_its_own(script_
     assert result.returncode == 0 and result.stdout.strip() == "mounted", result.stderr
     assert "using a cache of this job's own" in result.stderr
     assert not (tmp_path / "state" / "cache").exists()
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.fixture
@@ -322,10 +316,10 @@ def test_concurrent_jobs_on_a_node_share_one_mount_and_the_last_one_unmounts(
     second = wrapper(script_env, 'cat "$NCCIDFS_MOUNTPOINT/.nccidfs/status.json"')
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["pid"] == first_pid
-    assert mounted(tmp_path / "state" / "mnt")  # the first job still runs
+    assert in_mount_table(tmp_path / "state" / "mnt")  # the first job still runs
     (tmp_path / "go").touch()
     assert waiting_job.wait(timeout=60) == 0, waiting_job.stderr.read() if waiting_job.stderr else ""
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -336,7 +330,7 @@ def test_the_job_wrapper_uses_a_node_mount_as_it_is(script_env: dict[str, str], 
         result = wrapper(dict(script_env, NCCIDFS_MOUNTPOINT=str(node.mountpoint)), 'ls "$NCCIDFS_MOUNTPOINT"')
         assert result.returncode == 0, result.stderr
         assert "xray" in result.stdout.split()
-        assert mounted(node.mountpoint)
+        assert in_mount_table(node.mountpoint)
     assert not (tmp_path / "cache").exists()
 
 
@@ -371,20 +365,20 @@ def test_the_container_entrypoint_mounts_from_env_clears_a_dead_mount_and_unmoun
         assert (status["bucket"], status["mountpoint"]) == (demo_bucket, str(mountpoint))
         entrypoint.kill()  # as an out-of-memory kill would: the dead mount stays behind
         entrypoint.wait()
-        assert mounted(mountpoint)
+        assert in_mount_table(mountpoint)
 
         entrypoint = start_entrypoint(env, log)
         wait_for(lambda: status_command(env, mountpoint).returncode == 0, "ready mount after the kill", entrypoint)
         assert (mountpoint / "xray").is_dir()
         entrypoint.send_signal(signal.SIGTERM)
         assert entrypoint.wait(timeout=30) == 0
-        assert not mounted(mountpoint)
+        assert not in_mount_table(mountpoint)
         assert "clearing a mount left at" in log.read_text()
     finally:
         if entrypoint.poll() is None:
             entrypoint.kill()
             entrypoint.wait()
-        if mounted(mountpoint):
+        if in_mount_table(mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 
