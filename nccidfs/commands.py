@@ -28,6 +28,7 @@ from nccidfs.index import INDEX_FILES
 
 STATUS_RELATIVE = f"{CONTROL_DIR}/{STATUS_FILE}"
 READ_CHUNK = 1 << 20
+MAX_LINKS = 40  # links followed in one path, as the kernel allows
 
 
 def mounted_nccidfs() -> list[Path]:
@@ -42,12 +43,25 @@ def mounted_nccidfs() -> list[Path]:
 
 
 def outside_mounts(path: str | Path) -> Path:
-    """``path`` absolute, with links resolved in every part but the last: a mount point itself is never
-    looked at, so a daemon that does not answer cannot hold the command up here."""
-    absolute = Path(os.path.abspath(path))
-    if absolute.parent == absolute:
-        return absolute
-    return Path(os.path.realpath(absolute.parent)) / absolute.name
+    """``path`` absolute with its links resolved, looking at nothing inside an nccidfs mount: links are
+    followed one part at a time and resolving stops at a mount point of the mount table, so a daemon that
+    does not answer cannot hold the command up here (``os.path.realpath`` would stat the mount point)."""
+    mounts = {str(m) for m in mounted_nccidfs()}
+    pending = list(Path(os.path.abspath(path)).parts[1:])
+    resolved, hops = Path("/"), 0
+    while pending:
+        part = pending.pop(0)
+        candidate = resolved.parent if part == ".." else resolved / part
+        if str(candidate) in mounts:
+            return candidate.joinpath(*pending)
+        if hops < MAX_LINKS and os.path.islink(candidate):
+            hops += 1
+            target = Path(os.readlink(candidate))
+            resolved = Path("/") if target.is_absolute() else resolved
+            pending = [*target.parts[target.is_absolute():], *pending]
+            continue
+        resolved = candidate
+    return resolved
 
 
 def mount_status(mountpoint: Path) -> dict[str, Any]:

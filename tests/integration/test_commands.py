@@ -35,8 +35,9 @@ def bucket(s3_endpoint: str, warehouse: list[DemoObject]) -> str:
 
 @pytest.fixture
 def mount(tmp_path: Path, s3_endpoint: str, bucket: str) -> Iterator[MountedDaemon]:
+    # The kernel trusts no attributes, so a command that stats the mount point asks the daemon.
     with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log", bucket=bucket,
-                       extra=["--no-prefetch"]) as daemon:
+                       extra=["--no-prefetch", "--attr-timeout", "0"]) as daemon:
         yield daemon
 
 
