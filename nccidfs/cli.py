@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import logging
 import os
 import select
 import sys
@@ -30,6 +32,7 @@ from nccidfs.config import (
     demo_cache_dir,
     format_size,
     normalize_prefix,
+    parse_address,
     parse_list,
     parse_size,
     parse_umask,
@@ -41,13 +44,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 READY_TIMEOUT = 60.0
 
 USAGE = ("%(prog)s [mount] MOUNTPOINT [options]\n"
-         "       %(prog)s {demo,status,refresh,prefetch,catalog,cache,cohort} ... (each has --help)")
+         "       %(prog)s {demo,status,metrics,refresh,prefetch,catalog,cache,cohort} ... (each has --help)")
 COMMANDS = """\
 commands:
   nccidfs [mount] MOUNTPOINT         mount the warehouse; returns once mounted (-f stays in the foreground).
                                      'mount' is needed only for a MOUNTPOINT named like a command
   nccidfs demo [MOUNTPOINT]          mount a synthetic warehouse served from 127.0.0.1, no AWS account
   nccidfs status MOUNTPOINT          a running mount's cache, S3 requests, errors and downloads (JSON)
+  nccidfs metrics MOUNTPOINT         the same figures and latencies for Prometheus (text format)
   nccidfs refresh MOUNTPOINT [PATH]  drop cached listings so new uploads show at once (so does SIGHUP)
   nccidfs prefetch PATH...           warm the cache for patients, studies or series, with progress
   nccidfs catalog build MOUNTPOINT   build .nccidfs/catalog/{series,patients}.csv, with progress
@@ -69,8 +73,8 @@ exit codes:
   0    success
   1    a runtime failure: S3 unreachable or failing (trying again later may work), the mount failed,
        a daemon not answering
-  2    bad input, to be fixed before trying again: a flag, the mount point or cache dir, credentials,
-       access denied, bucket or prefix not found, a path not in the mount
+  2    bad input, to be fixed before trying again: a flag, the mount point or cache dir, FUSE closed to
+       this user, credentials, access denied, bucket or prefix not found, a path not in the mount
   130  interrupted (Ctrl-C)
 """
 
@@ -126,6 +130,10 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
     mount.add_argument("--allow-root", action="store_true",
                        help="let root read the mount as well as you (needs user_allow_other in /etc/fuse.conf)")
+    mount.add_argument("--metrics-addr", metavar="[HOST:]PORT",
+                       help="also serve Prometheus metrics over HTTP at http://HOST:PORT/metrics; HOST defaults "
+                            "to 127.0.0.1, since the listener has no authentication (default: only through "
+                            "'nccidfs metrics')")
     mount.add_argument("--uid", type=int, help="owner shown for every file (default: the mounting user)")
     mount.add_argument("--gid", type=int, help="group shown for every file (default: the mounting user's)")
     mount.add_argument("--umask", default=f"{MountConfig.umask:03o}", metavar="OCTAL",
@@ -163,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "into a bounded disk cache that survives restarts.",
         epilog="\n".join((COMMANDS, EXAMPLES, EXIT_CODES)),
     )
-    parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory to mount on")
+    # Optional here and required in run_mount, so that a mistyped flag is named as one before a missing
+    # mount point is.
+    parser.add_argument("mountpoint", type=Path, nargs="?", metavar="MOUNTPOINT",
+                        help="an empty directory to mount on")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground (default: return once the mount is ready)")
     parser.add_argument("--version", action="version", version=f"nccidfs {__version__}")
@@ -201,6 +212,7 @@ def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
                           attr_timeout=args.attr_timeout, uid=args.uid, gid=args.gid,
                           umask=parse_umask(args.umask), log_level=args.log_level,
                           log_file=None if log_file is None else log_file.expanduser().absolute(),
+                          metrics_addr=None if args.metrics_addr is None else parse_address(args.metrics_addr),
                           **_cohort_fields(args)),
         s3=dataclasses.replace(s3, deadline=args.timeout),
         cache=CacheConfig(directory=(args.cache_dir or default_cache_dir()).expanduser().absolute(),
@@ -234,6 +246,7 @@ def _prepare(config: Config) -> None:
     from nccidfs import mount
 
     mount.check_mountpoint(config.mount.mountpoint)
+    mount.check_fuse(config.mount)
     mount.check_cache_dir_placement(config.mount.mountpoint, config.cache.directory)
     log_file = config.mount.log_file
     if log_file is not None:
@@ -281,19 +294,26 @@ def _serve_in_background(config: Config) -> int:
         mount.serve(config, store, folders, on_ready=say_ready)
     except BaseException as error:  # the parent prints it; the child must not return into the CLI
         code = EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILURE
+        logging.getLogger(__name__).error("mount failed: %s", error)
         os.write(ready_write, f"{code} {error}".encode())
         os._exit(code)
     os._exit(EXIT_OK)
 
 
 def run_mount(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.mountpoint is None:
+        parser.error("the following arguments are required: MOUNTPOINT")
     config = _config(args, _s3_config(args), args.foreground)
     _prepare(config)
     if not config.mount.foreground:
         return _serve_in_background(config)
     from nccidfs import mount
     from nccidfs.cohort.mounting import connect
+    from nccidfs.interrupts import take_interrupts
+
+    take_interrupts()
 
     setup_logging(config.mount.log_level, config.mount.log_file)
     config, store, folders = connect(config)
@@ -303,6 +323,9 @@ def run_mount(argv: Sequence[str]) -> int:
 
 def run_demo(argv: Sequence[str]) -> int:
     args = build_demo_parser().parse_args(argv)
+    from nccidfs.interrupts import take_interrupts
+
+    take_interrupts()  # before the S3 server's threads start, so that none of them takes Ctrl-C
     mountpoint = args.mountpoint.expanduser().absolute()
     if not os.path.lexists(mountpoint):
         try:
@@ -323,7 +346,7 @@ def run_demo(argv: Sequence[str]) -> int:
         def say_ready() -> None:
             print(server.welcome(mountpoint), flush=True)
 
-        mount.serve(config, store, folders, on_ready=say_ready)
+        mount.serve(config, store, folders, on_ready=say_ready, hangup_ends=True)
     return EXIT_OK
 
 
@@ -344,24 +367,42 @@ def run_refresh(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def run_status(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="nccidfs status",
-                     description="Show a running mount's bucket and prefix, uptime, cache use and hit ratio, "
-                                 "S3 requests (including those made while mounting) and errors, and downloads "
-                                 "in flight (JSON). The same data is readable at MOUNTPOINT/.nccidfs/status.json.",
-                     epilog=EXIT_CODES)
+def _mountpoint_argument(prog: str, description: str, argv: Sequence[str]) -> Path:
+    """The MOUNTPOINT of a command that takes nothing else."""
+    parser = _Parser(prog=prog, description=description, epilog=EXIT_CODES)
     parser.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="the nccidfs mount point")
-    args = parser.parse_args(argv)
+    mountpoint: Path = parser.parse_args(argv).mountpoint
+    return mountpoint
+
+
+def run_status(argv: Sequence[str]) -> int:
+    mountpoint = _mountpoint_argument(
+        "nccidfs status", "Show a running mount's bucket and prefix, uptime, cache use and hit ratio, S3 requests "
+                          "(including those made while mounting) and errors, and downloads in flight (JSON). The "
+                          "same data is readable at MOUNTPOINT/.nccidfs/status.json.", argv)
     from nccidfs import commands
 
-    print(json.dumps(commands.daemon_status(args.mountpoint.absolute()), indent=2, sort_keys=True))
+    print(json.dumps(commands.mount_status(mountpoint), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def run_metrics(argv: Sequence[str]) -> int:
+    mountpoint = _mountpoint_argument(
+        "nccidfs metrics", "Print a running mount's metrics in Prometheus's text format: S3 requests, their errors "
+                           "and latencies by kind, bytes received, filesystem calls and their latencies by "
+                           "operation, errors returned by errno, cache hits, misses, evictions and use, listings, "
+                           "derived files built. A mount started with --metrics-addr also serves them over HTTP.",
+        argv)
+    from nccidfs import commands
+
+    sys.stdout.write(commands.metrics(mountpoint))
     return EXIT_OK
 
 
 def _cache_stats(directory: Path) -> str:
-    from nccidfs.cache import disk_usage
+    from nccidfs import commands
 
-    return json.dumps(disk_usage(directory), indent=2)
+    return json.dumps(commands.cache_stats(directory), indent=2)
 
 
 def _cache_clear(directory: Path) -> str:
@@ -448,13 +489,14 @@ def run_cohort(argv: Sequence[str]) -> int:
 
 
 SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "status": run_status,
-               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog, "cohort": run_cohort}
+               "cache": run_cache, "prefetch": run_prefetch, "catalog": run_catalog, "metrics": run_metrics,
+               "cohort": run_cohort}
 
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.
 FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
                        "cache_size", "listing_ttl", "max_listing_entries", "timeout", "attr_timeout", "uid", "gid",
-                       "umask", "log_level", "log_file", "cohort", "as_of")
+                       "umask", "log_level", "log_file", "metrics_addr", "cohort", "as_of")
 FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "no_verify", "readdirplus")
 # Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
 FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",
@@ -485,6 +527,18 @@ def from_mount_helper(argv: list[str]) -> list[str]:
     return flags
 
 
+def _refuse_misspelled_command(argv: list[str]) -> None:
+    """``nccidfs stauts``: a first word close to a command and naming nothing on disk was meant as that
+    command, not as a mount point to create."""
+    first = argv[0] if argv else "-"
+    if first.startswith("-") or os.sep in first or os.path.lexists(first):
+        return
+    close = difflib.get_close_matches(first, [name for name in SUBCOMMANDS if name != "mount"], n=1)
+    if close:
+        raise ConfigError(f"{first!r} is not a command, nor an existing mount point; did you mean "
+                          f"'nccidfs {close[0]}'?")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -492,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv = from_mount_helper(argv)
         if argv and argv[0] in SUBCOMMANDS:
             return SUBCOMMANDS[argv[0]](argv[1:])
+        _refuse_misspelled_command(argv)
         return run_mount(argv)
     except BrokenPipeError:  # `nccidfs status M | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

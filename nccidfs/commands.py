@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -15,22 +16,25 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from tqdm import tqdm
 
 from nccidfs import control
-from nccidfs.cache import clear_directory
+from nccidfs.cache import clear_directory, disk_usage
+from nccidfs.cachedir import MARKER, is_cache_dir
 from nccidfs.catalog_build import IMAGE_FOLDERS
 from nccidfs.catalog_db import FILES as CATALOG_FILES
-from nccidfs.config import CONTROL_DIR, STATUS_FILE, format_size
+from nccidfs.config import APP_NAME, CONTROL_DIR, STATUS_FILE, format_size
 from nccidfs.errors import ConfigError, NccidfsError
 from nccidfs.index import INDEX_FILES
 
 STATUS_RELATIVE = f"{CONTROL_DIR}/{STATUS_FILE}"
 READ_CHUNK = 1 << 20
+MAX_LINKS = 40  # links followed in one path, as the kernel allows
 
 
 def mounted_nccidfs() -> list[Path]:
-    """Mount points of nccidfs filesystems, from /proc/self/mounts."""
+    """Mount points of nccidfs filesystems, from /proc/self/mounts (read without touching any mount)."""
     found = []
     with open("/proc/self/mounts") as mounts:
         for line in mounts:
@@ -40,20 +44,71 @@ def mounted_nccidfs() -> list[Path]:
     return found
 
 
+def outside_mounts(path: str | Path) -> Path:
+    """``path`` absolute with its links resolved, looking at nothing inside an nccidfs mount: links are
+    followed one part at a time and resolving stops at a mount point of the mount table, so a daemon that
+    does not answer cannot hold the command up here (``os.path.realpath`` would stat the mount point)."""
+    mounts = {str(m) for m in mounted_nccidfs()}
+    pending = list(Path(os.path.abspath(path)).parts[1:])
+    resolved, hops = Path("/"), 0
+    while pending:
+        part = pending.pop(0)
+        candidate = resolved.parent if part == ".." else resolved / part
+        if str(candidate) in mounts:
+            return candidate.joinpath(*pending)
+        if hops < MAX_LINKS and os.path.islink(candidate):
+            hops += 1
+            target = Path(os.readlink(candidate))
+            resolved = Path("/") if target.is_absolute() else resolved
+            pending = [*target.parts[target.is_absolute():], *pending]
+            continue
+        resolved = candidate
+    return resolved
+
+
 def mount_status(mountpoint: Path) -> dict[str, Any]:
-    """The daemon's status.json, or a ConfigError naming the problem."""
-    try:
-        status: dict[str, Any] = json.loads((mountpoint / STATUS_RELATIVE).read_bytes())
-    except FileNotFoundError:
-        raise ConfigError(f"{mountpoint} is not an nccidfs mount") from None
-    except OSError as error:
-        raise ConfigError(f"{mountpoint}: {error.strerror}") from None
+    """The daemon's status, asked through its control socket; a ConfigError if ``mountpoint`` is not an
+    nccidfs mount, an NccidfsError if its daemon does not answer within :data:`control.ANSWER_SECONDS`."""
+    mountpoint = outside_mounts(mountpoint)
+    if mountpoint not in mounted_nccidfs():
+        raise ConfigError(f"{mountpoint} is not an nccidfs mount")
+    socket_path = control.lookup(mountpoint)
+    if socket_path is None:  # a daemon with no runtime directory: its status file names the socket
+        socket_path = Path(_read_answering(mountpoint, mountpoint / STATUS_RELATIVE)["control_socket"])
+    return _ask({"mountpoint": str(mountpoint), "control_socket": str(socket_path)}, {"op": "status"})
+
+
+def _read_answering(mountpoint: Path, path: Path) -> dict[str, Any]:
+    """A JSON file read through the mount by a thread, given up on if the daemon does not answer in time
+    (the thread stays blocked in the kernel until the daemon answers or the command exits)."""
+    result: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            result["status"] = json.loads(path.read_bytes())
+        except (OSError, ValueError) as error:
+            result["error"] = error
+
+    reader = threading.Thread(target=read, name="status-reader", daemon=True)
+    reader.start()
+    reader.join(control.ANSWER_SECONDS)
+    if reader.is_alive():
+        raise not_answering(mountpoint)
+    if "error" in result:
+        raise ConfigError(f"{mountpoint}: {getattr(result['error'], 'strerror', None) or result['error']}")
+    status: dict[str, Any] = result["status"]
     return status
 
 
+def not_answering(mountpoint: Path | str) -> NccidfsError:
+    return NccidfsError(f"the daemon of {mountpoint} does not answer (nothing within "
+                        f"{control.ANSWER_SECONDS:.0f} s); if it is stuck, restart it: fusermount3 -u -z "
+                        f"{mountpoint}, then mount again")
+
+
 def find_mount(path: Path) -> Path:
-    """The nccidfs mount point that ``path`` lies in."""
-    path = path.absolute()
+    """The nccidfs mount point that ``path`` lies in, from the mount table alone."""
+    path = outside_mounts(path)
     for mountpoint in sorted(mounted_nccidfs(), key=lambda p: len(p.parts), reverse=True):
         if path == mountpoint or mountpoint in path.parents:
             return mountpoint
@@ -63,6 +118,7 @@ def find_mount(path: Path) -> Path:
 def refresh(mountpoint: Path, path: str | None) -> int:
     """Drop the daemon's cached listings at and below ``path`` (in the mount); returns how many."""
     status = mount_status(mountpoint)
+    mountpoint = outside_mounts(mountpoint)
     inside = path_in_mount(mountpoint, path) if path else "/"
     reply = _ask(status, {"op": "refresh", "path": inside})
     return int(reply["dropped"])
@@ -104,13 +160,16 @@ def catalog_build(mountpoint: Path, folders: list[str] | None) -> dict[str, Any]
     return progress
 
 
-def daemon_status(mountpoint: Path) -> dict[str, Any]:
-    return _ask(mount_status(mountpoint), {"op": "status"})
+def metrics(mountpoint: Path) -> str:
+    """The daemon's metrics in Prometheus's text format."""
+    return str(_ask(mount_status(mountpoint), {"op": "metrics"})["text"])
 
 
 def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     try:
         reply = control.send(Path(status["control_socket"]), request)
+    except TimeoutError:
+        raise not_answering(status.get("mountpoint", status["control_socket"])) from None
     except (OSError, ValueError) as error:
         raise NccidfsError(f"cannot reach the daemon at {status.get('control_socket')}: {error}") from None
     if "error" in reply:
@@ -118,16 +177,57 @@ def _ask(status: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+def cache_directory(directory: Path) -> Path:
+    """``directory`` if it is an nccidfs cache directory; otherwise one line saying what it is instead.
+
+    A mount (or a path in one) is refused from the mount table without being looked at, and any other
+    directory without the nccidfs marker at once, so neither a mount nor ``/`` is ever walked.
+    """
+    directory = outside_mounts(directory)
+    if _mount_of(directory, mounted_nccidfs()) is not None:
+        raise ConfigError(f"{directory} is an nccidfs mount, not a cache directory; give the --cache-dir "
+                          "it was mounted with")
+    if not os.path.isdir(directory):
+        demo = Path(platformdirs.user_cache_dir(f"{APP_NAME}-demo"))
+        raise ConfigError(f"no cache directory at {directory} (a demo keeps one per mount point under {demo}); "
+                          "give one with --cache-dir")
+    if not is_cache_dir(directory):
+        raise ConfigError(f"{directory} is not an nccidfs cache directory (it has no {MARKER} marker)")
+    return directory
+
+
+def cache_stats(directory: Path) -> dict[str, Any]:
+    """What a cache directory holds, read without a daemon."""
+    directory = cache_directory(directory)
+    try:
+        return disk_usage(directory)
+    except OSError as error:
+        raise ConfigError(f"cache dir {directory}: {error.strerror or error}") from None
+
+
 def cache_clear(directory: Path) -> int:
     """Empty a cache directory; refused (by its lock) while a daemon holds it, and anywhere without the
     nccidfs marker."""
-    return clear_directory(directory, (*INDEX_FILES, *CATALOG_FILES))
+    return clear_directory(cache_directory(directory), (*INDEX_FILES, *CATALOG_FILES))
 
 
 class _SizeBar(tqdm):  # type: ignore[misc]
     """tqdm's bar with sizes named as what they are (MiB, MiB/s): its unit_scale calls 1024-based units MB."""
 
-    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"
+    total: int | None
+    FORMAT = "{desc}{percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"  # desc ends ": "
+
+    def advance(self, count: int) -> None:
+        """Count bytes read. A file that reads longer than it was listed (a view built as it is read)
+        raises the total with it, so the bar never runs past its end."""
+        if self.n + count > (self.total or 0):
+            self.total = self.n + count
+        self.update(count)
+
+    def finish(self) -> None:
+        """Everything was read: the bar ends full, also when files read shorter than they were listed."""
+        self.total = self.n
+        self.refresh()
 
     @property
     def format_dict(self) -> dict[str, Any]:
@@ -138,49 +238,89 @@ class _SizeBar(tqdm):  # type: ignore[misc]
         return values
 
 
-def _files(paths: list[Path]) -> Iterator[Path]:
-    """Every file under the paths. Links are followed: the mirrored tree has none, and those of the patient
-    view (``.nccidfs/patients/<id>/ct``) lead to the images a prefetch of that patient means."""
+def _files(paths: list[Path]) -> Iterator[tuple[Path, int]]:
+    """Every regular file under the paths, with its size. Links are followed: the mirrored tree has none,
+    and those of the patient view (``.nccidfs/patients/<id>/ct``) lead to the images a prefetch of that
+    patient means; a link that leads nowhere is passed over."""
     for path in paths:
-        if path.is_dir():
-            for root, _dirs, names in os.walk(path, followlinks=True):
-                for name in sorted(names):
-                    yield Path(root) / name
-        else:
-            yield path
+        names = ([Path(root) / name for root, _dirs, files in os.walk(path, followlinks=True)
+                  for name in sorted(files)] if path.is_dir() else [path])
+        for name in names:
+            try:
+                info = os.stat(name)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield name, info.st_size
 
 
-def resolve_prefetch_targets(arguments: list[str]) -> list[Path]:
-    """Paths under a mount as given, or warehouse keys (``training/ct/<id>/...``) mapped into the mount."""
-    targets = []
+def _mount_of(path: Path, mounts: list[Path]) -> Path | None:
+    inside = [m for m in mounts if path == m or m in path.parents]
+    return max(inside, key=lambda m: len(m.parts)) if inside else None
+
+
+def resolve_prefetch_targets(arguments: list[str]) -> dict[Path, list[Path]]:
+    """Each mount's targets: paths under it as given, or warehouse keys (``training/ct/<id>/...``) in the
+    mount the command runs in, else in the one mount that has them.
+
+    The mount table says at once whether a path is under a mount, and each mount's daemon must answer
+    (within seconds) before anything under it is looked at.
+    """
+    mounts = mounted_nccidfs()
+    here = _mount_of(outside_mounts(os.getcwd()), mounts)
+    statuses: dict[Path, dict[str, Any]] = {}
+
+    def answering(mountpoint: Path) -> dict[str, Any]:
+        if mountpoint not in statuses:
+            statuses[mountpoint] = mount_status(mountpoint)
+        return statuses[mountpoint]
+
+    targets: dict[Path, list[Path]] = {}
     for argument in arguments:
-        path = Path(argument)
-        if path.exists():
-            targets.append(path.absolute())
-            continue
-        for mountpoint in mounted_nccidfs():
-            prefix = str(mount_status(mountpoint)["prefix"])
-            if argument.startswith(prefix) and (mountpoint / argument[len(prefix):]).exists():
-                targets.append(mountpoint / argument[len(prefix):].strip("/"))
-                break
-        else:
+        path = outside_mounts(argument)
+        mount = _mount_of(path, mounts)
+        if mount is not None:
+            answering(mount)
+            if os.path.lexists(path):
+                targets.setdefault(mount, []).append(path)
+                continue
+        elif os.path.isabs(argument) or os.path.lexists(path):
+            raise ConfigError(f"{argument} is not under an nccidfs mount")
+        found = []
+        for mountpoint in [here] if here else mounts:
+            try:
+                prefix = str(answering(mountpoint)["prefix"])
+            except NccidfsError:
+                if here:
+                    raise
+                continue  # another mount on the machine whose daemon is gone or stuck: not the one meant
+            inside = mountpoint / argument[len(prefix):].strip("/")
+            if argument.startswith(prefix) and os.path.lexists(inside):
+                found.append((mountpoint, inside))
+        if len(found) > 1:
+            raise ConfigError(f"{argument} is in more than one mount ({', '.join(str(m) for m, _ in found)}); "
+                              "give a path, or run the command inside the mount to warm")
+        if not found:
             raise ConfigError(f"{argument}: no such path, nor a key under a mounted prefix")
+        targets.setdefault(found[0][0], []).append(found[0][1])
     return targets
 
 
 def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
     """Read every file under the targets through the mount, in parallel, so the daemon caches them.
 
-    Returns (files, bytes). Refuses, unless ``force``, more than the cache can hold. Ctrl-C stops the
-    workers after their current chunk.
+    Returns (files, bytes). Refuses, unless ``force``, more than a mount's cache can hold. Ctrl-C stops
+    the workers after their current chunk.
     """
-    targets = resolve_prefetch_targets(arguments)
-    files = [(path, path.stat().st_size) for path in _files(targets)]
+    files = []
+    for mountpoint, targets in resolve_prefetch_targets(arguments).items():
+        found = list(_files(targets))
+        wanted, bound = sum(size for _, size in found), int(mount_status(mountpoint)["cache"]["bound_bytes"])
+        if wanted > bound and not force:
+            raise ConfigError(f"{format_size(wanted)} requested but the cache of {mountpoint} holds "
+                              f"{format_size(bound)}; use --force to read anyway")
+        files += found
     total = sum(size for _, size in files)
-    bound = int(mount_status(find_mount(targets[0]))["cache"]["bound_bytes"]) if targets else 0
-    if total > bound and not force:
-        raise ConfigError(f"{format_size(total)} requested but the cache holds {format_size(bound)}; "
-                          "use --force to read anyway")
     stop = threading.Event()
     with _SizeBar(total=total, desc=f"0/{len(files)} files", dynamic_ncols=True,
                   bar_format=_SizeBar.FORMAT) as progress:
@@ -194,7 +334,7 @@ def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
                     if not chunk:
                         return
                     with lock:
-                        progress.update(len(chunk))
+                        progress.advance(len(chunk))
 
         with ThreadPoolExecutor(jobs) as pool:
             futures = [pool.submit(read_one, path) for path, _ in files]
@@ -209,4 +349,5 @@ def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
                 for future in futures:
                     future.cancel()
                 raise
-    return len(files), total
+        progress.finish()
+        return len(files), progress.n

@@ -36,6 +36,8 @@ CONTROL_DIR = ".nccidfs"  # hidden directory at the mount's root
 STATUS_FILE = "status.json"  # inside CONTROL_DIR
 LOG_FILE = "nccidfs.log"
 
+METRICS_HOST = "127.0.0.1"  # --metrics-addr without a host listens on loopback only
+
 # A listing trusted for less than this would send S3 a listing for nearly every lookup of a walk: with a
 # TTL of 0 one `find` of 182 files cost 1,001 listings.
 MIN_LISTING_TTL = 1.0
@@ -105,7 +107,7 @@ def default_log_file() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME)) / LOG_FILE
 
 
-def _runtime_dir() -> Path | None:
+def runtime_dir() -> Path | None:
     """``/run/nccidfs`` for root, ``$XDG_RUNTIME_DIR/nccidfs`` (or ``/run/user/UID/nccidfs``) for others."""
     if os.geteuid() == 0:
         return Path(platformdirs.site_runtime_dir(APP_NAME))
@@ -123,12 +125,21 @@ def control_socket_path(cache_dir: Path) -> Path:
     in_cache = cache_dir / CONTROL_SOCKET
     if len(os.fsencode(in_cache)) <= SOCKET_PATH_MAX:
         return in_cache
-    runtime = _runtime_dir()
+    runtime = runtime_dir()
     digest = hashlib.sha256(os.fsencode(cache_dir)).hexdigest()[:16]
     if runtime is not None and len(os.fsencode(runtime / f"{digest}.sock")) <= SOCKET_PATH_MAX:
         return runtime / f"{digest}.sock"
     raise ConfigError(f"--cache-dir {cache_dir} is too long for the control socket's path "
                       f"({SOCKET_PATH_MAX} bytes at most) and no runtime directory fits; use a shorter --cache-dir")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``PORT`` (then on loopback only: the listener has no authentication)."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or METRICS_HOST
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics-addr {text!r}: give HOST:PORT or PORT, e.g. 127.0.0.1:9100")
+    return host, int(port)
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -257,6 +268,8 @@ class MountConfig:
     cohort: Path | None = None
     as_of: float | None = None
     view: str = ""
+    # Where Prometheus metrics are served over HTTP (host, port); None: only through 'nccidfs metrics'.
+    metrics_addr: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         check_seconds("--listing-ttl", self.listing_ttl, MIN_LISTING_TTL)

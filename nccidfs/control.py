@@ -1,8 +1,10 @@
 """The daemon's control channel: a Unix socket in the cache directory, one JSON request per connection.
 
-``nccidfs refresh`` and ``nccidfs status`` find the socket through the mount's ``.nccidfs/status.json``
-and talk to the daemon here; the mount itself is read-only, so it cannot carry commands. The socket is
-0600, so only the mounting user (and root) can drive the daemon.
+``nccidfs status``, ``refresh``, ``prefetch`` and ``catalog build`` find the socket through a record the
+daemon leaves in the runtime directory (:func:`publish`), keyed by its mount point, and talk to the daemon
+here with a time limit: nothing is read through the mount first, so a daemon that is stopped or stuck makes
+them fail in seconds rather than hang in the kernel. The mount itself is read-only, so it cannot carry
+commands. The socket is 0600, so only the mounting user (and root) can drive the daemon.
 
 No client can stop the channel: each connection is served in its own short-lived thread, has
 :data:`CONNECTION_SECONDS` in all to send one line of at most :data:`MAX_REQUEST` bytes, and gets an
@@ -13,6 +15,7 @@ The socket file is removed only by the server that bound it, and only if it is s
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
+from nccidfs.config import APP_NAME, runtime_dir
 from nccidfs.errors import NccidfsError
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,9 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 CONNECTION_SECONDS = 2.0
 MAX_CONNECTIONS = 8
+# How long a command waits for the daemon's answer before it says the daemon does not answer.
+ANSWER_SECONDS = 5.0
+RECORDS = "mounts"
 
 
 class ControlServer:
@@ -155,7 +164,7 @@ def _reply(connection: socket.socket, reply: dict[str, Any]) -> None:
         log.debug("control reply not sent: %s", error)
 
 
-def send(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+def send(path: Path, request: dict[str, Any], timeout: float = ANSWER_SECONDS) -> dict[str, Any]:
     """One request to the daemon listening at ``path``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout)
@@ -163,3 +172,48 @@ def send(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str
         client.sendall(json.dumps(request).encode() + b"\n")
         reply: dict[str, Any] = json.loads(client.makefile("rb").readline())
     return reply
+
+
+def _record_name(mountpoint: Path) -> str:
+    return hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16] + ".json"
+
+
+def publish(mountpoint: Path, socket_path: Path) -> Path | None:
+    """Record where the daemon of ``mountpoint`` listens; returns the record, or None without a runtime dir
+    (commands then read the socket's path through the mount, with the same time limit)."""
+    runtime = runtime_dir()
+    if runtime is None:
+        return None
+    record = runtime / RECORDS / _record_name(mountpoint)
+    try:
+        record.parent.mkdir(mode=0o700 if os.geteuid() else 0o755, parents=True, exist_ok=True)
+        staged = record.with_suffix(f".{os.getpid()}")
+        staged.write_text(json.dumps({"mountpoint": str(mountpoint), "control_socket": str(socket_path),
+                                      "pid": os.getpid()}))
+        staged.replace(record)  # never read half written
+    except OSError as error:
+        log.info("no record of the control socket in %s (%s); commands will find it through the mount",
+                 runtime, error)
+        return None
+    return record
+
+
+def withdraw(record: Path) -> None:
+    """Remove this daemon's record, unless a later daemon of the same mount point replaced it."""
+    try:
+        if json.loads(record.read_text()).get("pid") == os.getpid():
+            record.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def lookup(mountpoint: Path) -> Path | None:
+    """The control socket recorded for ``mountpoint``: this user's daemons first, then root's."""
+    for runtime in filter(None, (runtime_dir(), Path(platformdirs.site_runtime_dir(APP_NAME)))):
+        try:
+            record = json.loads((runtime / RECORDS / _record_name(mountpoint)).read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("mountpoint") == str(mountpoint):
+            return Path(record["control_socket"])
+    return None

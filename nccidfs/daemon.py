@@ -1,8 +1,10 @@
 """One running mount: assembles the parts, serves FUSE, and runs the side services of a live daemon.
 
 Side services start only once the mount is up (in FUSE's ``init``), never before a fork: the control
-socket (``refresh``, ``status``), SIGHUP handling (drop cached listings), and raising the mount's
-read-ahead to 1 MiB when running as root (it roughly doubles sequential reads on libfuse3).
+socket (``refresh``, ``status``), signals (SIGHUP drops cached listings, or ends a demo whose terminal
+closed; SIGUSR1 reopens the log file after logrotate; SIGINT, where the command took it, ends the
+mount as SIGTERM does, and the command then exits 130), and raising the mount's read-ahead to 1 MiB
+when running as root (it roughly doubles sequential reads on libfuse3).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nccidfs import __version__, cachedir
+from nccidfs import __version__, cachedir, control, interrupts
 from nccidfs.cache import DiskCache
 from nccidfs.catalog_build import Bucket
 from nccidfs.catalog_db import CatalogDB
@@ -32,12 +34,15 @@ from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
 from nccidfs.index import INDEX_FILE, ListingIndex
-from nccidfs.log import strip_credentials
+from nccidfs.log import reopen_log_file, strip_credentials
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import ObjectStore, RequestStats
 from nccidfs.views import CONTROL, ControlFolder, PatientView
+
+if TYPE_CHECKING:
+    from nccidfs import exposition
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ READ_AHEAD_KB = 1024
 # key; at the default the collector ran about 1,700 times during a walk of 522,000 files and held the
 # interpreter lock for 1.5 s of it, its full passes for up to 90 ms at once, stalling every other call.
 GC_YOUNG_THRESHOLD = 20_000
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 
 
 # glibc mallopt parameters.
@@ -80,9 +86,10 @@ def notify_systemd(message: bytes) -> None:
 
 def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
                    read: ReadConfig, timeout: float, bucket: Bucket, catalog_db: CatalogDB,
-                   index: ListingIndex) -> CatalogBuilder:
+                   index: ListingIndex) -> tuple[CatalogBuilder, Generated]:
     """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
-    returns the catalog's builder, which ``nccidfs catalog build`` drives."""
+    returns the catalog's builder, which ``nccidfs catalog build`` drives, and the derived files' store,
+    whose counters the metrics show."""
     reader = ObjectReader(fetcher, timeout)
     generated = Generated(cache, read, timeout, f"{CONTROL}/", lambda path, wait: control.invalidate(path, wait))
     catalog = CatalogBuilder(namespace, index, bucket, catalog_db)
@@ -90,7 +97,7 @@ def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCach
     control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
     control.register(ImageView.NAME, ImageView(namespace, reader, generated))
     control.register(CatalogView.NAME, CatalogView(catalog, catalog_db, namespace.mount_time))
-    return catalog
+    return catalog, generated
 
 
 def lock_cache_dir(config: Config) -> cachedir.CacheLock:
@@ -127,8 +134,8 @@ class Daemon:
         self.fetcher.on_discard = self.fs.discarded
         self.fs.set_status_provider(self.status)
         assert isinstance(store, Bucket), "the catalog reads metadata twins by name"
-        self.catalog = register_views(self.fs.control, self.namespace, self.cache, self.fetcher, config.read,
-                                      s3.deadline, store, self.catalog_db, self.index)
+        self.catalog, self.generated = register_views(self.fs.control, self.namespace, self.cache, self.fetcher,
+                                                      config.read, s3.deadline, store, self.catalog_db, self.index)
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,
@@ -137,7 +144,13 @@ class Daemon:
             self.fs.add_read_listener(self.prefetcher.reading)
         self.control_path = config.cache.control_socket
         self._control: ControlServer | None = None
-        self._sighup_pipe = os.pipe()
+        self._record: Path | None = None
+        self._metrics: exposition.Exposition | None = None
+        self._exposition_lock = threading.Lock()
+        self._signal_pipe = os.pipe()
+        self._main_thread = threading.get_ident()
+        self.hangup_ends = False  # a demo: SIGHUP (its terminal closed) ends it rather than refreshing
+        self.stopped_by: int | None = None
 
     def _index_and_catalog_usage(self) -> tuple[int, int]:
         """What the cache's bound leaves to the files beside the objects: the listing index and the catalog."""
@@ -166,7 +179,22 @@ class Daemon:
             "in_flight": self.fetcher.in_flight(),
             "prefetch": None if prefetch is None else {
                 "objects": prefetch.objects_prefetched, "bytes": prefetch.bytes_prefetched},
+            "derived": {"blocks_built": self.generated.fetcher.misses, "blocks_cached": self.generated.fetcher.hits},
         }
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition of this daemon's figures."""
+        return self._exposition().text()
+
+    def _exposition(self) -> exposition.Exposition:
+        from nccidfs import exposition
+
+        with self._exposition_lock:
+            if self._metrics is None:
+                stats = getattr(self.store, "stats", None)  # a cohort's store shares the S3 store's counters
+                s3 = stats.latencies if isinstance(stats, RequestStats) else None
+                self._metrics = exposition.Exposition(exposition.DaemonCollector(self.status, s3))
+            return self._metrics
 
     def refresh(self, path: str = "/") -> int:
         dropped = self.namespace.invalidate(path)
@@ -184,20 +212,44 @@ class Daemon:
                 "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
                 "catalog": lambda request: self.catalog.start(request.get("folders"), again=True),
                 "catalog-progress": lambda request: self.catalog.progress(),
+                "metrics": lambda request: {"text": self.metrics()},
             })
             self._control.start()
+            self._record = control.publish(self.config.mount.mountpoint, self.control_path)
         except (OSError, NccidfsError) as error:
             log.error("no control socket, so 'nccidfs status' and 'refresh' will not work: %s", error)
-        threading.Thread(target=self._refresh_on_sighup, name="sighup", daemon=True).start()
+        self._serve_metrics()
+        threading.Thread(target=self._on_signals, name="signals", daemon=True).start()
         threading.Thread(target=self._raise_read_ahead, name="read-ahead", daemon=True).start()
         notify_systemd(b"READY=1\nSTATUS=mounted " + str(self.config.mount.mountpoint).encode())
 
-    def _refresh_on_sighup(self) -> None:
-        """Each SIGHUP byte that Python's C-level handler writes to the wake-up pipe drops all listings."""
+    def _serve_metrics(self) -> None:
+        address = self.config.mount.metrics_addr
+        if address is None:
+            return
+        try:
+            self._exposition().serve(*address)
+            log.info("metrics at http://%s:%d/metrics", *address)
+        except OSError as error:
+            log.error("metrics not served at %s:%d: %s", *address, error.strerror or error)
+
+    def _on_signals(self) -> None:
+        """Act on each signal number that Python's C-level handler writes to the wake-up pipe."""
         while True:
-            received = os.read(self._sighup_pipe[0], 64)
-            for _ in range(received.count(signal.SIGHUP)):
-                self.refresh("/")
+            for number in os.read(self._signal_pipe[0], 64):
+                if number == signal.SIGUSR1:
+                    reopen_log_file()
+                elif not self.hangup_ends:
+                    self.refresh("/")
+                elif self.stopped_by is None:
+                    self._stop(number)
+
+    def _stop(self, number: int) -> None:
+        """End the mount as libfuse ends it on SIGTERM (its handler, in the thread that runs its loop),
+        remembering which signal asked for it."""
+        log.info("%s received: unmounting", signal.Signals(number).name)
+        self.stopped_by = number
+        signal.pthread_kill(self._main_thread, signal.SIGTERM)
 
     def _raise_read_ahead(self) -> None:
         """Raise the mount's bdi read-ahead; needs root, and is skipped quietly without it."""
@@ -222,10 +274,14 @@ class Daemon:
 
         # The main thread stays inside libfuse, so a Python handler never runs; but its C-level part writes
         # the signal number to the wake-up pipe, which a thread reads. Having a handler also stops libfuse
-        # from installing its own (which would unmount on SIGHUP).
-        signal.signal(signal.SIGHUP, lambda signum, frame: None)
-        os.set_blocking(self._sighup_pipe[1], False)
-        signal.set_wakeup_fd(self._sighup_pipe[1], warn_on_full_buffer=False)
+        # from installing its own, which would end the mount on SIGHUP. SIGTERM is left to libfuse, and
+        # SIGINT comes through nccidfs.interrupts where the command took it.
+        self._main_thread = threading.get_ident()
+        for number in HANDLED_SIGNALS:
+            signal.signal(number, lambda signum, frame: None)
+        interrupts.on_interrupt(lambda: self._stop(signal.SIGINT))
+        os.set_blocking(self._signal_pipe[1], False)
+        signal.set_wakeup_fd(self._signal_pipe[1], warn_on_full_buffer=False)
         try:
             mount = self.config.mount
             operations = fuseops.FuseOperations(self.fs, ready, self.config.s3.deadline, uid=mount.uid,
@@ -233,11 +289,16 @@ class Daemon:
             _settle_collector()
             fuseops.run_mount(operations, mount)
         finally:
+            interrupts.on_interrupt(None)
             self.shutdown()
         log.info("unmounted %s", self.config.mount.mountpoint)
+        if self.stopped_by == signal.SIGINT:
+            raise KeyboardInterrupt  # the command exits 130, as for Ctrl-C anywhere else
 
     def shutdown(self) -> None:
         notify_systemd(b"STOPPING=1")
+        if self._record is not None:
+            control.withdraw(self._record)
         if self._control is not None:
             self._control.close()
         if self.prefetcher is not None:

@@ -17,6 +17,7 @@ import queue
 import stat
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from nccidfs.config import MountConfig
 from nccidfs.dicom import XATTR_PREFIX
 from nccidfs.errors import NccidfsError, to_errno
 from nccidfs.fs import FileSystem
+from nccidfs.metrics import FILESYSTEM
 from nccidfs.objects import Entry
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
@@ -61,10 +63,12 @@ def _errors_to_errno(method: F) -> F:
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started, code = time.monotonic(), 0
         try:
             with deadline.bounded(args[0]._call_timeout):
                 return method(*args, **kwargs)
-        except mfusepy.FuseOSError:
+        except mfusepy.FuseOSError as error:
+            code = error.errno
             raise
         except NccidfsError as error:
             code = to_errno(error)
@@ -73,7 +77,10 @@ def _errors_to_errno(method: F) -> F:
             raise mfusepy.FuseOSError(code) from None
         except OSError as error:
             log.warning("%s%r: %s", method.__name__, args[1:2], error)
-            raise mfusepy.FuseOSError(to_errno(error)) from None
+            code = to_errno(error)
+            raise mfusepy.FuseOSError(code) from None
+        finally:
+            FILESYSTEM.record(method.__name__, time.monotonic() - started, code)
 
     return wrapper  # type: ignore[return-value]
 

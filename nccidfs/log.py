@@ -66,3 +66,15 @@ def setup_logging(level: str, log_file: Path | None = None) -> None:
     root.setLevel(level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "mfusepy", "fuse"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def reopen_log_file() -> None:
+    """Open the log file again at its path (SIGUSR1, after logrotate moved it away), created 0600; the
+    old file gets no more lines, so it can be compressed or removed."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            make_private(Path(handler.baseFilename))
+            stream = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115 (the handler's now)
+            old = handler.setStream(stream)
+            if old is not None:
+                old.close()

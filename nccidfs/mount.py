@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from nccidfs.config import Config, S3Config
-from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
+from nccidfs.config import Config, MountConfig, S3Config
+from nccidfs.errors import AccessDenied, ConfigError, NccidfsError, NotFound, TransientError
 from nccidfs.log import strip_credentials
 from nccidfs.objects import Listing
 from nccidfs.store import Boto3Store, ObjectStore
@@ -22,6 +24,12 @@ log = logging.getLogger(__name__)
 
 # The start-up probe answers within this long (or --timeout, if shorter), however the endpoint behaves.
 PROBE_SECONDS = 5.0
+FUSE_DEVICE = Path("/dev/fuse")
+FUSE_CONF = Path("/etc/fuse.conf")
+FUSERMOUNT = "fusermount3"
+# Where libfuse looks for fusermount3 before PATH (its build's bin directory on Debian, Ubuntu and RHEL).
+FUSERMOUNT_DIRS = ("/usr/bin", "/bin")
+ASK_ADMIN = "ask an administrator, or mount as root (see docs/cluster.md)"
 
 
 def check_mountpoint(path: Path) -> None:
@@ -39,6 +47,44 @@ def check_mountpoint(path: Path) -> None:
     except OSError as error:
         raise ConfigError(f"mount point {path} is unusable ({error.strerror}); "
                           f"if a mount died, run: fusermount3 -u {path}") from None
+
+
+def check_fuse(mount: MountConfig, device: Path = FUSE_DEVICE, fuse_conf: Path = FUSE_CONF,
+               search: tuple[str, ...] = FUSERMOUNT_DIRS) -> None:
+    """Refuse, in one line, what libfuse would report as a bare error number: a /dev/fuse this user cannot
+    open, and for a user other than root a missing or unprivileged fusermount3, or --allow-other
+    without ``user_allow_other`` in /etc/fuse.conf."""
+    try:
+        os.close(os.open(device, os.O_RDWR | os.O_CLOEXEC))
+    except FileNotFoundError:
+        raise ConfigError(f"{device} is missing: load the fuse module (modprobe fuse), or give the container "
+                          f"the device (--device {device})") from None
+    except OSError as error:
+        raise ConfigError(f"cannot open {device} ({error.strerror}): FUSE is closed to this user, and mounting "
+                          f"needs {device} readable and writable by all (mode 0666); {ASK_ADMIN}") from None
+    if os.geteuid() == 0:
+        return  # root mounts with mount(2) itself, and may always let other users in
+    helper = next((found for found in (*(shutil.which(FUSERMOUNT, path=d) for d in search),
+                                       shutil.which(FUSERMOUNT)) if found), None)
+    if helper is None:
+        raise ConfigError(f"{FUSERMOUNT} is not installed, and a user needs it to mount (apt-get install fuse3); "
+                          f"{ASK_ADMIN}")
+    info = os.stat(helper)
+    if not (info.st_mode & stat.S_ISUID and info.st_uid == 0):
+        raise ConfigError(f"{helper} is not setuid root, so a user cannot mount with it (chmod u+s {helper}); "
+                          f"{ASK_ADMIN}")
+    if (mount.allow_other or mount.allow_root) and not _allows_other(fuse_conf):
+        flag = "--allow-other" if mount.allow_other else "--allow-root"
+        raise ConfigError(f"{flag} needs the line user_allow_other in {fuse_conf}; {ASK_ADMIN}, "
+                          f"or mount without {flag}")
+
+
+def _allows_other(fuse_conf: Path) -> bool:
+    try:
+        lines = fuse_conf.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in lines)
 
 
 def check_cache_dir_placement(mountpoint: Path, cache_dir: Path) -> None:
@@ -105,8 +151,14 @@ def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | Listing]:
 
 
 def serve(config: Config, store: ObjectStore, folders: list[str] | Listing,
-          on_ready: Callable[[], None] | None = None) -> None:
-    """Mount in the foreground of this process and serve until unmounted."""
+          on_ready: Callable[[], None] | None = None, hangup_ends: bool = False) -> None:
+    """Mount in the foreground of this process and serve until unmounted; ``hangup_ends``: SIGHUP ends the
+    mount (a demo whose terminal closed) instead of dropping cached listings."""
     from nccidfs.daemon import Daemon
 
-    Daemon(config, store, folders).serve(on_ready)
+    try:
+        daemon = Daemon(config, store, folders)
+        daemon.hangup_ends = hangup_ends
+        daemon.serve(on_ready)
+    except RuntimeError as error:  # mfusepy's bare libfuse status; libfuse printed its reason before it
+        raise NccidfsError(f"libfuse could not mount {config.mount.mountpoint} (status {error})") from None

@@ -31,6 +31,7 @@ from nccidfs.errors import (
     TransientError,
 )
 from nccidfs.listparse import PAGE_KEY, ListPage, take_page
+from nccidfs.metrics import Latencies
 from nccidfs.objects import Listing, ObjectInfo
 
 if TYPE_CHECKING:
@@ -72,8 +73,11 @@ class RequestStats:
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.bytes_fetched = 0
+        self.latencies = Latencies()  # for the daemon's metrics
 
-    def record(self, kind: str, nbytes: int = 0, error: str | None = None) -> None:
+    def record(self, kind: str, nbytes: int = 0, error: str | None = None, seconds: float | None = None) -> None:
+        if seconds is not None:
+            self.latencies.observe(kind, seconds)
         with self._lock:
             self.requests[kind] += 1
             self.bytes_fetched += nbytes
@@ -176,7 +180,7 @@ class Boto3Store:
             except Exception as error:
                 failure = classify(error, what)
                 code = _error_code(error)
-            self.stats.record(kind, error=code)
+            self.stats.record(kind, error=code, seconds=time.monotonic() - started)
             log.debug("%s %s failed after %.3fs: %s", kind, what, time.monotonic() - started, code)
             pause = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
             if not isinstance(failure, TransientError) or not self._retry or time.monotonic() + pause > deadline:
@@ -194,7 +198,7 @@ class Boto3Store:
             raise CorruptData(f"list {params['Prefix']}: {error}") from None
         if page is None:  # a 200 answer that is no listing, and not an error botocore recognised either
             raise CorruptData(f"list {params['Prefix']}: the answer is not a ListBucketResult")
-        self.stats.record("ListObjectsV2")
+        self.stats.record("ListObjectsV2", seconds=time.monotonic() - started)
         flat = "" if "Delimiter" in params else " (flat)"
         log.debug("LIST %s%s -> %d keys %d prefixes %.3fs", params["Prefix"], flat,
                   len(page.objects), len(page.prefixes), time.monotonic() - started)
@@ -282,7 +286,7 @@ class Boto3Store:
                     pieces.append(piece)
                     got += len(piece)
             finally:
-                self.stats.record("GetObject", got - before)
+                self.stats.record("GetObject", got - before, seconds=time.monotonic() - started)
                 if got != end - start:
                     body.close()
                 body.release_conn()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,14 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def bucket_name() -> str:
     return f"nccid-test-{uuid.uuid4().hex[:12]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put the ``nccidfs`` installed beside this interpreter on PATH: the service tests run it as the
+    systemd unit and an fstab line do, and ``.venv/bin/python -m pytest`` does not put ``.venv/bin`` there."""
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, (scripts, os.environ.get("PATH"))))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -73,6 +73,12 @@ def drop_page_cache() -> None:
                    stderr=subprocess.DEVNULL)
 
 
+def in_mount_table(path: Path) -> bool:
+    """Whether ``path`` is in the mount table (a dead FUSE mount counts; os.path.ismount says no to it)."""
+    with open("/proc/self/mounts") as table:
+        return any(line.split()[1] == str(path) for line in table)
+
+
 def daemon_env() -> dict[str, str]:
     # No instance-metadata lookups: tests send traffic to loopback only.
     env = dict(os.environ, **CREDENTIALS, AWS_EC2_METADATA_DISABLED="true")
@@ -123,7 +129,7 @@ class MountedDaemon:
                 self.process.kill()
                 self.process.wait()
         self.returncode = self.process.returncode
-        if os.path.ismount(self.mountpoint):
+        if in_mount_table(self.mountpoint):  # also a dead mount, which os.path.ismount does not see
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
         self.process = None
 
@@ -147,3 +153,10 @@ class MountedDaemon:
             if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
                 bad.append(line)
         return bad
+
+
+def start_demo(mountpoint: Path, state: Path) -> subprocess.Popen[str]:
+    """``nccidfs demo MOUNTPOINT`` with its cache and log under ``state``, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
+                             str(state / "cache"), "--log-file", str(state / "demo.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -77,7 +79,8 @@ class DemoServer:
             f"  dcmdump $(find {mountpoint}/ct -name '*.dcm' | head -1) | head -40",
             f"  AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} aws --region {DEFAULT_REGION} "
             f"--endpoint-url {self.endpoint_url} s3 ls {url}",
-            f"  python3 -c 'import boto3; s3 = boto3.client(\"s3\", endpoint_url=\"{self.endpoint_url}\", "
+            f"  {shlex.quote(sys.executable)} "  # this interpreter has boto3; a bare python3 may not
+            f"-c 'import boto3; s3 = boto3.client(\"s3\", endpoint_url=\"{self.endpoint_url}\", "
             f"region_name=\"{DEFAULT_REGION}\", aws_access_key_id=\"{key}\", aws_secret_access_key=\"{secret}\"); "
             f"print([p[\"Prefix\"] for p in s3.list_objects_v2(Bucket=\"{self.bucket}\", Prefix=\"{self.prefix}\", "
             f"Delimiter=\"/\")[\"CommonPrefixes\"]])'",

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from nccidfs.demo.warehouse import DemoObject
-from tests.mounting import PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
+from tests.mounting import PREFIX, MountedDaemon, daemon_env, in_mount_table, seed_demo_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -29,15 +29,67 @@ TOOLS = Path(sys.executable).parent  # hadolint, shellcheck and kubernetes-valid
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 
 
-def manifests() -> list[dict[str, Any]]:
-    documents = []
-    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
-        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+KUSTOMIZE = DEPLOY / "kubernetes"
+OVERLAYS = ("base", "overlays/irsa", "overlays/static-keys")
+# What the daemon's memory must cover, from the README: libfuse keeps about 250 bytes per file the kernel
+# holds, and a walk of the whole warehouse (10.5 million keys) makes the kernel hold every one.
+NODE_BYTES_PER_FILE, WAREHOUSE_KEYS = 250, 10_500_000
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize DIRECTORY`` for the features deploy/ uses: resources (files and other
+    kustomizations), images (newName, newTag) and JSON 6902 patches (add, replace) aimed by kind and name.
+    Anything else in a kustomization fails the test rather than being ignored."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "resources", "images", "patches"}, kustomization
+    documents: list[dict[str, Any]] = []
+    for resource in kustomization.get("resources", []):
+        path = (directory / resource).resolve()
+        documents += render(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for patch in kustomization.get("patches", []):
+        targets = [d for d in documents if d["kind"] == patch["target"]["kind"]
+                   and d["metadata"]["name"] == patch["target"]["name"]]
+        assert len(targets) == 1, patch
+        for operation in yaml.safe_load((directory / patch["path"]).read_text()):
+            apply_json_patch(targets[0], operation)
+    for image in kustomization.get("images", []):
+        for document in documents:
+            for container in pod_containers(document):
+                name, _, tag = container["image"].partition(":")
+                if name == image["name"]:
+                    container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
     return documents
 
 
-def pod_spec(kind: str) -> dict[str, Any]:
-    (resource,) = [doc for doc in manifests() if doc["kind"] == kind]
+def apply_json_patch(document: dict[str, Any], operation: dict[str, Any]) -> None:
+    assert operation["op"] in ("add", "replace"), operation
+    *parents, last = operation["path"].strip("/").split("/")
+    node: Any = document
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        if last == "-":
+            node.append(operation["value"])
+        else:
+            node.insert(int(last), operation["value"])
+    else:
+        assert operation["op"] == "add" or last in node, operation
+        node[last] = operation["value"]
+
+
+def pod_containers(document: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = document.get("spec", {}).get("template", {}).get("spec", {})
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def manifests(overlay: str = "overlays/static-keys") -> list[dict[str, Any]]:
+    """The rendered overlay and the example training Job."""
+    job = [d for d in yaml.safe_load_all((KUSTOMIZE / "training-job.yaml").read_text()) if d]
+    return render(KUSTOMIZE / overlay) + job
+
+
+def pod_spec(kind: str, overlay: str = "overlays/static-keys") -> dict[str, Any]:
+    (resource,) = [doc for doc in manifests(overlay) if doc["kind"] == kind]
     spec: dict[str, Any] = resource["spec"]["template"]["spec"]
     return spec
 
@@ -46,20 +98,48 @@ def host_paths(spec: dict[str, Any]) -> dict[str, str]:
     return {volume["name"]: volume["hostPath"]["path"] for volume in spec["volumes"] if "hostPath" in volume}
 
 
-def mounted(path: Path) -> bool:
-    """Whether ``path`` is in the mount table (a dead FUSE mount counts; os.path.ismount says no to it)."""
-    with open("/proc/self/mounts") as table:
-        return any(line.split()[1] == str(path) for line in table)
-
-
+@pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_manifests_validate_against_the_kubernetes_schemas_offline(version: str) -> None:
+def test_manifests_validate_against_the_kubernetes_schemas_offline(version: str, overlay: str) -> None:
     import kubernetes_validate
 
-    documents = manifests()
-    assert {doc["kind"] for doc in documents} >= {"Namespace", "Secret", "DaemonSet", "Job"}
+    documents = manifests(overlay)
+    assert {doc["kind"] for doc in documents} >= {"Namespace", "ServiceAccount", "DaemonSet", "Job"}
     for doc in documents:
         kubernetes_validate.validate(doc, version, strict=True)  # raises on an unknown or ill-typed field
+
+
+def test_each_overlay_sets_the_image_and_its_own_credentials() -> None:
+    images = {overlay: {c["image"] for c in pod_containers(next(d for d in render(KUSTOMIZE / overlay)
+                                                                 if d["kind"] == "DaemonSet"))}
+              for overlay in OVERLAYS}
+    assert images["base"] == {"nccidfs:0.1.0"}
+    assert images["overlays/irsa"] == {"123456789012.dkr.ecr.eu-west-2.amazonaws.com/nccidfs:0.1.0"}
+    irsa = {d["kind"]: d for d in render(KUSTOMIZE / "overlays/irsa")}
+    assert irsa["ServiceAccount"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    for overlay in ("base", "overlays/irsa"):
+        assert "AWS_SECRET_ACCESS_KEY" not in str(pod_spec("DaemonSet", overlay)) and "Secret" not in {
+            d["kind"] for d in render(KUSTOMIZE / overlay)}
+    (container,) = pod_spec("DaemonSet")["containers"]
+    assert {e["name"] for e in container["env"]} >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_the_daemonset_is_node_critical_scraped_and_sized_for_a_walk_of_the_warehouse() -> None:
+    from nccidfs.config import parse_size
+
+    spec = pod_spec("DaemonSet", "base")
+    (daemonset,) = [d for d in render(KUSTOMIZE / "base") if d["kind"] == "DaemonSet"]
+    (container,) = spec["containers"]
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["serviceAccountName"] == "nccidfs"
+    limit = parse_size(container["resources"]["limits"]["memory"].replace("i", ""))
+    assert limit > NODE_BYTES_PER_FILE * WAREHOUSE_KEYS
+    annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    port = int(annotations["prometheus.io/port"])
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert f"--metrics-addr 0.0.0.0:{port}" in env["NCCIDFS_OPTIONS"]
+    assert {"name": "metrics", "containerPort": port} in container["ports"]
 
 
 def test_the_daemonset_shares_its_mount_with_the_node_and_the_job_reads_it() -> None:
@@ -93,7 +173,7 @@ def test_the_containerfile_passes_hadolint() -> None:
 
 
 def test_the_scripts_pass_shellcheck() -> None:
-    scripts = [str(p) for p in (ENTRYPOINT, WRAPPER, DEPLOY / "nccidfs-common.sh", *DEPLOY.glob("slurm/*.sbatch"))]
+    scripts = [str(p) for p in (ENTRYPOINT, DEPLOY / "nccidfs-common.sh", *DEPLOY.glob("slurm/*.s*"))]
     result = run_tool("shellcheck", "-x", *scripts)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -156,7 +236,7 @@ def test_the_job_wrapper_mounts_runs_the_command_and_unmounts(script_env: dict[s
     count, patient = result.stdout.splitlines()
     assert int(count) == len(warehouse)
     assert f"[{image.split('/')[1]}]" in patient
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
     assert not (tmp_path / "state" / "mounted").exists()
 
     # The next job on the node finds the bytes in the node's cache: reading the image again costs no GET.
@@ -164,7 +244,7 @@ def test_the_job_wrapper_mounts_runs_the_command_and_unmounts(script_env: dict[s
                                 'cat "$NCCIDFS_MOUNTPOINT/.nccidfs/status.json"')
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["s3"]["requests"].get("GetObject", 0) == 0
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -172,7 +252,7 @@ def test_the_job_wrapper_exits_with_the_commands_status_and_still_unmounts(scrip
                                                                             tmp_path: Path) -> None:
     result = wrapper(script_env, 'test -d "$NCCIDFS_MOUNTPOINT/xray" && exit 3')
     assert result.returncode == 3, result.stderr
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -185,7 +265,7 @@ def test_the_job_wrapper_unmounts_when_the_job_is_cancelled(script_env: dict[str
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGTERM)
     assert job.wait(timeout=30) == 143
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -210,7 +290,7 @@ def test_a_cache_held_by_another_daemon_gives_the_job_a_cache_of_its_own(script_
     assert result.returncode == 0 and result.stdout.strip() == "mounted", result.stderr
     assert "using a cache of this job's own" in result.stderr
     assert not (tmp_path / "state" / "cache").exists()
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.fixture
@@ -236,10 +316,10 @@ def test_concurrent_jobs_on_a_node_share_one_mount_and_the_last_one_unmounts(
     second = wrapper(script_env, 'cat "$NCCIDFS_MOUNTPOINT/.nccidfs/status.json"')
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["pid"] == first_pid
-    assert mounted(tmp_path / "state" / "mnt")  # the first job still runs
+    assert in_mount_table(tmp_path / "state" / "mnt")  # the first job still runs
     (tmp_path / "go").touch()
     assert waiting_job.wait(timeout=60) == 0, waiting_job.stderr.read() if waiting_job.stderr else ""
-    assert not mounted(tmp_path / "state" / "mnt")
+    assert not in_mount_table(tmp_path / "state" / "mnt")
 
 
 @pytest.mark.fuse
@@ -250,7 +330,7 @@ def test_the_job_wrapper_uses_a_node_mount_as_it_is(script_env: dict[str, str], 
         result = wrapper(dict(script_env, NCCIDFS_MOUNTPOINT=str(node.mountpoint)), 'ls "$NCCIDFS_MOUNTPOINT"')
         assert result.returncode == 0, result.stderr
         assert "xray" in result.stdout.split()
-        assert mounted(node.mountpoint)
+        assert in_mount_table(node.mountpoint)
     assert not (tmp_path / "cache").exists()
 
 
@@ -285,18 +365,45 @@ def test_the_container_entrypoint_mounts_from_env_clears_a_dead_mount_and_unmoun
         assert (status["bucket"], status["mountpoint"]) == (demo_bucket, str(mountpoint))
         entrypoint.kill()  # as an out-of-memory kill would: the dead mount stays behind
         entrypoint.wait()
-        assert mounted(mountpoint)
+        assert in_mount_table(mountpoint)
 
         entrypoint = start_entrypoint(env, log)
         wait_for(lambda: status_command(env, mountpoint).returncode == 0, "ready mount after the kill", entrypoint)
         assert (mountpoint / "xray").is_dir()
         entrypoint.send_signal(signal.SIGTERM)
         assert entrypoint.wait(timeout=30) == 0
-        assert not mounted(mountpoint)
+        assert not in_mount_table(mountpoint)
         assert "clearing a mount left at" in log.read_text()
     finally:
         if entrypoint.poll() is None:
             entrypoint.kill()
             entrypoint.wait()
-        if mounted(mountpoint):
+        if in_mount_table(mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+
+
+def test_the_slurm_epilog_empties_the_least_recently_used_caches_past_the_node_budget(tmp_path: Path) -> None:
+    from nccidfs.cachedir import prepare
+
+    def cache(name: str, size: int, age: float) -> Path:
+        directory = prepare(tmp_path / f"nccidfs-cache-{name}")
+        (directory / "objects" / "ab").mkdir(parents=True)
+        (directory / "objects" / "ab" / "object.map").write_bytes(b"\0" * size)
+        (directory / "lock").touch()
+        os.utime(directory / "lock", (time.time() - age, time.time() - age))
+        return directory
+
+    held, old, recent = cache("held", 1 << 20, 3000), cache("old", 1 << 20, 2000), cache("recent", 400_000, 10)
+    (tmp_path / "notes").mkdir()  # matches no cache pattern, never touched
+    env = dict(os.environ, NCCIDFS_NODE_CACHE_BUDGET="1.5M", NCCIDFS_CACHE_GLOB=f"{tmp_path}/nccidfs-cache-*",
+               NCCIDFS_CMD=f"{sys.executable} -m nccidfs")
+    # A running daemon holds its cache's lock, as flock(1) does here.
+    with subprocess.Popen(["flock", str(held / "lock"), "sleep", "60"]) as holder:
+        time.sleep(0.5)
+        result = subprocess.run([str(DEPLOY / "slurm" / "nccidfs-epilog.sh")], env=env, capture_output=True,
+                                text=True, timeout=60)
+        holder.kill()
+    assert result.returncode == 0, result.stderr
+    assert (held / "objects").is_dir(), "a cache in use was emptied"
+    assert not (old / "objects").exists(), "the least recently used cache was kept past the budget"
+    assert (recent / "objects").is_dir(), "more was emptied than the budget needs"
