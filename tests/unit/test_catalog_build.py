@@ -243,3 +243,18 @@ def test_an_unexpected_failure_ends_the_build_as_failed(tmp_path: Path, monkeypa
     assert done["state"] == "failed" and "disk on fire" in str(done["reason"])
     with pytest.raises(NotReady):
         catalog.view.open(["series.csv"])
+
+
+def test_a_stale_table_is_served_while_an_update_starts(tmp_path: Path) -> None:
+    store = FailingStore(warehouse(range(2)))
+    catalog = Catalog(store, tmp_path)
+    catalog.build()
+    old = catalog.table("series.csv")
+    store.objects.update(warehouse(range(2, 3)))
+    catalog.namespace.invalidate("/")
+    catalog.builder.mark_stale()
+    assert catalog.builder.progress()["stale"] is True
+    assert catalog.table("series.csv") == old  # at once, the last complete one
+    done = finished(catalog.builder)
+    assert (done["stale"], done["patients_read"]) == (False, 2)
+    assert len(catalog.table("series.csv")) == 6
