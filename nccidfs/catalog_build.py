@@ -148,6 +148,10 @@ class Progress:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
+    def running(self) -> bool:
+        with self.lock:
+            return self.finished is None
+
     def end(self, state: str, reason: str = "") -> None:
         with self.lock:
             self.state, self.reason, self.finished = state, reason, time.time()

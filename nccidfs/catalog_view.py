@@ -48,7 +48,6 @@ class CatalogBuilder:
         self._db = db
         self._lock = threading.Lock()
         self._progress: Progress | None = None
-        self._thread: threading.Thread | None = None
         self._stale = False
 
     def _folders(self) -> tuple[list[str], list[str]]:
@@ -68,13 +67,13 @@ class CatalogBuilder:
                                   f"(it has {', '.join(images) or 'none'})")
         wanted = list(folders) if folders is not None else [*images, *clinical]
         with self._lock:
-            busy = self._thread is not None and self._thread.is_alive()
+            # Busy until the build ends, not until its thread does: a build asked for just after another
+            # completed is a new build, not a look at the old one.
+            busy = self._progress is not None and self._progress.running()
             if not busy and (again or self._stale or not self._db.state()):
                 self._stale = False
                 self._progress = Progress(wanted)
-                self._thread = threading.Thread(target=self._build, args=(self._progress,), name="catalog",
-                                                 daemon=True)
-                self._thread.start()
+                threading.Thread(target=self._build, args=(self._progress,), name="catalog", daemon=True).start()
         return self.progress()
 
     def mark_stale(self) -> None:

@@ -147,13 +147,20 @@ def test_a_second_build_reads_nothing_and_new_patients_alone_are_read(tmp_path: 
     assert len(again.table("series.csv")) == 16 and len(again.table("patients.csv")) == 8
 
 
-def test_a_failing_store_fails_the_build_and_keeps_the_last_complete_tables(tmp_path: Path) -> None:
-    store = FailingStore(warehouse(range(3)))
+def built_then_grown(tmp_path: Path, patients: int, more: int) -> tuple[Catalog, FailingStore, list[dict[str, str]]]:
+    """A catalog built over ``patients`` patients, its series table, then ``more`` patients added to the
+    bucket and the listings dropped (as ``nccidfs refresh`` drops them)."""
+    store = FailingStore(warehouse(range(patients)))
     catalog = Catalog(store, tmp_path)
     catalog.build()
-    before = catalog.table("series.csv")
-    store.objects.update(warehouse(range(3, 5)))
+    table = catalog.table("series.csv")
+    store.objects.update(warehouse(range(patients, patients + more)))
     catalog.namespace.invalidate("/")
+    return catalog, store, table
+
+
+def test_a_failing_store_fails_the_build_and_keeps_the_last_complete_tables(tmp_path: Path) -> None:
+    catalog, store, before = built_then_grown(tmp_path, 3, 2)
     store.down = True
     failed = catalog.build()
     assert failed["state"] == "failed" and "503" in str(failed["reason"])
@@ -243,3 +250,13 @@ def test_an_unexpected_failure_ends_the_build_as_failed(tmp_path: Path, monkeypa
     assert done["state"] == "failed" and "disk on fire" in str(done["reason"])
     with pytest.raises(NotReady):
         catalog.view.open(["series.csv"])
+
+
+def test_a_stale_table_is_served_while_an_update_starts(tmp_path: Path) -> None:
+    catalog, _, old = built_then_grown(tmp_path, 2, 1)
+    catalog.builder.mark_stale()
+    assert catalog.builder.progress()["stale"] is True
+    assert catalog.table("series.csv") == old  # at once, the last complete one
+    done = finished(catalog.builder)
+    assert (done["stale"], done["patients_read"]) == (False, 2)
+    assert len(catalog.table("series.csv")) == 6
