@@ -23,7 +23,7 @@ import operator
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,23 +199,33 @@ class ListingSource:
         self.earliest, self.latest = float("inf"), 0.0
         self.from_index = self.from_s3 = 0
 
-    def objects(self, folders: Sequence[str]) -> dict[str, list[ObjectInfo]]:
-        """Objects under each patient folder (relative to the prefix, ending in ``/``)."""
-        found: dict[str, list[ObjectInfo]] = {}
+    def objects(self, wanted: dict[str, set[str]]) -> list[ObjectInfo]:
+        """Every object of each patient folder (relative to the prefix, ending in ``/``), or of the folders
+        wanted under it: a patient's folder the index lacks whole may still hold the wanted series whole
+        (the catalog looks a series' twin up in the series' own listing). What the index lacks is listed
+        from S3, each folder flat."""
+        found: list[ObjectInfo] = []
         missing = []
-        for folder in folders:
+        for folder, below in wanted.items():
             indexed = self._indexed(self.prefix + folder)
-            if indexed is None:
+            if indexed is not None:
+                found.extend(indexed)
+                continue
+            if folder in below:
                 missing.append(folder)
-            else:
-                found[folder] = indexed
+                continue
+            for directory in sorted({item if item.endswith("/") else item.rsplit("/", 1)[0] + "/" for item in below}):
+                indexed = self._indexed(self.prefix + directory)
+                if indexed is None:
+                    missing.append(directory)
+                else:
+                    found.extend(indexed)
         if missing:
             listed_at = time.time()
             store = self._store()
             with ThreadPoolExecutor(LISTING_THREADS) as pool:
-                for folder, listing in zip(missing, pool.map(
-                        lambda f: store.list_tree(self.prefix + f), missing), strict=True):
-                    found[folder] = list(listing.objects)
+                for listing in pool.map(lambda f: store.list_tree(self.prefix + f), missing):
+                    found.extend(listing.objects)
             self._seen(listed_at)
             self.from_s3 += len(missing)
         return found
@@ -263,14 +273,13 @@ def _open_index(path: Path, identity: dict[str, str]) -> sqlite3.Connection | No
 
 
 def collect(selection: Selection, source: ListingSource) -> list[ObjectInfo]:
-    """The objects of a selection, in key order."""
+    """The objects of a selection, in key order, each once."""
     wanted = selection.wanted
-    found = source.objects(sorted(wanted))
-    chosen: list[ObjectInfo] = []
+    chosen: dict[str, ObjectInfo] = {}
     prefix_length = len(source.prefix)
-    for folder, objects in found.items():
-        below = tuple(wanted[folder])
-        whole = folder in below
-        chosen.extend(obj for obj in objects if whole or obj.key[prefix_length:].startswith(below)
-                      or obj.key[prefix_length:] in below)
-    return sorted(chosen)
+    for obj in source.objects(wanted):
+        relative = obj.key[prefix_length:]
+        below = wanted["/".join(relative.split("/", 2)[:2]) + "/"]
+        if relative in below or any(relative.startswith(item) for item in below if item.endswith("/")):
+            chosen[obj.key] = obj
+    return sorted(chosen.values())

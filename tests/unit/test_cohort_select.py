@@ -118,11 +118,27 @@ def test_objects_come_from_the_index_where_it_holds_a_folder_whole(tmp_path: Pat
     assert store.requests["list"] == 2
 
 
+def test_a_series_listed_whole_serves_a_patient_folder_listed_only_in_part(tmp_path: Path) -> None:
+    """The catalog looks a twin up in the series' own listing: the patient's metadata folder is not
+    in the index whole, but the series is."""
+    store = MemoryStore(OBJECTS)
+    index = ListingIndex(tmp_path / INDEX_FILE, IDENTITY)
+    for prefix in (f"{PREFIX}ct/P1/", f"{PREFIX}ct-metadata/P1/1.2/1.2.1/", f"{PREFIX}data/P1/"):
+        index.put(entries_from_tree(store.list_tree(prefix), prefix, 0.0).items(), time.time())
+    index.close()
+    store.requests.clear()
+    selection = Selection()
+    selection.add("ct/P1/1.2/1.2.1")
+    source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
+    assert len(collect(selection, source)) == 3
+    assert (source.from_index, source.from_s3, store.requests["list"]) == (3, 0, 0)
+
+
 def test_an_index_of_another_view_is_not_used(tmp_path: Path) -> None:
     store = MemoryStore(OBJECTS)
     index = ListingIndex(tmp_path / INDEX_FILE, {**IDENTITY, "view": "cohort x"})
     index.put(entries_from_tree(store.list_tree(f"{PREFIX}ct/P1/"), f"{PREFIX}ct/P1/", 0.0).items(), time.time())
     index.close()
     source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
-    source.objects(["ct/P1/"])
+    source.objects({"ct/P1/": {"ct/P1/"}})
     assert (source.from_index, source.from_s3) == (0, 1)
