@@ -182,8 +182,7 @@ def create(args: argparse.Namespace) -> None:
     try:
         while not os.path.ismount(mountpoint):
             time.sleep(0.05)
-        seconds, out = nccidfs("catalog", "build", str(mountpoint), "--modality", "xray", "--modality", "data",
-                               cwd=work)
+        seconds, out = nccidfs("catalog", "build", str(mountpoint), cwd=work)
         print(json.dumps({"catalog_build_seconds": round(seconds, 1), "catalog": out}), flush=True)
         copied = time.monotonic()
         shutil.copytree(mountpoint / ".nccidfs" / "catalog", work / "catalog")
