@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +147,13 @@ class MountedDaemon:
             if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
                 bad.append(line)
         return bad
+
+
+def within(seconds: float, check: Callable[[], bool]) -> bool:
+    """Whether ``check`` comes true within ``seconds``."""
+    give_up = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from tests.mounting import (
     daemon_env,
     s3_client,
     seed_demo_bucket,
+    within,
 )
 
 pytestmark = pytest.mark.fuse
@@ -58,15 +59,6 @@ def listings(mount: MountedDaemon) -> int:
 def find_files(root: Path) -> list[str]:
     return sorted(subprocess.run(["find", str(root), "-type", "f"], capture_output=True, text=True,
                                  check=True).stdout.splitlines())
-
-
-def within(seconds: float, check: Callable[[], bool]) -> bool:
-    give_up = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_a_walk_sends_no_opendir_and_the_second_walk_is_served_by_the_kernel(
