@@ -122,8 +122,8 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                             "cached; off saves about 1.3 CPU seconds per GiB read (default: on)")
     mount.add_argument("--readdirplus", action="store_true",
                        help="return attributes with directory listings: ls -l of a big directory needs no "
-                            "lookup per entry, but a walk of a million files keeps about 120 MiB more in the "
-                            "daemon (default: off)")
+                            "lookup per entry, but every file a walk lists becomes an inode the daemon holds a "
+                            "number for, up to --max-inodes (default: off)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
     mount.add_argument("--allow-root", action="store_true",
