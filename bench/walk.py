@@ -6,9 +6,10 @@ measures, each on a fresh mount and empty cache:
 
 - cold ``stat`` of random series files (chosen beforehand with boto3), one after another: the median
   time and the listings they cost;
-- ``find FOLDER -type f`` for each folder: seconds, files per second, listings, and the daemon's
-  largest VmRSS, sampled throughout; meanwhile a ``stat`` every 0.1 s of a file listed before the walk
-  (in another folder; each named again only after the kernel's attribute timeout), timed;
+- ``find FOLDER -type f`` for each folder: seconds, files per second, listings, FUSE requests per
+  directory (the daemon's counters), and the daemon's largest VmRSS, sampled throughout; meanwhile a
+  ``stat`` every 0.1 s of a file listed before the walk (in another folder; each named again only after
+  the kernel's attribute timeout), timed; then the same ``find`` again on the same mount;
 - boto3's paginator over the same prefix (bench/index_modality.py), stopped after ``--boto3-max-keys``
   keys for the large folders, so its rate is measured without its hours;
 - the whole warehouse, extrapolated: each folder's keys at scale 1.0 over the rate measured here.
@@ -33,6 +34,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -152,7 +154,26 @@ def cold_stats(endpoint: str, workdir: Path, nccidfs: Nccidfs, keys: list[str]) 
             "listings": lists, "listings_per_stat": round(lists / len(keys), 2)}
 
 
-def walk(endpoint: str, workdir: Path, nccidfs: Nccidfs, folder: str, probe_keys: list[str]) -> dict[str, float]:
+def kernel_requests(mnt: Path) -> dict[str, int]:
+    """FUSE requests the daemon answered, by kind (versions before the counters: none)."""
+    counts = json.loads((mnt / ".nccidfs" / "status.json").read_text()).get("kernel", {})
+    return {kind: count for kind, count in counts.items() if kind != "inodes"}
+
+
+def timed_find(mnt: Path, folder: str) -> tuple[int, float, dict[str, int]]:
+    """``find FOLDER -type f``: files, seconds, and the FUSE requests it cost by kind."""
+    before = kernel_requests(mnt)
+    started = time.monotonic()
+    find = subprocess.run(["find", str(mnt / folder), "-type", "f"], capture_output=True, check=True)
+    seconds = time.monotonic() - started
+    after = kernel_requests(mnt)
+    spent = {kind: after[kind] - before.get(kind, 0) for kind in after if after[kind] != before.get(kind, 0)}
+    return find.stdout.count(b"\n"), seconds, spent
+
+
+def walk(endpoint: str, workdir: Path, nccidfs: Nccidfs, folder: str, probe_keys: list[str],
+         directories: int) -> dict[str, object]:
+    """A cold walk of ``folder`` with stats meanwhile, then the same walk again on the same mount."""
     with fresh_mount(endpoint, workdir, nccidfs) as (mnt, pid):
         probes = [mnt / key for key in probe_keys if not key.startswith(f"{folder}/")]
         for path in probes:
@@ -160,15 +181,16 @@ def walk(endpoint: str, workdir: Path, nccidfs: Nccidfs, folder: str, probe_keys
         listings(endpoint)
         time.sleep(ATTR_TIMEOUT)  # so each probe reaches the daemon
         with RssSampler(pid) as rss, Prober(probes) as prober:
-            started = time.monotonic()
-            find = subprocess.run(["find", str(mnt / folder), "-type", "f"], capture_output=True, check=True)
-            seconds = time.monotonic() - started
-        files = find.stdout.count(b"\n")
+            files, seconds, spent = timed_find(mnt, folder)
         lists = listings(endpoint)
+        _files, again, spent_again = timed_find(mnt, folder)
     p90 = prober.p90_ms()
     return {"files": files, "seconds": round(seconds, 2), "files_per_second": round(files / seconds),
             "listings": lists, "peak_rss_mib": round(rss.peak_kib / 1024), "probe_stats": len(prober.seconds),
-            "probe_p90_ms": round(p90, 1) if p90 is not None else -1}
+            "probe_p90_ms": round(p90, 1) if p90 is not None else -1,
+            "requests_per_directory": round(sum(spent.values()) / directories, 2), "requests": spent,
+            "second_seconds": round(again, 2), "second_requests": spent_again,
+            "second_speedup": round(seconds / again, 1)}
 
 
 def boto3_rate(endpoint: str, folder: str, max_keys: int) -> dict[str, float]:
@@ -193,7 +215,7 @@ def extrapolate(shared: Path, results: dict[str, object]) -> None:
     results["extrapolated_minutes_at_scale_1"] = round(seconds / 60, 1)
 
 
-def shown(name: str, result: dict[str, float]) -> dict[str, float]:
+def shown(name: str, result: dict[str, Any]) -> dict[str, Any]:
     print(f"{name:40s} {json.dumps(result)}", flush=True)
     return result
 
@@ -224,7 +246,10 @@ def main() -> None:
             counts = json.loads(urllib.request.urlopen(f"{endpoint}/_count").read())["folders"]
             for folder in args.folders.split(","):
                 entry: dict[str, object] = {"keys": counts[folder]["keys"]}
-                entry["nccidfs"] = shown(f"find {folder}", walk(endpoint, workdir, nccidfs, folder, keys))
+                shape = counts[folder]
+                directories = 1 + shape["patients"] + shape.get("studies", 0) + shape.get("series", 0)
+                entry["nccidfs"] = shown(f"find {folder}", walk(endpoint, workdir, nccidfs, folder, keys,
+                                                                directories))
                 if not args.skip_boto3:
                     entry["boto3"] = shown(f"boto3 {folder}", boto3_rate(endpoint, folder, args.boto3_max_keys))
                 results[folder] = entry

@@ -111,6 +111,9 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     mount.add_argument("--max-listing-entries", type=int, default=MountConfig.max_listing_entries, metavar="N",
                        help="bound on directory entries held in memory; least recently used listings are "
                             "dropped first; about 1 KiB each; the on-disk index keeps the rest (default: %(default)s)")
+    mount.add_argument("--max-inodes", type=int, default=MountConfig.max_inodes, metavar="N",
+                       help="bound on the files and directories the kernel may keep known to the daemon; past "
+                            "it the kernel is asked to forget the oldest (default: %(default)s)")
     mount.add_argument("--timeout", type=float, default=S3Config.deadline, metavar="SECONDS",
                        help="a read or listing that S3 cannot serve within this time fails with EIO, "
                             "after retries (default: %(default)g)")
@@ -124,8 +127,8 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                             "cached; off saves about 1.3 CPU seconds per GiB read (default: on)")
     mount.add_argument("--readdirplus", action="store_true",
                        help="return attributes with directory listings: ls -l of a big directory needs no "
-                            "lookup per entry, but a walk of a million files keeps about 120 MiB more in the "
-                            "daemon (default: off)")
+                            "lookup per entry, but every file a walk lists becomes an inode the daemon holds a "
+                            "number for, up to --max-inodes (default: off)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
     mount.add_argument("--allow-root", action="store_true",
@@ -208,7 +211,8 @@ def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
     return Config(
         mount=MountConfig(mountpoint=mountpoint, foreground=foreground, allow_other=args.allow_other,
                           allow_root=args.allow_root, listing_ttl=args.listing_ttl,
-                          max_listing_entries=args.max_listing_entries, readdirplus=args.readdirplus,
+                          max_listing_entries=args.max_listing_entries, max_inodes=args.max_inodes,
+                          readdirplus=args.readdirplus,
                           attr_timeout=args.attr_timeout, uid=args.uid, gid=args.gid,
                           umask=parse_umask(args.umask), log_level=args.log_level,
                           log_file=None if log_file is None else log_file.expanduser().absolute(),
@@ -495,8 +499,8 @@ SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "st
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.
 FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
-                       "cache_size", "listing_ttl", "max_listing_entries", "timeout", "attr_timeout", "uid", "gid",
-                       "umask", "log_level", "log_file", "metrics_addr", "cohort", "as_of")
+                       "cache_size", "listing_ttl", "max_listing_entries", "max_inodes", "timeout", "attr_timeout",
+                       "uid", "gid", "umask", "log_level", "log_file", "metrics_addr", "cohort", "as_of")
 FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "no_verify", "readdirplus")
 # Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
 FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",

@@ -42,6 +42,7 @@ METRICS_HOST = "127.0.0.1"  # --metrics-addr without a host listens on loopback 
 # TTL of 0 one `find` of 182 files cost 1,001 listings.
 MIN_LISTING_TTL = 1.0
 MIN_LISTING_ENTRIES = 1000
+MIN_INODES = 100
 # sun_path holds 108 bytes including the terminating NUL.
 SOCKET_PATH_MAX = 107
 # Separators accepted in a list flag: "," on the command line, ":" or "+" where commas split options (fstab).
@@ -252,6 +253,8 @@ class MountConfig:
     listing_ttl: float = 300.0
     # About 1 KiB of memory each; listings beyond the bound are read back from the on-disk index, not S3.
     max_listing_entries: int = 50_000
+    # Inode numbers held for the kernel; past it the kernel is asked to forget the oldest files.
+    max_inodes: int = 250_000
     readdirplus: bool = False
     # How long the kernel trusts a file's attributes and a name's lookup before asking the daemon again. The
     # daemon answers from its listing cache in microseconds, so a short time lets a refreshed listing show.
@@ -276,6 +279,8 @@ class MountConfig:
         check_seconds("--attr-timeout", self.attr_timeout, 0.0)
         if self.max_listing_entries < MIN_LISTING_ENTRIES:
             raise ConfigError(f"--max-listing-entries must be at least {MIN_LISTING_ENTRIES}")
+        if self.max_inodes < MIN_INODES:
+            raise ConfigError(f"--max-inodes must be at least {MIN_INODES}")
         for flag, value in (("--uid", self.uid), ("--gid", self.gid)):
             if value is not None and not 0 <= value <= _ID_MAX:
                 raise ConfigError(f"{flag} must be a number from 0 to {_ID_MAX}; got {value}")

@@ -64,6 +64,9 @@ class Opened:
 # read goes past the header (or reaches the end of a small file), i.e. when the reader wants whole images.
 # The series prefetcher hooks in to both; header scans (pydicom's stop_before_pixels) never reach the second.
 Listener = Callable[[str, ObjectInfo], None]
+# Called with a directory's mount path whose listing the kernel may hold wrongly, and whether the
+# directories below it are meant too.
+ListingInvalidator = Callable[[str, bool], None]
 WHOLE_FILE_READ = 256 * 1024
 CONTROL_PATH = "/" + CONTROL
 
@@ -84,6 +87,7 @@ class FileSystem:
         self._listeners: list[Listener] = []
         self._open_listeners: list[Listener] = []
         self._invalidate: Invalidator = lambda path, wait: None
+        self._kernel_counts: Callable[[], dict[str, int]] | None = None
         self._collision_logged = False
 
     def add_open_listener(self, listener: Listener) -> None:
@@ -94,12 +98,20 @@ class FileSystem:
         self._listeners.append(listener)
 
     def set_status_provider(self, provider: Callable[[], dict[str, Any]]) -> None:
-        self.control.register(STATUS_FILE, StatusFile(provider, self.namespace.mount_time))
+        self.control.register(STATUS_FILE, StatusFile(lambda: self._with_kernel(provider()), self.namespace.mount_time))
 
-    def set_invalidator(self, invalidate: Invalidator) -> None:
+    def _with_kernel(self, status: dict[str, Any]) -> dict[str, Any]:
+        """The daemon's status, with the FUSE requests by kind once mounted."""
+        return status if self._kernel_counts is None else {**status, "kernel": self._kernel_counts()}
+
+    def set_kernel(self, invalidate: Invalidator, invalidate_listing: ListingInvalidator,
+                   counts: Callable[[], dict[str, int]]) -> None:
+        """What the kernel is told when the daemon learns its caches are wrong, and its request counts."""
         self._invalidate = invalidate
         self.control.invalidate = invalidate
+        self._kernel_counts = counts
         self.namespace.on_change = lambda path: invalidate(path, 0.0)
+        self.namespace.on_listing_change = invalidate_listing
 
     def discarded(self, key: str) -> None:
         """The cache dropped this object's bytes (MD5 mismatch): pages the kernel holds are suspect too."""
@@ -124,10 +136,16 @@ class FileSystem:
         return parts[1:]
 
     def lookup(self, path: str) -> Entry:
+        """The entry for ``path``. For a directory, its own listing is refreshed in the background if it is
+        past its TTL: the kernel asks for a directory's attributes before it reads the listing it keeps
+        (at most every ``--attr-timeout``), and otherwise would never ask for the listing again."""
         parts = self._virtual(path)
         if parts is not None:
             return self.control.lookup(parts)
-        return self.namespace.lookup(path)
+        entry = self.namespace.lookup(path)
+        if entry.is_dir:
+            self.namespace.revalidate(path)
+        return entry
 
     def readdir(self, path: str) -> list[Entry]:
         parts = self._virtual(path)

@@ -14,11 +14,12 @@ import functools
 import logging
 import os
 import queue
+import signal
 import stat
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from nccidfs.config import MountConfig
 from nccidfs.dicom import XATTR_PREFIX
 from nccidfs.errors import NccidfsError, to_errno
 from nccidfs.fs import FileSystem
+from nccidfs.inodes import Inodes
 from nccidfs.metrics import FILESYSTEM
 from nccidfs.objects import Entry
 
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LOOP_ENDED_BY_SIGNAL = 8
 KERNEL_NEGATIVE_TIMEOUT = 1.0
 # FUSE worker threads, and as many kept idle: each read waiting on S3 holds one, so libfuse's default of 10
 # would cap a data loader's readers at 10. (libfuse 3.14 logs "Ignoring invalid max threads value
@@ -85,40 +86,6 @@ def _errors_to_errno(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class KernelInvalidator:
-    """Tells the kernel to forget the attributes and cached pages of a path (``fuse_invalidate_path``).
-
-    Called when the daemon learns that an object it served was replaced or its cached bytes were bad.
-    The notification is sent from a thread of its own: sent from inside a FUSE call on the same inode it
-    could wait on a page lock that the call itself holds.
-    """
-
-    def __init__(self) -> None:
-        self._fuse: ctypes.c_void_p | None = None
-        self._paths: queue.SimpleQueue[tuple[str, threading.Event]] = queue.SimpleQueue()
-
-    def start(self) -> None:
-        """From FUSE's init, where the context names the session."""
-        self._fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
-        threading.Thread(target=self._send, name="invalidate", daemon=True).start()
-
-    def __call__(self, path: str, wait: float) -> None:
-        done = threading.Event()
-        self._paths.put((path, done))
-        if wait:
-            done.wait(wait)
-
-    def _send(self) -> None:
-        invalidate = mfusepy._libfuse.fuse_invalidate_path
-        invalidate.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
-        while True:
-            path, done = self._paths.get()
-            result = invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
-            done.set()
-            # -ENOENT: the kernel holds nothing for that path, which is what we wanted.
-            log.debug("invalidated %s in the kernel (%d)", path, result)
-
-
 class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
     """Operations for mfusepy. Attribute names share a namespace with FUSE op names: keep them private."""
 
@@ -130,7 +97,6 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         self._fs = filesystem
         self._on_ready = on_ready
         self._call_timeout = call_timeout
-        self._invalidator = KernelInvalidator()
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
         self._file_mode = stat.S_IFREG | file_mode
@@ -150,19 +116,17 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         for spec in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec):
             spec.tv_sec, spec.tv_nsec = seconds, nanoseconds
 
-    def init_with_config(self, conn: Any, config: Any) -> None:
-        if conn is not None:
-            conn.max_background = MAX_BACKGROUND
-            conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
+    def init(self, conn: Any, kernel: Kernel) -> None:
+        conn.max_background = MAX_BACKGROUND
+        conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
         log.info("mounted (libfuse %d)", libfuse_version())
-        self._invalidator.start()
-        self._fs.set_invalidator(self._invalidator)
+        self._fs.set_kernel(kernel.invalidate_path, kernel.invalidate_listing, kernel.counts)
         if self._on_ready is not None:
             self._on_ready()
 
     @_errors_to_errno
     def getattr(self, path: str, fh: Any = None) -> Entry:
-        """The entry itself: :class:`_Fuse` fills the kernel's struct from it with :meth:`fill_stat`."""
+        """The entry itself: :class:`Kernel` fills the kernel's struct from it with :meth:`fill_stat`."""
         return self._fs.lookup(path)
 
     @_errors_to_errno
@@ -218,82 +182,422 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
                 "f_bfree": 0, "f_bavail": 0, "f_namemax": 255}
 
 
+# -- the low-level session -------------------------------------------------------------------------------
+# nccidfs speaks libfuse's low-level API: the high-level one (fuse_operations) cannot answer OPENDIR with
+# ENOSYS (libfuse 3.14 then dereferences a null directory handle on the next READDIR) and drops
+# cache_readdir and keep_cache before 3.16, and its table of paths holds a node per file the kernel keeps.
+
+_lib = mfusepy._libfuse
+_req = ctypes.c_void_p
+_ino = ctypes.c_uint64
+_off = ctypes.c_int64
+_fi = ctypes.POINTER(mfusepy.fuse_file_info)
+_UNUSED = ctypes.c_void_p  # an operation left NULL: libfuse answers it with ENOSYS
+FUSE_UNKNOWN_INO = 0xFFFFFFFF  # what a listing says of an entry the kernel has no number for
+# Inode numbers the daemon keeps for the kernel before it asks the kernel to drop the oldest.
+MAX_INODES = 250_000
+
+
+class _EntryParam(ctypes.Structure):
+    _fields_ = [("ino", _ino), ("generation", ctypes.c_uint64), ("attr", mfusepy.c_stat),
+                ("attr_timeout", ctypes.c_double), ("entry_timeout", ctypes.c_double)]
+
+
+class _ForgetData(ctypes.Structure):
+    _fields_ = [("ino", _ino), ("nlookup", ctypes.c_uint64)]
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)), ("allocated", ctypes.c_int)]
+
+
+_ATTR_OP = ctypes.CFUNCTYPE(None, _req, _ino, _fi)
+_READ_OP = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t, _off, _fi)
+_OPERATIONS: list[tuple[str, Any]] = [  # struct fuse_lowlevel_ops, in its order, up to readdirplus
+    ("init", ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(mfusepy.fuse_conn_info))),
+    ("destroy", _UNUSED),
+    ("lookup", ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p)),
+    ("forget", ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_uint64)),
+    ("getattr", _ATTR_OP), ("setattr", _UNUSED), ("readlink", ctypes.CFUNCTYPE(None, _req, _ino)),
+    *((name, _UNUSED) for name in ("mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link")),
+    ("open", _ATTR_OP), ("read", _READ_OP), ("write", _UNUSED), ("flush", _UNUSED), ("release", _ATTR_OP),
+    ("fsync", _UNUSED), ("opendir", _ATTR_OP), ("readdir", _READ_OP), ("releasedir", _UNUSED),
+    ("fsyncdir", _UNUSED), ("statfs", ctypes.CFUNCTYPE(None, _req, _ino)), ("setxattr", _UNUSED),
+    ("getxattr", ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p, ctypes.c_size_t)),
+    ("listxattr", ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t)),
+    *((name, _UNUSED) for name in ("removexattr", "access", "create", "getlk", "setlk", "bmap", "ioctl",
+                                   "poll", "write_buf", "retrieve_reply")),
+    ("forget_multi", ctypes.CFUNCTYPE(None, _req, ctypes.c_size_t, ctypes.POINTER(_ForgetData))),
+    ("flock", _UNUSED), ("fallocate", _UNUSED), ("readdirplus", _READ_OP),
+]
+
+
+class _LowLevelOps(ctypes.Structure):
+    _fields_ = _OPERATIONS
+
+
+def _declare() -> None:
+    """Argument and result types of the libfuse functions used here."""
+    void_p, size, char_p = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
+    signatures: dict[str, tuple[Any, tuple[Any, ...]]] = {
+        "fuse_session_new": (void_p, (ctypes.POINTER(_Args), ctypes.POINTER(_LowLevelOps), size, void_p)),
+        "fuse_session_mount": (ctypes.c_int, (void_p, char_p)),
+        "fuse_session_unmount": (None, (void_p,)),
+        "fuse_session_destroy": (None, (void_p,)),
+        "fuse_set_signal_handlers": (ctypes.c_int, (void_p,)),
+        "fuse_remove_signal_handlers": (None, (void_p,)),
+        "fuse_loop_cfg_create": (void_p, ()),
+        "fuse_loop_cfg_destroy": (None, (void_p,)),
+        "fuse_loop_cfg_set_max_threads": (None, (void_p, ctypes.c_uint)),
+        "fuse_loop_cfg_set_idle_threads": (None, (void_p, ctypes.c_uint)),
+        "fuse_session_loop_mt_312": (ctypes.c_int, (void_p, void_p)),
+        "fuse_reply_err": (ctypes.c_int, (_req, ctypes.c_int)),
+        "fuse_reply_none": (None, (_req,)),
+        "fuse_reply_entry": (ctypes.c_int, (_req, ctypes.POINTER(_EntryParam))),
+        "fuse_reply_attr": (ctypes.c_int, (_req, ctypes.POINTER(mfusepy.c_stat), ctypes.c_double)),
+        "fuse_reply_readlink": (ctypes.c_int, (_req, char_p)),
+        "fuse_reply_open": (ctypes.c_int, (_req, _fi)),
+        "fuse_reply_buf": (ctypes.c_int, (_req, void_p, size)),
+        "fuse_reply_statfs": (ctypes.c_int, (_req, ctypes.POINTER(mfusepy.c_statvfs))),
+        "fuse_reply_xattr": (ctypes.c_int, (_req, size)),
+        "fuse_add_direntry": (size, (_req, void_p, size, char_p, ctypes.POINTER(mfusepy.c_stat), _off)),
+        "fuse_add_direntry_plus": (size, (_req, void_p, size, char_p, ctypes.POINTER(_EntryParam), _off)),
+        "fuse_lowlevel_notify_inval_inode": (ctypes.c_int, (void_p, _ino, _off, _off)),
+        "fuse_lowlevel_notify_inval_entry": (ctypes.c_int, (void_p, _ino, char_p, size)),
+        "fuse_lowlevel_notify_delete": (ctypes.c_int, (void_p, _ino, _ino, char_p, size)),
+    }
+    for name, (result, arguments) in signatures.items():
+        function = getattr(_lib, name)
+        function.restype, function.argtypes = result, arguments
+
+
+_declare()
 _thread_state_kept = threading.local()
 
 
-class _Fuse(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy's FUSE with three changes, each measured on a walk of 106,000 directories.
+def _reply_errors(handler: F) -> F:
+    """Answer every request, whatever happens: FuseOSError as its errno, anything else as EIO (logged)."""
 
-    - Each libfuse worker thread keeps its Python thread state. ctypes otherwise creates and destroys
-      one around every call, with its thread-local data.
-    - ``getattr`` fills the kernel's ``struct stat`` from the entry directly, not through a dict.
-    - A listing passes each sub-directory with its attributes (readdirplus), so a walk needs no lookup
-      of the directory before entering it; with ``attributes_for_files`` (``--readdirplus``) files get
-      theirs too. Files otherwise go without: each entry with attributes becomes a kernel inode and a
-      libfuse node that a walk of millions of files would keep.
+    name = handler.__name__.lstrip("_")
 
-    libfuse 3.14 drops attributes given in its offset-less mode, so a listing with sub-directories is
-    given with offsets, and each page the kernel asks for calls back here; :data:`READDIR_KEPT` listings
-    are kept so the next page is served from the same snapshot. A listing of files alone keeps the
-    offset-less mode, where libfuse serves every page from one call.
-    """
-
-    READDIR_PLUS = 1  # FUSE_READDIR_PLUS in the flags libfuse passes to readdir
-    FILL_DIR_PLUS = 2
-    READDIR_KEPT = 16
-
-    def __init__(self, operations: FuseOperations, *args: Any, attributes_for_files: bool = False,
-                 **kwargs: Any) -> None:
-        self._attributes_for_files = attributes_for_files
-        self._listings: OrderedDict[bytes, list[tuple[bytes, Entry]]] = OrderedDict()
-        self._listings_lock = threading.Lock()
-        super().__init__(operations, *args, **kwargs)
-
-    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+    @functools.wraps(handler)
+    def wrapper(self: Kernel, req: int, *args: Any) -> None:
         if not getattr(_thread_state_kept, "done", False):
+            # ctypes otherwise makes and drops a Python thread state around every call from this thread.
             ctypes.pythonapi.PyGILState_Ensure()  # never released: the thread keeps its state until it ends
             _thread_state_kept.done = True
-        return super()._wrapper(func, *args, **kwargs)
+        with self._lock:
+            self.requests[name] += 1
+        try:
+            handler(self, req, *args)
+        except mfusepy.FuseOSError as error:
+            _lib.fuse_reply_err(req, error.errno)
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            _lib.fuse_reply_err(req, errno.EIO)
 
-    def fgetattr(self, path: bytes, buf: Any, fip: Any) -> int:
-        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
-        entry = self.operations.getattr(path.decode(self.encoding, self.errors))
-        self.operations.fill_stat(buf.contents, entry)
-        return 0
+    return wrapper  # type: ignore[return-value]
 
-    def readdir_fuse_3(self, path: bytes, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        with self._listings_lock:
-            rows = self._listings.get(path) if offset else None
-        if rows is None:
-            entries = self.operations.readdir(path.decode(self.encoding, self.errors), 0)
-            rows = [(b".", _DOT), (b"..", _DOT)] + [
-                (entry.name.encode(self.encoding, self.errors), entry) for entry in entries]
+
+class Kernel:
+    """The FUSE session: inode numbers for the kernel, requests turned into :class:`FuseOperations` calls,
+    and what the daemon tells the kernel (forget a file's pages, a changed listing, names past the
+    ceiling), sent from a thread of its own: sent from inside a request on the same inode it could wait
+    on a lock that the request holds.
+
+    OPENDIR is answered ENOSYS, so the kernel sends no OPENDIR or RELEASEDIR for the rest of the mount
+    (Linux 5.1+) and keeps the listings it reads in its page cache (FOPEN_CACHE_DIR and FOPEN_KEEP_CACHE
+    are its defaults then): a directory read again costs no request until the daemon says its listing
+    changed. A listing passes each sub-directory with its attributes (readdirplus), so a walk needs no
+    lookup of a directory before entering it; files get theirs too with ``attributes_for_files``
+    (``--readdirplus``), at the cost of a kernel inode and a number here for each.
+    """
+
+    READDIR_KEPT = 16  # listings kept so that their next page is served from the same snapshot
+
+    def __init__(self, operations: FuseOperations, config: MountConfig, attributes_for_files: bool,
+                 max_inodes: int = MAX_INODES) -> None:
+        self._ops = operations
+        self._attributes_for_files = attributes_for_files
+        ttl = config.listing_ttl
+        self._attr_timeout = min(ttl, config.attr_timeout)
+        self._negative_timeout = min(ttl, KERNEL_NEGATIVE_TIMEOUT)
+        self._inodes = Inodes(max_inodes)
+        self._listed: set[int] = set()  # directories whose listing the kernel may hold in its cache
+        self._opened: Counter[int] = Counter()  # files open, which are never given up
+        self._listings: OrderedDict[int, list[tuple[bytes, Entry]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._notes: queue.SimpleQueue[tuple[Callable[[], object], threading.Event | None]] = queue.SimpleQueue()
+        self._giving_up = threading.Event()
+        self.requests: Counter[str] = Counter()
+        self.session: int | None = None
+        self._table = _LowLevelOps(*(kind(getattr(self, "_" + name)) if kind is not _UNUSED else None
+                                     for name, kind in _OPERATIONS))
+
+    # -- what the daemon tells the kernel ---------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Requests by kind since the mount, and the inode numbers held."""
+        return {**self.requests, "inodes": len(self._inodes)}
+
+    def invalidate_path(self, path: str, wait: float) -> None:
+        """Forget the attributes and cached pages of a file (a replaced or discarded object)."""
+        ino = self._inodes.number(path)
+        if ino is not None:
+            self._note(lambda: _lib.fuse_lowlevel_notify_inval_inode(self.session, ino, 0, 0), wait)
+
+    def invalidate_listing(self, path: str, subtree: bool) -> None:
+        """Drop the listing the kernel holds of directory ``path`` (and of those below it)."""
+        if subtree:
+            numbers = [ino for ino in self._inodes.under(path) if ino in self._listed]
+        else:
+            ino = self._inodes.number(path)
+            numbers = [ino] if ino in self._listed else []
+        for ino in numbers:  # still listed: a reply under way may yet put the old listing in the cache
+            self._note(functools.partial(_lib.fuse_lowlevel_notify_inval_inode, self.session, ino, 0, 0), 0.0)
+
+    def _note(self, send: Callable[[], object], wait: float) -> None:
+        done = threading.Event() if wait else None
+        self._notes.put((send, done))
+        if done is not None:
+            done.wait(wait)
+
+    def _send_notes(self) -> None:
+        while True:
+            send, done = self._notes.get()
+            result = send()  # -ENOENT: the kernel holds nothing there, which is what was wanted
+            if done is not None:
+                done.set()
+            log.debug("kernel notified (%d)", result)
+
+    def _give_up(self) -> None:
+        """Past the ceiling, ask the kernel to drop the oldest numbers (see :mod:`nccidfs.inodes`)."""
+        while True:
+            self._giving_up.wait()
+            self._giving_up.clear()
+            for given in self._inodes.give_up(lambda ino: ino in self._opened):
+                name = given.name.encode("utf-8", "surrogateescape")
+                if given.is_dir:
+                    self._note(functools.partial(_lib.fuse_lowlevel_notify_inval_entry, self.session,
+                                                 given.parent, name, len(name)), 0.0)
+                else:
+                    self._note(functools.partial(_lib.fuse_lowlevel_notify_delete, self.session,
+                                                 given.parent, given.ino, name, len(name)), 0.0)
+
+    # -- requests ---------------------------------------------------------------------------------------
+    def _init(self, userdata: int, conn: Any) -> None:
+        threading.Thread(target=self._send_notes, name="notify", daemon=True).start()
+        threading.Thread(target=self._give_up, name="give-up", daemon=True).start()
+        self._ops.init(conn.contents, self)
+
+    def _child(self, parent: int, name: bytes) -> str:
+        base = self._path(parent)
+        return ("" if base == "/" else base) + "/" + name.decode("utf-8", "surrogateescape")
+
+    def _entry(self, param: _EntryParam, path: str, entry: Entry) -> int:
+        """Fill ``param`` for ``entry``, with the number the kernel has (or will have) for it."""
+        ino = self._inodes.reserve(path)
+        param.ino = ino
+        self._ops.fill_stat(param.attr, entry)
+        param.attr.st_ino = ino
+        param.attr_timeout = param.entry_timeout = self._attr_timeout
+        return ino
+
+    def _looked_up(self, path: str, ino: int, entry: Entry) -> None:
+        if self._inodes.looked_up(path, ino, entry.is_dir):
+            self._giving_up.set()
+
+    @_reply_errors
+    def _lookup(self, req: int, parent: int, name: bytes) -> None:
+        path = self._child(parent, name)
+        param = _EntryParam()
+        try:
+            entry = self._ops.getattr(path)
+        except mfusepy.FuseOSError as error:
+            if error.errno != errno.ENOENT:
+                raise
+            param.entry_timeout = self._negative_timeout  # number 0: the name is known not to exist
+            _lib.fuse_reply_entry(req, ctypes.byref(param))
+            return
+        ino = self._entry(param, path, entry)
+        self._looked_up(path, ino, entry)
+        if _lib.fuse_reply_entry(req, ctypes.byref(param)) != 0:
+            self._inodes.forget(ino, 1)  # the request was interrupted: the kernel did not take the number
+
+    @_reply_errors
+    def _forget(self, req: int, ino: int, count: int) -> None:
+        self._forget_one(ino, count)
+        _lib.fuse_reply_none(req)
+
+    @_reply_errors
+    def _forget_multi(self, req: int, count: int, forgets: Any) -> None:
+        for index in range(count):
+            self._forget_one(forgets[index].ino, forgets[index].nlookup)
+        _lib.fuse_reply_none(req)
+
+    def _forget_one(self, ino: int, count: int) -> None:
+        if not self._inodes.forget(ino, count):
+            self._listed.discard(ino)
+
+    def _path(self, ino: int) -> str:
+        try:
+            return self._inodes.path(ino)
+        except KeyError:
+            raise mfusepy.FuseOSError(errno.ESTALE) from None  # a number the kernel was told to drop
+
+    @_reply_errors
+    def _getattr(self, req: int, ino: int, fi: Any) -> None:
+        entry = self._ops.getattr(self._path(ino))
         st = mfusepy.c_stat()
-        files_too = self._attributes_for_files
-        if not (files_too or any(entry.is_dir for _, entry in rows[2:])):
-            for name, entry in rows:
-                st.st_mode = self.operations.mode_of(entry)
-                if filler(buf, name, st, 0, 0) != 0:
-                    break
-            return 0
-        with self._listings_lock:
-            self._listings[path] = rows
-            self._listings.move_to_end(path)
-            while len(self._listings) > self.READDIR_KEPT:
-                self._listings.popitem(last=False)
-        plus = flags & self.READDIR_PLUS  # the kernel asks for attributes on a listing's first page only
+        self._ops.fill_stat(st, entry)
+        st.st_ino = ino
+        _lib.fuse_reply_attr(req, ctypes.byref(st), self._attr_timeout)
+
+    @_reply_errors
+    def _readlink(self, req: int, ino: int) -> None:
+        target = self._ops.readlink(self._path(ino))
+        _lib.fuse_reply_readlink(req, target.encode("utf-8", "surrogateescape"))
+
+    @_reply_errors
+    def _open(self, req: int, ino: int, fi: Any) -> None:
+        self._ops.open(self._path(ino), fi.contents)
+        with self._lock:
+            self._opened[ino] += 1
+        if _lib.fuse_reply_open(req, fi) != 0:
+            self._release_handle(ino, fi.contents)  # interrupted: the kernel will not release it
+
+    @_reply_errors
+    def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
+        data = self._ops.read("", size, offset, fi.contents)
+        _lib.fuse_reply_buf(req, data, len(data))
+
+    @_reply_errors
+    def _release(self, req: int, ino: int, fi: Any) -> None:
+        self._release_handle(ino, fi.contents)
+        _lib.fuse_reply_err(req, 0)
+
+    def _release_handle(self, ino: int, fi: Any) -> None:
+        with self._lock:
+            self._opened[ino] -= 1
+            if self._opened[ino] <= 0:
+                del self._opened[ino]
+        self._ops.release("", fi)
+
+    @_reply_errors
+    def _opendir(self, req: int, ino: int, fi: Any) -> None:
+        _lib.fuse_reply_err(req, errno.ENOSYS)  # no OPENDIR/RELEASEDIR from now on; the kernel caches listings
+
+    def _rows(self, ino: int, offset: int) -> list[tuple[bytes, Entry]]:
+        """The listing of directory ``ino``: a new snapshot for its first page, the same one after."""
+        with self._lock:
+            rows = self._listings.get(ino) if offset else None
+        if rows is None:
+            self._listed.add(ino)  # before it is read: a change seen meanwhile is then sent to the kernel
+            entries = self._ops.readdir(self._path(ino), 0)
+            rows = [(b".", _DOT), (b"..", _DOT)] + [
+                (entry.name.encode("utf-8", "surrogateescape"), entry) for entry in entries]
+            with self._lock:
+                self._listings[ino] = rows
+                self._listings.move_to_end(ino)
+                while len(self._listings) > self.READDIR_KEPT:
+                    self._listings.popitem(last=False)
+        return rows
+
+    @_reply_errors
+    def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
+        rows = self._rows(ino, offset)
+        buf = ctypes.create_string_buffer(size)
+        used, st = 0, mfusepy.c_stat()
+        st.st_ino = FUSE_UNKNOWN_INO
         for index in range(offset, len(rows)):
             name, entry = rows[index]
-            fill = 0
-            if plus and index >= 2 and (entry.is_dir or files_too):
-                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
-                self.operations.fill_stat(st, entry)
-                fill = self.FILL_DIR_PLUS
-            else:
-                st.st_mode = self.operations.mode_of(entry)
-            if filler(buf, name, st, index + 1, fill) != 0:
+            st.st_mode = self._ops.mode_of(entry)
+            length = _lib.fuse_add_direntry(req, ctypes.addressof(buf) + used, size - used, name,
+                                            ctypes.byref(st), index + 1)
+            if used + length > size:
                 break
-        return 0
+            used += length
+        _lib.fuse_reply_buf(req, buf, used)
+
+    @_reply_errors
+    def _readdirplus(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
+        rows = self._rows(ino, offset)
+        base = self._path(ino)
+        base = "" if base == "/" else base
+        buf = ctypes.create_string_buffer(size)
+        used, param = 0, _EntryParam()
+        files_too = self._attributes_for_files
+        for index in range(offset, len(rows)):
+            name, entry = rows[index]
+            ctypes.memset(ctypes.byref(param), 0, ctypes.sizeof(param))
+            path = None
+            if index >= 2 and (entry.is_dir or files_too):
+                path = f"{base}/{entry.name}"
+                child = self._entry(param, path, entry)
+            else:
+                param.attr.st_mode, param.attr.st_ino = self._ops.mode_of(entry), FUSE_UNKNOWN_INO
+            length = _lib.fuse_add_direntry_plus(req, ctypes.addressof(buf) + used, size - used, name,
+                                                 ctypes.byref(param), index + 1)
+            if used + length > size:
+                break
+            used += length
+            if path is not None:
+                self._looked_up(path, child, entry)  # the kernel counts an entry with attributes as a lookup
+        _lib.fuse_reply_buf(req, buf, used)
+
+    @_reply_errors
+    def _statfs(self, req: int, ino: int) -> None:
+        st = mfusepy.c_statvfs()
+        for key, value in self._ops.statfs("/").items():
+            setattr(st, key, value)
+        _lib.fuse_reply_statfs(req, ctypes.byref(st))
+
+    def _reply_sized(self, req: int, value: bytes, size: int) -> None:
+        """An xattr answer: its size when asked for 0 bytes, ERANGE when it does not fit, else itself."""
+        if size == 0:
+            _lib.fuse_reply_xattr(req, len(value))
+        elif size < len(value):
+            _lib.fuse_reply_err(req, errno.ERANGE)
+        else:
+            _lib.fuse_reply_buf(req, value, len(value))
+
+    @_reply_errors
+    def _getxattr(self, req: int, ino: int, name: bytes, size: int) -> None:
+        value = self._ops.getxattr(self._path(ino), name.decode("utf-8", "surrogateescape"))
+        self._reply_sized(req, value, size)
+
+    @_reply_errors
+    def _listxattr(self, req: int, ino: int, size: int) -> None:
+        names = self._ops.listxattr(self._path(ino))
+        self._reply_sized(req, b"".join(name.encode() + b"\0" for name in names), size)
+
+    # -- the mount --------------------------------------------------------------------------------------
+    def serve(self, mountpoint: str, options: list[str], debug: bool) -> int:
+        """Mount, serve with up to MAX_THREADS threads until unmounted or signalled, and unmount."""
+        argv = [b"nccidfs", b"-o", ",".join(options).encode()] + ([b"-d"] if debug else [])
+        args = _Args(len(argv), (ctypes.c_char_p * len(argv))(*argv), 0)
+        session = _lib.fuse_session_new(ctypes.byref(args), ctypes.byref(self._table),
+                                        ctypes.sizeof(self._table), None)
+        if not session:
+            raise NccidfsError("libfuse refused the mount options: " + ",".join(options))
+        self.session = session
+        try:
+            if _lib.fuse_set_signal_handlers(session) != 0:
+                raise NccidfsError("libfuse could not install its signal handlers")
+            try:
+                if _lib.fuse_session_mount(session, os.fsencode(mountpoint)) != 0:
+                    raise NccidfsError(f"could not mount on {mountpoint} (see the lines above)")
+                loop = _lib.fuse_loop_cfg_create()
+                _lib.fuse_loop_cfg_set_max_threads(loop, MAX_THREADS)
+                _lib.fuse_loop_cfg_set_idle_threads(loop, MAX_THREADS)
+                try:
+                    return int(_lib.fuse_session_loop_mt_312(session, loop))
+                finally:
+                    _lib.fuse_loop_cfg_destroy(loop)
+                    _lib.fuse_session_unmount(session)
+            finally:
+                _lib.fuse_remove_signal_handlers(session)
+        finally:
+            _lib.fuse_session_destroy(session)
 
 
 _DOT = Entry(".", True)
@@ -301,24 +605,17 @@ _DOT = Entry(".", True)
 
 def run_mount(operations: FuseOperations, config: MountConfig, debug: bool = False) -> None:
     """Mount and serve until unmounted or signalled (SIGINT/SIGTERM unmount cleanly)."""
-    mountpoint, ttl = str(config.mountpoint), config.listing_ttl
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     if libfuse_version() != 3:
         raise NccidfsError(f"libfuse {libfuse_version()} was loaded; nccidfs needs libfuse 3 (install fuse3)")
-    options: dict[str, Any] = {
-        "foreground": True, "ro": True, "fsname": "nccidfs", "subtype": "nccidfs",
-        "entry_timeout": min(ttl, config.attr_timeout), "attr_timeout": min(ttl, config.attr_timeout),
-        "negative_timeout": min(ttl, KERNEL_NEGATIVE_TIMEOUT),
-        "default_permissions": True, "debug": debug,
-        "allow_other": config.allow_other, "allow_root": config.allow_root,
-        "max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS,
-    }
+    options = ["ro", "fsname=nccidfs", "subtype=nccidfs", "default_permissions"]
+    options += [name for name, wanted in (("allow_other", config.allow_other),
+                                          ("allow_root", config.allow_root)) if wanted]
+    # Files' attributes in listings are off by default: each becomes a kernel inode and a number here.
+    kernel = Kernel(operations, config, attributes_for_files=config.readdirplus, max_inodes=config.max_inodes)
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)  # libfuse installs its handler only over the default
     try:
-        # Files' attributes in listings are off by default: measured on a walk of 1.06 million files, they
-        # cost the daemon about 120 MiB of libfuse node memory (254 against 136 MiB), for a small gain on ls -l.
-        _Fuse(operations, mountpoint, raw_fi=True, attributes_for_files=config.readdirplus, **options)
-    except RuntimeError as error:
-        # libfuse >= 3.12 reports a loop ended by SIGINT/SIGTERM/SIGHUP as error 8 after unmounting.
-        if str(error) != str(LOOP_ENDED_BY_SIGNAL) or os.path.ismount(mountpoint):
-            raise
-        log.info("stopped by a signal")
+        result = kernel.serve(str(config.mountpoint), options, debug)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    log.info("stopped (%d)", result)

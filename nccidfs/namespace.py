@@ -230,6 +230,8 @@ class Namespace:
         self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
         # Called with the mount path of a file that a new listing replaced or removed.
         self.on_change: Callable[[str], None] = lambda path: None
+        # Called with the mount path of a directory whose listing changed (and whether those below it too).
+        self.on_listing_change: Callable[[str, bool], None] = lambda path, subtree: None
         self._walks: dict[str, _Walk] = {}
         self._looked_up_by_name: set[str] = set()  # folders where a patient was looked up before listing
         self._foreground = ThreadPoolExecutor(FOREGROUND_LISTINGS, thread_name_prefix="list")
@@ -453,14 +455,19 @@ class Namespace:
                 held = self._listings.get(directory)
             if held is not None:
                 self._report_changes(directory, held[1], entries)
+            if held is None or held[1] != entries:
+                self.on_listing_change(self._mount_path(directory), False)
             self._remember(directory, (fetched, entries))
+
+    def _mount_path(self, prefix: str) -> str:
+        return "/" + prefix[len(self._prefix):].rstrip("/")
 
     def _report_changes(self, directory: str, old: dict[str, Entry], new: dict[str, Entry]) -> None:
         """Tell ``on_change`` of every file a new listing replaced or removed, so that the kernel forgets
         the size and pages it holds for them at once rather than when its own cache expires."""
         for name, before in old.items():
             if before.obj is not None and (name not in new or new[name].obj != before.obj):
-                self.on_change("/" + (directory + name)[len(self._prefix):])
+                self.on_change(self._mount_path(directory + name))
 
     def _remember(self, prefix: str, held: Listed, generation: int | None = None) -> None:
         """Hold a listing in memory; one read from the index is not held if an invalidation came since
@@ -474,6 +481,18 @@ class Namespace:
                 self._listings.pop(prefix, None)  # too large for memory: the index serves it row by row
 
     # -- background work ------------------------------------------------------------------------
+    def revalidate(self, path: str) -> None:
+        """Refresh directory ``path``'s own listing in the background if it is past its TTL (one held in
+        memory or in the index; one never made is not made here)."""
+        prefix = self._prefix_of(split_path(path))
+        if prefix is None:
+            return
+        with self._lock:
+            held = self._listings.get(prefix)
+        fetched = held[0] if held is not None else (self._index.head(prefix) or (None, 0))[0]
+        if fetched is not None:
+            self._revalidate_if_stale(prefix, fetched)
+
     def _revalidate_if_stale(self, prefix: str, fetched: float) -> None:
         """Serve-then-refresh: a listing past its TTL, or saved by an earlier run, is listed again in the
         background; while S3 fails, at most once per REVALIDATE_BACKOFF."""
@@ -576,6 +595,7 @@ class Namespace:
         stale = self._forget_under(prefix)
         dropped = self._index.delete_under(prefix)
         self._forget_under(prefix)
+        self.on_listing_change(self._mount_path(prefix), True)
         return max(stale, dropped)
 
     def _forget_under(self, prefix: str) -> int:

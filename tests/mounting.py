@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +160,13 @@ def start_demo(mountpoint: Path, state: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
                              str(state / "cache"), "--log-file", str(state / "demo.log")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+
+
+def within(seconds: float, check: Callable[[], bool]) -> bool:
+    """Whether ``check`` comes true within ``seconds``."""
+    give_up = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ from tests.mounting import (
     du_bytes,
     s3_client,
     seed_demo_bucket,
+    within,
 )
 
 pytestmark = pytest.mark.fuse
@@ -185,16 +186,6 @@ def test_refresh_and_sighup_show_new_uploads_at_once(mount: MountedDaemon, s3_en
             time.sleep(0.1)
     finally:
         client.delete_object(Bucket=bucket, Key=key)
-
-
-def within(seconds: float, check: Callable[[], bool]) -> bool:
-    """Whether ``check`` comes true within ``seconds``."""
-    give_up = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_listing_ttl_expiry_shows_changes_and_replaced_objects_read_new_bytes(

@@ -107,7 +107,7 @@ def test_a_replacement_before_the_first_read_serves_the_new_version_or_fails_onc
     store = FailingStore(KEYS)
     filesystem = make_fs(tmp_path, store)
     invalidated: list[str] = []
-    filesystem.set_invalidator(lambda path, wait: invalidated.append(path))
+    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
     path = "/ct/Covid1/1.2/1.3/a.dcm"
     handle = filesystem.open(path).handle
     store.objects[f"{SERIES}/a.dcm"] = b"s" * 70_000  # the same size: served at once
@@ -172,7 +172,7 @@ def test_during_an_outage_cached_files_are_served_at_once_and_others_fail_within
 def test_a_discarded_object_is_never_kept_in_the_kernel_page_cache(tmp_path: Path) -> None:
     filesystem = make_fs(tmp_path, FailingStore(KEYS))
     invalidated: list[str] = []
-    filesystem.set_invalidator(lambda path, wait: invalidated.append(path))
+    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
     path = "/ct/Covid1/1.2/1.3/b.dcm"
     read_all(filesystem, path)
     opened = filesystem.open(path)
@@ -224,7 +224,7 @@ def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(tmp_path
     store = FailingStore(KEYS)
     filesystem = make_fs(tmp_path, store, ttl=0.05)
     invalidated: list[str] = []
-    filesystem.set_invalidator(lambda path, wait: invalidated.append(path))
+    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
     path = "/ct/Covid1/1.2/1.3/b.dcm"
     assert filesystem.lookup(path).size == 50_000
     store.objects[f"{SERIES}/b.dcm"] = b"b" * 10
