@@ -259,6 +259,32 @@ def _mount_of(path: Path, mounts: list[Path]) -> Path | None:
     return max(inside, key=lambda m: len(m.parts)) if inside else None
 
 
+def _holding(mounts: list[Path], argument: str, statuses: dict[Path, dict[str, Any]]) -> list[tuple[Path, Path]]:
+    """The mounts that hold the key ``argument``, with its path in each, all asked at once by daemon
+    threads: a mount of another user whose daemon is gone, stuck or slow is passed over after
+    :data:`control.ANSWER_SECONDS` for its status and as long again for the look-up, for all at once."""
+    found: dict[Path, Path] = {}
+
+    def probe(mountpoint: Path) -> None:
+        try:
+            status = statuses.get(mountpoint) or mount_status(mountpoint)
+        except NccidfsError:
+            return
+        statuses[mountpoint] = status
+        prefix = str(status["prefix"])
+        inside = mountpoint / argument[len(prefix):].strip("/")
+        if argument.startswith(prefix) and os.path.lexists(inside):
+            found[mountpoint] = inside
+
+    probes = [threading.Thread(target=probe, args=(m,), name="mount-probe", daemon=True) for m in mounts]
+    for thread in probes:
+        thread.start()
+    deadline = time.monotonic() + 2 * control.ANSWER_SECONDS
+    for thread in probes:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [(mountpoint, found[mountpoint]) for mountpoint in mounts if mountpoint in found]
+
+
 def resolve_prefetch_targets(arguments: list[str]) -> dict[Path, list[Path]]:
     """Each mount's targets: paths under it as given, or warehouse keys (``training/ct/<id>/...``) in the
     mount the command runs in, else in the one mount that has them.
@@ -286,17 +312,12 @@ def resolve_prefetch_targets(arguments: list[str]) -> dict[Path, list[Path]]:
                 continue
         elif os.path.isabs(argument) or os.path.lexists(path):
             raise ConfigError(f"{argument} is not under an nccidfs mount")
-        found = []
-        for mountpoint in [here] if here else mounts:
-            try:
-                prefix = str(answering(mountpoint)["prefix"])
-            except NccidfsError:
-                if here:
-                    raise
-                continue  # another mount on the machine whose daemon is gone or stuck: not the one meant
-            inside = mountpoint / argument[len(prefix):].strip("/")
-            if argument.startswith(prefix) and os.path.lexists(inside):
-                found.append((mountpoint, inside))
+        if here is None:
+            found = _holding(mounts, argument, statuses)
+        else:
+            prefix = str(answering(here)["prefix"])
+            inside = here / argument[len(prefix):].strip("/")
+            found = [(here, inside)] if argument.startswith(prefix) and os.path.lexists(inside) else []
         if len(found) > 1:
             raise ConfigError(f"{argument} is in more than one mount ({', '.join(str(m) for m, _ in found)}); "
                               "give a path, or run the command inside the mount to warm")
@@ -322,7 +343,7 @@ def prefetch(arguments: list[str], jobs: int, force: bool) -> tuple[int, int]:
         files += found
     total = sum(size for _, size in files)
     stop = threading.Event()
-    with _SizeBar(total=total, desc=f"0/{len(files)} files", dynamic_ncols=True,
+    with _SizeBar(total=total, desc=f"0/{len(files)} files: ", dynamic_ncols=True,
                   bar_format=_SizeBar.FORMAT) as progress:
         lock = threading.Lock()
         done = 0

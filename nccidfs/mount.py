@@ -64,14 +64,14 @@ def check_fuse(mount: MountConfig, device: Path = FUSE_DEVICE, fuse_conf: Path =
                           f"needs {device} readable and writable by all (mode 0666); {ASK_ADMIN}") from None
     if os.geteuid() == 0:
         return  # root mounts with mount(2) itself, and may always let other users in
-    helper = next((found for found in (*(shutil.which(FUSERMOUNT, path=d) for d in search),
+    program = next((found for found in (*(shutil.which(FUSERMOUNT, path=d) for d in search),
                                        shutil.which(FUSERMOUNT)) if found), None)
-    if helper is None:
+    if program is None:
         raise ConfigError(f"{FUSERMOUNT} is not installed, and a user needs it to mount (apt-get install fuse3); "
                           f"{ASK_ADMIN}")
-    info = os.stat(helper)
+    info = os.stat(program)
     if not (info.st_mode & stat.S_ISUID and info.st_uid == 0):
-        raise ConfigError(f"{helper} is not setuid root, so a user cannot mount with it (chmod u+s {helper}); "
+        raise ConfigError(f"{program} is not setuid root, so a user cannot mount with it (chmod u+s {program}); "
                           f"{ASK_ADMIN}")
     if (mount.allow_other or mount.allow_root) and not _allows_other(fuse_conf):
         flag = "--allow-other" if mount.allow_other else "--allow-root"

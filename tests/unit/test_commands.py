@@ -72,7 +72,7 @@ def test_cache_stats_of_the_root_is_refused_at_once() -> None:
 
 def render(total: int, reads: list[int]) -> str:
     out = io.StringIO()
-    with _SizeBar(total=total, desc="0/1 files", file=out, bar_format=_SizeBar.FORMAT, mininterval=0) as bar:
+    with _SizeBar(total=total, desc="0/1 files: ", file=out, bar_format=_SizeBar.FORMAT, mininterval=0) as bar:
         for count in reads:
             bar.advance(count)
         bar.set_description("1/1 files")
