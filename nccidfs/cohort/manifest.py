@@ -47,7 +47,9 @@ MAX_FILE_BYTES = 2 * 1024**3
 READ_CHUNK = 256 * 1024
 # zlib's window bits for a gzip stream (16 + 15).
 GZIP_WBITS = 31
-COMPRESS_LEVEL = 6
+# gzip level 3: in a trial on a million CT-shaped lines, 2.4 times as fast to write as level 6, for a file
+# 6% larger (59.0 against 55.7 MB); cohort create of 10,000 patients spent 2.3 s of about 10 in level 6.
+COMPRESS_LEVEL = 3
 # An object line as the writer makes it, with an ASCII key: each key segment 1 to 255 characters of
 # printable ASCII but quote, slash and backslash, and not "." or "..", at most 1,024 in all (S3's bound,
 # which keeps the line under MAX_LINE_BYTES); a whole size; an MD5 or multipart ETag; a time. What
