@@ -31,9 +31,25 @@ KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 
 KUSTOMIZE = DEPLOY / "kubernetes"
 OVERLAYS = ("base", "overlays/irsa", "overlays/static-keys")
-# What the daemon's memory must cover, from the README: libfuse keeps about 250 bytes per file the kernel
-# holds, and a walk of the whole warehouse (10.5 million keys) makes the kernel hold every one.
-NODE_BYTES_PER_FILE, WAREHOUSE_KEYS = 250, 10_500_000
+# What the daemon's memory must cover, from the README's figures: about 470 bytes per inode it holds (files
+# up to --max-inodes, and the warehouse's directories, which only the kernel's reclaim forgets), about
+# 1 KiB per listing entry, the views' decode budget and made bytes, a part's body in memory for every GET
+# thread (reads, read-ahead and series prefetch), and the interpreter with its libraries.
+BYTES_PER_INODE, WAREHOUSE_DIRECTORIES, BYTES_PER_LISTING_ENTRY = 470, 300_000, 1024
+BASELINE = 150 * 1024**2
+
+
+def memory_ceiling() -> int:
+    from nccidfs.config import MountConfig, ReadConfig
+    from nccidfs.derived_views import DECODE_BUDGET, MADE_BYTES
+
+    mount = MountConfig.__dataclass_fields__
+    inodes = mount["max_inodes"].default + WAREHOUSE_DIRECTORIES
+    listings = mount["max_listing_entries"].default
+    read = {name: field.default for name, field in ReadConfig.__dataclass_fields__.items()}
+    gets = (2 * read["fetch_threads"] + read["prefetch_threads"]) * read["part_size"]  # type: ignore[operator]
+    return (BASELINE + BYTES_PER_INODE * inodes + BYTES_PER_LISTING_ENTRY * listings  # type: ignore[operator]
+            + DECODE_BUDGET + MADE_BYTES + gets)
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
@@ -133,7 +149,7 @@ def test_the_daemonset_is_node_critical_scraped_and_sized_for_a_walk_of_the_ware
     assert spec["priorityClassName"] == "system-node-critical"
     assert spec["serviceAccountName"] == "nccidfs"
     limit = parse_size(container["resources"]["limits"]["memory"].replace("i", ""))
-    assert limit > NODE_BYTES_PER_FILE * WAREHOUSE_KEYS
+    assert memory_ceiling() <= limit <= 2 * memory_ceiling()
     annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
     env = {item["name"]: item.get("value") for item in container["env"]}
     port = int(annotations["prometheus.io/port"])
