@@ -25,15 +25,19 @@ def _stamped(rows: Iterator[Row], as_of: dict[str, str], folder: str | None = No
         yield {**row, "as_of": as_of[folder or row["folder"]]}
 
 
-def write_tables(db: CatalogDB, state: dict[str, Any]) -> dict[str, Path]:
+def write_tables(db: CatalogDB, state: dict[str, Any], every_table: bool) -> dict[str, Path]:
     """Write the tables of the folders in ``state["folders"]`` (folder -> ISO time) to temporary files;
-    returns table name -> file, for :meth:`CatalogDB.publish`. Counts go into ``state["counts"]``."""
+    returns table name -> file, for :meth:`CatalogDB.publish`. Counts go into ``state["counts"]``.
+
+    ``every_table``: a build of every folder the mount shows writes both tables, so a mount that shows no
+    ``data/`` (credentials for image folders alone) or no image folder has a complete, empty table rather
+    than one that is never built."""
     as_of: dict[str, str] = state["folders"]
     images = [folder for folder in as_of if folder != CLINICAL]
     written: dict[str, Path] = {}
     counts = {"series": 0, "patients": 0}
     parquet = catalog_parquet.available()
-    if images:
+    if images or every_table:
         path = written["series.csv"] = db.temporary("series.csv")
         with open(path, "w", encoding="utf-8", newline="") as out:
             counts["series"] = _count_written(out, SERIES_COLUMNS, _stamped(db.rows(images), as_of))
@@ -41,7 +45,7 @@ def write_tables(db: CatalogDB, state: dict[str, Any]) -> dict[str, Path]:
             path = written["series.parquet"] = db.temporary("series.parquet")
             catalog_parquet.write_parquet(path, SERIES_COLUMNS, catalog_parquet.SERIES_TYPES,
                                           _stamped(db.rows(images), as_of))
-    if CLINICAL in as_of:
+    if CLINICAL in as_of or every_table:
         columns = patient_columns(db.rows([CLINICAL]))
         path = written["patients.csv"] = db.temporary("patients.csv")
         with open(path, "w", encoding="utf-8", newline="") as out:

@@ -73,7 +73,8 @@ class CatalogBuilder:
             if not busy and (again or self._stale or not self._db.state()):
                 self._stale = False
                 self._progress = Progress(wanted)
-                threading.Thread(target=self._build, args=(self._progress,), name="catalog", daemon=True).start()
+                threading.Thread(target=self._build, args=(self._progress, folders is None), name="catalog",
+                                 daemon=True).start()
         return self.progress()
 
     def mark_stale(self) -> None:
@@ -91,13 +92,13 @@ class CatalogBuilder:
         return {**build, "series": counts.get("series", 0), "patients": counts.get("patients", 0),
                 "as_of": state.get("folders", {}), "stale": stale}
 
-    def _build(self, progress: Progress) -> None:
+    def _build(self, progress: Progress, every_folder: bool) -> None:
         try:
             as_of = build_folders(self._namespace, self._index, self._bucket, progress.folders, progress,
                                   self._db.fingerprints, self._db.put, self._db.prune)
             state = self._db.state()
             state["folders"] = {**state.get("folders", {}), **{f: iso_time(t) for f, t in as_of.items()}}
-            self._db.publish(write_tables(self._db, state), state)
+            self._db.publish(write_tables(self._db, state, every_folder), state)
         except (NccidfsError, OSError) as error:
             log.warning("catalog build failed (%s); the last complete catalog stays", error)
             progress.end("failed", str(error))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nccidfs.cohort.tree import prefix_end
+from nccidfs.derived.clinical import CLEANED_COLUMNS
 from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, SCHEMA_VERSION
 from nccidfs.objects import ObjectInfo
@@ -93,6 +94,8 @@ def load_catalog(folder: Path, condition: str | None = None) -> sqlite3.Connecti
         if state != "complete":
             raise ConfigError(f"the catalog in {folder} is not built ({state}); run: nccidfs catalog build MOUNTPOINT")
         tables = {name: (folder / f"{name}.csv").read_text() for name in ("series", "patients")}
+    except BlockingIOError:  # EAGAIN: no build has completed yet
+        raise ConfigError(f"the catalog in {folder} is not built yet; run: nccidfs catalog build MOUNTPOINT") from None
     except OSError as error:
         raise ConfigError(f"cannot read the catalog in {folder}: {error.strerror or error}") from None
     db = sqlite3.connect(":memory:")
@@ -114,8 +117,9 @@ def _load(db: sqlite3.Connection, table: str, text: str, condition: str | None) 
     if not header or "Patient_ID" not in header:
         raise ConfigError(f"the catalog's {table}.csv has no Patient_ID column")
     mentioned = None if condition is None else condition.lower()
-    kept = [n for n, c in enumerate(header) if c in _NEEDED or mentioned is None or c.lower() in mentioned]
-    columns = [header[n] for n in kept]
+    names = sql_names(header, table)
+    kept = [n for n, c in enumerate(names) if c in _NEEDED or mentioned is None or c.lower() in mentioned]
+    columns = [names[n] for n in kept]
     quoted = ", ".join('"' + c.replace('"', '""') + ('" TEXT' if _is_text(c) else '" NUMERIC') for c in columns)
     db.execute(f"CREATE TABLE {table} ({quoted})")
     # Cells are taken and converted without a Python step per cell: itemgetter picks the columns kept,
@@ -128,6 +132,19 @@ def _load(db: sqlite3.Connection, table: str, text: str, condition: str | None) 
         raise ConfigError(f"the catalog's {table}.csv, line {reader.line_num}: {error or 'too few cells'}") from None
     db.execute(f'CREATE INDEX {table}_patient ON {table} ("Patient_ID")')
     return columns
+
+
+def sql_names(header: list[str], table: str) -> list[str]:
+    """The CSV's column names as SQL columns, which SQLite compares ignoring case: a raw clinical field
+    named as its cleaned column is but for case (``Age`` beside NHSX's ``age``) is ``raw_Age``."""
+    cleaned = {name.lower() for name in CLEANED_COLUMNS}
+    names = [f"raw_{name}" if name.lower() in cleaned and name not in CLEANED_COLUMNS else name for name in header]
+    seen: set[str] = set()
+    for name in names:
+        if name.lower() in seen:
+            raise ConfigError(f"the catalog's {table}.csv has two columns named {name!r} but for case")
+        seen.add(name.lower())
+    return names
 
 
 def _is_text(column: str) -> bool:

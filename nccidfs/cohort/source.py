@@ -67,6 +67,19 @@ class _Wrapped:
     def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
         raise NotImplementedError
 
+    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        raise NotImplementedError
+
+    def get_head(self, key: str, limit: int) -> bytes:
+        """The first ``limit`` bytes of ``key`` as this view shows it (the catalog reads metadata twins by
+        name): the version its folder's listing holds, pinned to that ETag, or NotFound where the view has
+        none. A dated view lists the folder for it; a cohort's listing is in memory."""
+        folder = key[:key.rfind("/") + 1]
+        for obj in self.list_dir(folder).objects:
+            if obj.key == key:
+                return self.get_range(key, 0, min(limit, obj.size), obj.etag) if obj.size else b""
+        raise NotFound(f"{key}: not in this view")
+
 
 class FrozenStore(_Wrapped):
     def __init__(self, tree: FrozenTree, inner: ObjectStore) -> None:

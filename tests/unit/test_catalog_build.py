@@ -217,14 +217,21 @@ def test_listings_the_mount_already_holds_are_not_listed_again(tmp_path: Path) -
     assert done["series"] == 8 and [row["images"] for row in catalog.table("series.csv")] == ["3"] * 8
 
 
-def test_a_mount_without_the_clinical_folder_builds_series_alone(tmp_path: Path) -> None:
+def test_a_mount_without_the_clinical_folder_builds_series_and_an_empty_patients_table(tmp_path: Path) -> None:
     store = FailingStore({key: body for key, body in warehouse(range(2)).items() if "/data/" not in key})
     index = ListingIndex(tmp_path / "index.db", {})
     namespace = Namespace(store, PREFIX, ["ct", "ct-metadata"], 60.0, 100_000, index)
-    builder = CatalogBuilder(namespace, index, store, CatalogDB(tmp_path, {}))
+    db = CatalogDB(tmp_path, {})
+    builder = CatalogBuilder(namespace, index, store, db)
     builder.start()
     progress = finished(builder)
     assert (progress["state"], progress["building"], progress["series"]) == ("complete", ["ct"], 4)
+    opened = CatalogView(builder, db, 0.0).open(["patients.csv"])  # complete: no clinical file is listed
+    try:
+        (header, *rows) = opened.read(0, 1 << 20).decode().splitlines()
+    finally:
+        opened.release()
+    assert header.startswith("Patient_ID") and rows == []
 
 
 @pytest.mark.parametrize(("seen", "keys", "left", "length"), [

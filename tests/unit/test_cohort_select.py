@@ -142,3 +142,12 @@ def test_an_index_of_another_view_is_not_used(tmp_path: Path) -> None:
     source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
     source.objects({"ct/P1/": {"ct/P1/"}})
     assert (source.from_index, source.from_s3) == (0, 1)
+
+
+def test_a_raw_field_named_as_its_cleaned_column_but_for_case_is_raw_prefixed(catalog: Path) -> None:
+    # patients.csv keeps each raw clinical field and adds NHSX's cleaned column after it: SQL names ignore
+    # case, so the raw "Age" would collide with the cleaned "age".
+    (catalog / "patients.csv").write_text("Patient_ID,Age,age\nP1,61 years,61\nP2,unknown,\n")
+    assert set(wanted(catalog, "age > 60")) == {"ct/P1/", "ct-metadata/P1/", "data/P1/"}
+    assert set(wanted(catalog, "raw_Age = 'unknown'")) == {"xray/P2/", "xray-metadata/P2/", "data/P2/"}
+
