@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.datadict import tag_for_keyword
 
-from nccidfs.derived.pixels import read_pixels
+from nccidfs.derived.pixels import read_pixels, undecodable_reason
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
 _INT16 = np.dtype("<i2")
@@ -213,6 +213,9 @@ def _optional_number(meta: Mapping[str, Any], keyword: str, default: float) -> f
 
 
 def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
+    undecodable = undecodable_reason(meta)
+    if undecodable is not None:
+        raise _NotAVolume(f"{ident}: {undecodable}")
     frames = _optional_number(meta, "NumberOfFrames", 1.0)
     samples = _optional_number(meta, "SamplesPerPixel", 1.0)
     if frames != 1 or samples != 1:
