@@ -15,9 +15,16 @@ row direction cosines by the column spacing, the second along the column cosines
 the third along the slice normal (row x column) by the slice spacing; DICOM's LPS is turned into RAS by
 negating x and y. This is the frame dcm2niix writes up to a flip of axes, which the tests check.
 
-Voxel type: int16 with the shared RescaleSlope/RescaleIntercept as scl_slope/scl_inter when every slice
-has the same rescale and the stored bits fit, so the file holds the stored values untouched; float32
-holding the rescaled values otherwise.
+Voxel type, as dcm2niix chooses it: the stored values untouched, with the shared RescaleSlope and
+RescaleIntercept as scl_slope/scl_inter, when every slice has the same rescale: int16 when every value
+the stored bits can hold fits it (dcm2niix turns uint16 into int16 then), uint16 for unsigned 16-bit
+images, 8-bit images widened to int16; float32 holding the rescaled values when slices differ.
+
+What is refused, with a reason: geometry that is missing, not finite or absurd (sizes outside 1 ..
+``MAX_SIDE``, spacings outside 0 .. ``MAX_SPACING_MM``, positions beyond ``MAX_POSITION_MM``,
+orientation cosines that are not two orthogonal unit vectors); Siemens mosaics, whose slices are tiles
+of one image placed by its private CSA header (never served as one raw slice); gantry-tilted CT, whose
+slices are sheared, not a box (the reason says "gantry tilt").
 """
 
 from __future__ import annotations
@@ -37,7 +44,15 @@ from nccidfs.derived.pixels import read_pixels, undecodable_reason
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
 _INT16 = np.dtype("<i2")
+_UINT16 = np.dtype("<u2")
 _FLOAT32 = np.dtype("<f4")
+# Geometry a real scanner cannot have: past these the twin is wrong, and a volume of it would be absurd.
+MAX_SIDE = 16384  # rows or columns; the largest detectors are about 4,300 pixels a side
+MAX_SPACING_MM = 1000.0
+MAX_POSITION_MM = 1e6
+_COSINE_TOLERANCE = 1e-3  # how far the orientation's cosines may be from unit length and orthogonality
+_MOSAIC_MARK = "MOSAIC"  # in ImageType of a Siemens mosaic
+_IMAGES_IN_MOSAIC = "0019100A"  # Siemens private (0019,100A) NumberOfImagesInMosaic, US
 # Orientation cosines and pixel spacings that differ by less than these are the same.
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_TOLERANCE_MM = 1e-3
@@ -115,9 +130,8 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
         return Rejection(str(why), tags)
     first = ordered[0]
     rescale = tuple((s.slope, s.intercept) for s in ordered)
-    shared = len(set(rescale)) == 1
-    dtype = _INT16 if shared and _fits_int16(first) else _FLOAT32
-    slope, inter = rescale[0] if dtype == _INT16 else (1.0, 0.0)
+    dtype = _voxel_type(first) if len(set(rescale)) == 1 else _FLOAT32
+    slope, inter = rescale[0] if dtype != _FLOAT32 else (1.0, 0.0)
     return VolumePlan(
         slices=tuple(s.ident for s in ordered),
         rows=first.rows,
@@ -151,10 +165,11 @@ def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
     _, pixels = read_pixels(dicom)
     if pixels.shape != (plan.rows, plan.columns):
         raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
-    if plan.dtype == _INT16:
-        if pixels.size and (pixels.min() < -32768 or pixels.max() > 32767):
-            raise ValueError(f"{plan.slices[index]}: stored values do not fit int16")
-        return pixels.astype(_INT16).tobytes()
+    if plan.dtype != _FLOAT32:
+        limits = np.iinfo(plan.dtype)
+        if pixels.size and (pixels.min() < limits.min or pixels.max() > limits.max):
+            raise ValueError(f"{plan.slices[index]}: stored values do not fit {plan.dtype.name}")
+        return pixels.astype(plan.dtype).tobytes()
     slope, intercept = plan.rescale[index]
     return (pixels.astype(np.float64) * slope + intercept).astype(_FLOAT32).tobytes()
 
@@ -216,24 +231,50 @@ def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
     undecodable = undecodable_reason(meta)
     if undecodable is not None:
         raise _NotAVolume(f"{ident}: {undecodable}")
+    _check_acquisition(ident, meta)
     frames = _optional_number(meta, "NumberOfFrames", 1.0)
     samples = _optional_number(meta, "SamplesPerPixel", 1.0)
     if frames != 1 or samples != 1:
         raise _NotAVolume(f"{ident}: {frames:g} frames of {samples:g} samples; only single-frame greyscale")
     (rows,), (columns,) = _numbers(meta, "Rows", 1, ident), _numbers(meta, "Columns", 1, ident)
-    row_spacing, column_spacing = _numbers(meta, "PixelSpacing", 2, ident)
+    if not (1 <= rows <= MAX_SIDE and 1 <= columns <= MAX_SIDE and rows.is_integer() and columns.is_integer()):
+        raise _NotAVolume(f"{ident}: {rows:g} rows of {columns:g} columns, not a size between 1 and {MAX_SIDE}")
+    spacing = _numbers(meta, "PixelSpacing", 2, ident)
+    if not all(0 < value <= MAX_SPACING_MM for value in spacing):
+        raise _NotAVolume(f"{ident}: PixelSpacing {list(spacing)} is not between 0 and {MAX_SPACING_MM:g} mm")
+    position = _numbers(meta, "ImagePositionPatient", 3, ident)
+    if max(abs(value) for value in position) > MAX_POSITION_MM:
+        raise _NotAVolume(f"{ident}: ImagePositionPatient {list(position)} is beyond {MAX_POSITION_MM:g} mm")
+    orientation = _numbers(meta, "ImageOrientationPatient", 6, ident)
+    if not _is_orthonormal(orientation):
+        raise _NotAVolume(f"{ident}: ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors")
     return _Slice(
         ident=ident,
         rows=int(rows),
         columns=int(columns),
-        orientation=_numbers(meta, "ImageOrientationPatient", 6, ident),
-        position=_numbers(meta, "ImagePositionPatient", 3, ident),
-        spacing=(row_spacing, column_spacing),
+        orientation=orientation,
+        position=position,
+        spacing=(spacing[0], spacing[1]),
         slope=_optional_number(meta, "RescaleSlope", 1.0),
         intercept=_optional_number(meta, "RescaleIntercept", 0.0),
         bits_stored=int(_optional_number(meta, "BitsStored", 16.0)),
         signed=_optional_number(meta, "PixelRepresentation", 0.0) == 1,
     )
+
+
+def _check_acquisition(ident: str, meta: Mapping[str, Any]) -> None:
+    """Refuse the images whose pixels are no stack of slices: Siemens mosaics."""
+    if _MOSAIC_MARK in _values(meta, "ImageType") or _IMAGES_IN_MOSAIC in meta:
+        tiles = meta.get(_IMAGES_IN_MOSAIC)
+        count = tiles.get("Value") if isinstance(tiles, dict) else None
+        what = f"{count[0]} slices as tiles of one image" if isinstance(count, list) and count else "tiled slices"
+        raise _NotAVolume(f"{ident}: a Siemens mosaic ({what}); mosaics are not de-mosaiced here")
+
+
+def _is_orthonormal(orientation: Sequence[float]) -> bool:
+    row, column = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    lengths = (np.linalg.norm(row), np.linalg.norm(column))
+    return all(abs(length - 1) < _COSINE_TOLERANCE for length in lengths) and abs(row @ column) < _COSINE_TOLERANCE
 
 
 # --- the rules of one volume -----------------------------------------------------------------------
@@ -279,24 +320,29 @@ def _stack(slices: Sequence[_Slice], first_meta: Mapping[str, Any]) -> tuple[lis
     expected = positions[0] + np.outer(np.arange(len(ordered)) * step, normal)
     drift = np.linalg.norm(positions - expected, axis=1)
     if drift.max() > _POSITION_TOLERANCE_MM + _POSITION_TOLERANCE_STEPS * step:
-        raise _NotAVolume(_spacing_reason(ordered, steps, float(np.median(steps))))
+        tilt = _optional_number(first_meta, "GantryDetectorTilt", 0.0)
+        raise _NotAVolume(_spacing_reason(ordered, steps, float(np.median(steps)), tilt))
     return ordered, step
 
 
-def _spacing_reason(ordered: Sequence[_Slice], steps: npt.NDArray[np.float64], typical: float) -> str:
-    """Why positions do not form a stack: a gap, uneven steps, or a shift within the plane (tilt)."""
+def _spacing_reason(ordered: Sequence[_Slice], steps: npt.NDArray[np.float64], typical: float, tilt: float) -> str:
+    """Why positions do not form a stack: a gap, uneven steps, or a shift within the plane (a gantry
+    tilt, whose angle GantryDetectorTilt gives when the scanner wrote it)."""
     index = int(np.argmax(np.abs(steps - typical)))
     if abs(steps[index] - typical) > _POSITION_TOLERANCE_STEPS * typical:
         return (
             f"uneven slice spacing: {steps[index]:.4g} mm between {ordered[index].ident} and "
             f"{ordered[index + 1].ident}, {typical:.4g} mm elsewhere (a missing slice?)"
         )
-    return "slice positions drift within the image plane (gantry tilt?); the stack is not a box"
+    angle = f" of {tilt:g} degrees" if tilt else ""
+    return f"gantry tilt{angle}: slice positions drift within the image plane; the stack is sheared, not a box"
 
 
-def _fits_int16(first: _Slice) -> bool:
-    """Whether every value the stored bits can hold fits int16."""
-    return first.bits_stored <= 16 if first.signed else first.bits_stored <= 15
+def _voxel_type(first: _Slice) -> np.dtype[Any]:
+    """int16 when every value the stored bits can hold fits it, else uint16 (unsigned 16-bit), else float32."""
+    if first.bits_stored <= (16 if first.signed else 15):
+        return _INT16
+    return _UINT16 if not first.signed and first.bits_stored == 16 else _FLOAT32
 
 
 def _affine(first: _Slice, step: float) -> Affine:

@@ -134,6 +134,7 @@ def test_every_demo_series_is_the_volume_dcm2niix_makes(series: list[Series], in
     assert voxels == 0.0
     assert affine < 1e-3
     assert ours.get_data_dtype() == np.int16  # the stored values, untouched, with their rescale
+    assert reference.get_data_dtype() == np.int16  # dcm2niix too turns these 12-bit unsigned values to int16
     expected = (1.0, -1024.0) if modality(series[index]) == "CT" else (1.0, 0.0)
     assert (ours.dataobj.slope, ours.dataobj.inter) == expected
 
@@ -250,7 +251,70 @@ def test_slices_shifted_within_the_plane_are_not_a_volume(series: list[Series]) 
         x, y, z = dataset.ImagePositionPatient
         dataset.ImagePositionPatient = [x, y + float(dataset.InstanceNumber), z]
 
-    assert "drift within the image plane" in rejection(edited(series[-1], tilt))
+    reason = rejection(edited(series[-1], tilt))
+    assert "drift within the image plane" in reason and reason.startswith("gantry tilt:")
+
+
+def test_a_gantry_tilted_ct_names_the_tilt_and_its_angle(series: list[Series]) -> None:
+    def tilt(index: int, dataset: Dataset) -> None:  # 15 degrees: each 1.25 mm step shifts y by 0.33 mm
+        x, y, z = dataset.ImagePositionPatient
+        dataset.ImagePositionPatient = [x, y + float(z) * np.tan(np.radians(15)), z]
+        dataset.GantryDetectorTilt = 15
+
+    assert rejection(edited(series[0], tilt)).startswith("gantry tilt of 15 degrees:")
+
+
+def test_a_tilt_the_scanner_reconstructed_into_a_box_is_a_volume(series: list[Series]) -> None:
+    def tilted_frame(index: int, dataset: Dataset) -> None:  # the tag says tilted, the slices stack squarely
+        dataset.GantryDetectorTilt = 15
+
+    assert len(planned(edited(series[0], tilted_frame)).slices) == 24
+
+
+def test_a_siemens_mosaic_is_refused_not_served_as_one_slice(series: list[Series]) -> None:
+    metas = {stem: {**meta, "0019100A": {"vr": "US", "Value": [48]}} for stem, meta in series[-1].metas.items()}
+    assert "Siemens mosaic (48 slices as tiles of one image)" in rejection(Series("", {}, metas))
+    marked = {stem: {**meta, "00080008": {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]}}
+              for stem, meta in series[-1].metas.items()}
+    assert "Siemens mosaic" in rejection(Series("", {}, marked))
+
+
+@pytest.mark.parametrize(("keyword", "tag", "vr", "value", "says"), [
+    ("Rows", "00280010", "US", [40000], "not a size"),
+    ("Rows", "00280010", "US", [0], "not a size"),
+    ("Rows", "00280010", "US", [-1], "not a size"),
+    ("Columns", "00280011", "US", [2.5], "not a size"),
+    ("PixelSpacing", "00280030", "DS", [0, 0.7], "not between 0"),
+    ("PixelSpacing", "00280030", "DS", [-0.7, 0.7], "not between 0"),
+    ("ImagePositionPatient", "00200032", "DS", [0, 0, 1e308], "beyond"),
+    ("ImagePositionPatient", "00200032", "DS", [-1e308, 0, 0], "beyond"),
+    ("ImagePositionPatient", "00200032", "DS", [0, float("inf"), 0], "not 3 numbers"),
+    ("ImageOrientationPatient", "00200037", "DS", [0, 0, 0, 0, 0, 0], "orthogonal unit"),
+    ("ImageOrientationPatient", "00200037", "DS", [1, 0, 0, 1, 0, 0], "orthogonal unit"),
+])  # fmt: skip
+def test_absurd_geometry_in_one_twin_is_a_reason_not_a_volume(
+        series: list[Series], keyword: str, tag: str, vr: str, value: list[float], says: str) -> None:
+    metas = dict(series[0].metas)
+    stem = sorted(metas)[7]
+    metas[stem] = json.loads(json.dumps({**metas[stem], tag: {"vr": vr, "Value": value}}))
+    reason = rejection(Series("", {}, metas))
+    assert stem in reason and says in reason and (keyword in reason or "rows" in reason)
+
+
+@needs_dcm2niix
+def test_unsigned_16_bit_images_stay_uint16_as_dcm2niix_keeps_them(series: list[Series], tmp_path: Path) -> None:
+    def full_range(index: int, dataset: Dataset) -> None:  # an MR whose values use all 16 bits
+        pixels = dataset.pixel_array.astype(np.uint32) * 64 + index
+        dataset.PixelData = np.clip(pixels, 0, 65535).astype("<u2").tobytes()
+        dataset.BitsStored, dataset.HighBit = 16, 15
+
+    source = edited(series[-1], full_range)
+    ours, reference = built(source, tmp_path), dcm2niix(source, tmp_path)
+    assert planned(source).dtype == np.uint16
+    assert ours.get_data_dtype() == reference.get_data_dtype() == np.uint16
+    assert np.asarray(ours.dataobj).max() > 32767
+    voxels, affine = differences(ours, reference)
+    assert voxels == 0.0 and affine < 1e-3
 
 
 def test_two_orientations_are_not_a_volume(series: list[Series]) -> None:
