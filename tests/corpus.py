@@ -20,6 +20,8 @@ from io import BytesIO
 from pathlib import Path
 
 import nibabel
+import numpy as np
+import numpy.typing as npt
 from pydicom import dcmread, dcmwrite
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000, JPEG2000Lossless
@@ -40,6 +42,15 @@ class CorpusSeries:
     folder: str  # ct, mri or xray
     images: tuple[bytes, ...]
     expect: str = VOLUME
+    # The same images in a syntax dcm2niix and dcmtk read, where they cannot read these (dcm2niix as
+    # packaged reads no JPEG-LS, deflate or 12-bit lossy JPEG; dcmtk no JPEG 2000): decoded by dcmtk's
+    # own decoders, or the uncompressed original the data set ships.
+    reference: tuple[bytes, ...] = ()
+    tolerance: float = 0.0  # largest voxel difference allowed: two lossy JPEG decoders' IDCTs round apart
+
+    @property
+    def reference_images(self) -> tuple[bytes, ...]:
+        return self.reference or self.images
 
     @property
     def series_uid(self) -> str:
@@ -79,17 +90,20 @@ def real_series() -> list[CorpusSeries]:
         ("toshiba-mr-implicit-le", "mri", "MR_small_implicit.dcm"),
         ("toshiba-mr-explicit-be", "mri", "MR_small_bigendian.dcm"),
         ("toshiba-mr-rle", "mri", "MR_small_RLE.dcm"),
-        ("toshiba-mr-jpeg-ls-lossless", "mri", "MR_small_jpeg_ls_lossless.dcm"),
         ("toshiba-mr-j2k-lossless", "mri", "MR_small_jp2klossless.dcm"),
         ("philips-mr-explicit-le", "mri", "MR2_UNCR.dcm"),
-        ("philips-mr-j2k-lossless", "mri", "MR2_J2KR.dcm"),
-        ("philips-mr-j2k-lossy", "mri", "MR2_J2KI.dcm"),
         ("ct-explicit-le", "ct", "693_UNCR.dcm"),
         ("ct-j2k-lossless", "ct", "693_J2KR.dcm"),
         ("ct-j2k-lossy", "ct", "693_J2KI.dcm"),
         ("siemens-mr-explicit-le", "mri", "MR-SIEMENS-DICOM-WithOverlays.dcm"),
     ]
     series = [CorpusSeries(label, folder, (shipped(name),)) for label, folder, name in single]
+    series += [CorpusSeries("toshiba-mr-jpeg-ls-lossless", "mri", (shipped("MR_small_jpeg_ls_lossless.dcm"),),
+                            reference=(shipped("MR_small.dcm"),)),
+               CorpusSeries("philips-mr-j2k-lossless", "mri", (shipped("MR2_J2KR.dcm"),),
+                            reference=(shipped("MR2_UNCR.dcm"),)),
+               CorpusSeries("philips-mr-j2k-lossy", "mri", (shipped("MR2_J2KI.dcm"),),
+                            reference=(shipped("MR2_UNCI.dcm"),))]
     series.append(CorpusSeries("siemens-mr-decimal-rescale", "mri", (nibabel_file("decimal_rescale.dcm"),)))
     return series
 
@@ -109,12 +123,16 @@ def refused_series() -> list[CorpusSeries]:
 def xray_images() -> list[CorpusSeries]:
     """Real CR X-rays (Philips and Fuji, MONOCHROME1), each with its uncompressed original as the file
     dcmtk renders (dcmtk reads no JPEG 2000)."""
-    return [
-        CorpusSeries("philips-cr-explicit-le", "xray", (shipped("RG1_UNCR.dcm"),)),
-        CorpusSeries("philips-cr-j2k-lossless", "xray", (shipped("RG1_J2KR.dcm"),), "RG1_UNCR.dcm"),
-        CorpusSeries("fuji-cr-explicit-le", "xray", (shipped("RG3_UNCR.dcm"),)),
-        CorpusSeries("fuji-cr-j2k-lossless", "xray", (shipped("RG3_J2KR.dcm"),), "RG3_UNCR.dcm"),
-    ]
+    images = []
+    for vendor, name in (("philips", "RG1"), ("fuji", "RG3")):
+        images += [
+            CorpusSeries(f"{vendor}-cr-explicit-le", "xray", (shipped(f"{name}_UNCR.dcm"),)),
+            CorpusSeries(f"{vendor}-cr-j2k-lossless", "xray", (shipped(f"{name}_J2KR.dcm"),),
+                         reference=(shipped(f"{name}_UNCR.dcm"),)),
+            CorpusSeries(f"{vendor}-cr-j2k-lossy", "xray", (shipped(f"{name}_J2KI.dcm"),),
+                         reference=(shipped(f"{name}_UNCI.dcm"),)),
+        ]
+    return images
 
 
 # --- the demo MR series in every transfer syntax ------------------------------------------------------
@@ -142,25 +160,74 @@ def _pydicom(syntax: str, **options: object) -> Callable[[bytes], bytes]:
     return convert
 
 
-# label, converter, whether the syntax is lossy
-SYNTAXES: list[tuple[str, Callable[[bytes], bytes], bool]] = [
-    ("implicit-le", _dcmtk("dcmconv", "+ti"), False),
-    ("explicit-be", _dcmtk("dcmconv", "+tb"), False),
-    ("deflate", _dcmtk("dcmconv", "+td"), False),
-    ("rle", _dcmtk("dcmcrle"), False),
-    ("jpeg-extended", _dcmtk("dcmcjpeg", "+ee"), True),
-    ("jpeg-lossless-p14", _dcmtk("dcmcjpeg", "+el"), False),
-    ("jpeg-lossless-sv1", _dcmtk("dcmcjpeg", "+e1"), False),
-    ("jpeg-ls-lossless", _dcmtk("dcmcjpls", "+el"), False),
-    ("jpeg-ls-near-lossless", _dcmtk("dcmcjpls", "+en", "+md", "3"), True),
-    ("j2k-lossless", _pydicom(JPEG2000Lossless), False),
-    ("j2k-lossy", _pydicom(JPEG2000, j2k_cr=[20]), True),
+# label, encoder, dcmtk's decoder where dcm2niix cannot read the result, voxel tolerance
+SYNTAXES: list[tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes] | None, float]] = [
+    ("implicit-le", _dcmtk("dcmconv", "+ti"), None, 0.0),
+    ("explicit-be", _dcmtk("dcmconv", "+tb"), None, 0.0),
+    ("deflate", _dcmtk("dcmconv", "+td"), _dcmtk("dcmconv", "+te"), 0.0),
+    ("rle", _dcmtk("dcmcrle"), None, 0.0),
+    ("jpeg-extended", _dcmtk("dcmcjpeg", "+ee"), _dcmtk("dcmdjpeg"), 2.0),  # 12-bit IDCTs: up to 2 apart
+    ("jpeg-lossless-p14", _dcmtk("dcmcjpeg", "+el"), None, 0.0),
+    ("jpeg-lossless-sv1", _dcmtk("dcmcjpeg", "+e1"), None, 0.0),
+    ("jpeg-ls-lossless", _dcmtk("dcmcjpls", "+el"), _dcmtk("dcmdjpls"), 0.0),
+    ("jpeg-ls-near-lossless", _dcmtk("dcmcjpls", "+en", "+md", "3"), _dcmtk("dcmdjpls"), 0.0),
+    ("j2k-lossless", _pydicom(JPEG2000Lossless), None, 0.0),
+    ("j2k-lossy", _pydicom(JPEG2000, j2k_cr=[20]), None, 0.0),
 ]
 
 
 def crafted_series(warehouse: list[DemoObject]) -> list[CorpusSeries]:
     """The demo MR series (12 slices of 256x256, 12 bits) in each transfer syntax of SYNTAXES."""
-    images = tuple(o.body for o in warehouse if o.key.startswith("training/mri/") and o.key.endswith(".dcm"))
+    images = [o.body for o in warehouse if o.key.startswith("training/mri/") and o.key.endswith(".dcm")]
     assert len(images) == 12
-    return [CorpusSeries(f"demo-mr-{label}", "mri", tuple(convert(dicom) for dicom in images))
-            for label, convert, _ in SYNTAXES]
+    series = []
+    for label, encode, decode, tolerance in SYNTAXES:
+        encoded = tuple(encode(dicom) for dicom in images)
+        reference = tuple(decode(dicom) for dicom in encoded) if decode is not None else ()
+        series.append(CorpusSeries(f"demo-mr-{label}", "mri", encoded, reference=reference, tolerance=tolerance))
+    return series
+
+
+# --- the references: dcm2niix and dcmtk -----------------------------------------------------------------
+
+
+def dcm2niix(images: tuple[bytes, ...], workdir: Path) -> list[nibabel.Nifti1Image]:
+    """Every volume dcm2niix makes of these images (uncompressed, in name order; [] when it makes none)."""
+    source, out = workdir / "dcm2niix-in", workdir / "dcm2niix-out"
+    source.mkdir()
+    out.mkdir()
+    for index, dicom in enumerate(images):
+        (source / f"image{index:03d}.dcm").write_bytes(dicom)
+    subprocess.run(["dcm2niix", "-z", "n", "-f", "reference", "-o", str(out), str(source)], capture_output=True,
+                   timeout=300, check=False)  # fmt: skip
+    return [nibabel.load(path) for path in sorted(out.glob("*.nii"))]
+
+
+def differences(ours: nibabel.Nifti1Image, reference: nibabel.Nifti1Image) -> tuple[float, float]:
+    """(largest voxel difference, largest affine difference in mm) once both are in closest canonical order."""
+    ours, reference = nibabel.as_closest_canonical(ours), nibabel.as_closest_canonical(reference)
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    voxels = float(np.abs(np.asarray(ours.dataobj, np.float64) - np.asarray(reference.dataobj, np.float64)).max())
+    return voxels, float(np.abs(ours.affine - reference.affine).max())
+
+
+def dcmj2pnm_options(dicom: bytes) -> list[str]:
+    """The dcmj2pnm options that choose the VOI nccidfs applies: the first VOI LUT, else the first
+    window, else the window over the image's own range."""
+    dataset = dcmread(BytesIO(dicom), stop_before_pixels=True)
+    if dataset.get("VOILUTSequence"):
+        return ["+Wl", "1"]
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        return ["+Wi", "1"]
+    return ["+Wm"]
+
+
+def dcmj2pnm(dicom: bytes, workdir: Path) -> npt.NDArray[np.uint8]:
+    """dcmtk's 8-bit rendering of an image, with the options of ``dcmj2pnm_options``."""
+    source, out = workdir / "dcmj2pnm-in.dcm", workdir / "dcmj2pnm-out.pgm"
+    source.write_bytes(dicom)
+    subprocess.run(["dcmj2pnm", *dcmj2pnm_options(dicom), str(source), str(out)], check=True, capture_output=True,
+                   timeout=120)  # fmt: skip
+    magic, columns, rows, _, pixels = out.read_bytes().split(maxsplit=4)
+    assert magic == b"P5"
+    return np.frombuffer(pixels[: int(columns) * int(rows)], dtype=np.uint8).reshape(int(rows), int(columns))
