@@ -52,7 +52,10 @@ MAX_SPACING_MM = 1000.0
 MAX_POSITION_MM = 1e6
 _COSINE_TOLERANCE = 1e-3  # how far the orientation's cosines may be from unit length and orthogonality
 _MOSAIC_MARK = "MOSAIC"  # in ImageType of a Siemens mosaic
-_IMAGES_IN_MOSAIC = "0019100A"  # Siemens private (0019,100A) NumberOfImagesInMosaic, US
+# Siemens's private NumberOfImagesInMosaic: (0019,xx0A) in the block that (0019,00xx) names "SIEMENS MR
+# HEADER", which Siemens puts at xx = 10. Another creator's (0019,100A) is something else (GE's, for one).
+_IMAGES_IN_MOSAIC = "0019100A"
+_SIEMENS_CREATOR = ("00190010", "SIEMENS MR HEADER")
 # Orientation cosines and pixel spacings that differ by less than these are the same.
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_TOLERANCE_MM = 1e-3
@@ -264,11 +267,21 @@ def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
 
 def _check_acquisition(ident: str, meta: Mapping[str, Any]) -> None:
     """Refuse the images whose pixels are no stack of slices: Siemens mosaics."""
-    if _MOSAIC_MARK in _values(meta, "ImageType") or _IMAGES_IN_MOSAIC in meta:
-        tiles = meta.get(_IMAGES_IN_MOSAIC)
-        count = tiles.get("Value") if isinstance(tiles, dict) else None
-        what = f"{count[0]} slices as tiles of one image" if isinstance(count, list) and count else "tiled slices"
+    count = _images_in_mosaic(meta)
+    if _MOSAIC_MARK in _values(meta, "ImageType") or count is not None:
+        what = f"{count} slices as tiles of one image" if count is not None else "tiled slices"
         raise _NotAVolume(f"{ident}: a Siemens mosaic ({what}); mosaics are not de-mosaiced here")
+
+
+def _images_in_mosaic(meta: Mapping[str, Any]) -> int | None:
+    """Siemens's NumberOfImagesInMosaic, when the twin has it under Siemens's private creator."""
+    creator = meta.get(_SIEMENS_CREATOR[0])
+    names = creator.get("Value") if isinstance(creator, dict) else None
+    if not isinstance(names, list) or not names or str(names[0]).strip() != _SIEMENS_CREATOR[1]:
+        return None
+    tiles = meta.get(_IMAGES_IN_MOSAIC)
+    count = tiles.get("Value") if isinstance(tiles, dict) else None
+    return count[0] if isinstance(count, list) and count and isinstance(count[0], int) else None
 
 
 def _is_orthonormal(orientation: Sequence[float]) -> bool:

@@ -272,11 +272,18 @@ def test_a_tilt_the_scanner_reconstructed_into_a_box_is_a_volume(series: list[Se
 
 
 def test_a_siemens_mosaic_is_refused_not_served_as_one_slice(series: list[Series]) -> None:
-    metas = {stem: {**meta, "0019100A": {"vr": "US", "Value": [48]}} for stem, meta in series[-1].metas.items()}
+    siemens = {"00190010": {"vr": "LO", "Value": ["SIEMENS MR HEADER"]}, "0019100A": {"vr": "US", "Value": [48]}}
+    metas = {stem: {**meta, **siemens} for stem, meta in series[-1].metas.items()}
     assert "Siemens mosaic (48 slices as tiles of one image)" in rejection(Series("", {}, metas))
     marked = {stem: {**meta, "00080008": {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]}}
               for stem, meta in series[-1].metas.items()}
     assert "Siemens mosaic" in rejection(Series("", {}, marked))
+
+
+def test_another_creators_private_0019_100a_is_no_mosaic(series: list[Series]) -> None:
+    ge = {"00190010": {"vr": "LO", "Value": ["GEMS_ACQU_01"]}, "0019100A": {"vr": "SS", "Value": [48]}}
+    metas = {stem: {**meta, **ge} for stem, meta in series[-1].metas.items()}
+    assert len(planned(Series("", {}, metas)).slices) == 12
 
 
 @pytest.mark.parametrize(("keyword", "tag", "vr", "value", "says"), [
