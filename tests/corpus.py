@@ -192,7 +192,8 @@ def crafted_series(warehouse: list[DemoObject]) -> list[CorpusSeries]:
 
 
 def dcm2niix(images: tuple[bytes, ...], workdir: Path) -> list[nibabel.Nifti1Image]:
-    """Every volume dcm2niix makes of these images (uncompressed, in name order; [] when it makes none)."""
+    """Every volume dcm2niix makes of these images (uncompressed, in name order; [] when it makes none),
+    with its BIDS sidecars beside them in ``workdir / "dcm2niix-out"``."""
     source, out = workdir / "dcm2niix-in", workdir / "dcm2niix-out"
     source.mkdir()
     out.mkdir()

@@ -38,8 +38,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-from pydicom.datadict import tag_for_keyword
 
+from nccidfs.derived.bids import json_values, sidecar_fields
 from nccidfs.derived.pixels import read_pixels, undecodable_reason
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
@@ -124,7 +124,7 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
     """Plan the volume of one series from its images' metadata twins (parsed DICOM JSON), keyed by
     the caller's id for each image. A Rejection names the first rule the series breaks."""
     idents = sorted(metas)
-    tags = _sidecar_tags(metas[idents[0]]) if idents else {}
+    tags = sidecar_fields(metas[idents[0]]) if idents else {}
     try:
         slices = [_read_slice(ident, metas[ident]) for ident in idents]
         _check_same_frame(slices)
@@ -204,17 +204,10 @@ def sidecar(outcome: VolumePlan | Rejection) -> bytes:
 # --- reading the metadata twins --------------------------------------------------------------------
 
 
-def _values(meta: Mapping[str, Any], keyword: str) -> list[Any]:
-    """The "Value" list of an element in a DICOM JSON object; [] when absent or null."""
-    attribute = meta.get(f"{tag_for_keyword(keyword):08X}")
-    value = attribute.get("Value") if isinstance(attribute, dict) else None
-    return value if isinstance(value, list) else []
-
-
 def _numbers(meta: Mapping[str, Any], keyword: str, count: int, ident: str) -> tuple[float, ...]:
     """Exactly ``count`` finite numbers of an element, or the series is rejected naming it."""
     try:
-        numbers = tuple(float(value) for value in _values(meta, keyword))
+        numbers = tuple(float(value) for value in json_values(meta, keyword))
     except (TypeError, ValueError):
         numbers = ()
     if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
@@ -223,7 +216,7 @@ def _numbers(meta: Mapping[str, Any], keyword: str, count: int, ident: str) -> t
 
 
 def _optional_number(meta: Mapping[str, Any], keyword: str, default: float) -> float:
-    values = _values(meta, keyword)
+    values = json_values(meta, keyword)
     try:
         return float(values[0]) if values else default
     except (TypeError, ValueError):
@@ -268,7 +261,7 @@ def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
 def _check_acquisition(ident: str, meta: Mapping[str, Any]) -> None:
     """Refuse the images whose pixels are no stack of slices: Siemens mosaics."""
     count = _images_in_mosaic(meta)
-    if _MOSAIC_MARK in _values(meta, "ImageType") or count is not None:
+    if _MOSAIC_MARK in json_values(meta, "ImageType") or count is not None:
         what = f"{count} slices as tiles of one image" if count is not None else "tiled slices"
         raise _NotAVolume(f"{ident}: a Siemens mosaic ({what}); mosaics are not de-mosaiced here")
 
@@ -370,50 +363,3 @@ def _affine(first: _Slice, step: float) -> Affine:
     lps[:3, 3] = first.position
     affine: Affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     return affine
-
-
-# --- the sidecar -----------------------------------------------------------------------------------
-
-# BIDS name, DICOM keyword, factor (dcm2niix gives MR times in seconds; DICOM has milliseconds).
-_SIDECAR_FIELDS: tuple[tuple[str, str, float | None], ...] = (
-    ("Modality", "Modality", None),
-    ("Manufacturer", "Manufacturer", None),
-    ("ManufacturersModelName", "ManufacturerModelName", None),
-    ("BodyPartExamined", "BodyPartExamined", None),
-    ("PatientPosition", "PatientPosition", None),
-    ("StudyInstanceUID", "StudyInstanceUID", None),
-    ("SeriesInstanceUID", "SeriesInstanceUID", None),
-    ("SeriesDescription", "SeriesDescription", None),
-    ("ProtocolName", "ProtocolName", None),
-    ("SeriesNumber", "SeriesNumber", None),
-    ("ImageType", "ImageType", None),
-    ("AcquisitionDate", "AcquisitionDate", None),
-    ("AcquisitionTime", "AcquisitionTime", None),
-    ("SliceThickness", "SliceThickness", None),
-    ("SpacingBetweenSlices", "SpacingBetweenSlices", None),
-    ("ConvolutionKernel", "ConvolutionKernel", None),
-    ("KVP", "KVP", None),
-    ("MagneticFieldStrength", "MagneticFieldStrength", None),
-    ("ScanningSequence", "ScanningSequence", None),
-    ("SequenceVariant", "SequenceVariant", None),
-    ("MRAcquisitionType", "MRAcquisitionType", None),
-    ("EchoTime", "EchoTime", 0.001),
-    ("RepetitionTime", "RepetitionTime", 0.001),
-    ("InversionTime", "InversionTime", 0.001),
-    ("FlipAngle", "FlipAngle", None),
-    ("EchoTrainLength", "EchoTrainLength", None),
-    ("ImageOrientationPatientDICOM", "ImageOrientationPatient", None),
-)
-
-
-def _sidecar_tags(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The sidecar fields present in one image's metadata twin: one value as itself, several as a
-    list, times in seconds."""
-    tags: dict[str, Any] = {"ConversionSoftware": "nccidfs"}
-    for name, keyword, factor in _SIDECAR_FIELDS:
-        values = [value for value in _values(meta, keyword) if isinstance(value, str | int | float)]
-        if factor is not None:
-            values = [round(float(value) * factor, 9) for value in values]
-        if values:
-            tags[name] = values if len(values) > 1 or keyword == "ImageType" else values[0]
-    return tags

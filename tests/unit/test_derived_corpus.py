@@ -16,7 +16,7 @@ import pytest
 
 from nccidfs.demo.warehouse import DemoObject, metadata_json
 from nccidfs.derived.image import build_png
-from nccidfs.derived.volume import Rejection, VolumePlan, build_volume, plan_volume
+from nccidfs.derived.volume import Rejection, VolumePlan, build_volume, plan_volume, sidecar
 from tests.corpus import (
     CorpusSeries,
     crafted_series,
@@ -74,6 +74,31 @@ def test_the_demo_mr_in_each_transfer_syntax_is_the_volume_dcm2niix_makes(
         crafted: list[CorpusSeries], index: int, tmp_path: Path) -> None:
     assert len(crafted) == 11
     assert_is_dcm2niix_volume(crafted[index], tmp_path)
+
+
+def seconds(time_of_day: str) -> float:
+    hours, minutes, rest = time_of_day.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(rest)
+
+
+@needs_tools
+@pytest.mark.parametrize("series", [s for s in real_series() + refused_series() if not s.reference],
+                         ids=lambda series: series.label)
+def test_sidecar_fields_are_written_as_dcm2niix_writes_them(series: CorpusSeries, tmp_path: Path) -> None:
+    """Every field both sidecars have holds the same value in the same form: names, units, times,
+    manufacturer, lists and backslash-joined strings, numbers."""
+    dcm2niix(series.images, tmp_path)
+    reference = json.loads(sorted((tmp_path / "dcm2niix-out").glob("*.json"))[0].read_text())
+    ours = json.loads(sidecar(plan(series)))
+    shared = set(ours) & set(reference) - {"ConversionSoftware"}
+    assert len(shared) >= 7, sorted(shared)
+    for name in sorted(shared):
+        if name == "AcquisitionTime":  # dcm2niix goes through a double: its last digit may be off by one
+            assert abs(seconds(ours[name]) - seconds(reference[name])) < 2e-6, series.label
+        elif name == "ImageType":  # dcm2niix may add what it reads from private tags (REAL, PHASE...)
+            assert set(ours[name]) <= set(reference[name]), series.label
+        else:
+            assert ours[name] == reference[name], (series.label, name)
 
 
 @pytest.mark.parametrize("series", refused_series(), ids=lambda series: series.label)

@@ -20,6 +20,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 
 from nccidfs.demo.warehouse import DemoObject
+from nccidfs.derived.bids import sidecar_fields
 from nccidfs.derived.volume import (
     HEADER_BYTES,
     Rejection,
@@ -367,3 +368,31 @@ def test_planning_needs_the_twins_alone(series: list[Series]) -> None:
 def test_bytes_that_are_no_image_fail_to_encode(series: list[Series]) -> None:
     with pytest.raises(ValueError, match="not decodable"):
         encode_slice(planned(series[0]), 0, b"not a DICOM file")
+
+
+@pytest.mark.parametrize(("stored", "written"), [
+    ("GE MEDICAL SYSTEMS", "GE"), ("GE Healthcare", "GE"), ("SIEMENS", "Siemens"), ("Siemens Healthineers", "Siemens"),
+    ("Philips Medical Systems", "Philips"), ("TOSHIBA_MEC", "Toshiba"), ("CANON_MEC", "Canon"), ("UIH", "UIH"),
+    ("Gendex", "Gendex"), ("Acme Medical Devices", "Acme Medical Devices"),
+])  # fmt: skip
+def test_the_sidecar_names_the_manufacturer_as_dcm2niix_does(stored: str, written: str) -> None:
+    assert sidecar_fields({"00080070": {"vr": "LO", "Value": [stored]}})["Manufacturer"] == written
+
+
+@pytest.mark.parametrize(("stored", "written"), [
+    ("102053", "10:20:53.000000"), ("141127.937501", "14:11:27.937501"), ("1020", "10:20:00.000000"),
+    ("102053.5", "10:20:53.500000"), ("10:20:53", "10:20:53"),
+])  # fmt: skip
+def test_the_sidecar_writes_acquisition_time_as_dcm2niix_does(stored: str, written: str) -> None:
+    assert sidecar_fields({"00080032": {"vr": "TM", "Value": [stored]}})["AcquisitionTime"] == written
+
+
+def test_the_sidecar_joins_code_strings_and_rounds_numbers_as_dcm2niix_does() -> None:
+    fields = sidecar_fields({"00180020": {"vr": "CS", "Value": ["GR", "IR"]},
+                             "00180087": {"vr": "DS", "Value": [1.4939999580383]},
+                             "00080008": {"vr": "CS", "Value": ["DERIVED", "SECONDARY", "", "M"]},
+                             "00180081": {"vr": "DS", "Value": [93.0]}})
+    assert fields["ScanningSequence"] == "GR\\IR"
+    assert fields["MagneticFieldStrength"] == 1.494
+    assert fields["ImageType"] == ["DERIVED", "SECONDARY", "M"]
+    assert fields["EchoTime"] == 0.093
