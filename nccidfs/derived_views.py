@@ -172,8 +172,10 @@ def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: Obje
         with lock:
             known = {index: recent[index] for index in range(first, last) if index in recent}
         wanted = [index for index in range(first, last) if index not in known]
-        for index, body in zip(wanted, reader.read_many([images[i] for i in wanted]), strict=True):
-            known[index] = encode_slice(plan, index, body)
+        objects = list(dict.fromkeys(images[i] for i in wanted))  # frames of one image: read it once
+        bodies = dict(zip(objects, reader.read_many(objects), strict=True))
+        for index in wanted:
+            known[index] = encode_slice(plan, index, bodies[images[index]])
             with lock:
                 recent[index] = known[index]
         return [known[index] for index in range(first, last)]

@@ -105,6 +105,8 @@ def real_series() -> list[CorpusSeries]:
                CorpusSeries("philips-mr-j2k-lossy", "mri", (shipped("MR2_J2KI.dcm"),),
                             reference=(shipped("MR2_UNCI.dcm"),))]
     series.append(CorpusSeries("siemens-mr-decimal-rescale", "mri", (nibabel_file("decimal_rescale.dcm"),)))
+    series.append(CorpusSeries("enhanced-ct", "ct", (shipped("eCT_Supplemental.dcm"),)))  # 2 frames
+    series.append(CorpusSeries("philips-enhanced-mr", "mri", (nibabel_file("philips_mprage.dcm.gz"),)))  # 176
     return series
 
 
@@ -115,8 +117,8 @@ def refused_series() -> list[CorpusSeries]:
         CorpusSeries("siemens-dwi-mosaic-large", "mri",
                      (nibabel_file("siemens_dwi_0.dcm.gz"), nibabel_file("siemens_dwi_1000.dcm.gz")),
                      "Siemens mosaic"),
-        CorpusSeries("enhanced-mr", "mri", (shipped("emri_small.dcm"),), "frames"),
-        CorpusSeries("enhanced-ct", "ct", (shipped("eCT_Supplemental.dcm"),), "frames"),
+        # ten frames with no functional groups at all: nothing says where each frame is
+        CorpusSeries("enhanced-mr-without-groups", "mri", (shipped("emri_small.dcm"),), "per-frame functional groups"),
     ]
 
 

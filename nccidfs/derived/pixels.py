@@ -19,6 +19,7 @@ import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 _TRANSFER_SYNTAX = "00020010"  # (0002,0010) TransferSyntaxUID: in a twin only when it kept the file meta
@@ -34,6 +35,16 @@ def read_pixels(dicom: bytes) -> tuple[Dataset, npt.NDArray[Any]]:
     except Exception as error:  # pydicom raises many types for missing, short or undecodable pixels
         raise ValueError(f"pixels not decodable: {error}") from error
 
+
+
+def read_frame(dicom: bytes, frame: int) -> npt.NDArray[Any]:
+    """The stored values of one frame of a multi-frame image, decoding only that frame (an enhanced
+    image may hold hundreds). Raises ValueError as ``read_pixels`` does."""
+    try:
+        values: npt.NDArray[Any] = pixel_array(BytesIO(dicom), index=frame)
+    except Exception as error:  # as above, and IndexError for a frame past the last
+        raise ValueError(f"frame {frame} not decodable: {error}") from error
+    return values
 
 
 @cache

@@ -1,5 +1,8 @@
 """A CT or MR series as one NIfTI-1 volume, planned from the series' metadata JSON twins alone.
 
+A slice is a single-frame image or one frame of an enhanced multi-frame image (Enhanced CT and MR: each
+frame placed by its functional groups, see :mod:`nccidfs.derived.frames`); the planning is the same.
+
 Why a plan comes first: the mount shows a file's size at stat time, before any image is fetched, and
 nibabel memory-maps ``.nii`` files, so that size must be exact. ``plan_volume`` fixes, from the JSON
 twins only, whether the series is one volume at all, the slice order, the voxel type and the geometry;
@@ -40,7 +43,8 @@ import numpy as np
 import numpy.typing as npt
 
 from nccidfs.derived.bids import json_values, sidecar_fields
-from nccidfs.derived.pixels import read_pixels, undecodable_reason
+from nccidfs.derived.frames import SINGLE, NotFrames, frames_of
+from nccidfs.derived.pixels import read_frame, read_pixels, undecodable_reason
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
 _INT16 = np.dtype("<i2")
@@ -81,6 +85,7 @@ class VolumePlan:
     the voxels are stored. ``slices[k]`` is the id (the caller's key for the image) of slice k."""
 
     slices: tuple[str, ...]
+    frames: tuple[int, ...]  # the frame of each slice's image (frames.SINGLE for a single-frame image)
     rows: int
     columns: int
     dtype: np.dtype[Any]
@@ -105,6 +110,7 @@ class _Slice:
     """The geometry and pixel format of one image, as read from its metadata twin."""
 
     ident: str
+    frame: int
     rows: int
     columns: int
     orientation: tuple[float, ...]  # ImageOrientationPatient: row cosines, then column cosines
@@ -124,9 +130,10 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
     """Plan the volume of one series from its images' metadata twins (parsed DICOM JSON), keyed by
     the caller's id for each image. A Rejection names the first rule the series breaks."""
     idents = sorted(metas)
-    tags = sidecar_fields(metas[idents[0]]) if idents else {}
+    tags = sidecar_fields(_first_frame(metas[idents[0]])) if idents else {}
     try:
-        slices = [_read_slice(ident, metas[ident]) for ident in idents]
+        slices = [_read_slice(ident, number, frame)
+                  for ident in idents for number, frame in _frames(ident, metas[ident])]
         _check_same_frame(slices)
         ordered, step = _stack(slices, metas[idents[0]])
     except _NotAVolume as why:
@@ -137,6 +144,7 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
     slope, inter = rescale[0] if dtype != _FLOAT32 else (1.0, 0.0)
     return VolumePlan(
         slices=tuple(s.ident for s in ordered),
+        frames=tuple(s.frame for s in ordered),
         rows=first.rows,
         columns=first.columns,
         dtype=dtype,
@@ -165,7 +173,8 @@ def encode_header(plan: VolumePlan) -> bytes:
 def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
     """The voxels of slice ``index`` from its image's DICOM bytes: exactly ``plan.slice_bytes`` bytes.
     Raises ValueError when the image cannot be decoded or does not match its metadata."""
-    _, pixels = read_pixels(dicom)
+    frame = plan.frames[index]
+    pixels = read_pixels(dicom)[1] if frame == SINGLE else read_frame(dicom, frame)
     if pixels.shape != (plan.rows, plan.columns):
         raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
     if plan.dtype != _FLOAT32:
@@ -223,7 +232,23 @@ def _optional_number(meta: Mapping[str, Any], keyword: str, default: float) -> f
         return default
 
 
-def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
+def _frames(ident: str, meta: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    try:
+        return frames_of(meta)
+    except NotFrames as why:
+        raise _NotAVolume(f"{ident}: {why}") from None
+
+
+def _first_frame(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What the sidecar describes: the first frame of an enhanced image (its functional groups hold the
+    acquisition's values), or the image itself."""
+    try:
+        return frames_of(meta)[0][1]
+    except NotFrames:
+        return meta
+
+
+def _read_slice(ident: str, frame: int, meta: Mapping[str, Any]) -> _Slice:
     undecodable = undecodable_reason(meta)
     if undecodable is not None:
         raise _NotAVolume(f"{ident}: {undecodable}")
@@ -246,6 +271,7 @@ def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
         raise _NotAVolume(f"{ident}: ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors")
     return _Slice(
         ident=ident,
+        frame=frame,
         rows=int(rows),
         columns=int(columns),
         orientation=orientation,
