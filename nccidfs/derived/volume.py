@@ -2,6 +2,8 @@
 
 A slice is a single-frame image or one frame of an enhanced multi-frame image (Enhanced CT and MR: each
 frame placed by its functional groups, see :mod:`nccidfs.derived.frames`); the planning is the same.
+Several images at each position make a 4D volume, one 3D volume after another in the order of the
+attribute that tells them apart (echo, time point, b-value...: :mod:`nccidfs.derived.split`).
 
 Why a plan comes first: the mount shows a file's size at stat time, before any image is fetched, and
 nibabel memory-maps ``.nii`` files, so that size must be exact. ``plan_volume`` fixes, from the JSON
@@ -45,6 +47,7 @@ import numpy.typing as npt
 from nccidfs.derived.bids import json_values, sidecar_fields
 from nccidfs.derived.frames import SINGLE, NotFrames, frames_of
 from nccidfs.derived.pixels import read_frame, read_pixels, undecodable_reason
+from nccidfs.derived.split import SPLIT_KEYWORDS, NotSplit, positions, split_volumes
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
 _INT16 = np.dtype("<i2")
@@ -84,8 +87,9 @@ class VolumePlan:
     """Everything about the volume that the metadata decides: which image is which slice, and how
     the voxels are stored. ``slices[k]`` is the id (the caller's key for the image) of slice k."""
 
-    slices: tuple[str, ...]
+    slices: tuple[str, ...]  # volume after volume, each in slice order
     frames: tuple[int, ...]  # the frame of each slice's image (frames.SINGLE for a single-frame image)
+    volumes: int  # the fourth dimension: several images at each position, split by an attribute
     rows: int
     columns: int
     dtype: np.dtype[Any]
@@ -120,6 +124,7 @@ class _Slice:
     intercept: float
     bits_stored: int
     signed: bool
+    keys: Mapping[str, Any]  # the values of split.SPLIT_KEYWORDS that tell images at one position apart
 
 
 class _NotAVolume(Exception):
@@ -135,9 +140,14 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
         slices = [_read_slice(ident, number, frame)
                   for ident in idents for number, frame in _frames(ident, metas[ident])]
         _check_same_frame(slices)
-        ordered, step = _stack(slices, metas[idents[0]])
+        split, volumes = _volumes(slices)
+        stacks = [_stack(volume, metas[idents[0]]) for volume in volumes]
+        _check_same_positions(stacks)
     except _NotAVolume as why:
         return Rejection(str(why), tags)
+    if split is not None:
+        tags = {**tags, "VolumeSplitBy": split[0], "VolumeSplitValues": list(split[1])}
+    ordered, step = [s for stack, _ in stacks for s in stack], stacks[0][1]
     first = ordered[0]
     rescale = tuple((s.slope, s.intercept) for s in ordered)
     dtype = _voxel_type(first) if len(set(rescale)) == 1 else _FLOAT32
@@ -145,6 +155,7 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
     return VolumePlan(
         slices=tuple(s.ident for s in ordered),
         frames=tuple(s.frame for s in ordered),
+        volumes=len(stacks),
         rows=first.rows,
         columns=first.columns,
         dtype=dtype,
@@ -160,7 +171,8 @@ def encode_header(plan: VolumePlan) -> bytes:
     """The first HEADER_BYTES of the file: nibabel's header for the plan, then an empty extension flag."""
     header = nib.Nifti1Header()
     header.set_data_dtype(plan.dtype)
-    header.set_data_shape((plan.columns, plan.rows, len(plan.slices)))
+    depth = len(plan.slices) // plan.volumes
+    header.set_data_shape((plan.columns, plan.rows, depth) + ((plan.volumes,) if plan.volumes > 1 else ()))
     header.set_qform(plan.affine, code=1)  # 1: scanner-based anatomical coordinates
     header.set_sform(plan.affine, code=1)
     header.set_slope_inter(plan.scl_slope, plan.scl_inter)
@@ -281,7 +293,18 @@ def _read_slice(ident: str, frame: int, meta: Mapping[str, Any]) -> _Slice:
         intercept=_optional_number(meta, "RescaleIntercept", 0.0),
         bits_stored=int(_optional_number(meta, "BitsStored", 16.0)),
         signed=_optional_number(meta, "PixelRepresentation", 0.0) == 1,
+        keys=_split_keys(meta),
     )
+
+
+def _split_keys(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The first value of each attribute that may tell images at one position apart."""
+    keys = {}
+    for keyword in SPLIT_KEYWORDS:
+        values = json_values(meta, keyword)
+        if values and isinstance(values[0], str | int | float):
+            keys[keyword] = values[0]
+    return keys
 
 
 def _check_acquisition(ident: str, meta: Mapping[str, Any]) -> None:
@@ -327,6 +350,30 @@ def _check_same_frame(slices: Sequence[_Slice]) -> None:
             raise _NotAVolume(f"different pixel spacings: {first.spacing} and {other.spacing} ({other.ident})")
         if not np.allclose(other.orientation, first.orientation, rtol=0.0, atol=_ORIENTATION_TOLERANCE):
             raise _NotAVolume(f"more than one orientation: {first.orientation} and {other.orientation}")
+
+
+def _volumes(slices: Sequence[_Slice]) -> tuple[tuple[str, list[Any]] | None, list[list[_Slice]]]:
+    """The slices as one volume, or, with several images at each position, as the volumes an attribute
+    splits them into (with the attribute and its values)."""
+    normal = _normal(slices[0].orientation)
+    groups = positions([float(normal @ np.asarray(s.position)) for s in slices], _POSITION_TOLERANCE_MM)
+    if all(len(group) == 1 for group in groups):
+        return None, [list(slices)]
+    try:
+        keyword, values, volumes = split_volumes(groups, [s.keys for s in slices])
+    except NotSplit as why:
+        crowded = next(group for group in groups if len(group) > 1)
+        raise _NotAVolume(f"several images at one position ({slices[crowded[0]].ident} and "
+                          f"{slices[crowded[1]].ident}): {why}") from None
+    return (keyword, values), [[slices[i] for i in volume] for volume in volumes]
+
+
+def _check_same_positions(stacks: Sequence[tuple[list[_Slice], float]]) -> None:
+    """Every volume of a 4D series at the positions of the first."""
+    first = np.array([s.position for s in stacks[0][0]])
+    for stack, _ in stacks[1:]:
+        if not np.allclose(np.array([s.position for s in stack]), first, rtol=0.0, atol=_POSITION_TOLERANCE_MM):
+            raise _NotAVolume(f"the volumes of the series are at different positions ({stack[0].ident})")
 
 
 def _normal(orientation: Sequence[float]) -> npt.NDArray[np.float64]:

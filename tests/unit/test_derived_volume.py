@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from nccidfs.demo.warehouse import DemoObject
 from nccidfs.derived.bids import sidecar_fields
@@ -97,8 +98,8 @@ def planned(source: Series) -> VolumePlan:
     return plan
 
 
-def dcm2niix(source: Series, tmp_path: Path) -> nib.Nifti1Image:
-    """The reference: dcm2niix's volume of the series' files, uncompressed."""
+def run_dcm2niix(source: Series, tmp_path: Path) -> Path:
+    """dcm2niix over the series' files, uncompressed; the folder of what it wrote."""
     folder, out = tmp_path / "dicom", tmp_path / "dcm2niix"
     folder.mkdir()
     out.mkdir()
@@ -106,7 +107,12 @@ def dcm2niix(source: Series, tmp_path: Path) -> nib.Nifti1Image:
         (folder / f"{stem}.dcm").write_bytes(body)
     subprocess.run(["dcm2niix", "-z", "n", "-f", "reference", "-o", str(out), str(folder)], check=True,
                    capture_output=True, timeout=60)  # fmt: skip
-    return nib.load(out / "reference.nii")
+    return out
+
+
+def dcm2niix(source: Series, tmp_path: Path) -> nib.Nifti1Image:
+    """The reference: dcm2niix's volume of the series' files."""
+    return nib.load(run_dcm2niix(source, tmp_path) / "reference.nii")
 
 
 def built(source: Series, tmp_path: Path) -> nib.Nifti1Image:
@@ -396,3 +402,77 @@ def test_the_sidecar_joins_code_strings_and_rounds_numbers_as_dcm2niix_does() ->
     assert fields["MagneticFieldStrength"] == 1.494
     assert fields["ImageType"] == ["DERIVED", "SECONDARY", "M"]
     assert fields["EchoTime"] == 0.093
+
+
+def repeated(source: Series, count: int, edit: Any) -> Series:
+    """The series acquired ``count`` times: each image again with ``edit(repeat, dataset)`` applied, its
+    pixels changed (so that the volumes differ) and UIDs and instance numbers of its own."""
+    images: dict[str, bytes] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for repeat in range(count):
+        for index, stem in enumerate(sorted(source.images)):
+            dataset = dcmread(BytesIO(source.images[stem]))
+            dataset.PixelData = (dataset.pixel_array // (repeat + 1)).astype("<u2").tobytes()
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            dataset.InstanceNumber = repeat * 100 + index + 1
+            edit(repeat, dataset)
+            images[f"{repeat}-{stem}"] = encode(dataset)
+            metas[f"{repeat}-{stem}"] = metadata_twin(dataset)
+    return Series(source.path, images, metas)
+
+
+def dcm2niix_all(source: Series, tmp_path: Path) -> dict[str, nib.Nifti1Image]:
+    """Every file dcm2niix makes of the series, by name."""
+    return {path.name: nib.load(path) for path in sorted(run_dcm2niix(source, tmp_path).glob("*.nii"))}
+
+
+@needs_dcm2niix
+def test_a_multi_echo_series_is_one_volume_per_echo_as_dcm2niix_splits_it(series: list[Series], tmp_path: Path) -> None:
+    def echo(repeat: int, dataset: Dataset) -> None:
+        dataset.EchoNumbers, dataset.EchoTime = repeat + 1, 90.0 * (repeat + 1)
+
+    source = repeated(series[-1], 2, echo)
+    references = dcm2niix_all(source, tmp_path)
+    assert sorted(references) == ["reference_e1.nii", "reference_e2.nii"]
+    plan = planned(source)
+    assert plan.volumes == 2 and plan.size == HEADER_BYTES + 2 * 12 * 256 * 256 * 2
+    ours = built(source, tmp_path)
+    assert ours.shape == (256, 256, 12, 2)
+    for volume, name in enumerate(sorted(references)):
+        voxels, affine = differences(ours.slicer[..., volume], references[name])
+        assert voxels == 0.0 and affine < 1e-3, name
+    document = json.loads(sidecar(plan))
+    assert document["VolumeSplitBy"] == "EchoNumbers" and document["VolumeSplitValues"] == [1, 2]
+
+
+@needs_dcm2niix
+def test_a_dynamic_series_is_the_4d_volume_dcm2niix_makes(series: list[Series], tmp_path: Path) -> None:
+    def time_point(repeat: int, dataset: Dataset) -> None:
+        dataset.TemporalPositionIdentifier = repeat + 1
+        dataset.AcquisitionTime = f"1504{10 + 7 * repeat:02d}"
+
+    source = repeated(series[-1], 3, time_point)
+    references = dcm2niix_all(source, tmp_path)
+    assert list(references) == ["reference.nii"] and references["reference.nii"].shape == (256, 256, 12, 3)
+    ours = built(source, tmp_path)
+    voxels, affine = differences(ours, references["reference.nii"])
+    assert voxels == 0.0 and affine < 1e-3
+    assert json.loads(sidecar(planned(source)))["VolumeSplitBy"] == "TemporalPositionIdentifier"
+
+
+def test_images_at_one_position_that_nothing_tells_apart_are_no_volume(series: list[Series]) -> None:
+    source = repeated(series[-1], 2, lambda repeat, dataset: None)
+    source.metas = {stem: {k: v for k, v in meta.items() if k not in ("00080032", "00200012")}
+                    for stem, meta in source.metas.items()}  # no AcquisitionTime, no AcquisitionNumber
+    reason = rejection(source)
+    assert "several images at one position" in reason and "no echo, time or b-value" in reason
+
+
+def test_volumes_of_different_lengths_are_no_volume(series: list[Series]) -> None:
+    def echo(repeat: int, dataset: Dataset) -> None:
+        dataset.EchoNumbers = repeat + 1
+
+    source = repeated(series[-1], 2, echo)
+    first = sorted(source.metas)[0]
+    source.metas = {stem: meta for stem, meta in source.metas.items() if stem != first}
+    assert "volumes of different sizes" in rejection(source)
