@@ -303,15 +303,33 @@ class VolumeView(_SeriesLayer):
 
     def _files(self, parts: Parts) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}
-        mtime = self._namespace.mount_time
         for series, entry in self._namespace.list("/" + "/".join(parts)).items():
-            if not entry.is_dir:
-                continue
-            outcome = self._plan([*parts, series])[1]
-            if isinstance(outcome, VolumePlan):
-                entries[series + ".nii"] = Entry(series + ".nii", False, outcome.size, mtime)
-            entries[series + ".json"] = Entry(series + ".json", False, len(sidecar(outcome)), mtime)
+            if entry.is_dir:
+                entries.update(self._series_files(parts, series))
         return dict(sorted(entries.items()))
+
+    def _series_files(self, parts: Parts, series: str) -> dict[str, Entry]:
+        """The .nii (if the series is one volume) and .json of one series folder."""
+        mtime = self._namespace.mount_time
+        outcome = self._plan([*parts, series])[1]
+        entries = {series + ".json": Entry(series + ".json", False, len(sidecar(outcome)), mtime)}
+        if isinstance(outcome, VolumePlan):
+            entries[series + ".nii"] = Entry(series + ".nii", False, outcome.size, mtime)
+        return entries
+
+    def lookup(self, parts: Parts) -> Entry:
+        """A file's entry from its own series alone: opening one volume plans only its series, not every
+        series of the study as a listing does."""
+        series, dot, suffix = parts[-1].rpartition(".") if parts else ("", "", "")
+        if len(parts) != self.FILE_DEPTH + 1 or not dot or suffix not in ("nii", "json"):
+            return super().lookup(parts)
+        if parts[0] not in self.list([]):
+            raise NotFound("/".join(parts))
+        folder = self._namespace.list("/" + "/".join(parts[:-1])).get(series)
+        entry = self._series_files(parts[:-1], series).get(parts[-1]) if folder and folder.is_dir else None
+        if entry is None:
+            raise NotFound("/".join(parts))
+        return entry
 
     def _plan(self, parts: Parts) -> tuple[_Images, VolumePlan | Rejection]:
         images = _Images(self._namespace, parts[0], parts[1:])
