@@ -38,7 +38,7 @@ from nccidfs.derived.volume import (
     Rejection,
     VolumePlan,
     encode_header,
-    encode_slice,
+    encode_slices,
     plan_volume,
     sidecar,
 )
@@ -172,12 +172,14 @@ def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: Obje
         with lock:
             known = {index: recent[index] for index in range(first, last) if index in recent}
         wanted = [index for index in range(first, last) if index not in known]
-        objects = list(dict.fromkeys(images[i] for i in wanted))  # frames of one image: read it once
-        bodies = dict(zip(objects, reader.read_many(objects), strict=True))
+        by_image: dict[ObjectInfo, list[int]] = {}  # frames of one image: read and parse it once
         for index in wanted:
-            known[index] = encode_slice(plan, index, bodies[images[index]])
+            by_image.setdefault(images[index], []).append(index)
+        for (_, indices), body in zip(by_image.items(), reader.read_many(list(by_image)), strict=True):
+            made = dict(zip(indices, encode_slices(plan, indices, body), strict=True))
+            known.update(made)
             with lock:
-                recent[index] = known[index]
+                recent.update(made)
         return [known[index] for index in range(first, last)]
 
     def produce(start: int, end: int) -> bytes:

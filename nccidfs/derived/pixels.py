@@ -10,7 +10,7 @@ can be decoded here, so that a view is never listed when every read of it would 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from io import BytesIO
 from typing import Any
@@ -19,7 +19,7 @@ import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.utils import pixel_array
+from pydicom.pixels.utils import iter_pixels
 from pydicom.uid import UID
 
 _TRANSFER_SYNTAX = "00020010"  # (0002,0010) TransferSyntaxUID: in a twin only when it kept the file meta
@@ -37,14 +37,16 @@ def read_pixels(dicom: bytes) -> tuple[Dataset, npt.NDArray[Any]]:
 
 
 
-def read_frame(dicom: bytes, frame: int) -> npt.NDArray[Any]:
-    """The stored values of one frame of a multi-frame image, decoding only that frame (an enhanced
-    image may hold hundreds). Raises ValueError as ``read_pixels`` does."""
+def read_frames(dicom: bytes, frames: Sequence[int]) -> list[npt.NDArray[Any]]:
+    """The stored values of some frames of a multi-frame image, in the order asked, the image parsed once
+    and only those frames decoded (an enhanced image may hold hundreds). Raises ValueError as
+    ``read_pixels`` does, and for a frame past the last."""
+    wanted = sorted(set(frames))
     try:
-        values: npt.NDArray[Any] = pixel_array(BytesIO(dicom), index=frame)
-    except Exception as error:  # as above, and IndexError for a frame past the last
-        raise ValueError(f"frame {frame} not decodable: {error}") from error
-    return values
+        decoded = dict(zip(wanted, iter_pixels(BytesIO(dicom), indices=wanted), strict=True))
+    except Exception as error:  # as above; zip's ValueError when the image has fewer frames
+        raise ValueError(f"frames {wanted[0]}-{wanted[-1]} not decodable: {error}") from error
+    return [decoded[frame] for frame in frames]
 
 
 @cache

@@ -38,6 +38,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import nibabel as nib
@@ -46,7 +47,7 @@ import numpy.typing as npt
 
 from nccidfs.derived.bids import json_values, sidecar_fields
 from nccidfs.derived.frames import SINGLE, NotFrames, frames_of
-from nccidfs.derived.pixels import read_frame, read_pixels, undecodable_reason
+from nccidfs.derived.pixels import read_frames, read_pixels, undecodable_reason
 from nccidfs.derived.split import SPLIT_KEYWORDS, NotSplit, positions, split_volumes
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
@@ -185,8 +186,21 @@ def encode_header(plan: VolumePlan) -> bytes:
 def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
     """The voxels of slice ``index`` from its image's DICOM bytes: exactly ``plan.slice_bytes`` bytes.
     Raises ValueError when the image cannot be decoded or does not match its metadata."""
-    frame = plan.frames[index]
-    pixels = read_pixels(dicom)[1] if frame == SINGLE else read_frame(dicom, frame)
+    return encode_slices(plan, [index], dicom)[0]
+
+
+def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes) -> list[bytes]:
+    """The voxels of several slices that are frames of one image (or the one slice of a single-frame
+    image), the image parsed once."""
+    frames = [plan.frames[index] for index in indices]
+    if all(frame == SINGLE for frame in frames):
+        pixels = [read_pixels(dicom)[1]] * len(indices)
+    else:
+        pixels = read_frames(dicom, frames)
+    return [_encoded(plan, index, values) for index, values in zip(indices, pixels, strict=True)]
+
+
+def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> bytes:
     if pixels.shape != (plan.rows, plan.columns):
         raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
     if plan.dtype != _FLOAT32:
@@ -199,10 +213,11 @@ def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
 
 
 def volume_chunks(plan: VolumePlan, images: Mapping[str, bytes]) -> Iterator[bytes]:
-    """The file in pieces: the header, then one piece per slice; ``images`` maps slice ids to DICOM."""
+    """The file in pieces: the header, then the slices, the frames of one image made together;
+    ``images`` maps slice ids to DICOM."""
     yield encode_header(plan)
-    for index, ident in enumerate(plan.slices):
-        yield encode_slice(plan, index, images[ident])
+    for ident, run in groupby(range(len(plan.slices)), key=lambda index: plan.slices[index]):
+        yield from encode_slices(plan, list(run), images[ident])
 
 
 def build_volume(plan: VolumePlan, images: Mapping[str, bytes]) -> bytes:

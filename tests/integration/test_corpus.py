@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from nccidfs.demo.warehouse import DemoObject
-from tests import corpus as data
+from tests import corpus as kit
 from tests.corpus import CorpusSeries
 from tests.mounting import PREFIX, MountedDaemon, seed_demo_bucket
 from tests.unit.test_derived_image import decode_png
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.fuse,
 
 @pytest.fixture(scope="module")
 def corpus(warehouse: list[DemoObject]) -> list[CorpusSeries]:
-    return data.real_series() + data.crafted_series(warehouse) + data.refused_series() + data.xray_images()
+    return kit.real_series() + kit.crafted_series(warehouse) + kit.refused_series() + kit.xray_images()
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,11 @@ def test_every_listed_volume_reads_and_is_the_volume_dcm2niix_makes(
         workdir.mkdir()
         (workdir / "ours.nii").write_bytes(data)
         if series.reference:  # dcm2niix cannot decode these: it reads their decoded twins
-            references = data.dcm2niix(series.reference, workdir)
+            references = kit.dcm2niix(series.reference, workdir)
         else:  # dcm2niix reads the series through the mount, as a researcher would
             source = mount.mountpoint / series.folder / series.relative()
-            references = data.dcm2niix(tuple(p.read_bytes() for p in sorted(source.iterdir())), workdir)
-        voxels, affine = data.differences(nib.load(workdir / "ours.nii"), references[0])
+            references = kit.dcm2niix(tuple(p.read_bytes() for p in sorted(source.iterdir())), workdir)
+        voxels, affine = kit.differences(nib.load(workdir / "ours.nii"), references[0])
         assert voxels <= series.tolerance and affine < 1e-3, (series.label, voxels, affine)
 
 
@@ -87,4 +87,4 @@ def test_every_real_xray_png_is_what_dcmj2pnm_renders(mount: MountedDaemon, corp
         assert len(rendered) == os.stat(png).st_size, series.label
         dicom = series.reference[0] if series.reference else (
             mount.mountpoint / "xray" / series.relative() / "image000.dcm").read_bytes()
-        assert np.array_equal(decode_png(rendered), data.dcmj2pnm(dicom, tmp_path)), series.label
+        assert np.array_equal(decode_png(rendered), kit.dcmj2pnm(dicom, tmp_path)), series.label
