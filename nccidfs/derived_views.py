@@ -53,7 +53,7 @@ from nccidfs.derived.volume import (
     Rejection,
     VolumePlan,
     encode_header,
-    encode_slice,
+    encode_slices,
     plan_volume,
     sidecar,
 )
@@ -279,17 +279,22 @@ class Made:
 
 
 def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: ObjectReader,
-                    encode: Callable[[int, bytes], bytes], made: Made, scope: tuple[str, ...]) -> Producer:
+                    encode: Callable[[list[int], bytes], list[bytes]], made: Made,
+                    scope: tuple[str, ...]) -> Producer:
     """Bytes of a volume file made from just the slices a range covers (each slice has a fixed place);
-    ``encode(index, dicom)`` makes slice ``index`` of its image. Slices made are kept in ``made`` under
-    ``scope`` for a moment: ranges do not end on slice boundaries."""
+    ``encode(indices, dicom)`` makes the slices ``indices``, frames of one image, from its bytes. Slices
+    made are kept in ``made`` under ``scope`` for a moment: ranges do not end on slice boundaries."""
 
     def slices(first: int, last: int) -> list[bytes]:
         known = {index: data for index in range(first, last) if (data := made.get((*scope, str(index)))) is not None}
         wanted = [index for index in range(first, last) if index not in known]
-        for index, body in zip(wanted, reader.read_many([images[i] for i in wanted]), strict=True):
-            known[index] = encode(index, body)
-            made.put((*scope, str(index)), known[index])
+        by_image: dict[ObjectInfo, list[int]] = {}  # frames of one image: read and parse it once
+        for index in wanted:
+            by_image.setdefault(images[index], []).append(index)
+        for indices, body in zip(by_image.values(), reader.read_many(list(by_image)), strict=True):
+            for index, data in zip(indices, encode(indices, body), strict=True):
+                known[index] = data
+                made.put((*scope, str(index)), data)
         return [known[index] for index in range(first, last)]
 
     def produce(start: int, end: int) -> bytes:
@@ -514,15 +519,34 @@ class VolumeView(_SeriesLayer):
 
     def _files(self, parts: Parts) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}
-        mtime = self._namespace.mount_time
         for series, entry in self._namespace.list("/" + "/".join(parts)).items():
-            if not entry.is_dir:
-                continue
-            outcome = self._plan([*parts, series])[1].value
-            if isinstance(outcome, VolumePlan):
-                entries[series + ".nii"] = Entry(series + ".nii", False, outcome.size, mtime)
-            entries[series + ".json"] = Entry(series + ".json", False, len(sidecar(outcome)), mtime)
+            if entry.is_dir:
+                entries.update(self._series_files(parts, series))
         return dict(sorted(entries.items()))
+
+    def _series_files(self, parts: Parts, series: str) -> dict[str, Entry]:
+        """The .nii (if the series is one volume) and .json of one series folder."""
+        mtime = self._namespace.mount_time
+        outcome = self._plan([*parts, series])[1].value
+        entries = {series + ".json": Entry(series + ".json", False, len(sidecar(outcome)), mtime)}
+        if isinstance(outcome, VolumePlan):
+            entries[series + ".nii"] = Entry(series + ".nii", False, outcome.size, mtime)
+        return entries
+
+    def lookup(self, parts: Parts) -> Entry:
+        """A file's entry from its own series alone: opening one volume plans only its series, not every
+        series of the study as a listing does."""
+        series, dot, suffix = parts[-1].rpartition(".") if parts else ("", "", "")
+        if len(parts) != self.FILE_DEPTH + 1 or not dot or suffix not in ("nii", "json"):
+            return super().lookup(parts)
+        if parts[0] not in self.list([]):
+            raise NotFound("/".join(parts))
+        folder = self._namespace.list("/" + "/".join(parts[:-1])).get(series)
+        files = self._series_files(parts[:-1], series) if folder and folder.is_dir else {}
+        entry = self._shown(parts[:-1], files).get(parts[-1])
+        if entry is None:
+            raise NotFound("/".join(parts))
+        return entry
 
     def _plan(self, parts: Parts) -> tuple[_Images, _Derived]:
         images = _Images(self._namespace, parts[0], parts[1:])
@@ -566,11 +590,11 @@ class VolumeView(_SeriesLayer):
         assert isinstance(outcome, VolumePlan)
         ordered = [images.images[ident] for ident in outcome.slices]
 
-        def encode(index: int, dicom: bytes) -> bytes:
-            ident = outcome.slices[index]
+        def encode(indices: list[int], dicom: bytes) -> list[bytes]:
+            ident = outcome.slices[indices[0]]  # the slices of one image: its frames
             promised = planned.promised[ident]
-            with _naming(ident), self._generated.budget.reserve(_work(promised, ordered[index]), "it"):
-                return encode_slice(outcome, index, checked(dicom, promised))
+            with _naming(ident), self._generated.budget.reserve(_work(promised, ordered[indices[0]]), "it"):
+                return encode_slices(outcome, indices, checked(dicom, promised))
 
         name, inputs = f"{self.NAME}/" + "/".join(parts), images.inputs()
         produce = volume_producer(outcome, ordered, self._reader, encode, self._generated.made,

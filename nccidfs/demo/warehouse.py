@@ -45,7 +45,7 @@ class DemoObject:
     body: bytes
 
 
-# The warehouse loader writes every metadata JSON with these keys nulled (see _metadata_json).
+# The warehouse loader writes every metadata JSON with these keys nulled (see metadata_json).
 _INLINE_BINARY = "InlineBinary"
 _VOI_LUT_SEQUENCE = "00283010"
 # Larger than any element, so to_json_dict inlines every binary value instead of asking for a bulk URI.
@@ -116,7 +116,7 @@ def generate_warehouse(seed: int = 7, prefix: str = "training/", ct_slices: int 
             path = f"{patient.pid}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{stem}"
             dicom = _encode(ds)
             objects.append(DemoObject(f"{prefix}{folder}/{path}.dcm", dicom))
-            objects.append(DemoObject(f"{prefix}{folder}-metadata/{path}.json", _metadata_json(dicom)))
+            objects.append(DemoObject(f"{prefix}{folder}-metadata/{path}.json", metadata_json(dicom)))
     return sorted(objects, key=lambda obj: obj.key)
 
 
@@ -566,7 +566,7 @@ def _encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _metadata_json(dicom: bytes) -> bytes:
+def metadata_json(dicom: bytes) -> bytes:
     """The metadata twin exactly as the warehouse loader writes it: the header without file meta or
     pixel data as DICOM JSON, every InlineBinary value and the VOI LUT Sequence replaced by null."""
     header = dcmread(BytesIO(dicom), stop_before_pixels=True)

@@ -1,6 +1,6 @@
 """An X-ray (DX, CR) as an 8-bit greyscale PNG, ready to look at: the modality LUT, then the VOI LUT or
-window, applied as DICOM PS3.3 C.11 says (through pydicom's ``apply_modality_lut`` and
-``apply_voi_lut``), and MONOCHROME1 inverted so that bright is dense everywhere.
+window, applied as DICOM PS3.3 C.11 says (through pydicom's ``apply_modality_lut``, ``apply_voi_lut``
+and ``apply_windowing``), and MONOCHROME1 inverted so that bright is dense everywhere.
 
 Why the PNG is not compressed: the mount shows a file's size at stat time, before the image is
 downloaded, and a read must return exactly that many bytes. A deflate-compressed PNG's size depends on
@@ -10,11 +10,13 @@ block by block to that size. zlib's own level 0 is not used because how it cuts 
 implementation's choice (zlib and zlib-ng differ); writing the blocks here fixes the layout. The cost is
 the size: one byte per pixel plus one per row, about what the 16-bit DICOM takes halved.
 
-Grey levels: a VOI LUT's n-bit output keeps its top 8 bits; a window's output range (pydicom's, the
-modality output range) is stretched onto 0 .. 255, and so is an image's own minimum to maximum when it
-has no VOI at all; values are then floored. With a VOI LUT or a window this is how dcmtk's
-``dcmj2pnm`` renders a MONOCHROME2 image, level for level, as the tests check. MONOCHROME1 levels are
-then mirrored (255 - level); dcmtk inverts before it quantises, so the two may differ by one level.
+Grey levels, as dcmtk's ``dcmj2pnm`` renders them, level for level and with no bias either way (the
+tests check each case against it): MONOCHROME2 runs from black to white, MONOCHROME1 from white to
+black. A VOI LUT's n-bit output is scaled by ``(last - first + 1) / 2**n`` from the first level (for
+MONOCHROME2 its top 8 bits; for MONOCHROME1 254/2**n down from white, dcmtk's scaling); a LINEAR window
+follows PS3.3 C.11.2.1.2.1, computed in dcmtk's order; a SIGMOID window's output range is stretched
+onto the levels; an image with no VOI at all gets the window spanning its own minimum to maximum
+(``dcmj2pnm +Wm``). Levels are then truncated.
 When an image has both a VOI LUT and a window, the LUT is used, as pydicom prefers it: for X-ray it is
 the manufacturer's display curve, while the window is often a coarse summary of it.
 """
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, apply_windowing
 
 from nccidfs.derived.pixels import read_pixels
@@ -40,9 +43,10 @@ _STORED_BLOCK_MAX = 65535  # deflate's stored block holds at most this many byte
 _STORED_BLOCK_HEAD = 5
 _ZLIB_HEADER = b"\x78\x01"  # deflate with a 32 KiB window, no dictionary, "fastest" level; a multiple of 31
 
-_LEVEL_EPSILON = 1e-6
+_BLACK, _WHITE = 0, 255
 
 Grey = npt.NDArray[np.uint8]
+Levels = npt.NDArray[np.float64]
 
 
 def png_size(rows: int, columns: int) -> int:
@@ -71,15 +75,29 @@ def build_png(dicom: bytes) -> bytes:
 def display_grey(pixels: npt.NDArray[Any], dataset: Dataset) -> Grey:
     """Stored values -> 8-bit display values: modality LUT, VOI LUT or window, polarity."""
     values = apply_modality_lut(pixels, dataset)
-    if _has_voi_lut(dataset) and values.dtype.kind == "f":
-        values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
-    low, factor = _to_grey(values, dataset)
-    scaled = (apply_voi_lut(values, dataset).astype(np.float64) - low) * factor
-    # A level the formula reaches exactly must not drop one below it through float rounding.
-    grey: Grey = np.clip(np.floor(scaled + _LEVEL_EPSILON), 0, 255).astype(np.uint8)
-    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-        grey = 255 - grey  # levels mirrored exactly: the same bins as MONOCHROME2, dark for bright
+    # MONOCHROME1 is drawn with its output range reversed: the lowest VOI output is white.
+    first, last = (_WHITE, _BLACK) if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else (_BLACK, _WHITE)
+    if _has_voi_lut(dataset):
+        levels = _through_lut(np.rint(values).astype(np.int64), dataset, first, last)
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset and _window_function(dataset) == "SIGMOID":
+        levels = _through_sigmoid(values, dataset, first, last)
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        center, width = (float(_first(dataset[keyword].value)) for keyword in ("WindowCenter", "WindowWidth"))
+        levels = _through_window(values.astype(np.float64), center, width, first, last)
+    else:  # no VOI: the window that spans the image's own values, dcmj2pnm's +Wm
+        low, high = float(values.min()), float(values.max())
+        levels = _through_window(values.astype(np.float64), (low + high + 1) / 2, high - low + 1, first, last)
+    grey: Grey = np.clip(np.trunc(levels), _BLACK, _WHITE).astype(np.uint8)
     return grey
+
+
+def _first(value: Any) -> Any:
+    """The first of a multi-valued element (WindowCenter may hold several windows), or the value."""
+    return value[0] if isinstance(value, MultiValue | list | tuple) else value
+
+
+def _window_function(dataset: Dataset) -> str:
+    return str(dataset.get("VOILUTFunction", "LINEAR")).strip().upper()
 
 
 def _has_voi_lut(dataset: Dataset) -> bool:
@@ -88,21 +106,37 @@ def _has_voi_lut(dataset: Dataset) -> bool:
     return bool(sequence) and sequence[0].get("LUTDescriptor") is not None and sequence[0].get("LUTData") is not None
 
 
-def _to_grey(values: npt.NDArray[Any], dataset: Dataset) -> tuple[float, float]:
-    """(offset, factor) that take the VOI step's output onto 0 .. 255 (before flooring).
+def _through_lut(values: npt.NDArray[Any], dataset: Dataset, first: int, last: int) -> Levels:
+    """A VOI LUT's n-bit output scaled onto the 256 levels: ``first + output * (last - first + 1) / 2**n``,
+    dcmtk's scaling (for MONOCHROME2 the output's top 8 bits)."""
+    bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+    output = apply_voi_lut(values, dataset).astype(np.float64)
+    levels: Levels = first + output * ((last - first + 1) / 2**bits)
+    return levels
 
-    A LUT's n-bit output keeps its top 8 bits, the bit-depth reduction dcmtk makes. A window's range
-    (what it maps everything below and above itself to) and, with no VOI at all, the image's own
-    minimum and maximum are stretched linearly onto 0 .. 255.
-    """
-    if _has_voi_lut(dataset):
-        return 0.0, 256.0 / 2 ** int(dataset.VOILUTSequence[0].LUTDescriptor[2])
-    if "WindowCenter" in dataset and "WindowWidth" in dataset:
-        with np.errstate(over="ignore"):  # SIGMOID's exp overflows to inf, giving its lower end exactly
-            low, high = (float(end) for end in apply_windowing(np.array([-1e300, 1e300]), dataset))
-    else:
-        low, high = float(values.min()), float(values.max())
-    return low, (255.0 / (high - low) if high > low else 0.0)
+
+def _through_window(values: Levels, center: float, width: float, first: int, last: int) -> Levels:
+    """The LINEAR window of PS3.3 C.11.2.1.2.1 onto ``first .. last``, computed in dcmtk's order
+    (``offset + value * gradient``) so that values on a level's edge fall on the same side."""
+    width_1 = width - 1
+    left, right = center - 0.5 - width_1 / 2, center - 0.5 + width_1 / 2
+    if width_1 <= 0:
+        return np.where(values <= left, float(first), float(last))
+    span = float(last - first)
+    offset = last - ((center - 0.5) / width_1 + 0.5) * span
+    inside = offset + values * (span / width_1)
+    levels: Levels = np.where(values <= left, float(first), np.where(values > right, float(last), inside))
+    return levels
+
+
+def _through_sigmoid(values: npt.NDArray[Any], dataset: Dataset, first: int, last: int) -> Levels:
+    """The SIGMOID window (through pydicom), its output range stretched onto ``first .. last``."""
+    with np.errstate(over="ignore"):  # exp overflows to inf, giving the lower end exactly
+        low, high = (float(end) for end in apply_windowing(np.array([-1e300, 1e300]), dataset))
+        output = apply_windowing(values, dataset).astype(np.float64)
+    scale = (last - first) / (high - low) if high > low else 0.0
+    levels: Levels = first + (output - low) * scale
+    return levels
 
 
 def encode_png(grey: Grey) -> bytes:

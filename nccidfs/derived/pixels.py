@@ -1,13 +1,28 @@
-"""Decoding an image's pixels for the derived builders, with one error type for every way it fails."""
+"""Decoding an image's pixels for the derived builders, with one error type for every way it fails.
+
+Decoders: pydicom's pixel-data handlers, with the codecs made for DICOM that the base install brings:
+pylibjpeg with its libjpeg plugin (JPEG baseline, extended and lossless, process 14 and SV1) and its
+openjpeg plugin (JPEG 2000 and HTJ2K, lossless and lossy), pylibjpeg-rle (RLE, faster than pydicom's
+own) and pyjpegls (CharLS: JPEG-LS lossless and near-lossless). Uncompressed syntaxes, big endian and
+deflate are pydicom's own. ``undecodable_reason`` tells, from a metadata twin alone, whether the image
+can be decoded here, so that a view is never listed when every read of it would fail.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from functools import cache
 from io import BytesIO
 from typing import Any
 
 import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import iter_pixels
+from pydicom.uid import UID
+
+_TRANSFER_SYNTAX = "00020010"  # (0002,0010) TransferSyntaxUID: in a twin only when it kept the file meta
 
 
 def read_pixels(dicom: bytes) -> tuple[Dataset, npt.NDArray[Any]]:
@@ -19,3 +34,39 @@ def read_pixels(dicom: bytes) -> tuple[Dataset, npt.NDArray[Any]]:
         return dataset, dataset.pixel_array
     except Exception as error:  # pydicom raises many types for missing, short or undecodable pixels
         raise ValueError(f"pixels not decodable: {error}") from error
+
+
+
+def read_frames(dicom: bytes, frames: Sequence[int]) -> list[npt.NDArray[Any]]:
+    """The stored values of some frames of a multi-frame image, in the order asked, the image parsed once
+    and only those frames decoded (an enhanced image may hold hundreds). Raises ValueError as
+    ``read_pixels`` does, and for a frame past the last."""
+    wanted = sorted(set(frames))
+    try:
+        decoded = dict(zip(wanted, iter_pixels(BytesIO(dicom), indices=wanted), strict=True))
+    except Exception as error:  # as above; zip's ValueError when the image has fewer frames
+        raise ValueError(f"frames {wanted[0]}-{wanted[-1]} not decodable: {error}") from error
+    return [decoded[frame] for frame in frames]
+
+
+@cache
+def is_decodable(transfer_syntax: str) -> bool:
+    """Whether this install has a decoder for the transfer syntax (a UID)."""
+    try:
+        return bool(get_decoder(UID(transfer_syntax)).is_available)
+    except (NotImplementedError, ValueError):  # no decoder at all for this UID
+        return False
+
+
+def undecodable_reason(twin: Mapping[str, Any]) -> str | None:
+    """Why the image of this metadata twin cannot be decoded here, or None when it can (or when the
+    twin does not say its transfer syntax: the warehouse's twins leave the file meta out)."""
+    attribute = twin.get(_TRANSFER_SYNTAX)
+    values = attribute.get("Value") if isinstance(attribute, dict) else None
+    if not isinstance(values, list) or not values or not isinstance(values[0], str):
+        return None
+    uid = UID(values[0])
+    if is_decodable(uid):
+        return None
+    name = uid.name if uid.is_valid and uid.name != str(uid) else "an unknown transfer syntax"
+    return f"pixels in {name} ({uid}), which no installed decoder reads"

@@ -1,5 +1,10 @@
 """A CT or MR series as one NIfTI-1 volume, planned from the series' metadata JSON twins alone.
 
+A slice is a single-frame image or one frame of an enhanced multi-frame image (Enhanced CT and MR: each
+frame placed by its functional groups, see :mod:`nccidfs.derived.frames`); the planning is the same.
+Several images at each position make a 4D volume, one 3D volume after another in the order of the
+attribute that tells them apart (echo, time point, b-value...: :mod:`nccidfs.derived.split`).
+
 Why a plan comes first: the mount shows a file's size at stat time, before any image is fetched, and
 nibabel memory-maps ``.nii`` files, so that size must be exact. ``plan_volume`` fixes, from the JSON
 twins only, whether the series is one volume at all, the slice order, the voxel type and the geometry;
@@ -15,9 +20,16 @@ row direction cosines by the column spacing, the second along the column cosines
 the third along the slice normal (row x column) by the slice spacing; DICOM's LPS is turned into RAS by
 negating x and y. This is the frame dcm2niix writes up to a flip of axes, which the tests check.
 
-Voxel type: int16 with the shared RescaleSlope/RescaleIntercept as scl_slope/scl_inter when every slice
-has the same rescale and the stored bits fit, so the file holds the stored values untouched; float32
-holding the rescaled values otherwise.
+Voxel type, as dcm2niix chooses it: the stored values untouched, with the shared RescaleSlope and
+RescaleIntercept as scl_slope/scl_inter, when every slice has the same rescale: int16 when every value
+the stored bits can hold fits it (dcm2niix turns uint16 into int16 then), uint16 for unsigned 16-bit
+images, 8-bit images widened to int16; float32 holding the rescaled values when slices differ.
+
+What is refused, with a reason: geometry that is missing, not finite or absurd (sizes outside 1 ..
+``MAX_SIDE``, spacings outside 0 .. ``MAX_SPACING_MM``, positions beyond ``MAX_POSITION_MM``,
+orientation cosines that are not two orthogonal unit vectors); Siemens mosaics, whose slices are tiles
+of one image placed by its private CSA header (never served as one raw slice); gantry-tilted CT, whose
+slices are sheared, not a box (the reason says "gantry tilt").
 """
 
 from __future__ import annotations
@@ -26,18 +38,32 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-from pydicom.datadict import tag_for_keyword
 
-from nccidfs.derived.pixels import read_pixels
+from nccidfs.derived.bids import json_values, sidecar_fields
+from nccidfs.derived.frames import SINGLE, NotFrames, frames_of
+from nccidfs.derived.pixels import read_frames, read_pixels, undecodable_reason
+from nccidfs.derived.split import SPLIT_KEYWORDS, NotSplit, positions, split_volumes
 
 HEADER_BYTES = 352  # the NIfTI-1 header (348) and the 4-byte extension flag: vox_offset of a .nii
 _INT16 = np.dtype("<i2")
+_UINT16 = np.dtype("<u2")
 _FLOAT32 = np.dtype("<f4")
+# Geometry a real scanner cannot have: past these the twin is wrong, and a volume of it would be absurd.
+MAX_SIDE = 16384  # rows or columns; the largest detectors are about 4,300 pixels a side
+MAX_SPACING_MM = 1000.0
+MAX_POSITION_MM = 1e6
+_COSINE_TOLERANCE = 1e-3  # how far the orientation's cosines may be from unit length and orthogonality
+_MOSAIC_MARK = "MOSAIC"  # in ImageType of a Siemens mosaic
+# Siemens's private NumberOfImagesInMosaic: (0019,xx0A) in the block that (0019,00xx) names "SIEMENS MR
+# HEADER", which Siemens puts at xx = 10. Another creator's (0019,100A) is something else (GE's, for one).
+_IMAGES_IN_MOSAIC = "0019100A"
+_SIEMENS_CREATOR = ("00190010", "SIEMENS MR HEADER")
 # Orientation cosines and pixel spacings that differ by less than these are the same.
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_TOLERANCE_MM = 1e-3
@@ -62,7 +88,9 @@ class VolumePlan:
     """Everything about the volume that the metadata decides: which image is which slice, and how
     the voxels are stored. ``slices[k]`` is the id (the caller's key for the image) of slice k."""
 
-    slices: tuple[str, ...]
+    slices: tuple[str, ...]  # volume after volume, each in slice order
+    frames: tuple[int, ...]  # the frame of each slice's image (frames.SINGLE for a single-frame image)
+    volumes: int  # the fourth dimension: several images at each position, split by an attribute
     rows: int
     columns: int
     dtype: np.dtype[Any]
@@ -87,6 +115,7 @@ class _Slice:
     """The geometry and pixel format of one image, as read from its metadata twin."""
 
     ident: str
+    frame: int
     rows: int
     columns: int
     orientation: tuple[float, ...]  # ImageOrientationPatient: row cosines, then column cosines
@@ -96,6 +125,7 @@ class _Slice:
     intercept: float
     bits_stored: int
     signed: bool
+    keys: Mapping[str, Any]  # the values of split.SPLIT_KEYWORDS that tell images at one position apart
 
 
 class _NotAVolume(Exception):
@@ -106,20 +136,27 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
     """Plan the volume of one series from its images' metadata twins (parsed DICOM JSON), keyed by
     the caller's id for each image. A Rejection names the first rule the series breaks."""
     idents = sorted(metas)
-    tags = _sidecar_tags(metas[idents[0]]) if idents else {}
+    tags = sidecar_fields(_first_frame(metas[idents[0]])) if idents else {}
     try:
-        slices = [_read_slice(ident, metas[ident]) for ident in idents]
+        slices = [_read_slice(ident, number, frame)
+                  for ident in idents for number, frame in _frames(ident, metas[ident])]
         _check_same_frame(slices)
-        ordered, step = _stack(slices, metas[idents[0]])
+        split, volumes = _volumes(slices)
+        stacks = [_stack(volume, metas[idents[0]]) for volume in volumes]
+        _check_same_positions(stacks)
     except _NotAVolume as why:
         return Rejection(str(why), tags)
+    if split is not None:
+        tags = {**tags, "VolumeSplitBy": split[0], "VolumeSplitValues": list(split[1])}
+    ordered, step = [s for stack, _ in stacks for s in stack], stacks[0][1]
     first = ordered[0]
     rescale = tuple((s.slope, s.intercept) for s in ordered)
-    shared = len(set(rescale)) == 1
-    dtype = _INT16 if shared and _fits_int16(first) else _FLOAT32
-    slope, inter = rescale[0] if dtype == _INT16 else (1.0, 0.0)
+    dtype = _voxel_type(first) if len(set(rescale)) == 1 else _FLOAT32
+    slope, inter = rescale[0] if dtype != _FLOAT32 else (1.0, 0.0)
     return VolumePlan(
         slices=tuple(s.ident for s in ordered),
+        frames=tuple(s.frame for s in ordered),
+        volumes=len(stacks),
         rows=first.rows,
         columns=first.columns,
         dtype=dtype,
@@ -135,7 +172,8 @@ def encode_header(plan: VolumePlan) -> bytes:
     """The first HEADER_BYTES of the file: nibabel's header for the plan, then an empty extension flag."""
     header = nib.Nifti1Header()
     header.set_data_dtype(plan.dtype)
-    header.set_data_shape((plan.columns, plan.rows, len(plan.slices)))
+    depth = len(plan.slices) // plan.volumes
+    header.set_data_shape((plan.columns, plan.rows, depth) + ((plan.volumes,) if plan.volumes > 1 else ()))
     header.set_qform(plan.affine, code=1)  # 1: scanner-based anatomical coordinates
     header.set_sform(plan.affine, code=1)
     header.set_slope_inter(plan.scl_slope, plan.scl_inter)
@@ -148,22 +186,38 @@ def encode_header(plan: VolumePlan) -> bytes:
 def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
     """The voxels of slice ``index`` from its image's DICOM bytes: exactly ``plan.slice_bytes`` bytes.
     Raises ValueError when the image cannot be decoded or does not match its metadata."""
-    _, pixels = read_pixels(dicom)
+    return encode_slices(plan, [index], dicom)[0]
+
+
+def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes) -> list[bytes]:
+    """The voxels of several slices that are frames of one image (or the one slice of a single-frame
+    image), the image parsed once."""
+    frames = [plan.frames[index] for index in indices]
+    if all(frame == SINGLE for frame in frames):
+        pixels = [read_pixels(dicom)[1]] * len(indices)
+    else:
+        pixels = read_frames(dicom, frames)
+    return [_encoded(plan, index, values) for index, values in zip(indices, pixels, strict=True)]
+
+
+def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> bytes:
     if pixels.shape != (plan.rows, plan.columns):
         raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
-    if plan.dtype == _INT16:
-        if pixels.size and (pixels.min() < -32768 or pixels.max() > 32767):
-            raise ValueError(f"{plan.slices[index]}: stored values do not fit int16")
-        return pixels.astype(_INT16).tobytes()
+    if plan.dtype != _FLOAT32:
+        limits = np.iinfo(plan.dtype)
+        if pixels.size and (pixels.min() < limits.min or pixels.max() > limits.max):
+            raise ValueError(f"{plan.slices[index]}: stored values do not fit {plan.dtype.name}")
+        return pixels.astype(plan.dtype).tobytes()
     slope, intercept = plan.rescale[index]
     return (pixels.astype(np.float64) * slope + intercept).astype(_FLOAT32).tobytes()
 
 
 def volume_chunks(plan: VolumePlan, images: Mapping[str, bytes]) -> Iterator[bytes]:
-    """The file in pieces: the header, then one piece per slice; ``images`` maps slice ids to DICOM."""
+    """The file in pieces: the header, then the slices, the frames of one image made together;
+    ``images`` maps slice ids to DICOM."""
     yield encode_header(plan)
-    for index, ident in enumerate(plan.slices):
-        yield encode_slice(plan, index, images[ident])
+    for ident, run in groupby(range(len(plan.slices)), key=lambda index: plan.slices[index]):
+        yield from encode_slices(plan, list(run), images[ident])
 
 
 def build_volume(plan: VolumePlan, images: Mapping[str, bytes]) -> bytes:
@@ -186,17 +240,10 @@ def sidecar(outcome: VolumePlan | Rejection) -> bytes:
 # --- reading the metadata twins --------------------------------------------------------------------
 
 
-def _values(meta: Mapping[str, Any], keyword: str) -> list[Any]:
-    """The "Value" list of an element in a DICOM JSON object; [] when absent or null."""
-    attribute = meta.get(f"{tag_for_keyword(keyword):08X}")
-    value = attribute.get("Value") if isinstance(attribute, dict) else None
-    return value if isinstance(value, list) else []
-
-
 def _numbers(meta: Mapping[str, Any], keyword: str, count: int, ident: str) -> tuple[float, ...]:
     """Exactly ``count`` finite numbers of an element, or the series is rejected naming it."""
     try:
-        numbers = tuple(float(value) for value in _values(meta, keyword))
+        numbers = tuple(float(value) for value in json_values(meta, keyword))
     except (TypeError, ValueError):
         numbers = ()
     if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
@@ -205,32 +252,99 @@ def _numbers(meta: Mapping[str, Any], keyword: str, count: int, ident: str) -> t
 
 
 def _optional_number(meta: Mapping[str, Any], keyword: str, default: float) -> float:
-    values = _values(meta, keyword)
+    values = json_values(meta, keyword)
     try:
         return float(values[0]) if values else default
     except (TypeError, ValueError):
         return default
 
 
-def _read_slice(ident: str, meta: Mapping[str, Any]) -> _Slice:
+def _frames(ident: str, meta: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    try:
+        return frames_of(meta)
+    except NotFrames as why:
+        raise _NotAVolume(f"{ident}: {why}") from None
+
+
+def _first_frame(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What the sidecar describes: the first frame of an enhanced image (its functional groups hold the
+    acquisition's values), or the image itself."""
+    try:
+        return frames_of(meta)[0][1]
+    except NotFrames:
+        return meta
+
+
+def _read_slice(ident: str, frame: int, meta: Mapping[str, Any]) -> _Slice:
+    undecodable = undecodable_reason(meta)
+    if undecodable is not None:
+        raise _NotAVolume(f"{ident}: {undecodable}")
+    _check_acquisition(ident, meta)
     frames = _optional_number(meta, "NumberOfFrames", 1.0)
     samples = _optional_number(meta, "SamplesPerPixel", 1.0)
     if frames != 1 or samples != 1:
         raise _NotAVolume(f"{ident}: {frames:g} frames of {samples:g} samples; only single-frame greyscale")
     (rows,), (columns,) = _numbers(meta, "Rows", 1, ident), _numbers(meta, "Columns", 1, ident)
-    row_spacing, column_spacing = _numbers(meta, "PixelSpacing", 2, ident)
+    if not (1 <= rows <= MAX_SIDE and 1 <= columns <= MAX_SIDE and rows.is_integer() and columns.is_integer()):
+        raise _NotAVolume(f"{ident}: {rows:g} rows of {columns:g} columns, not a size between 1 and {MAX_SIDE}")
+    spacing = _numbers(meta, "PixelSpacing", 2, ident)
+    if not all(0 < value <= MAX_SPACING_MM for value in spacing):
+        raise _NotAVolume(f"{ident}: PixelSpacing {list(spacing)} is not between 0 and {MAX_SPACING_MM:g} mm")
+    position = _numbers(meta, "ImagePositionPatient", 3, ident)
+    if max(abs(value) for value in position) > MAX_POSITION_MM:
+        raise _NotAVolume(f"{ident}: ImagePositionPatient {list(position)} is beyond {MAX_POSITION_MM:g} mm")
+    orientation = _numbers(meta, "ImageOrientationPatient", 6, ident)
+    if not _is_orthonormal(orientation):
+        raise _NotAVolume(f"{ident}: ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors")
     return _Slice(
         ident=ident,
+        frame=frame,
         rows=int(rows),
         columns=int(columns),
-        orientation=_numbers(meta, "ImageOrientationPatient", 6, ident),
-        position=_numbers(meta, "ImagePositionPatient", 3, ident),
-        spacing=(row_spacing, column_spacing),
+        orientation=orientation,
+        position=position,
+        spacing=(spacing[0], spacing[1]),
         slope=_optional_number(meta, "RescaleSlope", 1.0),
         intercept=_optional_number(meta, "RescaleIntercept", 0.0),
         bits_stored=int(_optional_number(meta, "BitsStored", 16.0)),
         signed=_optional_number(meta, "PixelRepresentation", 0.0) == 1,
+        keys=_split_keys(meta),
     )
+
+
+def _split_keys(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The first value of each attribute that may tell images at one position apart."""
+    keys = {}
+    for keyword in SPLIT_KEYWORDS:
+        values = json_values(meta, keyword)
+        if values and isinstance(values[0], str | int | float):
+            keys[keyword] = values[0]
+    return keys
+
+
+def _check_acquisition(ident: str, meta: Mapping[str, Any]) -> None:
+    """Refuse the images whose pixels are no stack of slices: Siemens mosaics."""
+    count = _images_in_mosaic(meta)
+    if _MOSAIC_MARK in json_values(meta, "ImageType") or count is not None:
+        what = f"{count} slices as tiles of one image" if count is not None else "tiled slices"
+        raise _NotAVolume(f"{ident}: a Siemens mosaic ({what}); mosaics are not de-mosaiced here")
+
+
+def _images_in_mosaic(meta: Mapping[str, Any]) -> int | None:
+    """Siemens's NumberOfImagesInMosaic, when the twin has it under Siemens's private creator."""
+    creator = meta.get(_SIEMENS_CREATOR[0])
+    names = creator.get("Value") if isinstance(creator, dict) else None
+    if not isinstance(names, list) or not names or str(names[0]).strip() != _SIEMENS_CREATOR[1]:
+        return None
+    tiles = meta.get(_IMAGES_IN_MOSAIC)
+    count = tiles.get("Value") if isinstance(tiles, dict) else None
+    return count[0] if isinstance(count, list) and count and isinstance(count[0], int) else None
+
+
+def _is_orthonormal(orientation: Sequence[float]) -> bool:
+    row, column = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    lengths = (np.linalg.norm(row), np.linalg.norm(column))
+    return all(abs(length - 1) < _COSINE_TOLERANCE for length in lengths) and abs(row @ column) < _COSINE_TOLERANCE
 
 
 # --- the rules of one volume -----------------------------------------------------------------------
@@ -251,6 +365,30 @@ def _check_same_frame(slices: Sequence[_Slice]) -> None:
             raise _NotAVolume(f"different pixel spacings: {first.spacing} and {other.spacing} ({other.ident})")
         if not np.allclose(other.orientation, first.orientation, rtol=0.0, atol=_ORIENTATION_TOLERANCE):
             raise _NotAVolume(f"more than one orientation: {first.orientation} and {other.orientation}")
+
+
+def _volumes(slices: Sequence[_Slice]) -> tuple[tuple[str, list[Any]] | None, list[list[_Slice]]]:
+    """The slices as one volume, or, with several images at each position, as the volumes an attribute
+    splits them into (with the attribute and its values)."""
+    normal = _normal(slices[0].orientation)
+    groups = positions([float(normal @ np.asarray(s.position)) for s in slices], _POSITION_TOLERANCE_MM)
+    if all(len(group) == 1 for group in groups):
+        return None, [list(slices)]
+    try:
+        keyword, values, volumes = split_volumes(groups, [s.keys for s in slices])
+    except NotSplit as why:
+        crowded = next(group for group in groups if len(group) > 1)
+        raise _NotAVolume(f"several images at one position ({slices[crowded[0]].ident} and "
+                          f"{slices[crowded[1]].ident}): {why}") from None
+    return (keyword, values), [[slices[i] for i in volume] for volume in volumes]
+
+
+def _check_same_positions(stacks: Sequence[tuple[list[_Slice], float]]) -> None:
+    """Every volume of a 4D series at the positions of the first."""
+    first = np.array([s.position for s in stacks[0][0]])
+    for stack, _ in stacks[1:]:
+        if not np.allclose(np.array([s.position for s in stack]), first, rtol=0.0, atol=_POSITION_TOLERANCE_MM):
+            raise _NotAVolume(f"the volumes of the series are at different positions ({stack[0].ident})")
 
 
 def _normal(orientation: Sequence[float]) -> npt.NDArray[np.float64]:
@@ -276,24 +414,29 @@ def _stack(slices: Sequence[_Slice], first_meta: Mapping[str, Any]) -> tuple[lis
     expected = positions[0] + np.outer(np.arange(len(ordered)) * step, normal)
     drift = np.linalg.norm(positions - expected, axis=1)
     if drift.max() > _POSITION_TOLERANCE_MM + _POSITION_TOLERANCE_STEPS * step:
-        raise _NotAVolume(_spacing_reason(ordered, steps, float(np.median(steps))))
+        tilt = _optional_number(first_meta, "GantryDetectorTilt", 0.0)
+        raise _NotAVolume(_spacing_reason(ordered, steps, float(np.median(steps)), tilt))
     return ordered, step
 
 
-def _spacing_reason(ordered: Sequence[_Slice], steps: npt.NDArray[np.float64], typical: float) -> str:
-    """Why positions do not form a stack: a gap, uneven steps, or a shift within the plane (tilt)."""
+def _spacing_reason(ordered: Sequence[_Slice], steps: npt.NDArray[np.float64], typical: float, tilt: float) -> str:
+    """Why positions do not form a stack: a gap, uneven steps, or a shift within the plane (a gantry
+    tilt, whose angle GantryDetectorTilt gives when the scanner wrote it)."""
     index = int(np.argmax(np.abs(steps - typical)))
     if abs(steps[index] - typical) > _POSITION_TOLERANCE_STEPS * typical:
         return (
             f"uneven slice spacing: {steps[index]:.4g} mm between {ordered[index].ident} and "
             f"{ordered[index + 1].ident}, {typical:.4g} mm elsewhere (a missing slice?)"
         )
-    return "slice positions drift within the image plane (gantry tilt?); the stack is not a box"
+    angle = f" of {tilt:g} degrees" if tilt else ""
+    return f"gantry tilt{angle}: slice positions drift within the image plane; the stack is sheared, not a box"
 
 
-def _fits_int16(first: _Slice) -> bool:
-    """Whether every value the stored bits can hold fits int16."""
-    return first.bits_stored <= 16 if first.signed else first.bits_stored <= 15
+def _voxel_type(first: _Slice) -> np.dtype[Any]:
+    """int16 when every value the stored bits can hold fits it, else uint16 (unsigned 16-bit), else float32."""
+    if first.bits_stored <= (16 if first.signed else 15):
+        return _INT16
+    return _UINT16 if not first.signed and first.bits_stored == 16 else _FLOAT32
 
 
 def _affine(first: _Slice, step: float) -> Affine:
@@ -308,50 +451,3 @@ def _affine(first: _Slice, step: float) -> Affine:
     lps[:3, 3] = first.position
     affine: Affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     return affine
-
-
-# --- the sidecar -----------------------------------------------------------------------------------
-
-# BIDS name, DICOM keyword, factor (dcm2niix gives MR times in seconds; DICOM has milliseconds).
-_SIDECAR_FIELDS: tuple[tuple[str, str, float | None], ...] = (
-    ("Modality", "Modality", None),
-    ("Manufacturer", "Manufacturer", None),
-    ("ManufacturersModelName", "ManufacturerModelName", None),
-    ("BodyPartExamined", "BodyPartExamined", None),
-    ("PatientPosition", "PatientPosition", None),
-    ("StudyInstanceUID", "StudyInstanceUID", None),
-    ("SeriesInstanceUID", "SeriesInstanceUID", None),
-    ("SeriesDescription", "SeriesDescription", None),
-    ("ProtocolName", "ProtocolName", None),
-    ("SeriesNumber", "SeriesNumber", None),
-    ("ImageType", "ImageType", None),
-    ("AcquisitionDate", "AcquisitionDate", None),
-    ("AcquisitionTime", "AcquisitionTime", None),
-    ("SliceThickness", "SliceThickness", None),
-    ("SpacingBetweenSlices", "SpacingBetweenSlices", None),
-    ("ConvolutionKernel", "ConvolutionKernel", None),
-    ("KVP", "KVP", None),
-    ("MagneticFieldStrength", "MagneticFieldStrength", None),
-    ("ScanningSequence", "ScanningSequence", None),
-    ("SequenceVariant", "SequenceVariant", None),
-    ("MRAcquisitionType", "MRAcquisitionType", None),
-    ("EchoTime", "EchoTime", 0.001),
-    ("RepetitionTime", "RepetitionTime", 0.001),
-    ("InversionTime", "InversionTime", 0.001),
-    ("FlipAngle", "FlipAngle", None),
-    ("EchoTrainLength", "EchoTrainLength", None),
-    ("ImageOrientationPatientDICOM", "ImageOrientationPatient", None),
-)
-
-
-def _sidecar_tags(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The sidecar fields present in one image's metadata twin: one value as itself, several as a
-    list, times in seconds."""
-    tags: dict[str, Any] = {"ConversionSoftware": "nccidfs"}
-    for name, keyword, factor in _SIDECAR_FIELDS:
-        values = [value for value in _values(meta, keyword) if isinstance(value, str | int | float)]
-        if factor is not None:
-            values = [round(float(value) * factor, 9) for value in values]
-        if values:
-            tags[name] = values if len(values) > 1 or keyword == "ImageType" else values[0]
-    return tags

@@ -92,7 +92,7 @@ def test_each_xray_is_the_png_dcmj2pnm_renders(mount: MountedDaemon, warehouse: 
                        capture_output=True, timeout=60)
         ours, reference = decode_png(data).astype(int), read_pgm(out).astype(int)
         assert ours.shape == reference.shape
-        assert np.abs(ours - reference).max() <= 1, relative
+        assert np.array_equal(ours, reference), relative
 
 
 def test_a_generated_volume_survives_a_restart_without_fetching_again(
@@ -142,3 +142,23 @@ def test_prefetch_of_a_patient_view_reads_the_linked_images(mount: MountedDaemon
                             capture_output=True, text=True, timeout=120, env=daemon_env())
     assert result.returncode == 0, result.stderr
     assert f"prefetched {len(mine)} files" in result.stdout
+
+
+def test_opening_one_volume_reads_the_twins_of_its_own_series_only(
+        tmp_path: Path, s3_endpoint: str, warehouse: list[DemoObject]) -> None:
+    bucket = seed_demo_bucket(s3_endpoint, "nccid-views-lookup", warehouse)
+    study = "ct/Covid319/1.2.826.0.1.3680043.8.498.12415569496471908919353597410988288637"
+    folders = [f for f in series_folders(warehouse, "ct") if f.startswith(study + "/")]
+    assert len(folders) == 2  # two series of 24 slices in this study
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "log", bucket=bucket,
+                       extra=["--no-prefetch"]) as daemon:
+        def twin_gets(folder: str) -> int:
+            return sum(1 for line in daemon.log().splitlines()
+                       if " GET " in line and f"ct-metadata/{folder[len('ct/'):]}/" in line)
+
+        volume = daemon.mountpoint / ".nccidfs" / "volumes" / f"{folders[0]}.nii"
+        assert os.stat(volume).st_size == len(volume.read_bytes())
+        assert twin_gets(folders[0]) == 24
+        assert twin_gets(folders[1]) == 0
+        assert len(os.listdir(volume.parent)) == 4  # a listing plans every series: two .nii, two .json
+        assert twin_gets(folders[1]) == 24

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from nccidfs.demo.warehouse import DemoObject
+from nccidfs.derived.bids import sidecar_fields
 from nccidfs.derived.volume import (
     HEADER_BYTES,
     Rejection,
@@ -96,8 +98,8 @@ def planned(source: Series) -> VolumePlan:
     return plan
 
 
-def dcm2niix(source: Series, tmp_path: Path) -> nib.Nifti1Image:
-    """The reference: dcm2niix's volume of the series' files, uncompressed."""
+def run_dcm2niix(source: Series, tmp_path: Path) -> Path:
+    """dcm2niix over the series' files, uncompressed; the folder of what it wrote."""
     folder, out = tmp_path / "dicom", tmp_path / "dcm2niix"
     folder.mkdir()
     out.mkdir()
@@ -105,7 +107,12 @@ def dcm2niix(source: Series, tmp_path: Path) -> nib.Nifti1Image:
         (folder / f"{stem}.dcm").write_bytes(body)
     subprocess.run(["dcm2niix", "-z", "n", "-f", "reference", "-o", str(out), str(folder)], check=True,
                    capture_output=True, timeout=60)  # fmt: skip
-    return nib.load(out / "reference.nii")
+    return out
+
+
+def dcm2niix(source: Series, tmp_path: Path) -> nib.Nifti1Image:
+    """The reference: dcm2niix's volume of the series' files."""
+    return nib.load(run_dcm2niix(source, tmp_path) / "reference.nii")
 
 
 def built(source: Series, tmp_path: Path) -> nib.Nifti1Image:
@@ -134,6 +141,7 @@ def test_every_demo_series_is_the_volume_dcm2niix_makes(series: list[Series], in
     assert voxels == 0.0
     assert affine < 1e-3
     assert ours.get_data_dtype() == np.int16  # the stored values, untouched, with their rescale
+    assert reference.get_data_dtype() == np.int16  # dcm2niix too turns these 12-bit unsigned values to int16
     expected = (1.0, -1024.0) if modality(series[index]) == "CT" else (1.0, 0.0)
     assert (ours.dataobj.slope, ours.dataobj.inter) == expected
 
@@ -250,7 +258,77 @@ def test_slices_shifted_within_the_plane_are_not_a_volume(series: list[Series]) 
         x, y, z = dataset.ImagePositionPatient
         dataset.ImagePositionPatient = [x, y + float(dataset.InstanceNumber), z]
 
-    assert "drift within the image plane" in rejection(edited(series[-1], tilt))
+    reason = rejection(edited(series[-1], tilt))
+    assert "drift within the image plane" in reason and reason.startswith("gantry tilt:")
+
+
+def test_a_gantry_tilted_ct_names_the_tilt_and_its_angle(series: list[Series]) -> None:
+    def tilt(index: int, dataset: Dataset) -> None:  # 15 degrees: each 1.25 mm step shifts y by 0.33 mm
+        x, y, z = dataset.ImagePositionPatient
+        dataset.ImagePositionPatient = [x, y + float(z) * np.tan(np.radians(15)), z]
+        dataset.GantryDetectorTilt = 15
+
+    assert rejection(edited(series[0], tilt)).startswith("gantry tilt of 15 degrees:")
+
+
+def test_a_tilt_the_scanner_reconstructed_into_a_box_is_a_volume(series: list[Series]) -> None:
+    def tilted_frame(index: int, dataset: Dataset) -> None:  # the tag says tilted, the slices stack squarely
+        dataset.GantryDetectorTilt = 15
+
+    assert len(planned(edited(series[0], tilted_frame)).slices) == 24
+
+
+def test_a_siemens_mosaic_is_refused_not_served_as_one_slice(series: list[Series]) -> None:
+    siemens = {"00190010": {"vr": "LO", "Value": ["SIEMENS MR HEADER"]}, "0019100A": {"vr": "US", "Value": [48]}}
+    metas = {stem: {**meta, **siemens} for stem, meta in series[-1].metas.items()}
+    assert "Siemens mosaic (48 slices as tiles of one image)" in rejection(Series("", {}, metas))
+    marked = {stem: {**meta, "00080008": {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]}}
+              for stem, meta in series[-1].metas.items()}
+    assert "Siemens mosaic" in rejection(Series("", {}, marked))
+
+
+def test_another_creators_private_0019_100a_is_no_mosaic(series: list[Series]) -> None:
+    ge = {"00190010": {"vr": "LO", "Value": ["GEMS_ACQU_01"]}, "0019100A": {"vr": "SS", "Value": [48]}}
+    metas = {stem: {**meta, **ge} for stem, meta in series[-1].metas.items()}
+    assert len(planned(Series("", {}, metas)).slices) == 12
+
+
+@pytest.mark.parametrize(("keyword", "tag", "vr", "value", "says"), [
+    ("Rows", "00280010", "US", [40000], "not a size"),
+    ("Rows", "00280010", "US", [0], "not a size"),
+    ("Rows", "00280010", "US", [-1], "not a size"),
+    ("Columns", "00280011", "US", [2.5], "not a size"),
+    ("PixelSpacing", "00280030", "DS", [0, 0.7], "not between 0"),
+    ("PixelSpacing", "00280030", "DS", [-0.7, 0.7], "not between 0"),
+    ("ImagePositionPatient", "00200032", "DS", [0, 0, 1e308], "beyond"),
+    ("ImagePositionPatient", "00200032", "DS", [-1e308, 0, 0], "beyond"),
+    ("ImagePositionPatient", "00200032", "DS", [0, float("inf"), 0], "not 3 numbers"),
+    ("ImageOrientationPatient", "00200037", "DS", [0, 0, 0, 0, 0, 0], "orthogonal unit"),
+    ("ImageOrientationPatient", "00200037", "DS", [1, 0, 0, 1, 0, 0], "orthogonal unit"),
+])  # fmt: skip
+def test_absurd_geometry_in_one_twin_is_a_reason_not_a_volume(
+        series: list[Series], keyword: str, tag: str, vr: str, value: list[float], says: str) -> None:
+    metas = dict(series[0].metas)
+    stem = sorted(metas)[7]
+    metas[stem] = json.loads(json.dumps({**metas[stem], tag: {"vr": vr, "Value": value}}))
+    reason = rejection(Series("", {}, metas))
+    assert stem in reason and says in reason and (keyword in reason or "rows" in reason)
+
+
+@needs_dcm2niix
+def test_unsigned_16_bit_images_stay_uint16_as_dcm2niix_keeps_them(series: list[Series], tmp_path: Path) -> None:
+    def full_range(index: int, dataset: Dataset) -> None:  # an MR whose values use all 16 bits
+        pixels = dataset.pixel_array.astype(np.uint32) * 64 + index
+        dataset.PixelData = np.clip(pixels, 0, 65535).astype("<u2").tobytes()
+        dataset.BitsStored, dataset.HighBit = 16, 15
+
+    source = edited(series[-1], full_range)
+    ours, reference = built(source, tmp_path), dcm2niix(source, tmp_path)
+    assert planned(source).dtype == np.uint16
+    assert ours.get_data_dtype() == reference.get_data_dtype() == np.uint16
+    assert np.asarray(ours.dataobj).max() > 32767
+    voxels, affine = differences(ours, reference)
+    assert voxels == 0.0 and affine < 1e-3
 
 
 def test_two_orientations_are_not_a_volume(series: list[Series]) -> None:
@@ -296,3 +374,105 @@ def test_planning_needs_the_twins_alone(series: list[Series]) -> None:
 def test_bytes_that_are_no_image_fail_to_encode(series: list[Series]) -> None:
     with pytest.raises(ValueError, match="not decodable"):
         encode_slice(planned(series[0]), 0, b"not a DICOM file")
+
+
+@pytest.mark.parametrize(("stored", "written"), [
+    ("GE MEDICAL SYSTEMS", "GE"), ("GE Healthcare", "GE"), ("SIEMENS", "Siemens"), ("Siemens Healthineers", "Siemens"),
+    ("Philips Medical Systems", "Philips"), ("TOSHIBA_MEC", "Toshiba"), ("CANON_MEC", "Canon"), ("UIH", "UIH"),
+    ("Gendex", "Gendex"), ("Acme Medical Devices", "Acme Medical Devices"),
+])  # fmt: skip
+def test_the_sidecar_names_the_manufacturer_as_dcm2niix_does(stored: str, written: str) -> None:
+    assert sidecar_fields({"00080070": {"vr": "LO", "Value": [stored]}})["Manufacturer"] == written
+
+
+@pytest.mark.parametrize(("stored", "written"), [
+    ("102053", "10:20:53.000000"), ("141127.937501", "14:11:27.937501"), ("1020", "10:20:00.000000"),
+    ("102053.5", "10:20:53.500000"), ("10:20:53", "10:20:53"),
+])  # fmt: skip
+def test_the_sidecar_writes_acquisition_time_as_dcm2niix_does(stored: str, written: str) -> None:
+    assert sidecar_fields({"00080032": {"vr": "TM", "Value": [stored]}})["AcquisitionTime"] == written
+
+
+def test_the_sidecar_joins_code_strings_and_rounds_numbers_as_dcm2niix_does() -> None:
+    fields = sidecar_fields({"00180020": {"vr": "CS", "Value": ["GR", "IR"]},
+                             "00180087": {"vr": "DS", "Value": [1.4939999580383]},
+                             "00080008": {"vr": "CS", "Value": ["DERIVED", "SECONDARY", "", "M"]},
+                             "00180081": {"vr": "DS", "Value": [93.0]}})
+    assert fields["ScanningSequence"] == "GR\\IR"
+    assert fields["MagneticFieldStrength"] == 1.494
+    assert fields["ImageType"] == ["DERIVED", "SECONDARY", "M"]
+    assert fields["EchoTime"] == 0.093
+
+
+def repeated(source: Series, count: int, edit: Any) -> Series:
+    """The series acquired ``count`` times: each image again with ``edit(repeat, dataset)`` applied, its
+    pixels changed (so that the volumes differ) and UIDs and instance numbers of its own."""
+    images: dict[str, bytes] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for repeat in range(count):
+        for index, stem in enumerate(sorted(source.images)):
+            dataset = dcmread(BytesIO(source.images[stem]))
+            dataset.PixelData = (dataset.pixel_array // (repeat + 1)).astype("<u2").tobytes()
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            dataset.InstanceNumber = repeat * 100 + index + 1
+            edit(repeat, dataset)
+            images[f"{repeat}-{stem}"] = encode(dataset)
+            metas[f"{repeat}-{stem}"] = metadata_twin(dataset)
+    return Series(source.path, images, metas)
+
+
+def dcm2niix_all(source: Series, tmp_path: Path) -> dict[str, nib.Nifti1Image]:
+    """Every file dcm2niix makes of the series, by name."""
+    return {path.name: nib.load(path) for path in sorted(run_dcm2niix(source, tmp_path).glob("*.nii"))}
+
+
+@needs_dcm2niix
+def test_a_multi_echo_series_is_one_volume_per_echo_as_dcm2niix_splits_it(series: list[Series], tmp_path: Path) -> None:
+    def echo(repeat: int, dataset: Dataset) -> None:
+        dataset.EchoNumbers, dataset.EchoTime = repeat + 1, 90.0 * (repeat + 1)
+
+    source = repeated(series[-1], 2, echo)
+    references = dcm2niix_all(source, tmp_path)
+    assert sorted(references) == ["reference_e1.nii", "reference_e2.nii"]
+    plan = planned(source)
+    assert plan.volumes == 2 and plan.size == HEADER_BYTES + 2 * 12 * 256 * 256 * 2
+    ours = built(source, tmp_path)
+    assert ours.shape == (256, 256, 12, 2)
+    for volume, name in enumerate(sorted(references)):
+        voxels, affine = differences(ours.slicer[..., volume], references[name])
+        assert voxels == 0.0 and affine < 1e-3, name
+    document = json.loads(sidecar(plan))
+    assert document["VolumeSplitBy"] == "EchoNumbers" and document["VolumeSplitValues"] == [1, 2]
+
+
+@needs_dcm2niix
+def test_a_dynamic_series_is_the_4d_volume_dcm2niix_makes(series: list[Series], tmp_path: Path) -> None:
+    def time_point(repeat: int, dataset: Dataset) -> None:
+        dataset.TemporalPositionIdentifier = repeat + 1
+        dataset.AcquisitionTime = f"1504{10 + 7 * repeat:02d}"
+
+    source = repeated(series[-1], 3, time_point)
+    references = dcm2niix_all(source, tmp_path)
+    assert list(references) == ["reference.nii"] and references["reference.nii"].shape == (256, 256, 12, 3)
+    ours = built(source, tmp_path)
+    voxels, affine = differences(ours, references["reference.nii"])
+    assert voxels == 0.0 and affine < 1e-3
+    assert json.loads(sidecar(planned(source)))["VolumeSplitBy"] == "TemporalPositionIdentifier"
+
+
+def test_images_at_one_position_that_nothing_tells_apart_are_no_volume(series: list[Series]) -> None:
+    source = repeated(series[-1], 2, lambda repeat, dataset: None)
+    source.metas = {stem: {k: v for k, v in meta.items() if k not in ("00080032", "00200012")}
+                    for stem, meta in source.metas.items()}  # no AcquisitionTime, no AcquisitionNumber
+    reason = rejection(source)
+    assert "several images at one position" in reason and "no echo, time or b-value" in reason
+
+
+def test_volumes_of_different_lengths_are_no_volume(series: list[Series]) -> None:
+    def echo(repeat: int, dataset: Dataset) -> None:
+        dataset.EchoNumbers = repeat + 1
+
+    source = repeated(series[-1], 2, echo)
+    first = sorted(source.metas)[0]
+    source.metas = {stem: meta for stem, meta in source.metas.items() if stem != first}
+    assert "volumes of different sizes" in rejection(source)
