@@ -79,13 +79,14 @@ MAX_SERIES_TWIN_BYTES = 16 * 1024 * 1024
 # What is remembered of parsed twins (plans, PNG sizes, what each image must agree with), counted by the
 # bytes of the twins it came from.
 MEMO_TWIN_BYTES = 32 * 1024 * 1024
-# Memory all image decoding may take at once, and what decoding takes per pixel, all in: the image's bytes
-# (read, then copied by pydicom), its pixels, and the float64 steps of display or rescale. Measured 23 to 30
-# bytes a pixel for 16-bit X-rays made into PNGs; 32 keeps two 2500 x 2500 X-rays from being decoded at
-# once, and takes a single 16-bit image up to about 11.8 million pixels (3440 x 3440). With MADE_BYTES and
-# the rest of the daemon (about 90 MiB), the daemon stays under 500 MiB.
+# Memory all image decoding may take at once, and what decoding takes per pixel besides the image's bytes:
+# its pixels, the display's 8-bit copy and the PNG (the float64 steps of display or rescale go a band of
+# rows at a time). Measured 6 to 7 bytes a pixel for 16-bit X-rays of 3000 x 3000 and 4096 x 4096 made into
+# PNGs; 16 leaves room, and takes a single 16-bit image up to about 22 million pixels (4730 x 4730), past the
+# 3520 x 4280 of the largest detectors. With MADE_BYTES and the rest of the daemon (about 90 MiB), the
+# daemon stays under 500 MiB.
 DECODE_BUDGET = 384 * 1024 * 1024
-WORK_BYTES_PER_PIXEL = 32
+WORK_BYTES_PER_PIXEL = 16
 # An image may be this many times the pixels its twin gives (plus HEADER_SLACK) before it is not read.
 MAX_IMAGE_EXPANSION = 2
 # Names, versions and reasons remembered per generated file (each a few hundred bytes).

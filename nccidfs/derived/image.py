@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,9 @@ _ZLIB_HEADER = b"\x78\x01"  # deflate with a 32 KiB window, no dictionary, "fast
 _BLACK, _WHITE = 0, 255
 
 Grey = npt.NDArray[np.uint8]
+# Rows rendered at a time: each step of the display makes float64 arrays the size of its input (a whole
+# 3400 x 3400 image at once peaked at about 37 bytes a pixel).
+BAND_ROWS = 256
 Levels = npt.NDArray[np.float64]
 
 
@@ -73,22 +77,36 @@ def build_png(dicom: bytes) -> bytes:
 
 
 def display_grey(pixels: npt.NDArray[Any], dataset: Dataset) -> Grey:
-    """Stored values -> 8-bit display values: modality LUT, VOI LUT or window, polarity."""
-    values = apply_modality_lut(pixels, dataset)
+    """Stored values -> 8-bit display values: modality LUT, VOI LUT or window, polarity. Each value is
+    computed on its own (dcmtk's arithmetic), a band of :data:`BAND_ROWS` rows at a time, so the float
+    arrays of each step are the band's size, not the image's."""
+    bands = [slice(top, top + BAND_ROWS) for top in range(0, pixels.shape[0], BAND_ROWS)]
+    render = _renderer(dataset, pixels, bands)
+    grey: Grey = np.empty(pixels.shape, dtype=np.uint8)
+    for band in bands:
+        levels = render(apply_modality_lut(pixels[band], dataset))
+        grey[band] = np.clip(np.trunc(levels), _BLACK, _WHITE).astype(np.uint8)
+    return grey
+
+
+def _renderer(dataset: Dataset, pixels: npt.NDArray[Any],
+              bands: list[slice]) -> Callable[[npt.NDArray[Any]], Levels]:
+    """Modality values -> display levels, by the image's VOI LUT, window or, with neither, the window
+    that spans the image's own values (dcmj2pnm's +Wm)."""
     # MONOCHROME1 is drawn with its output range reversed: the lowest VOI output is white.
     first, last = (_WHITE, _BLACK) if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else (_BLACK, _WHITE)
     if _has_voi_lut(dataset):
-        levels = _through_lut(np.rint(values).astype(np.int64), dataset, first, last)
-    elif "WindowCenter" in dataset and "WindowWidth" in dataset and _window_function(dataset) == "SIGMOID":
-        levels = _through_sigmoid(values, dataset, first, last)
-    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        return lambda values: _through_lut(np.rint(values).astype(np.int64), dataset, first, last)
+    if "WindowCenter" in dataset and "WindowWidth" in dataset and _window_function(dataset) == "SIGMOID":
+        return lambda values: _through_sigmoid(values, dataset, first, last)
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
         center, width = (float(_first(dataset[keyword].value)) for keyword in ("WindowCenter", "WindowWidth"))
-        levels = _through_window(values.astype(np.float64), center, width, first, last)
-    else:  # no VOI: the window that spans the image's own values, dcmj2pnm's +Wm
-        low, high = float(values.min()), float(values.max())
-        levels = _through_window(values.astype(np.float64), (low + high + 1) / 2, high - low + 1, first, last)
-    grey: Grey = np.clip(np.trunc(levels), _BLACK, _WHITE).astype(np.uint8)
-    return grey
+    else:
+        extremes = [(float(values.min()), float(values.max()))
+                    for values in (apply_modality_lut(pixels[band], dataset) for band in bands)]
+        low, high = min(low for low, _ in extremes), max(high for _, high in extremes)
+        center, width = (low + high + 1) / 2, high - low + 1
+    return lambda values: _through_window(values.astype(np.float64), center, width, first, last)
 
 
 def _first(value: Any) -> Any:
