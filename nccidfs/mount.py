@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nccidfs.config import Config, MountConfig, S3Config
-from nccidfs.errors import AccessDenied, ConfigError, NccidfsError, NotFound, TransientError
+from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
 from nccidfs.log import strip_credentials
 from nccidfs.objects import Listing
 from nccidfs.store import Boto3Store, ObjectStore
@@ -156,9 +156,6 @@ def serve(config: Config, store: ObjectStore, folders: list[str] | Listing,
     mount (a demo whose terminal closed) instead of dropping cached listings."""
     from nccidfs.daemon import Daemon
 
-    try:
-        daemon = Daemon(config, store, folders)
-        daemon.hangup_ends = hangup_ends
-        daemon.serve(on_ready)
-    except RuntimeError as error:  # mfusepy's bare libfuse status; libfuse printed its reason before it
-        raise NccidfsError(f"libfuse could not mount {config.mount.mountpoint} (status {error})") from None
+    daemon = Daemon(config, store, folders)  # a mount libfuse refuses is an NccidfsError from fuseops
+    daemon.hangup_ends = hangup_ends
+    daemon.serve(on_ready)
