@@ -194,8 +194,6 @@ _off = ctypes.c_int64
 _fi = ctypes.POINTER(mfusepy.fuse_file_info)
 _UNUSED = ctypes.c_void_p  # an operation left NULL: libfuse answers it with ENOSYS
 FUSE_UNKNOWN_INO = 0xFFFFFFFF  # what a listing says of an entry the kernel has no number for
-# Inode numbers the daemon keeps for the kernel before it asks the kernel to drop the oldest.
-MAX_INODES = 250_000
 
 
 class _EntryParam(ctypes.Structure):
@@ -316,7 +314,7 @@ class Kernel:
     READDIR_KEPT = 16  # listings kept so that their next page is served from the same snapshot
 
     def __init__(self, operations: FuseOperations, config: MountConfig, attributes_for_files: bool,
-                 max_inodes: int = MAX_INODES) -> None:
+                 max_inodes: int) -> None:
         self._ops = operations
         self._attributes_for_files = attributes_for_files
         ttl = config.listing_ttl
