@@ -532,14 +532,18 @@ class DiskCache:
                 self._evict_until(0, other)
 
     def _evict_until(self, room: int, other: int | None = None) -> bool:
-        """Evict unpinned entries, least recently used first, until ``room`` bytes fit. Hold ``_lock``.
+        """Evict unpinned entries, least recently used first, until ``room`` bytes fit; evict nothing when
+        they would not fit even then. Hold ``_lock``.
 
         ``other`` is the budget of the listing index, measured by the caller before taking the lock (its
         file sizes are system calls that must not hold every reader up)."""
         budget = self.size_bytes - (self._other_usage()[1] if other is None else other) - self._fixed
         if self._used + room <= budget:
             return True
-        for entry in [e for e in self._entries.values() if e.pins == 0]:
+        evictable = [e for e in self._entries.values() if e.pins == 0]
+        if self._used - sum(e.charge for e in evictable) + room > budget:
+            return False  # it cannot fit even in an emptied cache: keep what is there
+        for entry in evictable:
             self._forget(entry)
             self.evictions += 1
             if self._used + room <= budget:

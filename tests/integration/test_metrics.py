@@ -4,6 +4,7 @@ parsed by prometheus_client's own parser: what a scraper sees."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nccidfs.demo.warehouse import DemoObject
-from tests.mounting import BUCKET, PREFIX, MountedDaemon, daemon_env, seed_demo_bucket
+from tests.mounting import BUCKET, PREFIX, MountedDaemon, daemon_env, seed_demo_bucket, within
 
 pytestmark = pytest.mark.fuse
 
@@ -57,6 +58,8 @@ def test_metrics_count_requests_latencies_cache_errors_evictions_and_derived_bui
                        extra=["--no-prefetch", "--cache-size", "2M", "--metrics-addr", str(port)]) as daemon:
         for image in images:
             read_uncached(daemon.mountpoint / image.key[len(PREFIX):])
+        status = daemon.mountpoint / ".nccidfs" / "status.json"
+        assert within(10, lambda: json.loads(status.read_bytes())["in_flight"] == [])  # stored, not only served
         read_uncached(daemon.mountpoint / images[-1].key[len(PREFIX):])  # still cached: the last one read
         assert not (daemon.mountpoint / "ct" / "nosuch").exists()
         png = next((daemon.mountpoint / ".nccidfs" / "images").glob("xray/*/*/*/*.png"))

@@ -135,6 +135,20 @@ def test_store_is_refused_when_everything_is_pinned(tmp_path: Path) -> None:
     cache.unpin(entry)
 
 
+def test_a_write_too_large_for_the_bound_evicts_nothing(tmp_path: Path) -> None:
+    cache = new_cache(tmp_path, BLOCK * 4 + 8192)
+    small = os.urandom(BLOCK)
+    store_all(cache, obj("small", small), small)
+    huge = os.urandom(BLOCK * 8)
+    entry = cache.pin(obj("huge", huge))
+    assert not cache.store(entry, 0, huge)
+    cache.unpin(entry)
+    assert cache.evictions == 0
+    again = cache.pin(obj("small", small))
+    assert cache.read(again, 0, 1) == small
+    cache.unpin(again)
+
+
 def test_corrupted_cache_file_is_detected(tmp_path: Path) -> None:
     cache = new_cache(tmp_path, 1 << 20)
     body = os.urandom(2 * BLOCK)
