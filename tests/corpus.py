@@ -82,6 +82,22 @@ def nibabel_file(name: str) -> bytes:
     return gzip.decompress(data) if name.endswith(".gz") else data
 
 
+MOSAIC_TILE, MOSAIC_SIDE = 128, 7  # siemens_dwi_*: 48 slices of 128x128 in a 7x7 grid of 896x896
+
+
+def patterned_mosaic(name: str) -> bytes:
+    """One of nibabel's Siemens mosaics (header real, pixels blanked by nibabel) with a pixel pattern
+    that differs in every tile, so that tile order and placement show in the voxels: tile t holds
+    80 t plus a ramp, within the 12 stored bits."""
+    dataset = dcmread(BytesIO(nibabel_file(name)))
+    rows, columns = np.indices((dataset.Rows, dataset.Columns))
+    tile = rows // MOSAIC_TILE * MOSAIC_SIDE + columns // MOSAIC_TILE
+    dataset.PixelData = (tile * 80 + rows % MOSAIC_TILE // 4 + columns % MOSAIC_TILE // 4).astype("<i2").tobytes()
+    buffer = BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def real_series() -> list[CorpusSeries]:
     """Real scanner series from several vendors, one per transfer syntax they come in."""
     single = [
@@ -107,16 +123,20 @@ def real_series() -> list[CorpusSeries]:
     series.append(CorpusSeries("siemens-mr-decimal-rescale", "mri", (nibabel_file("decimal_rescale.dcm"),)))
     series.append(CorpusSeries("enhanced-ct", "ct", (shipped("eCT_Supplemental.dcm"),)))  # 2 frames
     series.append(CorpusSeries("philips-enhanced-mr", "mri", (nibabel_file("philips_mprage.dcm.gz"),)))  # 176
+    # Siemens DWI mosaics, 48 slices of 128x128 in 7x7 tiles: b=0 then b=1000, a 4D volume; as shipped
+    # (blank pixels), and with a pattern in the pixels
+    mosaics = ("siemens_dwi_0.dcm.gz", "siemens_dwi_1000.dcm.gz")
+    series.append(CorpusSeries("siemens-dwi-mosaic", "mri", tuple(nibabel_file(name) for name in mosaics)))
+    series.append(CorpusSeries("siemens-dwi-mosaic-patterned", "mri", tuple(patterned_mosaic(n) for n in mosaics)))
     return series
 
 
 def refused_series() -> list[CorpusSeries]:
     """Real series that are not one stack of single-frame slices."""
     return [
-        CorpusSeries("siemens-dwi-mosaic", "mri", (nibabel_file("0.dcm"), nibabel_file("1.dcm")), "Siemens mosaic"),
-        CorpusSeries("siemens-dwi-mosaic-large", "mri",
-                     (nibabel_file("siemens_dwi_0.dcm.gz"), nibabel_file("siemens_dwi_1000.dcm.gz")),
-                     "Siemens mosaic"),
+        # nibabel's cut-down copies: 48 slices in 256x256 pixels, not 7 whole tiles a side
+        CorpusSeries("siemens-dwi-mosaic-cut", "mri", (nibabel_file("0.dcm"), nibabel_file("1.dcm")),
+                     "not 7 whole tiles a side"),
         # ten frames with no functional groups at all: nothing says where each frame is
         CorpusSeries("enhanced-mr-without-groups", "mri", (shipped("emri_small.dcm"),), "per-frame functional groups"),
     ]

@@ -27,9 +27,9 @@ images, 8-bit images widened to int16; float32 holding the rescaled values when 
 
 What is refused, with a reason: geometry that is missing, not finite or absurd (sizes outside 1 ..
 ``MAX_SIDE``, spacings outside 0 .. ``MAX_SPACING_MM``, positions beyond ``MAX_POSITION_MM``,
-orientation cosines that are not two orthogonal unit vectors); Siemens mosaics, whose slices are tiles
-of one image placed by its private CSA header (never served as one raw slice); gantry-tilted CT, whose
-slices are sheared, not a box (the reason says "gantry tilt").
+orientation cosines that are not two orthogonal unit vectors); gantry-tilted CT, whose slices are
+sheared, not a box (the reason says "gantry tilt"). A Siemens mosaic is cut into its slices
+(:mod:`nccidfs.derived.mosaic`), never served as one raw slice.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import numpy.typing as npt
 
 from nccidfs.derived.bids import json_values, sidecar_fields
 from nccidfs.derived.frames import SINGLE, NotFrames, frames_of
+from nccidfs.derived.mosaic import Mosaic, NotMosaic, check_slice_normal, mosaic_of, tiles_of
 from nccidfs.derived.pixels import read_frames, read_pixels, undecodable_reason
 from nccidfs.derived.split import SPLIT_KEYWORDS, NotSplit, positions, split_volumes
 
@@ -59,11 +60,6 @@ MAX_SIDE = 16384  # rows or columns; the largest detectors are about 4,300 pixel
 MAX_SPACING_MM = 1000.0
 MAX_POSITION_MM = 1e6
 _COSINE_TOLERANCE = 1e-3  # how far the orientation's cosines may be from unit length and orthogonality
-_MOSAIC_MARK = "MOSAIC"  # in ImageType of a Siemens mosaic
-# Siemens's private NumberOfImagesInMosaic: (0019,xx0A) in the block that (0019,00xx) names "SIEMENS MR
-# HEADER", which Siemens puts at xx = 10. Another creator's (0019,100A) is something else (GE's, for one).
-_IMAGES_IN_MOSAIC = "0019100A"
-_SIEMENS_CREATOR = ("00190010", "SIEMENS MR HEADER")
 # Orientation cosines and pixel spacings that differ by less than these are the same.
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_TOLERANCE_MM = 1e-3
@@ -89,7 +85,7 @@ class VolumePlan:
     the voxels are stored. ``slices[k]`` is the id (the caller's key for the image) of slice k."""
 
     slices: tuple[str, ...]  # volume after volume, each in slice order
-    frames: tuple[int, ...]  # the frame of each slice's image (frames.SINGLE for a single-frame image)
+    frames: tuple[int, ...]  # the frame (or mosaic tile) of each slice's image (frames.SINGLE: the image)
     volumes: int  # the fourth dimension: several images at each position, split by an attribute
     rows: int
     columns: int
@@ -99,6 +95,8 @@ class VolumePlan:
     rescale: tuple[tuple[float, float], ...]  # (slope, intercept) per slice, applied for float32
     affine: Affine  # voxel -> RAS+ millimetres
     tags: Mapping[str, Any]
+    mosaic: Mosaic | None = None  # every image a Siemens mosaic of this layout: slices are its tiles
+    orientation: tuple[float, ...] = ()  # ImageOrientationPatient of the slices
 
     @property
     def slice_bytes(self) -> int:
@@ -138,8 +136,9 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
     idents = sorted(metas)
     tags = sidecar_fields(_first_frame(metas[idents[0]])) if idents else {}
     try:
+        mosaic = _one_mosaic(idents, metas)
         slices = [_read_slice(ident, number, frame)
-                  for ident in idents for number, frame in _frames(ident, metas[ident])]
+                  for ident in idents for number, frame in _frames(ident, metas[ident], mosaic)]
         _check_same_frame(slices)
         split, volumes = _volumes(slices)
         stacks = [_stack(volume, metas[idents[0]]) for volume in volumes]
@@ -165,6 +164,8 @@ def plan_volume(metas: Mapping[str, Mapping[str, Any]]) -> VolumePlan | Rejectio
         rescale=rescale,
         affine=_affine(first, step),
         tags=tags,
+        mosaic=mosaic,
+        orientation=first.orientation,
     )
 
 
@@ -193,7 +194,11 @@ def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes) -> lis
     """The voxels of several slices that are frames of one image (or the one slice of a single-frame
     image), the image parsed once."""
     frames = [plan.frames[index] for index in indices]
-    if all(frame == SINGLE for frame in frames):
+    if plan.mosaic is not None:
+        dataset, whole = read_pixels(dicom)
+        check_slice_normal(dataset, plan.orientation)
+        pixels = [plan.mosaic.tile(whole, frame) for frame in frames]
+    elif all(frame == SINGLE for frame in frames):
         pixels = [read_pixels(dicom)[1]] * len(indices)
     else:
         pixels = read_frames(dicom, frames)
@@ -259,10 +264,27 @@ def _optional_number(meta: Mapping[str, Any], keyword: str, default: float) -> f
         return default
 
 
-def _frames(ident: str, meta: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+def _one_mosaic(idents: Sequence[str], metas: Mapping[str, Mapping[str, Any]]) -> Mosaic | None:
+    """The layout every image of the series shares as a Siemens mosaic, or None when none is one."""
+    layouts: dict[str, Mosaic | None] = {}
+    for ident in idents:
+        try:
+            layouts[ident] = mosaic_of(metas[ident])
+        except NotMosaic as why:
+            raise _NotAVolume(f"{ident}: {why}") from None
+    if not idents:
+        return None
+    first = layouts[idents[0]]
+    other = next((ident for ident in idents if layouts[ident] != first), None)
+    if other is not None:
+        raise _NotAVolume(f"mosaics of different layouts, or mosaics and single images: {idents[0]} and {other}")
+    return first
+
+
+def _frames(ident: str, meta: Mapping[str, Any], mosaic: Mosaic | None) -> list[tuple[int, Mapping[str, Any]]]:
     try:
-        return frames_of(meta)
-    except NotFrames as why:
+        return tiles_of(meta, mosaic) if mosaic is not None else frames_of(meta)
+    except (NotFrames, NotMosaic) as why:
         raise _NotAVolume(f"{ident}: {why}") from None
 
 
@@ -279,7 +301,6 @@ def _read_slice(ident: str, frame: int, meta: Mapping[str, Any]) -> _Slice:
     undecodable = undecodable_reason(meta)
     if undecodable is not None:
         raise _NotAVolume(f"{ident}: {undecodable}")
-    _check_acquisition(ident, meta)
     frames = _optional_number(meta, "NumberOfFrames", 1.0)
     samples = _optional_number(meta, "SamplesPerPixel", 1.0)
     if frames != 1 or samples != 1:
@@ -320,25 +341,6 @@ def _split_keys(meta: Mapping[str, Any]) -> dict[str, Any]:
         if values and isinstance(values[0], str | int | float):
             keys[keyword] = values[0]
     return keys
-
-
-def _check_acquisition(ident: str, meta: Mapping[str, Any]) -> None:
-    """Refuse the images whose pixels are no stack of slices: Siemens mosaics."""
-    count = _images_in_mosaic(meta)
-    if _MOSAIC_MARK in json_values(meta, "ImageType") or count is not None:
-        what = f"{count} slices as tiles of one image" if count is not None else "tiled slices"
-        raise _NotAVolume(f"{ident}: a Siemens mosaic ({what}); mosaics are not de-mosaiced here")
-
-
-def _images_in_mosaic(meta: Mapping[str, Any]) -> int | None:
-    """Siemens's NumberOfImagesInMosaic, when the twin has it under Siemens's private creator."""
-    creator = meta.get(_SIEMENS_CREATOR[0])
-    names = creator.get("Value") if isinstance(creator, dict) else None
-    if not isinstance(names, list) or not names or str(names[0]).strip() != _SIEMENS_CREATOR[1]:
-        return None
-    tiles = meta.get(_IMAGES_IN_MOSAIC)
-    count = tiles.get("Value") if isinstance(tiles, dict) else None
-    return count[0] if isinstance(count, list) and count and isinstance(count[0], int) else None
 
 
 def _is_orthonormal(orientation: Sequence[float]) -> bool:

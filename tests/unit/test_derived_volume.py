@@ -278,13 +278,14 @@ def test_a_tilt_the_scanner_reconstructed_into_a_box_is_a_volume(series: list[Se
     assert len(planned(edited(series[0], tilted_frame)).slices) == 24
 
 
-def test_a_siemens_mosaic_is_refused_not_served_as_one_slice(series: list[Series]) -> None:
+def test_a_siemens_mosaic_that_is_not_whole_tiles_is_refused_not_served_as_one_slice(series: list[Series]) -> None:
     siemens = {"00190010": {"vr": "LO", "Value": ["SIEMENS MR HEADER"]}, "0019100A": {"vr": "US", "Value": [48]}}
-    metas = {stem: {**meta, **siemens} for stem, meta in series[-1].metas.items()}
-    assert "Siemens mosaic (48 slices as tiles of one image)" in rejection(Series("", {}, metas))
+    metas = {stem: {**meta, **siemens} for stem, meta in series[-1].metas.items()}  # 256 rows: not 7 tiles
+    assert "a Siemens mosaic of 48 slices whose [256]x[256] pixels are not 7 whole tiles a side" in rejection(
+        Series("", {}, metas))
     marked = {stem: {**meta, "00080008": {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]}}
               for stem, meta in series[-1].metas.items()}
-    assert "Siemens mosaic" in rejection(Series("", {}, marked))
+    assert "a Siemens mosaic without NumberOfImagesInMosaic" in rejection(Series("", {}, marked))
 
 
 def test_another_creators_private_0019_100a_is_no_mosaic(series: list[Series]) -> None:
