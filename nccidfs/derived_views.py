@@ -48,6 +48,7 @@ from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.derived.agreement import HEADER_SLACK, Expected, checked, expected
 from nccidfs.derived.image import build_png, png_size
+from nccidfs.derived.pixels import undecodable_reason
 from nccidfs.derived.volume import (
     HEADER_BYTES,
     Rejection,
@@ -653,9 +654,13 @@ class ImageView(_SeriesLayer):
 
     @staticmethod
     def _png(ident: str, twin: dict[str, Any] | str, image: ObjectInfo) -> _Png | str:
-        """From the twin's Rows (0028,0010) and Columns (0028,0011), if decoding the image fits the budget."""
+        """From the twin's Rows (0028,0010) and Columns (0028,0011), if a decoder reads the transfer syntax the
+        twin names and decoding the image fits the budget."""
         if isinstance(twin, str):
             return twin
+        undecodable = undecodable_reason(twin)
+        if undecodable is not None:
+            return f"{ident}: {undecodable}"
         try:
             promised = expected(twin)
             rows, columns = (int(twin[tag]["Value"][0]) for tag in ("00280010", "00280011"))

@@ -329,3 +329,18 @@ def test_a_view_name_over_255_bytes_is_not_listed_and_logged_once(mount: Mount) 
     report("a 251-byte series name", daemon)
     assert listings == [[f"{series}.nii"]] * 2
     assert len(warnings_about(daemon, f"{series}.json")) == 1
+
+
+def test_an_xray_whose_twin_names_a_syntax_no_decoder_reads_lists_its_reason_not_a_png(mount: Mount) -> None:
+    objects: dict[str, bytes] = {}
+    for series, syntax in ((f"{SERIES}.mpeg", "1.2.840.10008.1.2.4.100"), (f"{SERIES}.j2k", "1.2.840.10008.1.2.4.90")):
+        objects.update(crafted.series_objects("xray", series, 1))
+        twin_key = crafted.keys("xray", series, "img0001")[1]
+        objects[twin_key] = json.dumps({**json.loads(objects[twin_key]),
+                                        "00020010": {"vr": "UI", "Value": [syntax]}}).encode()
+    daemon = mount(objects)
+    images = views(daemon, "images", "xray")
+    assert os.listdir(images / f"{SERIES}.mpeg") == ["img0001.json"]
+    reason = json.loads((images / f"{SERIES}.mpeg" / "img0001.json").read_bytes())["NoImageReason"]
+    assert "img0001" in reason and "MPEG2" in reason and "no installed decoder" in reason, reason
+    assert os.listdir(images / f"{SERIES}.j2k") == ["img0001.png"]  # a syntax decoded here keeps its PNG
