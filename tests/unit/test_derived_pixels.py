@@ -22,6 +22,7 @@ from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -34,7 +35,7 @@ from pydicom.uid import (
 )
 
 from nccidfs.demo.warehouse import DemoObject
-from nccidfs.derived.pixels import read_pixels, undecodable_reason
+from nccidfs.derived.pixels import native_pixels, read_pixels, undecodable_reason
 from nccidfs.derived.volume import Rejection, plan_volume
 
 needs_dcmtk = pytest.mark.skipif(shutil.which("dcmcjpeg") is None, reason="needs dcmtk")
@@ -238,3 +239,26 @@ def test_a_series_whose_twins_name_an_undecodable_syntax_is_no_volume(warehouse:
     outcome = plan_volume(twins)
     assert isinstance(outcome, Rejection)
     assert "MPEG2" in outcome.reason and "no installed decoder" in outcome.reason
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("signed", [0, 1])
+@pytest.mark.parametrize("stored", [8, 10, 12, 15, 16])
+def test_uncompressed_16_bit_pixels_read_directly_are_what_pydicom_decodes(syntax: str, signed: int,
+                                                                           stored: int) -> None:
+    """The direct read of native 16-bit pixels clears or sign-extends the bits above BitsStored exactly as
+    pydicom's decoder does, whatever those bits hold."""
+    dataset = dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = stored, stored - 1, signed
+    rng = np.random.default_rng(stored * 2 + signed)
+    dataset.PixelData = rng.integers(0, 1 << 16, dataset.Rows * dataset.Columns, dtype="<u2").tobytes()
+    dataset.file_meta.TransferSyntaxUID = syntax
+    buffer = BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    read, ours = read_pixels(buffer.getvalue())
+    direct = native_pixels(read)
+    reference = dcmread(BytesIO(buffer.getvalue())).pixel_array
+    assert direct is not None and np.array_equal(direct, ours)  # the direct read is the one used
+    assert ours.dtype == reference.dtype
+    assert np.array_equal(ours, reference)
+    assert len(np.unique(ours)) >= 200
