@@ -46,7 +46,7 @@ from nccidfs import deadline
 from nccidfs.budget import MemoryBudget
 from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
-from nccidfs.derived.agreement import HEADER_SLACK, Expected, checked, expected
+from nccidfs.derived.agreement import HEADER_SLACK, Expected, checked, checked_image, expected
 from nccidfs.derived.image import build_png, png_size
 from nccidfs.derived.pixels import undecodable_reason
 from nccidfs.derived.volume import (
@@ -596,7 +596,7 @@ class VolumeView(_SeriesLayer):
             ident = outcome.slices[indices[0]]  # the slices of one image: its frames
             promised = planned.promised[ident]
             with _naming(ident), self._generated.budget.reserve(_work(promised, ordered[indices[0]]), "it"):
-                return encode_slices(outcome, indices, checked(dicom, promised))
+                return encode_slices(outcome, indices, *checked_image(dicom, promised))
 
         name, inputs = f"{self.NAME}/" + "/".join(parts), images.inputs()
         produce = volume_producer(outcome, ordered, self._reader, encode, self._generated.made,

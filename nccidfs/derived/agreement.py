@@ -73,6 +73,12 @@ def expected(twin: Mapping[str, Any]) -> Expected:
 def checked(dicom: bytes, promised: Expected) -> bytes:
     """The image's bytes, inflated if deflated, once it is shown to be the image its twin describes.
     Raises ValueError with the reason otherwise."""
+    return checked_image(dicom, promised)[0]
+
+
+def checked_image(dicom: bytes, promised: Expected) -> tuple[bytes, Dataset]:
+    """As ``checked``, with the whole dataset it parsed (pixels still encoded), so that the pixels are
+    decoded without parsing the image a second time."""
     limit = promised.pixel_bytes + HEADER_SLACK
     try:
         plain, whole = undeflate(dicom, limit)
@@ -82,13 +88,13 @@ def checked(dicom: bytes, promised: Expected) -> bytes:
         raise ValueError(f"the image inflates past {limit} bytes, more than the {promised.pixel_bytes} pixel "
                          "bytes its metadata twin gives")
     try:
-        header = dcmread(BytesIO(plain), stop_before_pixels=True, force=True)
+        dataset = dcmread(BytesIO(plain), force=True)  # within the bound above: plain is inflated that far
     except Exception as error:  # force=True on arbitrary bytes: pydicom fails with many exception types
         raise ValueError(f"the image has no readable header: {error}") from None
-    reason = disagreement(header, promised)
+    reason = disagreement(dataset, promised)
     if reason is not None:
         raise ValueError(reason)
-    return plain
+    return plain, dataset
 
 
 def disagreement(header: Dataset, promised: Expected) -> str | None:

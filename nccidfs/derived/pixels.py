@@ -28,12 +28,13 @@ _NATIVE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 _NATIVE_BITS = 16
 
 
-def read_pixels(dicom: bytes) -> tuple[Dataset, npt.NDArray[Any]]:
-    """The dataset and its stored pixel values as pydicom decodes them. Raises ValueError for bytes
-    that are no DICOM image, or whose pixels pydicom cannot decode (a codec it lacks, data cut short),
-    so the caller has one exception to turn into an I/O error."""
+def read_pixels(dicom: bytes, parsed: Dataset | None = None) -> tuple[Dataset, npt.NDArray[Any]]:
+    """The dataset and its stored pixel values as pydicom decodes them (``parsed``: the dataset of these
+    bytes, when the caller has it). Raises ValueError for bytes that are no DICOM image, or whose pixels
+    pydicom cannot decode (a codec it lacks, data cut short), so the caller has one exception to turn
+    into an I/O error."""
     try:
-        dataset = dcmread(BytesIO(dicom), force=True)
+        dataset = parsed if parsed is not None else dcmread(BytesIO(dicom), force=True)
         native = native_pixels(dataset)
         return dataset, native if native is not None else dataset.pixel_array
     except Exception as error:  # pydicom raises many types for missing, short or undecodable pixels

@@ -44,6 +44,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
 
 from nccidfs.derived.bids import json_values, sidecar_fields
 from nccidfs.derived.frames import SINGLE, NotFrames, frames_of
@@ -190,16 +191,17 @@ def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
     return encode_slices(plan, [index], dicom)[0]
 
 
-def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes) -> list[bytes]:
-    """The voxels of several slices that are frames of one image (or the one slice of a single-frame
-    image), the image parsed once."""
+def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes,
+                  parsed: Dataset | None = None) -> list[bytes]:
+    """The voxels of several slices that are frames or tiles of one image (or the one slice of a
+    single-frame image), the image parsed once (``parsed``: its dataset, when the caller has it)."""
     frames = [plan.frames[index] for index in indices]
     if plan.mosaic is not None:
-        dataset, whole = read_pixels(dicom)
+        dataset, whole = read_pixels(dicom, parsed)
         check_slice_normal(dataset, plan.orientation)
         pixels = [plan.mosaic.tile(whole, frame) for frame in frames]
     elif all(frame == SINGLE for frame in frames):
-        pixels = [read_pixels(dicom)[1]] * len(indices)
+        pixels = [read_pixels(dicom, parsed)[1]] * len(indices)
     else:
         pixels = read_frames(dicom, frames)
     return [_encoded(plan, index, values) for index, values in zip(indices, pixels, strict=True)]

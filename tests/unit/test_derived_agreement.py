@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from nccidfs.derived.agreement import CHECKED, HEADER_SLACK, checked, expected
+from nccidfs.derived.agreement import CHECKED, HEADER_SLACK, checked, checked_image, expected
+from nccidfs.derived.pixels import read_pixels
 from tests import crafted
 
 
@@ -30,6 +32,13 @@ def test_an_image_that_agrees_with_its_twin_is_used_as_it_is() -> None:
     image, twin = ct()
     assert checked(image, expected(twin)) == image
     assert expected(twin).pixels == 64 and expected(twin).pixel_bytes == 128
+
+
+def test_an_agreeing_image_comes_with_the_dataset_it_was_checked_on_pixels_and_all() -> None:
+    image, twin = ct()
+    plain, dataset = checked_image(image, expected(twin))
+    assert plain == image and dataset.Rows == 8
+    assert np.array_equal(read_pixels(plain, dataset)[1], read_pixels(image)[1])
 
 
 @pytest.mark.parametrize(("keyword", "value", "said"), [
