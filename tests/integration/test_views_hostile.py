@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from tests import crafted
+from tests.corpus import CorpusSeries, patterned_mosaic
 from tests.mounting import MountedDaemon, create_bucket, daemon_env, s3_client
+from tests.unit.test_derived_mosaic import flipped_columns
 
 pytestmark = pytest.mark.fuse
 
@@ -344,3 +346,15 @@ def test_an_xray_whose_twin_names_a_syntax_no_decoder_reads_lists_its_reason_not
     reason = json.loads((images / f"{SERIES}.mpeg" / "img0001.json").read_bytes())["NoImageReason"]
     assert "img0001" in reason and "MPEG2" in reason and "no installed decoder" in reason, reason
     assert os.listdir(images / f"{SERIES}.j2k") == ["img0001.png"]  # a syntax decoded here keeps its PNG
+
+
+def test_a_mosaic_whose_csa_normal_runs_against_its_twin_fails_with_eio_then_gives_the_reason(mount: Mount) -> None:
+    image, _ = flipped_columns(patterned_mosaic("siemens_dwi_0.dcm.gz"))
+    series = CorpusSeries("siemens-mosaic-flipped", "mri", (image,))
+    daemon = mount({obj.key: obj.body for obj in series.objects("training/")})
+    volume = daemon.mountpoint / ".nccidfs" / "volumes" / "mri" / f"{series.relative()}.nii"
+    read = attempt(volume.read_bytes)
+    assert isinstance(read, OSError) and read.errno == errno.EIO, "never a flipped volume"
+    assert os.listdir(volume.parent) == [f"{series.series_uid}.json"]
+    reason = json.loads(volume.with_suffix(".json").read_bytes())["NoVolumeReason"]
+    assert "image000" in reason and "its slices run the other way" in reason, reason
