@@ -212,7 +212,8 @@ def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> bytes:
         raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
     if plan.dtype != _FLOAT32:
         limits = np.iinfo(plan.dtype)
-        if pixels.size and (pixels.min() < limits.min or pixels.max() > limits.max):
+        fits = np.can_cast(pixels.dtype, plan.dtype)  # every value of the type fits: no scan of the pixels
+        if not fits and pixels.size and (pixels.min() < limits.min or pixels.max() > limits.max):
             raise ValueError(f"{plan.slices[index]}: stored values do not fit {plan.dtype.name}")
         return pixels.astype(plan.dtype).tobytes()
     slope, intercept = plan.rescale[index]

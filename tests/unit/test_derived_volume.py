@@ -219,6 +219,24 @@ def test_an_image_that_disagrees_with_its_metadata_fails_to_encode(series: list[
         encode_slice(plan, 0, other)
 
 
+def test_stored_values_past_the_planned_voxel_type_fail_to_encode(series: list[Series]) -> None:
+    """A plan of int16 (the twin says 12 unsigned bits) and an image of 16 unsigned bits holding 40000:
+    refused, never wrapped to a negative voxel."""
+    source = series[-1]
+    plan = planned(source)
+    assert plan.dtype == np.dtype("<i2")
+    stem = plan.slices[0]
+
+    def wide(index: int, dataset: Dataset) -> None:
+        dataset.BitsStored, dataset.HighBit = 16, 15
+        pixels = dataset.pixel_array.astype("<u2")
+        pixels[0, 0] = 40000
+        dataset.PixelData = pixels.tobytes()
+
+    with pytest.raises(ValueError, match="stored values do not fit int16"):
+        encode_slice(plan, 0, edited(source, wide).images[stem])
+
+
 def rejection(source: Series) -> str:
     outcome = plan_volume(source.metas)
     assert isinstance(outcome, Rejection), outcome
