@@ -7,9 +7,10 @@ measures, each on a fresh mount and empty cache:
 - cold ``stat`` of random series files (chosen beforehand with boto3), one after another: the median
   time and the listings they cost;
 - ``find FOLDER -type f`` for each folder: seconds, files per second, listings, FUSE requests per
-  directory (the daemon's counters), and the daemon's largest VmRSS, sampled throughout; meanwhile a
-  ``stat`` every 0.1 s of a file listed before the walk (in another folder; each named again only after
-  the kernel's attribute timeout), timed; then the same ``find`` again on the same mount;
+  directory (the daemon's counters), the daemon's CPU seconds (and per request), the load average, and
+  the daemon's largest VmRSS, sampled throughout; meanwhile a ``stat`` every 0.1 s of a file listed
+  before the walk (in another folder; each named again only after the kernel's attribute timeout),
+  timed; then the same ``find`` again on the same mount;
 - boto3's paginator over the same prefix (bench/index_modality.py), stopped after ``--boto3-max-keys``
   keys for the large folders, so its rate is measured without its hours;
 - the whole warehouse, extrapolated: each folder's keys at scale 1.0 over the rate measured here.
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,10 +42,11 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_modality import BUCKET, REPO, boto3_paginator, start_synths3  # noqa: E402
-from mounts import Nccidfs, Target, mounted, tool_env  # noqa: E402
+from mounts import Mounted, Nccidfs, Target, mounted, tool_env  # noqa: E402
 
 FOLDERS = ("data", "xray-metadata", "xray", "mri-metadata", "mri", "ct-metadata", "ct")
 PROBE_EVERY = 0.1
+PROFILE_RATE = 100  # py-spy samples a second
 ATTR_TIMEOUT = 5.0  # the daemon's default --attr-timeout: a name stat'ed again after this reaches the daemon
 
 
@@ -136,15 +139,15 @@ class Prober:
 
 
 @contextmanager
-def fresh_mount(endpoint: str, workdir: Path, nccidfs: Nccidfs) -> Iterator[tuple[Path, int]]:
+def fresh_mount(endpoint: str, workdir: Path, nccidfs: Nccidfs) -> Iterator[Mounted]:
     with mounted("nccidfs", Target(endpoint, BUCKET), workdir, nccidfs, prefetch=False) as mount:
         listings(endpoint)  # start-up probes are not the workload's
-        yield mount.path, mount.pid
+        yield mount
 
 
 def cold_stats(endpoint: str, workdir: Path, nccidfs: Nccidfs, keys: list[str]) -> dict[str, float]:
-    with fresh_mount(endpoint, workdir, nccidfs) as (mnt, _pid):
-        seconds = []
+    with fresh_mount(endpoint, workdir, nccidfs) as mount:
+        mnt, seconds = mount.path, []
         for key in keys:
             started = time.monotonic()
             os.stat(mnt / key)
@@ -160,36 +163,63 @@ def kernel_requests(mnt: Path) -> dict[str, int]:
     return {kind: count for kind, count in counts.items() if kind != "inodes"}
 
 
-def timed_find(mnt: Path, folder: str) -> tuple[int, float, dict[str, int]]:
-    """``find FOLDER -type f``: files, seconds, and the FUSE requests it cost by kind."""
-    before = kernel_requests(mnt)
+def timed_find(mount: Mounted, folder: str) -> tuple[int, float, float, dict[str, int]]:
+    """``find FOLDER -type f``: files, seconds, the daemon's CPU seconds meanwhile (its threads' user and
+    system time: far less noisy than wall time on a shared machine), and the FUSE requests it cost by kind."""
+    before, cpu = kernel_requests(mount.path), mount.cpu_seconds()
     started = time.monotonic()
-    find = subprocess.run(["find", str(mnt / folder), "-type", "f"], capture_output=True, check=True)
+    find = subprocess.run(["find", str(mount.path / folder), "-type", "f"], capture_output=True, check=True)
     seconds = time.monotonic() - started
-    after = kernel_requests(mnt)
+    cpu = mount.cpu_seconds() - cpu
+    after = kernel_requests(mount.path)
     spent = {kind: after[kind] - before.get(kind, 0) for kind in after if after[kind] != before.get(kind, 0)}
-    return find.stdout.count(b"\n"), seconds, spent
+    return find.stdout.count(b"\n"), seconds, cpu, spent
+
+
+@contextmanager
+def sampled(pid: int, profile: Path | None, folder: str) -> Iterator[None]:
+    """With ``profile``, py-spy samples the daemon's threads meanwhile (``--idle``: waits count too) and writes
+    their stacks, collapsed, to ``profile/<folder>.txt``."""
+    if profile is None:
+        yield
+        return
+    profile.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--nonblocking", "--format", "raw", "--threads",
+                            "--idle", "--rate", str(PROFILE_RATE), "--output", str(profile / f"{folder}.txt")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # py-spy attaches
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
 
 
 def walk(endpoint: str, workdir: Path, nccidfs: Nccidfs, folder: str, probe_keys: list[str],
-         directories: int) -> dict[str, object]:
+         directories: int, profile: Path | None) -> dict[str, object]:
     """A cold walk of ``folder`` with stats meanwhile, then the same walk again on the same mount."""
-    with fresh_mount(endpoint, workdir, nccidfs) as (mnt, pid):
+    with fresh_mount(endpoint, workdir, nccidfs) as mount:
+        mnt = mount.path
         probes = [mnt / key for key in probe_keys if not key.startswith(f"{folder}/")]
         for path in probes:
             os.stat(path)  # listed before the walk
         listings(endpoint)
         time.sleep(ATTR_TIMEOUT)  # so each probe reaches the daemon
-        with RssSampler(pid) as rss, Prober(probes) as prober:
-            files, seconds, spent = timed_find(mnt, folder)
+        with RssSampler(mount.pid) as rss, Prober(probes) as prober, sampled(mount.pid, profile, folder):
+            files, seconds, cpu, spent = timed_find(mount, folder)
+        load = os.getloadavg()[0]
         lists = listings(endpoint)
-        _files, again, spent_again = timed_find(mnt, folder)
+        _files, again, cpu_again, spent_again = timed_find(mount, folder)
     p90 = prober.p90_ms()
+    requests = sum(spent.values())
     return {"files": files, "seconds": round(seconds, 2), "files_per_second": round(files / seconds),
+            "load_average": round(load, 2), "daemon_cpu_seconds": round(cpu, 2),
+            "cpu_us_per_request": round(1e6 * cpu / max(1, requests), 1),
             "listings": lists, "peak_rss_mib": round(rss.peak_kib / 1024), "probe_stats": len(prober.seconds),
             "probe_p90_ms": round(p90, 1) if p90 is not None else -1,
-            "requests_per_directory": round(sum(spent.values()) / directories, 2), "requests": spent,
-            "second_seconds": round(again, 2), "second_requests": spent_again,
+            "requests_per_directory": round(requests / directories, 2), "requests": spent,
+            "second_seconds": round(again, 2), "second_daemon_cpu_seconds": round(cpu_again, 2),
+            "second_requests": spent_again,
             "second_speedup": round(seconds / again, 1)}
 
 
@@ -231,6 +261,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9412)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared/ folder")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    parser.add_argument("--profile", type=Path, help="sample the daemon with py-spy (on PATH) during each first "
+                                                     "find; collapsed stacks to PROFILE/<folder>.txt")
     args = parser.parse_args()
     os.environ.update(tool_env())
     endpoint = f"http://127.0.0.1:{args.port}"
@@ -249,7 +281,7 @@ def main() -> None:
                 shape = counts[folder]
                 directories = 1 + shape["patients"] + shape.get("studies", 0) + shape.get("series", 0)
                 entry["nccidfs"] = shown(f"find {folder}", walk(endpoint, workdir, nccidfs, folder, keys,
-                                                                directories))
+                                                                directories, args.profile))
                 if not args.skip_boto3:
                     entry["boto3"] = shown(f"boto3 {folder}", boto3_rate(endpoint, folder, args.boto3_max_keys))
                 results[folder] = entry

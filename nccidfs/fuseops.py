@@ -194,6 +194,9 @@ _off = ctypes.c_int64
 _fi = ctypes.POINTER(mfusepy.fuse_file_info)
 _UNUSED = ctypes.c_void_p  # an operation left NULL: libfuse answers it with ENOSYS
 FUSE_UNKNOWN_INO = 0xFFFFFFFF  # what a listing says of an entry the kernel has no number for
+# Entries made for the kernel kept as templates (see Kernel._entry): a walk of files with --readdirplus
+# makes one per size and time, so the set is emptied when it reaches this many.
+ENTRIES_MADE_KEPT = 4096
 
 
 class _EntryParam(ctypes.Structure):
@@ -270,22 +273,21 @@ def _declare() -> None:
 
 
 _declare()
-_thread_state_kept = threading.local()
+_this_thread = threading.local()  # a libfuse worker's request counts, once it has a Python thread state
 
 
 def _reply_errors(handler: F) -> F:
-    """Answer every request, whatever happens: FuseOSError as its errno, anything else as EIO (logged)."""
+    """Count the request and answer it, whatever happens: FuseOSError as its errno, anything else as EIO
+    (logged)."""
 
     name = handler.__name__.lstrip("_")
 
     @functools.wraps(handler)
     def wrapper(self: Kernel, req: int, *args: Any) -> None:
-        if not getattr(_thread_state_kept, "done", False):
-            # ctypes otherwise makes and drops a Python thread state around every call from this thread.
-            ctypes.pythonapi.PyGILState_Ensure()  # never released: the thread keeps its state until it ends
-            _thread_state_kept.done = True
-        with self._lock:
-            self.requests[name] += 1
+        counts = getattr(_this_thread, "counts", None)
+        if counts is None:
+            counts = self._enter_thread()
+        counts[name] += 1
         try:
             handler(self, req, *args)
         except mfusepy.FuseOSError as error:
@@ -327,15 +329,38 @@ class Kernel:
         self._lock = threading.Lock()
         self._notes: queue.SimpleQueue[tuple[Callable[[], object], threading.Event | None]] = queue.SimpleQueue()
         self._giving_up = threading.Event()
-        self.requests: Counter[str] = Counter()
+        self._counts: list[Counter[str]] = []  # one per libfuse worker thread: counted without a lock
         self.session: int | None = None
+        # Entries made for the kernel, by kind, size and time, without their number: every directory has
+        # the mount time, so a walk makes one.
+        self._made: dict[tuple[bool, str | None, int, float], bytes] = {}
+        # Entries without a number (".", "..", files in a plain listing), by mode; and the answer for a name
+        # that does not exist.
+        self._unnumbered = {mode: _unnumbered(mode) for mode in (operations.mode_of(_DOT), LINK_MODE,
+                                                                  operations.mode_of(Entry("", False)))}
+        self._absent = ctypes.byref(_EntryParam(entry_timeout=self._negative_timeout))
         self._table = _LowLevelOps(*(kind(getattr(self, "_" + name)) if kind is not _UNUSED else None
                                      for name, kind in _OPERATIONS))
 
     # -- what the daemon tells the kernel ---------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Requests by kind since the mount, and the inode numbers held."""
-        return {**self.requests, "inodes": len(self._inodes)}
+        total: Counter[str] = Counter()
+        with self._lock:
+            threads = list(self._counts)
+        for counts in threads:
+            total.update(dict(counts))  # a copy made under the interpreter lock: its worker may count meanwhile
+        return {**total, "inodes": len(self._inodes)}
+
+    def _enter_thread(self) -> Counter[str]:
+        """A libfuse worker's first request: keep its Python thread state (ctypes otherwise makes and drops
+        one around every call from the thread) and give it request counts of its own."""
+        ctypes.pythonapi.PyGILState_Ensure()  # never released: the thread keeps its state until it ends
+        counts: Counter[str] = Counter()
+        with self._lock:
+            self._counts.append(counts)
+        _this_thread.counts = counts
+        return counts
 
     def invalidate_path(self, path: str, wait: float) -> None:
         """Forget the attributes and cached pages of a file (a replaced or discarded object)."""
@@ -391,14 +416,22 @@ class Kernel:
         base = self._path(parent)
         return ("" if base == "/" else base) + "/" + name.decode("utf-8", "surrogateescape")
 
-    def _entry(self, param: _EntryParam, path: str, entry: Entry) -> int:
-        """Fill ``param`` for ``entry``, with the number the kernel has (or will have) for it."""
-        ino = self._inodes.reserve(path)
-        param.ino = ino
-        self._ops.fill_stat(param.attr, entry)
-        param.attr.st_ino = ino
-        param.attr_timeout = param.entry_timeout = self._attr_timeout
-        return ino
+    def _entry(self, path: str, entry: Entry) -> _EntryParam:
+        """The kernel's entry for ``entry``, with the number the kernel has (or will have) for it: a copy
+        of the one made for entries of its kind, size and time, with the number set."""
+        key = (entry.is_dir, entry.link, entry.size, entry.mtime)
+        made = self._made.get(key)
+        if made is None:
+            param = _EntryParam()
+            self._ops.fill_stat(param.attr, entry)
+            param.attr_timeout = param.entry_timeout = self._attr_timeout
+            made = bytes(param)
+            if len(self._made) >= ENTRIES_MADE_KEPT:
+                self._made.clear()
+            self._made[key] = made
+        param = _EntryParam.from_buffer_copy(made)
+        param.ino = param.attr.st_ino = self._inodes.reserve(path)
+        return param
 
     def _looked_up(self, path: str, ino: int, entry: Entry) -> None:
         if self._inodes.looked_up(path, ino, entry.is_dir):
@@ -407,19 +440,17 @@ class Kernel:
     @_reply_errors
     def _lookup(self, req: int, parent: int, name: bytes) -> None:
         path = self._child(parent, name)
-        param = _EntryParam()
         try:
             entry = self._ops.getattr(path)
         except mfusepy.FuseOSError as error:
             if error.errno != errno.ENOENT:
                 raise
-            param.entry_timeout = self._negative_timeout  # number 0: the name is known not to exist
-            _lib.fuse_reply_entry(req, ctypes.byref(param))
+            _lib.fuse_reply_entry(req, self._absent)  # number 0: the name is known not to exist
             return
-        ino = self._entry(param, path, entry)
-        self._looked_up(path, ino, entry)
+        param = self._entry(path, entry)
+        self._looked_up(path, param.ino, entry)
         if _lib.fuse_reply_entry(req, ctypes.byref(param)) != 0:
-            self._inodes.forget(ino, 1)  # the request was interrupted: the kernel did not take the number
+            self._inodes.forget(param.ino, 1)  # the request was interrupted: the kernel did not take the number
 
     @_reply_errors
     def _forget(self, req: int, ino: int, count: int) -> None:
@@ -504,13 +535,11 @@ class Kernel:
     def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
         rows = self._rows(ino, offset)
         buf = ctypes.create_string_buffer(size)
-        used, st = 0, mfusepy.c_stat()
-        st.st_ino = FUSE_UNKNOWN_INO
+        address, used, unnumbered = ctypes.addressof(buf), 0, self._unnumbered
         for index in range(offset, len(rows)):
             name, entry = rows[index]
-            st.st_mode = self._ops.mode_of(entry)
-            length = _lib.fuse_add_direntry(req, ctypes.addressof(buf) + used, size - used, name,
-                                            ctypes.byref(st), index + 1)
+            length = _lib.fuse_add_direntry(req, address + used, size - used, name,
+                                            ctypes.byref(unnumbered[self._ops.mode_of(entry)].attr), index + 1)
             if used + length > size:
                 break
             used += length
@@ -522,24 +551,22 @@ class Kernel:
         base = self._path(ino)
         base = "" if base == "/" else base
         buf = ctypes.create_string_buffer(size)
-        used, param = 0, _EntryParam()
+        address, used, unnumbered = ctypes.addressof(buf), 0, self._unnumbered
         files_too = self._attributes_for_files
         for index in range(offset, len(rows)):
             name, entry = rows[index]
-            ctypes.memset(ctypes.byref(param), 0, ctypes.sizeof(param))
-            path = None
             if index >= 2 and (entry.is_dir or files_too):
                 path = f"{base}/{entry.name}"
-                child = self._entry(param, path, entry)
+                param = self._entry(path, entry)
             else:
-                param.attr.st_mode, param.attr.st_ino = self._ops.mode_of(entry), FUSE_UNKNOWN_INO
-            length = _lib.fuse_add_direntry_plus(req, ctypes.addressof(buf) + used, size - used, name,
-                                                 ctypes.byref(param), index + 1)
+                path, param = None, unnumbered[self._ops.mode_of(entry)]
+            length = _lib.fuse_add_direntry_plus(req, address + used, size - used, name, ctypes.byref(param),
+                                                 index + 1)
             if used + length > size:
                 break
             used += length
             if path is not None:
-                self._looked_up(path, child, entry)  # the kernel counts an entry with attributes as a lookup
+                self._looked_up(path, param.ino, entry)  # the kernel counts an entry with attributes as a lookup
         _lib.fuse_reply_buf(req, buf, used)
 
     @_reply_errors
@@ -599,6 +626,12 @@ class Kernel:
 
 
 _DOT = Entry(".", True)
+
+
+def _unnumbered(mode: int) -> _EntryParam:
+    param = _EntryParam()
+    param.attr.st_mode, param.attr.st_ino = mode, FUSE_UNKNOWN_INO
+    return param
 
 
 def run_mount(operations: FuseOperations, config: MountConfig, debug: bool = False) -> None:

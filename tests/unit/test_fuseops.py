@@ -27,3 +27,30 @@ def test_the_mfusepy_internals_nccidfs_binds_are_those_of_the_pinned_release() -
     assert {"fh", "keep_cache", "direct_io", "cache_readdir"} <= {f[0] for f in mfusepy.fuse_file_info._fields_}
     assert {"st_ino", "st_mode", "st_size", "st_mtimespec"} <= {f[0] for f in mfusepy.c_stat._fields_}
     assert {"want", "capable"} <= {f[0] for f in mfusepy.fuse_conn_info._fields_}
+
+
+def kernel() -> fuseops.Kernel:
+    from pathlib import Path
+
+    from nccidfs.config import MountConfig
+
+    return fuseops.Kernel(fuseops.FuseOperations(None, uid=7, gid=8), MountConfig(Path("/m"), attr_timeout=3.0),
+                          attributes_for_files=True, max_inodes=100)
+
+
+def test_entries_made_from_one_template_keep_their_own_number_and_attributes() -> None:
+    """The kernel's entries are copies of one made per kind, size and time: each must still carry its own
+    inode number, and an entry of another size or time must not be answered with the first one's."""
+    made = kernel()
+    first = made._entry("/a/one", fuseops.Entry("one", True, mtime=1_700_000_000.5))
+    second = made._entry("/a/two", fuseops.Entry("two", True, mtime=1_700_000_000.5))
+    small = made._entry("/a/f", fuseops.Entry("f", False, size=10, mtime=1_600_000_000.0))
+    large = made._entry("/a/g", fuseops.Entry("g", False, size=10_000, mtime=1_600_000_001.0))
+    assert first.ino != second.ino and second.ino != small.ino != large.ino
+    for param in (first, second, small, large):
+        assert param.attr.st_ino == param.ino
+        assert (param.attr.st_uid, param.attr.st_gid, param.attr_timeout, param.entry_timeout) == (7, 8, 3.0, 3.0)
+    assert first.attr.st_mode == second.attr.st_mode == fuseops.stat.S_IFDIR | 0o555
+    assert (first.attr.st_mtimespec.tv_sec, first.attr.st_mtimespec.tv_nsec) == (1_700_000_000, 500_000_000)
+    assert (small.attr.st_size, small.attr.st_blocks, small.attr.st_mtimespec.tv_sec) == (10, 1, 1_600_000_000)
+    assert (large.attr.st_size, large.attr.st_blocks, large.attr.st_mtimespec.tv_sec) == (10_000, 20, 1_600_000_001)
