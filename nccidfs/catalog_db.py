@@ -2,7 +2,8 @@
 the patients whose listings changed.
 
 ``catalog.sqlite3`` holds each patient folder's rows (``ct/Covid1``'s series, ``data/Covid1``'s clinical
-row) as JSON, under the fingerprint of the listing they were made from, and the published state: which
+row) as JSON, under the fingerprint of the listing they were made from and the time that listing was
+taken (each row's ``as_of``), and the published state: which
 folders the tables hold and as of when. The tables themselves are files beside it
 (``catalog-series.csv``, ``catalog-patients.csv``, and their Parquet twins), written whole under another
 name and renamed into place, so a reader holds either the old table or the new one, never part of one.
@@ -27,7 +28,10 @@ from nccidfs.derived.catalog import Row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# What a build stores for one patient folder: (patient, fingerprint, time its listing was taken, rows).
+Made = tuple[str, str, float, list[Row]]
+
+SCHEMA_VERSION = 2
 DB_FILE = "catalog.sqlite3"
 TABLE_PREFIX = "catalog-"
 # The published tables, by the name they have in the mount.
@@ -37,7 +41,7 @@ FILES = (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", *(TABLE_PREFIX + name for 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS patients (folder TEXT NOT NULL, patient TEXT NOT NULL, "
-    "fingerprint TEXT NOT NULL, rows TEXT NOT NULL, PRIMARY KEY (folder, patient)) WITHOUT ROWID",
+    "fingerprint TEXT NOT NULL, listed REAL NOT NULL, rows TEXT NOT NULL, PRIMARY KEY (folder, patient)) WITHOUT ROWID",
 )
 
 
@@ -101,11 +105,20 @@ class CatalogDB:
         with self._lock:
             return dict(self._db.execute("SELECT patient, fingerprint FROM patients WHERE folder = ?", (folder,)))
 
-    def put(self, folder: str, made: Iterable[tuple[str, str, list[Row]]]) -> None:
-        """Store (patient, fingerprint, rows) of one folder, replacing what each patient had."""
-        values = [(folder, patient, fingerprint, json.dumps(rows)) for patient, fingerprint, rows in made]
+    def put(self, folder: str, made: Iterable[Made]) -> None:
+        """Store (patient, fingerprint, time listed, rows) of one folder, replacing what each patient had."""
+        values = [(folder, patient, fingerprint, listed, json.dumps(rows))
+                  for patient, fingerprint, listed, rows in made]
         with self._writing() as db:
-            db.executemany("INSERT OR REPLACE INTO patients VALUES (?, ?, ?, ?)", values)
+            db.executemany("INSERT OR REPLACE INTO patients VALUES (?, ?, ?, ?, ?)", values)
+
+    def confirm(self, folder: str, listed: Iterable[tuple[str, float]]) -> None:
+        """Patients (patient, time listed) whose new listing has the fingerprint of their stored rows: the
+        rows stay, as of the new listing."""
+        values = [(when, folder, patient) for patient, when in listed]
+        if values:
+            with self._writing() as db:
+                db.executemany("UPDATE patients SET listed = ? WHERE folder = ? AND patient = ?", values)
 
     def prune(self, folder: str, present: set[str]) -> int:
         """Forget the patients of ``folder`` that its listing no longer holds; returns how many."""
@@ -115,17 +128,25 @@ class CatalogDB:
                 db.executemany("DELETE FROM patients WHERE folder = ? AND patient = ?", gone)
         return len(gone)
 
-    def rows(self, folders: Iterable[str]) -> Iterator[Row]:
-        """The stored rows of ``folders``, folder by folder, patients in key order (``name/``), so that
-        series come out in path order. Read in one snapshot, on a connection of its own."""
+    def rows(self, folders: Iterable[str]) -> Iterator[tuple[float, Row]]:
+        """The stored rows of ``folders`` with the time each one's listing was taken, folder by folder,
+        patients in key order (``name/``), so that series come out in path order. Read in one snapshot, on
+        a connection of its own."""
         reader = sqlite3.connect(self._path, check_same_thread=False)
         try:
             for folder in sorted(folders):
-                query = "SELECT rows FROM patients WHERE folder = ? ORDER BY patient || '/'"
-                for (rows,) in reader.execute(query, (folder,)):
-                    yield from json.loads(rows)
+                query = "SELECT listed, rows FROM patients WHERE folder = ? ORDER BY patient || '/'"
+                for listed, rows in reader.execute(query, (folder,)):
+                    for row in json.loads(rows):
+                        yield listed, row
         finally:
             reader.close()
+
+    def oldest(self, folder: str) -> float | None:
+        """When the oldest listing of ``folder``'s stored rows was taken (None: no patient stored)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(listed) FROM patients WHERE folder = ?", (folder,)).fetchone()
+        return None if row[0] is None else float(row[0])
 
     # -- what is published ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
