@@ -15,7 +15,8 @@ import pytest
 from nccidfs.catalog_build import MAX_TWIN_BYTES, FolderBuild, image_patient
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
-from nccidfs.derived.catalog import render_csv, spreadsheet_cell, valid_text
+from nccidfs.derived.catalog import SERIES_TAGS, render_csv, spreadsheet_cell, valid_text
+from nccidfs.dicom import selected_tags_from_metadata_json, tags_from_metadata_json
 from nccidfs.errors import NotReady
 from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
@@ -320,3 +321,22 @@ def test_a_relist_finds_a_known_patients_new_series_that_an_update_keeps_as_of_i
     assert done["series"] == 17 and done["patients_kept"] == 0
     assert (done["patients_read"], done["patients_reused"]) == (1, 7 + 8)
     assert twin_gets(store) == 3  # P3 alone read again: a twin GET for each of its three series
+
+
+@pytest.mark.parametrize("document", [
+    {"00080060": {"vr": "CS", "Value": ["CT"]}, "00280010": {"vr": "US", "Value": [512]},
+     "00180050": {"vr": "DS", "Value": [2.5]}, "00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B"}]}},
+    {"00080060": {"vr": "CS", "Value": ["MR"]}, "0008103e": {"vr": "LO", "Value": ["lower case key"]}},
+    {"00280010": {"vr": "US", "Value": [1]}, "00280030": {"vr": "DS", "Value": [1, 0.5]}},
+    {"00280010": {"vr": "US", "Value": [True]}, "00280030": {"vr": "DS", "Value": [1.0, 0.5]}},
+    {"00080060": {"vr": "CS", "Value": ["\ud800"]}, "0008103E": {"vr": "LO", "Value": ["kept"]}},
+    {"00080060": {"vr": "CS", "Value": [10 ** 30]}, "00080070": {"vr": "LO", "Value": [None, "B"]}},
+    {"00080060": "not an element", "00080070": {"vr": "LO"}, "00080020": {"vr": "DA", "Value": "20200101"}},
+    ["not", "an", "object"],
+])
+def test_the_series_tags_of_a_twin_are_those_of_its_whole_conversion(document: object) -> None:
+    raw = json.dumps(document).encode()
+    for _ in range(2):  # the second time through the converted-element cache
+        whole = tags_from_metadata_json(raw)
+        assert selected_tags_from_metadata_json(raw, SERIES_TAGS) == {
+            keyword: text for keyword, text in whole.items() if keyword in SERIES_TAGS}
