@@ -44,7 +44,7 @@ from nccidfs.derived.catalog import (
 from nccidfs.dicom import selected_tags_from_metadata_json
 from nccidfs.errors import NotFound
 from nccidfs.index import ListingIndex
-from nccidfs.namespace import Namespace, dir_prefix, is_safe_name
+from nccidfs.namespace import MAX_NAME_BYTES, Namespace, dir_prefix, is_safe_name
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 
@@ -105,11 +105,15 @@ def image_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo], list
     """A patient of an image folder from its keys (``prefix`` is the patient's, ending in ``/``): a series
     per ``study/series/`` folder, its images the ``.dcm`` files directly in it. Names the mount does not
     show (see docs/semantics.md) are left out, as the mount leaves them out. Keys come sorted, so a run of
-    keys in one folder has that folder's names checked once."""
+    keys in one folder has that folder's names checked once; and when every key is printable ASCII (one
+    check of them all, nearly always so), an image's name needs only its length checked."""
+    keys = [obj.key for obj in objects]
+    every = "".join(keys)
+    plain = every.isascii() and every.isprintable()
     found: dict[tuple[str, str], Series] = {}
     last_folder, facts, direct = "", None, False
-    for obj in objects:
-        folder, _, name = obj.key.rpartition("/")
+    for obj, key in zip(objects, keys, strict=True):
+        folder, _, name = key.rpartition("/")
         if folder != last_folder:
             last_folder = folder
             parts = folder[len(prefix):].split("/")
@@ -117,19 +121,20 @@ def image_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo], list
             if len(parts) >= 2 and is_safe_name(parts[0]) and is_safe_name(parts[1]):
                 facts = found.setdefault((parts[0], parts[1]), Series(parts[0], parts[1]))
             direct = len(parts) == 2
-        if facts is not None and direct and name.endswith(IMAGE) and is_safe_name(name):
+        if (facts is not None and direct and name.endswith(IMAGE)
+                and (plain and len(name) <= MAX_NAME_BYTES or is_safe_name(name))):
             facts.images += 1
             facts.bytes += obj.size
             if not facts.first or name < facts.first:
                 facts.first = name
-    fingerprint = listing_fingerprint((obj.key[len(prefix):], obj.etag) for obj in objects)
+    fingerprint = listing_fingerprint(keys, [obj.etag for obj in objects])
     return Listed(patient, fingerprint, listed, sorted(found.values(), key=lambda s: (s.study, s.series)))
 
 
 def clinical_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo], listed: float) -> Listed:
     """A patient of the clinical folder: the files directly in its folder."""
     files = [obj for obj in objects if "/" not in obj.key[len(prefix):] and is_safe_name(obj.key[len(prefix):])]
-    fingerprint = listing_fingerprint((obj.key[len(prefix):], obj.etag) for obj in files)
+    fingerprint = listing_fingerprint([obj.key for obj in files], [obj.etag for obj in files])
     return Listed(patient, fingerprint, listed, files=files)
 
 

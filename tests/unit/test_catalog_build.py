@@ -19,7 +19,7 @@ from nccidfs.derived.catalog import SERIES_TAGS, render_csv, spreadsheet_cell, v
 from nccidfs.dicom import selected_tags_from_metadata_json, tags_from_metadata_json
 from nccidfs.errors import NotReady
 from nccidfs.index import ListingIndex
-from nccidfs.namespace import Namespace
+from nccidfs.namespace import Namespace, is_safe_name
 from nccidfs.objects import Listing, ObjectInfo
 from tests.fakes import FailingStore
 
@@ -104,6 +104,14 @@ def test_a_patients_listing_gives_its_series_and_a_fingerprint_of_keys_and_etags
     changed = [*objects[:-1], objects[-1]._replace(etag="e7")]
     assert image_patient("P1", prefix, changed, 1.0).fingerprint != listed.fingerprint
     assert image_patient("P1", prefix, list(objects), 2.0).fingerprint == listed.fingerprint
+
+
+@pytest.mark.parametrize("odd", ["c\x01.dcm", "é.dcm", "x" * 252 + ".dcm", "x" * 251 + ".dcm"])
+def test_an_image_is_counted_exactly_when_the_mount_shows_its_name(odd: str) -> None:
+    prefix = "training/ct/P1/"
+    objects = [ObjectInfo(prefix + key, 1, "e", 0.0) for key in sorted(["S/R/a.dcm", f"S/R/{odd}"])]
+    listed = image_patient("P1", prefix, objects, 1.0)
+    assert listed.series[0].images == 1 + is_safe_name(odd)
 
 
 def test_a_table_is_refused_until_a_build_completes_then_holds_every_series(tmp_path: Path) -> None:
