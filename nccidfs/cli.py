@@ -460,9 +460,9 @@ def run_catalog(argv: Sequence[str]) -> int:
     parser = _Parser(prog="nccidfs catalog",
                      description="Build a mount's catalog: MOUNTPOINT/.nccidfs/catalog/series.csv (one row per "
                                  "image series) and patients.csv (one row per patient), from the listings and one "
-                                 "metadata twin per series, with a progress bar. Only patients new to a folder "
-                                 "(or, with --relist, whose listings changed) are read again. Until a build has "
-                                 "completed, "
+                                 "metadata twin per series, with a progress bar. A build lists and reads the patients "
+                                 "new to an image folder and the clinical files whose listing changed; the "
+                                 "patients already catalogued keep their rows. Until a build has completed, "
                                  "opening a table fails with EAGAIN; after that it is the last complete one.",
                      epilog=EXIT_CODES)
     parser.add_argument("action", choices=("build",), help="build: make the catalog anew and wait for it")
