@@ -306,8 +306,11 @@ class FolderBuild:
         listed = time.time()
         listing = self._bucket.list_tree(self._prefix, start_after=self._prefix + run[0], end=end)
         groups: dict[str, list[ObjectInfo]] = {patient: [] for patient in run}
+        within, group = "\0", None  # keys come sorted: a patient's keys follow one another
         for obj in listing.objects:
-            group = groups.get(obj.key[len(self._prefix):].split("/", 1)[0])
+            if not obj.key.startswith(within):
+                patient = obj.key[len(self._prefix):].split("/", 1)[0]
+                within, group = f"{self._prefix}{patient}/", groups.get(patient)
             if group is not None:
                 group.append(obj)
         reduce = clinical_patient if self.folder == CLINICAL else image_patient
