@@ -175,7 +175,9 @@ def catalog_build(endpoint: str, mountpoint: Path, pid: int, *options: str) -> B
     stats(endpoint, reset=True)
     cpu, started = cpu_seconds(pid), time.monotonic()
     done = subprocess.run([sys.executable, "-m", "nccidfs", "catalog", "build", str(mountpoint), *options],
-                          env=ENV, cwd=REPO, capture_output=True, text=True, check=True)
+                          env=ENV, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"catalog build {' '.join(options)} exited {done.returncode}: {done.stderr.strip()}")
     return time.monotonic() - started, cpu_seconds(pid) - cpu, stats(endpoint), done.stdout.strip()
 
 
