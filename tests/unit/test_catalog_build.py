@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -348,3 +350,29 @@ def test_the_series_tags_of_a_twin_are_those_of_its_whole_conversion(document: o
         whole = tags_from_metadata_json(raw)
         assert selected_tags_from_metadata_json(raw, SERIES_TAGS) == {
             keyword: text for keyword, text in whole.items() if keyword in SERIES_TAGS}
+
+
+def test_a_database_of_an_earlier_schema_is_started_anew(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    old = sqlite3.connect(tmp_path / "catalog.sqlite3")
+    old.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    old.execute("INSERT INTO meta VALUES ('identity', ?)", (json.dumps({"schema": 1, "bucket": "b"}),))
+    old.execute("CREATE TABLE patients (folder TEXT NOT NULL, patient TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+                "rows TEXT NOT NULL, PRIMARY KEY (folder, patient)) WITHOUT ROWID")
+    old.execute("INSERT INTO patients VALUES ('ct', 'P0', 'x', '[]')")
+    old.commit()
+    old.close()
+    catalog = Catalog(FailingStore(warehouse(range(2))), tmp_path)
+    done = catalog.build()
+    assert (done["state"], done["series"], done["patients_read"]) == ("complete", 4, 4)
+
+
+def test_progress_never_waits_on_a_write_of_the_database(tmp_path: Path) -> None:
+    catalog = Catalog(FailingStore(warehouse(range(2))), tmp_path)
+    catalog.build()
+    answers: list[dict[str, Any]] = []
+    with catalog.db._writing():  # a long write under way, as while a whole folder's listings are confirmed
+        asking = threading.Thread(target=lambda: answers.append(catalog.builder.progress()), daemon=True)
+        asking.start()
+        asking.join(timeout=2.0)
+        assert answers and answers[0]["series"] == 4, "progress.json waited for the write"
