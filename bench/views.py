@@ -7,7 +7,9 @@
    the mount (also cold), and the volume read again warm from the cache.
 2. The catalog: ``nccidfs catalog build`` of the whole mounted warehouse: time, the daemon's CPU time, S3
    requests by kind (from the server's counters) and the daemon's peak RSS; then the same build again
-   with nothing changed.
+   with nothing changed; then, as after new data arrives, the server restarted on the same port with
+   ``--new-patients`` more patients (synths3's patients at a larger scale are those of the smaller one
+   and more), ``nccidfs refresh`` and a build; then a build with ``--relist``.
 
 Runs as root (FUSE, drop_caches). Prints one Markdown table per measure; medians of ``--runs``.
 """
@@ -30,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# synths3's patients at scale 1.0; at a larger scale, the same patients and more.
+FULL_PATIENTS = 19_700
 ENV = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
 
 
@@ -39,24 +43,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def synths3(shared: Path, scale: float, latency_ms: int) -> Iterator[str]:
-    port = free_port()
+def start_synths3(shared: Path, scale: float, latency_ms: int, port: int) -> subprocess.Popen[bytes]:
+    """synths3 on ``port``, once it answers."""
     server = subprocess.Popen([sys.executable, str(shared / "scale" / "synths3.py"), "--scale", str(scale),
                                "--port", str(port), "--latency-ms", str(latency_ms)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server
+
+
+def stop_synths3(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=10)
+
+
+@contextmanager
+def synths3(shared: Path, scale: float, latency_ms: int) -> Iterator[str]:
+    port = free_port()
+    server = start_synths3(shared, scale, latency_ms, port)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/_stats", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield endpoint
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+        stop_synths3(server)
 
 
 def stats(endpoint: str, reset: bool = False) -> dict[str, int]:
@@ -154,36 +167,58 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def catalog_build(endpoint: str, mountpoint: Path, pid: int) -> tuple[float, float, dict[str, int], str]:
+Build = tuple[float, float, dict[str, int], str]
+
+
+def catalog_build(endpoint: str, mountpoint: Path, pid: int, *options: str) -> Build:
     """One ``nccidfs catalog build``: (seconds, daemon CPU seconds, S3 requests by kind, its summary line)."""
     stats(endpoint, reset=True)
     cpu, started = cpu_seconds(pid), time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "nccidfs", "catalog", "build", str(mountpoint)],
-                          env=ENV, cwd=REPO, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", "nccidfs", "catalog", "build", str(mountpoint), *options],
+                          env=ENV, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"catalog build {' '.join(options)} exited {done.returncode}: {done.stderr.strip()}")
     return time.monotonic() - started, cpu_seconds(pid) - cpu, stats(endpoint), done.stdout.strip()
 
 
-def bench_catalog(endpoint: str, runs: int) -> None:
-    """A whole catalog on a fresh mount, then again with nothing changed (what a remount or a refresh
-    without new data costs)."""
-    first: list[tuple[float, float, dict[str, int], str]] = []
-    again: list[tuple[float, float, dict[str, int], str]] = []
-    peaks = []
+def bench_catalog(shared: Path, scale: float, latency_ms: int, runs: int, new_patients: int) -> None:
+    """A whole catalog on a fresh mount; again with nothing changed; after new patients arrive and a
+    refresh; and with every patient folder listed again (``--relist``)."""
+    names = ("whole warehouse, fresh cache", "again, nothing changed",
+             f"after a refresh that adds {new_patients} patients", "again with `--relist`")
+    results: dict[str, list[Build]] = {name: [] for name in names}
+    peaks, loads = [], []
+    grown = scale + new_patients / FULL_PATIENTS
     for _ in range(runs):
-        with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, pid):
-            first.append(catalog_build(endpoint, mountpoint, pid))
-            peaks.append(peak_rss_mib(pid))
-            again.append(catalog_build(endpoint, mountpoint, pid))
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        server = start_synths3(shared, scale, latency_ms, port)
+        try:
+            with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, pid):
+                results[names[0]].append(catalog_build(endpoint, mountpoint, pid))
+                peaks.append(peak_rss_mib(pid))
+                results[names[1]].append(catalog_build(endpoint, mountpoint, pid))
+                stop_synths3(server)  # new data arrives: the same endpoint, with more patients
+                server = start_synths3(shared, grown, latency_ms, port)
+                subprocess.run([sys.executable, "-m", "nccidfs", "refresh", str(mountpoint)], env=ENV, cwd=REPO,
+                               check=True, stdout=subprocess.DEVNULL)
+                results[names[2]].append(catalog_build(endpoint, mountpoint, pid))
+                results[names[3]].append(catalog_build(endpoint, mountpoint, pid, "--relist"))
+        finally:
+            stop_synths3(server)
+        loads.append(os.getloadavg()[0])
     print(f"\n### The catalog, `nccidfs catalog build`, medians of {runs} runs\n")
-    print(f"{first[-1][3]}\n\n{again[-1][3]}\n")
-    print("| build | seconds | daemon CPU s | requests | of which LIST | of which GET |\n|---|---|---|---|---|---|")
-    for name, results in (("whole warehouse, fresh cache", first), ("again, nothing changed", again)):
-        middle = sorted(results, key=lambda r: r[0])[len(results) // 2]
+    for name in names:
+        print(f"{name}: {results[name][-1][3]}")
+    print("\n| build | seconds | daemon CPU s | requests | of which LIST | of which GET |\n|---|---|---|---|---|---|")
+    for name in names:
+        middle = sorted(results[name], key=lambda r: r[0])[len(results[name]) // 2]
         requests = middle[2]
         print(f"| {name} | {middle[0]:.1f} | {middle[1]:.1f} | {sum(requests.values())} | "
               f"{requests.get('ListObjectsV2', 0)} | "
               f"{requests.get('GetObject', 0) + requests.get('GetObject(range)', 0)} |")
-    print(f"\ndaemon peak RSS: {statistics.median(peaks):.0f} MiB")
+    print(f"\ndaemon peak RSS: {statistics.median(peaks):.0f} MiB; load average (1 min) after each run: "
+          f"{', '.join(f'{load:.1f}' for load in loads)}")
 
 
 def main() -> int:
@@ -194,16 +229,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slices", type=int, default=240, help="the CT series' size to look for")
     parser.add_argument("--skip", choices=("volume", "catalog"), action="append", default=[])
+    parser.add_argument("--new-patients", type=int, default=100,
+                        help="patients the warehouse grows by before the refreshed catalog (default 100)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/views.py needs root (FUSE mounts, drop_caches)", file=sys.stderr)
         return 2
-    print(f"synths3 scale {args.scale}, {args.latency_ms} ms per request; machine: {os.cpu_count()} cores")
-    with synths3(args.shared_dir, args.scale, args.latency_ms) as endpoint:
-        if "volume" not in args.skip:
+    print(f"synths3 scale {args.scale}, {args.latency_ms} ms per request; machine: {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if "volume" not in args.skip:
+        with synths3(args.shared_dir, args.scale, args.latency_ms) as endpoint:
             bench_volume(endpoint, args.runs, args.slices)
-        if "catalog" not in args.skip:
-            bench_catalog(endpoint, args.runs)
+    if "catalog" not in args.skip:
+        bench_catalog(args.shared_dir, args.scale, args.latency_ms, args.runs, args.new_patients)
     return 0
 
 

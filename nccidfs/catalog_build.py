@@ -32,6 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from nccidfs.catalog_db import CatalogDB, Made
 from nccidfs.derived.catalog import (
     SERIES_TAGS,
     Row,
@@ -43,7 +44,7 @@ from nccidfs.derived.catalog import (
 from nccidfs.dicom import selected_tags_from_metadata_json
 from nccidfs.errors import NotFound
 from nccidfs.index import ListingIndex
-from nccidfs.namespace import Namespace, dir_prefix, is_safe_name
+from nccidfs.namespace import MAX_NAME_BYTES, Namespace, dir_prefix, is_safe_name
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 
@@ -95,19 +96,24 @@ class Listed:
 
     patient: str
     fingerprint: str
+    listed: float  # when the listing was taken
     series: list[Series] = field(default_factory=list)
     files: list[ObjectInfo] = field(default_factory=list)
 
 
-def image_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo]) -> Listed:
+def image_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo], listed: float) -> Listed:
     """A patient of an image folder from its keys (``prefix`` is the patient's, ending in ``/``): a series
     per ``study/series/`` folder, its images the ``.dcm`` files directly in it. Names the mount does not
     show (see docs/semantics.md) are left out, as the mount leaves them out. Keys come sorted, so a run of
-    keys in one folder has that folder's names checked once."""
+    keys in one folder has that folder's names checked once; and when every key is printable ASCII (one
+    check of them all, nearly always so), an image's name needs only its length checked."""
+    keys = [obj.key for obj in objects]
+    every = "".join(keys)
+    plain = every.isascii() and every.isprintable()
     found: dict[tuple[str, str], Series] = {}
     last_folder, facts, direct = "", None, False
-    for obj in objects:
-        folder, _, name = obj.key.rpartition("/")
+    for obj, key in zip(objects, keys, strict=True):
+        folder, _, name = key.rpartition("/")
         if folder != last_folder:
             last_folder = folder
             parts = folder[len(prefix):].split("/")
@@ -115,20 +121,21 @@ def image_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo]) -> L
             if len(parts) >= 2 and is_safe_name(parts[0]) and is_safe_name(parts[1]):
                 facts = found.setdefault((parts[0], parts[1]), Series(parts[0], parts[1]))
             direct = len(parts) == 2
-        if facts is not None and direct and name.endswith(IMAGE) and is_safe_name(name):
+        if (facts is not None and direct and name.endswith(IMAGE)
+                and (plain and len(name) <= MAX_NAME_BYTES or is_safe_name(name))):
             facts.images += 1
             facts.bytes += obj.size
             if not facts.first or name < facts.first:
                 facts.first = name
-    fingerprint = listing_fingerprint((obj.key[len(prefix):], obj.etag) for obj in objects)
-    return Listed(patient, fingerprint, sorted(found.values(), key=lambda s: (s.study, s.series)))
+    fingerprint = listing_fingerprint(keys, [obj.etag for obj in objects])
+    return Listed(patient, fingerprint, listed, sorted(found.values(), key=lambda s: (s.study, s.series)))
 
 
-def clinical_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo]) -> Listed:
+def clinical_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo], listed: float) -> Listed:
     """A patient of the clinical folder: the files directly in its folder."""
     files = [obj for obj in objects if "/" not in obj.key[len(prefix):] and is_safe_name(obj.key[len(prefix):])]
-    fingerprint = listing_fingerprint((obj.key[len(prefix):], obj.etag) for obj in files)
-    return Listed(patient, fingerprint, files=files)
+    fingerprint = listing_fingerprint([obj.key for obj in files], [obj.etag for obj in files])
+    return Listed(patient, fingerprint, listed, files=files)
 
 
 class Progress:
@@ -141,7 +148,7 @@ class Progress:
         self.finished: float | None = None
         self.state = "building"
         self.reason = ""
-        self.total = self.done = self.read = self.reused = self.errors = self.refused = 0
+        self.total = self.done = self.read = self.reused = self.kept = self.errors = self.refused = 0
 
     def add(self, **counts: int) -> None:
         with self.lock:
@@ -161,6 +168,7 @@ class Progress:
             seconds = (self.finished or time.time()) - self.started
             return {"state": self.state, "building": self.folders, "patients_total": self.total,
                     "patients_done": self.done, "patients_read": self.read, "patients_reused": self.reused,
+                    "patients_kept": self.kept,
                     "errors": self.errors, "refused": self.refused, "seconds": round(seconds, 1),
                     **({"reason": self.reason} if self.reason else {})}
 
@@ -180,8 +188,6 @@ class FolderBuild:
         self._namespace = namespace
         self._index = index
         self._bucket = bucket
-        # The oldest listing taken from the index (a walk's), which the folder's "as of" cannot be after.
-        self.oldest = time.time()
         self.folder = folder
         self._progress = progress
         self._list_pool = list_pool
@@ -193,15 +199,21 @@ class FolderBuild:
         entries = self._namespace.list(f"/{self.folder}")
         return sorted((name for name, entry in entries.items() if entry.is_dir), key=lambda name: name + "/")
 
-    def run(self, patients: list[str], known: dict[str, str], store: Callable[[list[tuple[str, str, list[Row]]]],
-                                                                                None]) -> None:
+    def run(self, patients: list[str], known: dict[str, str], relist: bool, store: Callable[[list[Made]], None],
+            confirm: Callable[[list[tuple[str, float]]], None]) -> None:
         """Rows for every patient whose listing changed since ``known`` (patient -> fingerprint), stored
-        through ``store`` in batches. Raises NccidfsError when S3 fails."""
-        pending: set[Future[tuple[str, str, list[Row]]]] = set()
-        made: list[tuple[str, str, list[Row]]] = []
-        for listed in self._listed(patients):
+        through ``store`` in batches; patients listed with an unchanged fingerprint go to ``confirm``
+        (patient, time listed). Without ``relist``, a known patient of an image folder is not listed again
+        unless the listing index holds it: its rows stay as of their listing. Raises NccidfsError when S3
+        fails."""
+        pending: set[Future[Made]] = set()
+        made: list[Made] = []
+        unchanged: list[tuple[str, float]] = []
+        again = relist or self.folder == CLINICAL
+        for listed in self._listed(patients, lambda patient: not again and patient in known):
             if known.get(listed.patient) == listed.fingerprint:
                 self._progress.add(done=1, reused=1)
+                unchanged.append((listed.patient, listed.listed))
                 continue
             pending.add(self._read_pool.submit(self._rows, listed))
             while len(pending) >= 2 * READ_THREADS:
@@ -213,25 +225,37 @@ class FolderBuild:
         made.extend(future.result() for future in pending)
         if made:
             store(made)
+        confirm(unchanged)
 
     # -- listing --------------------------------------------------------------------------------
-    def _listed(self, patients: list[str]) -> Iterator[Listed]:
+    def _listed(self, patients: list[str], keep: Callable[[str], bool]) -> Iterator[Listed]:
         """Every patient's listing: from the listing index where the mount holds the patient's whole
-        subtree (after a walk of the folder), else in runs of consecutive patients (:meth:`_run_length`)."""
+        subtree (after a walk of the folder); none for a patient ``keep`` says to keep as stored; else in
+        runs of consecutive patients (:meth:`_run_length`), each run ending where the next patient that is
+        not to be listed begins."""
         pending: set[Future[tuple[int, int, list[Listed]]]] = set()
         at, seen_patients, seen_keys = 0, 0, 0
         reduce = clinical_patient if self.folder == CLINICAL else image_patient
+
+        def listed_apart(patient: str) -> bool:
+            """Whether ``patient`` is taken from the index or kept, rather than listed."""
+            return self._held(patient) or keep(patient)
+
         try:
             while at < len(patients) or pending:
                 while at < len(patients) and len(pending) < LIST_THREADS:
                     saved = self._saved(patients[at])
                     if saved is not None:
-                        yield reduce(patients[at], f"{self._prefix}{patients[at]}/", saved)
+                        yield reduce(patients[at], f"{self._prefix}{patients[at]}/", *saved)
+                        at += 1
+                        continue
+                    if keep(patients[at]):
+                        self._progress.add(done=1, kept=1)
                         at += 1
                         continue
                     length = self._run_length(seen_patients, seen_keys, len(patients) - at)
                     run, at = [patients[at]], at + 1
-                    while len(run) < length and at < len(patients) and not self._held(patients[at]):
+                    while len(run) < length and at < len(patients) and not listed_apart(patients[at]):
                         run, at = [*run, patients[at]], at + 1
                     end = f"{self._prefix}{patients[at]}/" if at < len(patients) else None
                     pending.add(self._list_pool.submit(self._list_run, run, end))
@@ -259,41 +283,45 @@ class FolderBuild:
     def _held(self, patient: str) -> bool:
         return self._index.head(f"{self._prefix}{patient}/") is not None
 
-    def _saved(self, patient: str) -> list[ObjectInfo] | None:
-        """The patient's objects, in key order, from the listings the index holds of its subtree; None
-        unless it holds every directory of it."""
-        pending, objects = [f"{self._prefix}{patient}/"], []
+    def _saved(self, patient: str) -> tuple[list[ObjectInfo], float] | None:
+        """The patient's objects, in key order, from the listings the index holds of its subtree, and when
+        the oldest of them was taken; None unless it holds every directory of it."""
+        pending, objects, oldest = [f"{self._prefix}{patient}/"], [], time.time()
         while pending:
             prefix = pending.pop()
             saved = self._index.get(prefix, 0.0)
             if saved is None:
                 return None
-            self.oldest = min(self.oldest, saved[0])
+            oldest = min(oldest, saved[0])
             for name, entry in saved[1].items():
                 if entry.is_dir:
                     pending.append(f"{prefix}{name}/")
                 elif entry.obj is not None:
                     objects.append(entry.obj)
-        return sorted(objects, key=lambda obj: obj.key)
+        return sorted(objects, key=lambda obj: obj.key), oldest
 
     def _list_run(self, run: list[str], end: str | None) -> tuple[int, int, list[Listed]]:
         """One flat listing from the first patient of ``run`` to ``end``; keys of patients outside the run
         (``a-b/`` sorts between ``a`` and ``a/``) are another run's."""
+        listed = time.time()
         listing = self._bucket.list_tree(self._prefix, start_after=self._prefix + run[0], end=end)
         groups: dict[str, list[ObjectInfo]] = {patient: [] for patient in run}
+        within, group = "\0", None  # keys come sorted: a patient's keys follow one another
         for obj in listing.objects:
-            group = groups.get(obj.key[len(self._prefix):].split("/", 1)[0])
+            if not obj.key.startswith(within):
+                patient = obj.key[len(self._prefix):].split("/", 1)[0]
+                within, group = f"{self._prefix}{patient}/", groups.get(patient)
             if group is not None:
                 group.append(obj)
         reduce = clinical_patient if self.folder == CLINICAL else image_patient
-        return len(run), len(listing.objects), [reduce(patient, f"{self._prefix}{patient}/", objects)
+        return len(run), len(listing.objects), [reduce(patient, f"{self._prefix}{patient}/", objects, listed)
                                                 for patient, objects in groups.items()]
 
     # -- reading --------------------------------------------------------------------------------
-    def _rows(self, listed: Listed) -> tuple[str, str, list[Row]]:
+    def _rows(self, listed: Listed) -> Made:
         rows = self._clinical_rows(listed) if self.folder == CLINICAL else self._series_rows(listed)
         self._progress.add(done=1, read=1)
-        return listed.patient, listed.fingerprint, rows
+        return listed.patient, listed.fingerprint, listed.listed, rows
 
     def _series_rows(self, listed: Listed) -> list[Row]:
         rows = []
@@ -359,30 +387,25 @@ def build_pools() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
 
 
 def build_folders(namespace: Namespace, index: ListingIndex, bucket: Bucket, folders: Sequence[str],
-                  progress: Progress,
-                  fingerprints: Callable[[str], dict[str, str]],
-                  store: Callable[[str, list[tuple[str, str, list[Row]]]], None],
-                  prune: Callable[[str, set[str]], int]) -> dict[str, float]:
-    """Catalog ``folders`` at once, sharing the build's pools: a CT folder's listing is bound by the CPU
-    that parses its pages, an X-ray or clinical folder by the round trips of its GETs, so together they
-    take little more than the longer. Returns each folder's "as of" time (when its listing began, or the
-    oldest listing the index gave). Raises NccidfsError when S3 fails."""
+                  progress: Progress, relist: bool, db: CatalogDB) -> None:
+    """Catalog ``folders`` at once into ``db``, sharing the build's pools: a CT folder's listing is bound by
+    the CPU that parses its pages, an X-ray or clinical folder by the round trips of its GETs, so together
+    they take little more than the longer. ``relist``: list every known patient of an image folder again
+    (see :meth:`FolderBuild.run`). Raises NccidfsError when S3 fails."""
     _lower_priority()
     list_pool, read_pool = build_pools()
-    as_of: dict[str, float] = {}
     builds = [FolderBuild(namespace, index, bucket, folder, progress, list_pool, read_pool) for folder in folders]
     try:
         listed = []
         for build in builds:
-            as_of[build.folder] = time.time()
             patients = build.patients()
             progress.add(total=len(patients))
             listed.append(patients)
 
         def finish(build: FolderBuild, patients: list[str]) -> None:
-            build.run(patients, fingerprints(build.folder), functools.partial(store, build.folder))
-            prune(build.folder, set(patients))
-            as_of[build.folder] = min(as_of[build.folder], build.oldest)
+            build.run(patients, db.fingerprints(build.folder), relist, functools.partial(db.put, build.folder),
+                      functools.partial(db.confirm, build.folder))
+            db.prune(build.folder, set(patients))
 
         with ThreadPoolExecutor(len(builds) or 1, "catalog-folder", initializer=_lower_priority) as each:
             for future in [each.submit(finish, build, patients) for build, patients in zip(builds, listed,
@@ -391,5 +414,3 @@ def build_folders(namespace: Namespace, index: ListingIndex, bucket: Bucket, fol
     finally:
         list_pool.shutdown(wait=False, cancel_futures=True)
         read_pool.shutdown(wait=False, cancel_futures=True)
-    return as_of
-

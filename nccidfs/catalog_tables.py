@@ -1,6 +1,6 @@
 """Writing the published tables from the stored rows: ``series.csv`` and ``patients.csv`` streamed from the
 catalog database to files (a whole-warehouse table never sits in memory), each row stamped with the time
-its folder's listing was taken (``as_of``)."""
+its patient folder's listing was taken (``as_of``)."""
 
 from __future__ import annotations
 
@@ -20,40 +20,47 @@ def iso_time(when: float) -> str:
     return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _stamped(rows: Iterator[Row], as_of: dict[str, str], folder: str | None = None) -> Iterator[Row]:
-    for row in rows:
-        yield {**row, "as_of": as_of[folder or row["folder"]]}
+def _stamped(rows: Iterator[tuple[float, Row]]) -> Iterator[Row]:
+    last, stamp = 0.0, ""
+    for listed, row in rows:
+        if listed != last:
+            last, stamp = listed, iso_time(listed)
+        yield {**row, "as_of": stamp}
+
+
+def _unstamped(rows: Iterator[tuple[float, Row]]) -> Iterator[Row]:
+    return (row for _, row in rows)
 
 
 def write_tables(db: CatalogDB, state: dict[str, Any], every_table: bool) -> dict[str, Path]:
-    """Write the tables of the folders in ``state["folders"]`` (folder -> ISO time) to temporary files;
-    returns table name -> file, for :meth:`CatalogDB.publish`. Counts go into ``state["counts"]``.
+    """Write the tables of the folders in ``state["folders"]`` to temporary files; returns table name ->
+    file, for :meth:`CatalogDB.publish`. Counts go into ``state["counts"]``.
 
     ``every_table``: a build of every folder the mount shows writes both tables, so a mount that shows no
     ``data/`` (credentials for image folders alone) or no image folder has a complete, empty table rather
     than one that is never built."""
-    as_of: dict[str, str] = state["folders"]
-    images = [folder for folder in as_of if folder != CLINICAL]
+    folders: dict[str, str] = state["folders"]
+    images = [folder for folder in folders if folder != CLINICAL]
     written: dict[str, Path] = {}
     counts = {"series": 0, "patients": 0}
     parquet = catalog_parquet.available()
     if images or every_table:
         path = written["series.csv"] = db.temporary("series.csv")
         with open(path, "w", encoding="utf-8", newline="") as out:
-            counts["series"] = _count_written(out, SERIES_COLUMNS, _stamped(db.rows(images), as_of))
+            counts["series"] = _count_written(out, SERIES_COLUMNS, _stamped(db.rows(images)))
         if parquet:
             path = written["series.parquet"] = db.temporary("series.parquet")
             catalog_parquet.write_parquet(path, SERIES_COLUMNS, catalog_parquet.SERIES_TYPES,
-                                          _stamped(db.rows(images), as_of))
-    if CLINICAL in as_of or every_table:
-        columns = patient_columns(db.rows([CLINICAL]))
+                                          _stamped(db.rows(images)))
+    if CLINICAL in folders or every_table:
+        columns = patient_columns(_unstamped(db.rows([CLINICAL])))
         path = written["patients.csv"] = db.temporary("patients.csv")
         with open(path, "w", encoding="utf-8", newline="") as out:
-            counts["patients"] = _count_written(out, columns, _stamped(db.rows([CLINICAL]), as_of, CLINICAL))
+            counts["patients"] = _count_written(out, columns, _stamped(db.rows([CLINICAL])))
         if parquet:
             path = written["patients.parquet"] = db.temporary("patients.parquet")
             catalog_parquet.write_parquet(path, columns, catalog_parquet.PATIENT_TYPES,
-                                          _stamped(db.rows([CLINICAL]), as_of, CLINICAL))
+                                          _stamped(db.rows([CLINICAL])))
     state["counts"] = counts
     db.measure()
     return written

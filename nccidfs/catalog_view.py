@@ -6,9 +6,9 @@ A table is never served part built. Until a build has completed, opening ``serie
 line naming ``nccidfs catalog build`` and ``progress.json``. Once one has completed, the tables are the
 last complete catalog, kept in the cache directory (:mod:`nccidfs.catalog_db`): a remount serves them at
 once, and a new build replaces them only when it completes. Each row says as of when (``as_of``, the time
-its folder's listing was taken); ``progress.json`` says the same per folder, and ``stale`` once
-``nccidfs refresh`` has dropped listings since (the next open then starts an update in the background,
-reading again only the patients whose listings changed).
+its patient folder's listing was taken); ``progress.json`` gives the oldest per folder, and ``stale`` once
+``nccidfs refresh`` has dropped listings since (the next open then starts an update in the background:
+the patients new to a folder are listed and read, those gone dropped, see :meth:`FolderBuild.run`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,9 +57,11 @@ class CatalogBuilder:
         shown = [name for name, entry in root.items() if entry.is_dir]
         return [f for f in IMAGE_FOLDERS if f in shown], [f for f in (CLINICAL,) if f in shown]
 
-    def start(self, folders: Sequence[str] | None = None, again: bool = False) -> dict[str, Any]:
+    def start(self, folders: Sequence[str] | None = None, again: bool = False, relist: bool = False
+              ) -> dict[str, Any]:
         """Start a build of ``folders`` (image folders; None: every folder of the catalog the mount shows)
-        unless one is under way, or, without ``again``, one has completed; returns the progress."""
+        unless one is under way, or, without ``again``, one has completed; returns the progress.
+        ``relist``: list every patient folder again, not only the new ones (:meth:`FolderBuild.run`)."""
         images, clinical = self._folders()
         if folders is not None:
             wrong = sorted(set(folders) - set(images))
@@ -73,7 +76,7 @@ class CatalogBuilder:
             if not busy and (again or self._stale or not self._db.state()):
                 self._stale = False
                 self._progress = Progress(wanted)
-                threading.Thread(target=self._build, args=(self._progress, folders is None), name="catalog",
+                threading.Thread(target=self._build, args=(self._progress, folders is None, relist), name="catalog",
                                  daemon=True).start()
         return self.progress()
 
@@ -92,12 +95,14 @@ class CatalogBuilder:
         return {**build, "series": counts.get("series", 0), "patients": counts.get("patients", 0),
                 "as_of": state.get("folders", {}), "stale": stale}
 
-    def _build(self, progress: Progress, every_folder: bool) -> None:
+    def _build(self, progress: Progress, every_folder: bool, relist: bool) -> None:
         try:
-            as_of = build_folders(self._namespace, self._index, self._bucket, progress.folders, progress,
-                                  self._db.fingerprints, self._db.put, self._db.prune)
+            started = time.time()
+            build_folders(self._namespace, self._index, self._bucket, progress.folders, progress, relist, self._db)
             state = self._db.state()
-            state["folders"] = {**state.get("folders", {}), **{f: iso_time(t) for f, t in as_of.items()}}
+            # A folder's "as of" is its oldest listing in the tables (the build's start if it has none).
+            state["folders"] = {**state.get("folders", {}),
+                                **{f: iso_time(self._db.oldest(f) or started) for f in progress.folders}}
             self._db.publish(write_tables(self._db, state, every_folder), state)
         except (NccidfsError, OSError) as error:
             log.warning("catalog build failed (%s); the last complete catalog stays", error)

@@ -460,8 +460,9 @@ def run_catalog(argv: Sequence[str]) -> int:
     parser = _Parser(prog="nccidfs catalog",
                      description="Build a mount's catalog: MOUNTPOINT/.nccidfs/catalog/series.csv (one row per "
                                  "image series) and patients.csv (one row per patient), from the listings and one "
-                                 "metadata twin per series, with a progress bar. Only patients whose listings "
-                                 "changed since the last build are read again. Until a build has completed, "
+                                 "metadata twin per series, with a progress bar. A build lists and reads the patients "
+                                 "new to an image folder and the clinical files whose listing changed; the "
+                                 "patients already catalogued keep their rows. Until a build has completed, "
                                  "opening a table fails with EAGAIN; after that it is the last complete one.",
                      epilog=EXIT_CODES)
     parser.add_argument("action", choices=("build",), help="build: make the catalog anew and wait for it")
@@ -470,16 +471,20 @@ def run_catalog(argv: Sequence[str]) -> int:
                         help="only this image folder of the mount (ct, mri, xray, as the mount names them); "
                              "repeat for more; the other folders' rows stay as they are (default: every "
                              "folder, and data/ for patients.csv)")
+    parser.add_argument("--relist", action="store_true",
+                        help="list every patient folder again, to find patients whose images changed (by "
+                             "default a patient already catalogued keeps its rows, as of their listing)")
     args = parser.parse_args(argv)
     from nccidfs import commands
 
     try:
-        progress = commands.catalog_build(args.mountpoint.absolute(), args.folders)
+        progress = commands.catalog_build(args.mountpoint.absolute(), args.folders, args.relist)
     except KeyboardInterrupt:
         print("nccidfs catalog: stopped waiting; the build goes on in the daemon", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"catalog: {progress['series']} series, {progress['patients']} patients in {progress['seconds']} s "
-          f"({progress['patients_read']} patient folders read, {progress['patients_reused']} unchanged; "
+          f"({progress['patients_read']} patient folders read, {progress['patients_reused']} unchanged, "
+          f"{progress['patients_kept']} kept unlisted; "
           f"{progress['errors']} bad inputs, {progress['refused']} refused as too large)")
     if progress["state"] != "complete":
         print(f"nccidfs catalog: build {progress['state']}: {progress.get('reason', '')}", file=sys.stderr)

@@ -141,16 +141,17 @@ def path_in_mount(mountpoint: Path, path: str) -> str:
     return "/" if inside == Path() else f"/{inside}"
 
 
-def catalog_build(mountpoint: Path, folders: list[str] | None) -> dict[str, Any]:
+def catalog_build(mountpoint: Path, folders: list[str] | None, relist: bool = False) -> dict[str, Any]:
     """Have the daemon build its catalog anew and show its progress until it ends; returns the last.
-    ``folders`` must be image folders the mount shows, as they are named there."""
+    ``folders`` must be image folders the mount shows, as they are named there; ``relist`` lists every
+    patient folder again, not only the new ones."""
     status = mount_status(mountpoint)
     shown = [name for name in IMAGE_FOLDERS if (mountpoint / name).is_dir()]
     for folder in folders or ():
         if folder not in shown:
             raise ConfigError(f"--modality {folder}: not an image folder of {mountpoint} "
                               f"(choose from {', '.join(shown) or 'none'})")
-    progress = _ask(status, {"op": "catalog", "folders": folders})
+    progress = _ask(status, {"op": "catalog", "folders": folders, "relist": relist})
     with tqdm(total=None, unit=" patients", desc="catalog", disable=None) as bar:
         while progress["state"] == "building":
             time.sleep(0.5)

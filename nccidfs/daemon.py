@@ -210,7 +210,8 @@ class Daemon:
             self._control = ControlServer(self.control_path, {
                 "status": lambda request: self.status(),
                 "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
-                "catalog": lambda request: self.catalog.start(request.get("folders"), again=True),
+                "catalog": lambda request: self.catalog.start(request.get("folders"), again=True,
+                                                             relist=bool(request.get("relist"))),
                 "catalog-progress": lambda request: self.catalog.progress(),
                 "metrics": lambda request: {"text": self.metrics()},
             })

@@ -16,6 +16,7 @@ times over. :func:`undeflate` inflates at most a given number of bytes; a header
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -24,6 +25,7 @@ from collections.abc import Collection, Iterator
 from io import BytesIO
 from typing import Any
 
+import msgspec
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
@@ -85,16 +87,58 @@ def tags_from_metadata_json(raw: bytes) -> dict[str, str]:
 
 def selected_tags_from_metadata_json(raw: bytes, keywords: Collection[str]) -> dict[str, str]:
     """:func:`tags_from_metadata_json` for these keywords alone: the twin's other elements are never
-    converted, which is most of the cost when a few tags of a long header are wanted (the catalog)."""
-    wanted = {f"{tag:08X}" for tag in map(tag_for_keyword, keywords) if tag is not None}
+    converted, which is most of the cost when a few tags of a long header are wanted (the catalog).
+
+    The twin is decoded by msgspec into the wanted members alone (their keys in upper or lower case hex,
+    as the JSON model writes them); the rest is checked as JSON but never made into Python objects, about
+    five times faster than :func:`json.loads`. A twin msgspec refuses (a lone surrogate, a huge integer,
+    not an object) goes the :func:`json.loads` way, so both give the same answer. The wanted elements'
+    values repeat from twin to twin (a modality, a manufacturer, a matrix size), so each distinct (tag, VR,
+    values) is converted once (:func:`_element_text`)."""
+    wanted, decoder, members = _wanted(tuple(keywords))
     try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    if not isinstance(document, dict):
-        return {}
-    chosen = {key: value for key, value in document.items() if isinstance(key, str) and key.upper() in wanted}
-    return _render(_json_elements(chosen))
+        twin = decoder.decode(raw)
+        chosen = [(key, value) for name, key in members if (value := getattr(twin, name)) is not msgspec.UNSET]
+    except (msgspec.DecodeError, RecursionError):
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError):
+            return {}
+        if not isinstance(document, dict):
+            return {}
+        chosen = [(key, value) for key, value in document.items() if isinstance(key, str) and key.upper() in wanted]
+    tags: dict[str, str] = {}
+    for _, _, key, attribute in sorted((int(key, 16), at, key, value) for at, (key, value) in enumerate(chosen)):
+        for keyword, text in _element_text_of(key, attribute):
+            tags.setdefault(keyword, text)
+    return tags
+
+
+@functools.lru_cache(maxsize=16)  # the sets of keywords asked for are few
+def _wanted(keywords: tuple[str, ...]) -> tuple[frozenset[str], msgspec.json.Decoder[Any], tuple[tuple[str, str], ...]]:
+    """The JSON keys of ``keywords``' tags, a decoder of a twin into those members alone, and the
+    decoded struct's (attribute, JSON key) pairs."""
+    keys = sorted(f"{tag:08X}" for tag in map(tag_for_keyword, keywords) if tag is not None)
+    names = {f"m{at}": key for at, key in enumerate(sorted({*keys, *(key.lower() for key in keys)}))}
+    twin = msgspec.defstruct("Twin", [(name, Any, msgspec.UNSET) for name in names], rename=names)
+    return frozenset(keys), msgspec.json.Decoder(twin), tuple(names.items())
+
+
+def _element_text_of(key: str, attribute: Any) -> tuple[tuple[str, str], ...]:
+    """The (keyword, text) a twin's element is shown as (none when it is not shown), through the cache
+    when its values are plain scalars."""
+    if isinstance(attribute, dict) and isinstance(attribute.get("vr"), str):
+        value = attribute.get("Value")
+        if isinstance(value, list) and all(item is None or isinstance(item, str | int | float) for item in value):
+            return _element_text(key, attribute["vr"], tuple((type(item).__name__, item) for item in value))
+    return tuple(_render(_json_elements({key: attribute})).items())
+
+
+@functools.lru_cache(maxsize=8192)
+def _element_text(key: str, vr: str, typed: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, str], ...]:
+    """One element's (keyword, text); ``typed`` holds its values with their types, so that ``1``, ``1.0``
+    and ``true`` stay apart."""
+    return tuple(_render(_json_elements({key: {"vr": vr, "Value": [item for _, item in typed]}})).items())
 
 
 def tags_from_dicom_header(head: bytes, complete: bool = False) -> dict[str, str] | None:

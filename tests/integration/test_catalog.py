@@ -138,6 +138,43 @@ def test_a_remount_serves_the_catalog_at_once_and_a_refresh_reads_only_new_patie
         assert all(row["as_of"].endswith("Z") for row in rows)
 
 
+def flat_pages(log: str, folder: str) -> int:
+    """Pages of the daemon's flat listings of ``folder``, from its debug log."""
+    return log.count(f"LIST {PREFIX}{folder}/ (flat)")
+
+
+def test_after_a_refresh_that_adds_patients_only_they_are_listed_and_read(
+        tmp_path: Path, proxy: FaultProxy, s3_endpoint: str, bucket_name: str, warehouse: list[DemoObject]) -> None:
+    objects = [*demo(warehouse), *ct_patients(40)]
+    create_bucket(s3_endpoint, bucket_name, objects)
+    with MountedDaemon(tmp_path / "mnt", proxy.url, tmp_path / "cache", tmp_path / "log", bucket=bucket_name,
+                       extra=["--no-prefetch"]) as daemon:
+        assert nccidfs("catalog", "build", str(daemon.mountpoint)).returncode == 0
+        known = len({(row["folder"], row["Patient_ID"]) for row in table(daemon, "series.csv")})
+        added = ct_patients(2, start=100)
+        client = s3_client(s3_endpoint)
+        for key, body in [*added, (f"{PREFIX}data/Synth100/status_2021-01-02.json", b'{"Sex": "F"}')]:
+            client.put_object(Bucket=bucket_name, Key=key, Body=body)
+        assert nccidfs("refresh", str(daemon.mountpoint)).returncode == 0
+        mark = len(daemon.log())
+        proxy.reset_counts()
+        built = nccidfs("catalog", "build", str(daemon.mountpoint))
+        assert built.returncode == 0, built.stderr
+        counts, log = proxy.counts(), daemon.log()[mark:]
+        assert flat_pages(log, "ct") <= 2, "only the new patients' images are listed"
+        assert counts["GetObject"] + counts["GetObject(range)"] == 3  # their 2 twins and 1 clinical file
+        # The mount's root and its four folders' patients, data/ whole, and the new CT patients: not one
+        # listing per known patient.
+        assert counts["ListObjectsV2"] <= 5 + flat_pages(log, "data") + 2 < known
+        done = progress(daemon)
+        assert (done["patients_read"], done["patients_kept"]) == (3, known)
+        assert {row["path"] for row in table(daemon, "series.csv")} == series_paths(objects) | series_paths(added)
+        mark = len(daemon.log())
+        assert nccidfs("catalog", "build", str(daemon.mountpoint), "--relist").returncode == 0
+        # A relist lists the known patients too: single patients at first, then runs of them.
+        assert flat_pages(daemon.log()[mark:], "ct") > 2 + 5
+
+
 @pytest.mark.parametrize("wrong", ["bogus", "CT", "ct-metadata", "data"])
 def test_catalog_build_accepts_only_the_mounts_image_folders(
         tmp_path: Path, s3_endpoint: str, bucket_name: str, warehouse: list[DemoObject], wrong: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ import pytest
 from nccidfs.catalog_build import MAX_TWIN_BYTES, FolderBuild, image_patient
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
-from nccidfs.derived.catalog import render_csv, spreadsheet_cell, valid_text
+from nccidfs.derived.catalog import SERIES_TAGS, render_csv, spreadsheet_cell, valid_text
+from nccidfs.dicom import selected_tags_from_metadata_json, tags_from_metadata_json
 from nccidfs.errors import NotReady
 from nccidfs.index import ListingIndex
-from nccidfs.namespace import Namespace
-from nccidfs.objects import ObjectInfo
+from nccidfs.namespace import Namespace, is_safe_name
+from nccidfs.objects import Listing, ObjectInfo
 from tests.fakes import FailingStore
 
 PREFIX = "training/"
@@ -62,8 +65,8 @@ class Catalog:
         self.builder = CatalogBuilder(self.namespace, index, store, self.db)
         self.view = CatalogView(self.builder, self.db, 0.0)
 
-    def build(self, folders: list[str] | None = None) -> dict[str, object]:
-        self.builder.start(folders, again=True)
+    def build(self, folders: list[str] | None = None, relist: bool = False) -> dict[str, object]:
+        self.builder.start(folders, again=True, relist=relist)
         return finished(self.builder)
 
     def table(self, name: str) -> list[dict[str, str]]:
@@ -97,12 +100,20 @@ def test_a_patients_listing_gives_its_series_and_a_fingerprint_of_keys_and_etags
     objects = [ObjectInfo(prefix + key, size, etag, 0.0) for key, size, etag in [
         ("S/R/b.dcm", 5, "e1"), ("S/R/a.dcm", 7, "e2"), ("S/R/notes.txt", 100, "e3"), ("S/R2/x/y.dcm", 1, "e4"),
         ("S/bad\x01/c.dcm", 1, "e5"), ("loose.dcm", 1, "e6")]]
-    listed = image_patient("P1", prefix, objects)
+    listed = image_patient("P1", prefix, objects, 1.0)
     assert [(s.study, s.series, s.images, s.bytes, s.first) for s in listed.series] == [
         ("S", "R", 2, 12, "a.dcm"), ("S", "R2", 0, 0, "")]
     changed = [*objects[:-1], objects[-1]._replace(etag="e7")]
-    assert image_patient("P1", prefix, changed).fingerprint != listed.fingerprint
-    assert image_patient("P1", prefix, list(objects)).fingerprint == listed.fingerprint
+    assert image_patient("P1", prefix, changed, 1.0).fingerprint != listed.fingerprint
+    assert image_patient("P1", prefix, list(objects), 2.0).fingerprint == listed.fingerprint
+
+
+@pytest.mark.parametrize("odd", ["c\x01.dcm", "é.dcm", "x" * 252 + ".dcm", "x" * 251 + ".dcm"])
+def test_an_image_is_counted_exactly_when_the_mount_shows_its_name(odd: str) -> None:
+    prefix = "training/ct/P1/"
+    objects = [ObjectInfo(prefix + key, 1, "e", 0.0) for key in sorted(["S/R/a.dcm", f"S/R/{odd}"])]
+    listed = image_patient("P1", prefix, objects, 1.0)
+    assert listed.series[0].images == 1 + is_safe_name(odd)
 
 
 def test_a_table_is_refused_until_a_build_completes_then_holds_every_series(tmp_path: Path) -> None:
@@ -143,7 +154,8 @@ def test_a_second_build_reads_nothing_and_new_patients_alone_are_read(tmp_path: 
     again.namespace.invalidate("/")
     done = again.build()
     assert twin_gets(store) - sum(1 for key, _, _ in store.ranges[:before] if "-metadata/" in key) == 4
-    assert (done["patients_read"], done["patients_reused"]) == (4, 12)
+    # The known CT patients are kept unlisted; data/ is listed whole and its known patients unchanged.
+    assert (done["patients_read"], done["patients_reused"], done["patients_kept"]) == (4, 6, 6)
     assert len(again.table("series.csv")) == 16 and len(again.table("patients.csv")) == 8
 
 
@@ -267,3 +279,100 @@ def test_a_stale_table_is_served_while_an_update_starts(tmp_path: Path) -> None:
     done = finished(catalog.builder)
     assert (done["stale"], done["patients_read"]) == (False, 2)
     assert len(catalog.table("series.csv")) == 6
+
+
+class RecordingStore(FailingStore):
+    """A store that keeps every key its flat listings returned."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        super().__init__(objects)
+        self.listed: list[str] = []
+
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
+        listing = super().list_tree(prefix, start_after, end)
+        self.listed.extend(obj.key for obj in listing.objects)
+        return listing
+
+
+def test_after_a_refresh_only_new_patients_are_listed_and_read_and_old_rows_keep_their_as_of(
+        tmp_path: Path) -> None:
+    store = RecordingStore(warehouse(range(30)))
+    catalog = Catalog(store, tmp_path)
+    catalog.build()
+    old = {row["path"]: row["as_of"] for row in catalog.table("series.csv")}
+    time.sleep(1.1)  # as_of is to the second
+    store.objects.update(warehouse(range(30, 33)))
+    catalog.namespace.invalidate("/")
+    store.listed.clear()
+    store.ranges.clear()
+    done = catalog.build()
+    ct_listed = {key.split("/")[2] for key in store.listed if key.startswith(f"{PREFIX}ct/")}
+    assert ct_listed == {"P30", "P31", "P32"}, "no known patient's images are listed again"
+    assert twin_gets(store) == 6
+    assert (done["patients_read"], done["patients_kept"]) == (3 + 3, 30)
+    rows = {row["path"]: row["as_of"] for row in catalog.table("series.csv")}
+    assert {path: rows[path] for path in old} == old
+    assert all(rows[path] > max(old.values()) for path in set(rows) - set(old)) and len(rows) == 66
+    assert catalog.builder.progress()["as_of"]["ct"] == min(old.values())
+
+
+def test_a_relist_finds_a_known_patients_new_series_that_an_update_keeps_as_of_its_listing(
+        tmp_path: Path) -> None:
+    store = RecordingStore(warehouse(range(8)))
+    catalog = Catalog(store, tmp_path)
+    catalog.build()
+    store.objects[f"{PREFIX}ct/P3/1.3/1.3.9/i0.dcm"] = b"new"
+    catalog.namespace.invalidate("/")
+    done = catalog.build()
+    assert done["series"] == 16 and done["patients_kept"] == 8
+    catalog.namespace.invalidate("/")
+    store.ranges.clear()
+    done = catalog.build(relist=True)
+    assert done["series"] == 17 and done["patients_kept"] == 0
+    assert (done["patients_read"], done["patients_reused"]) == (1, 7 + 8)
+    assert twin_gets(store) == 3  # P3 alone read again: a twin GET for each of its three series
+
+
+@pytest.mark.parametrize("document", [
+    {"00080060": {"vr": "CS", "Value": ["CT"]}, "00280010": {"vr": "US", "Value": [512]},
+     "00180050": {"vr": "DS", "Value": [2.5]}, "00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B"}]}},
+    {"00080060": {"vr": "CS", "Value": ["MR"]}, "0008103e": {"vr": "LO", "Value": ["lower case key"]}},
+    {"00280010": {"vr": "US", "Value": [1]}, "00280030": {"vr": "DS", "Value": [1, 0.5]}},
+    {"00280010": {"vr": "US", "Value": [True]}, "00280030": {"vr": "DS", "Value": [1.0, 0.5]}},
+    {"00080060": {"vr": "CS", "Value": ["\ud800"]}, "0008103E": {"vr": "LO", "Value": ["kept"]}},
+    {"00080060": {"vr": "CS", "Value": [10 ** 30]}, "00080070": {"vr": "LO", "Value": [None, "B"]}},
+    {"00080060": "not an element", "00080070": {"vr": "LO"}, "00080020": {"vr": "DA", "Value": "20200101"}},
+    ["not", "an", "object"],
+])
+def test_the_series_tags_of_a_twin_are_those_of_its_whole_conversion(document: object) -> None:
+    raw = json.dumps(document).encode()
+    for _ in range(2):  # the second time through the converted-element cache
+        whole = tags_from_metadata_json(raw)
+        assert selected_tags_from_metadata_json(raw, SERIES_TAGS) == {
+            keyword: text for keyword, text in whole.items() if keyword in SERIES_TAGS}
+
+
+def test_a_database_of_an_earlier_schema_is_started_anew(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    old = sqlite3.connect(tmp_path / "catalog.sqlite3")
+    old.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    old.execute("INSERT INTO meta VALUES ('identity', ?)", (json.dumps({"schema": 1, "bucket": "b"}),))
+    old.execute("CREATE TABLE patients (folder TEXT NOT NULL, patient TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+                "rows TEXT NOT NULL, PRIMARY KEY (folder, patient)) WITHOUT ROWID")
+    old.execute("INSERT INTO patients VALUES ('ct', 'P0', 'x', '[]')")
+    old.commit()
+    old.close()
+    catalog = Catalog(FailingStore(warehouse(range(2))), tmp_path)
+    done = catalog.build()
+    assert (done["state"], done["series"], done["patients_read"]) == ("complete", 4, 4)
+
+
+def test_progress_never_waits_on_a_write_of_the_database(tmp_path: Path) -> None:
+    catalog = Catalog(FailingStore(warehouse(range(2))), tmp_path)
+    catalog.build()
+    answers: list[dict[str, Any]] = []
+    with catalog.db._writing():  # a long write under way, as while a whole folder's listings are confirmed
+        asking = threading.Thread(target=lambda: answers.append(catalog.builder.progress()), daemon=True)
+        asking.start()
+        asking.join(timeout=2.0)
+        assert answers and answers[0]["series"] == 4, "progress.json waited for the write"
