@@ -113,6 +113,18 @@ def vm(pid: int) -> dict[str, float]:
     return {name: round(int(fields[name].split()[0]) / 1024, 1) for name in ("VmRSS", "VmHWM")}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a running process."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def mount(args: argparse.Namespace) -> None:
     server = start_synths3(args.shared, args.scale, args.port)
     endpoint = f"http://127.0.0.1:{args.port}"
@@ -145,13 +157,14 @@ def mount_once(endpoint: str, work: Path, path: Path) -> dict[str, Any]:
                 raise SystemExit(f"the cohort did not mount: {(work / 'daemon.log').read_text()[-2000:]}")
             time.sleep(0.01)
         mounted = time.monotonic() - started
-        at_mount = vm(daemon.pid)
+        at_mount, cpu_at_mount = vm(daemon.pid), cpu_seconds(daemon.pid)
         found_started = time.monotonic()
         files = subprocess.run(f"find {mountpoint} -type f | wc -l", shell=True, capture_output=True, text=True,
                                check=True).stdout.strip()
         found = time.monotonic() - found_started
         status = json.loads((mountpoint / ".nccidfs" / "status.json").read_text())
-        return {"mount_seconds": round(mounted, 2), "rss_at_mount_mib": at_mount["VmRSS"],
+        return {"mount_seconds": round(mounted, 2), "cpu_at_mount_seconds": cpu_at_mount,
+                "rss_at_mount_mib": at_mount["VmRSS"], "load": round(os.getloadavg()[0], 1),
                 "find_files": int(files), "find_seconds": round(found, 1), "after_find_mib": vm(daemon.pid),
                 "s3_requests": status["s3"]["requests"]}
     finally:
@@ -161,6 +174,7 @@ def mount_once(endpoint: str, work: Path, path: Path) -> dict[str, Any]:
 
 # -- create --------------------------------------------------------------------------------------------
 def nccidfs(*args: str, cwd: Path) -> tuple[float, str]:
+    """Run a command; its wall time and what it printed (its CPU time is in :func:`children_cpu`)."""
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "nccidfs", *args], capture_output=True, text=True, env=ENV,
                             cwd=cwd)
@@ -192,10 +206,12 @@ def create(args: argparse.Namespace) -> None:
         (work / "patients.txt").write_text("\n".join(patients) + "\n")
         times = []
         for run in range(3):
+            cpu = children_cpu()
             seconds, out = nccidfs("cohort", "create", f"run{run}", str(mountpoint), "--patients",
                                    str(work / "patients.txt"), "--catalog", str(work / "catalog"), cwd=work)
             times.append(seconds)
-            print(json.dumps({"create_seconds": round(seconds, 2), "printed": out}), flush=True)
+            print(json.dumps({"create_seconds": round(seconds, 2), "cpu_seconds": round(children_cpu() - cpu, 2),
+                              "load": round(os.getloadavg()[0], 1), "printed": out}), flush=True)
         if args.profile:
             subprocess.run([sys.executable, "-m", "cProfile", "-o", str(work / "create.prof"), "-m", "nccidfs",
                             "cohort", "create", "profiled", str(mountpoint), "--patients", str(work / "patients.txt"),

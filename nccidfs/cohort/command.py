@@ -13,8 +13,9 @@ from nccidfs.cohort.manifest import Header, Row, Warehouse
 from nccidfs.cohort.mounting import warehouse_config
 from nccidfs.cohort.select import CATALOG, ListingSource, collect, load_catalog, select, select_paths
 from nccidfs.cohort.source import AsOfStore, endpoint_host, parse_as_of
+from nccidfs.cohort.view import COHORTS_FOLDER, publish
 from nccidfs.commands import mount_status
-from nccidfs.config import DEFAULT_REGION, S3Config, format_size, normalize_prefix
+from nccidfs.config import CONTROL_DIR, DEFAULT_REGION, S3Config, format_size, normalize_prefix
 from nccidfs.errors import ConfigError
 from nccidfs.store import Boto3Store, ObjectStore
 
@@ -134,7 +135,8 @@ def create(args: argparse.Namespace) -> int:
                     objects=len(rows), bytes=sum(row[1] for row in rows),
                     patients=len(operations.patients(rows)))
     manifest.write(path, header, rows)
-    print(f"{path}: {_summary(rows)}")
+    published = publish(path, Path(status["cache"]["directory"]))
+    print(f"{path}: {_summary(rows)}\n{published}: {mountpoint}/{CONTROL_DIR}/{COHORTS_FOLDER}/{header.name}/")
     return EXIT_OK
 
 

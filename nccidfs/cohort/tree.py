@@ -46,6 +46,8 @@ class FrozenTree:
         self._other_etags: dict[int, str] = {}
         self._run: list[str] = []
         self._folder = ""
+        # The leaf names of the run looked up last: a walk looks up every name of a folder in turn.
+        self._split: tuple[int, list[str]] = (-1, [])
         self.objects = 0
         self.bytes = 0
 
@@ -101,13 +103,34 @@ class FrozenTree:
     def _runs(self, prefix: str) -> range:
         return range(bisect.bisect_left(self._firsts, prefix), bisect.bisect_left(self._firsts, prefix_end(prefix)))
 
+    def _leaves(self, run: int) -> list[str]:
+        split = self._split  # one read of the attribute: another thread may replace it meanwhile
+        if split[0] != run:
+            split = self._split = (run, self._names[run].split("\n"))
+        return split[1]
+
+    def _object(self, key: str, number: int) -> ObjectInfo:
+        etag = self._other_etags.get(number) or self._etags[number * _MD5_BYTES:(number + 1) * _MD5_BYTES].hex()
+        return ObjectInfo(key, self._sizes[number], etag, self._mtimes[number])
+
     def _objects(self, run: int) -> list[ObjectInfo]:
-        folder, first = self._folders[run], self._starts[run]
-        found = []
-        for number, leaf in enumerate(self._names[run].split("\n"), first):
-            etag = self._other_etags.get(number) or self._etags[number * _MD5_BYTES:(number + 1) * _MD5_BYTES].hex()
-            found.append(ObjectInfo(folder + leaf, self._sizes[number], etag, self._mtimes[number]))
-        return found
+        folder = self._folders[run]
+        return [self._object(folder + leaf, number) for number, leaf in enumerate(self._leaves(run), self._starts[run])]
+
+    def find(self, key: str) -> ObjectInfo | None:
+        """The object at ``key`` (a full key), if the cohort holds it: a bisection, no listing."""
+        run = bisect.bisect_right(self._firsts, key) - 1
+        if run < 0 or not key.startswith(folder := self._folders[run]) or "/" in key[len(folder):]:
+            return None
+        leaves = self._leaves(run)
+        at = bisect.bisect_left(leaves, key[len(folder):])
+        if at == len(leaves) or folder + leaves[at] != key:
+            return None
+        return self._object(key, self._starts[run] + at)
+
+    def is_folder(self, prefix: str) -> bool:
+        """Whether the cohort holds an object under ``prefix`` (which ends in ``/``)."""
+        return bool(self._runs(prefix))
 
     def list_dir(self, prefix: str) -> Listing:
         """One level under ``prefix``: its objects and the folders that hold objects."""

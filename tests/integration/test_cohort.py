@@ -230,3 +230,66 @@ def test_create_split_diff_verify_and_mount_a_cohort_selected_from_the_catalog(
         series = next(daemon.mountpoint.glob(".nccidfs/volumes/ct/*/*/*.json"))
         assert json.loads(series.read_text()), "the views work on a cohort mount"
         assert requests(daemon).get("ListObjectsV2", 0) == 0
+
+
+def test_a_cohort_created_on_a_live_mount_appears_in_its_cohorts_folder_frozen(
+        s3_endpoint: str, warehouse: list[DemoObject], bucket_name: str, tmp_path: Path) -> None:
+    bucket = seed_demo_bucket(s3_endpoint, bucket_name, warehouse)
+    client = s3_client(s3_endpoint)
+    chosen = patients(warehouse)[0]
+    (tmp_path / "paths.txt").write_text(f"ct/{chosen}\nct-metadata/{chosen}\n")
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log",
+                       bucket=bucket) as daemon:
+        cohorts = daemon.mountpoint / ".nccidfs" / "cohorts"
+        assert os.listdir(cohorts) == []
+        created = nccidfs("cohort", "create", "one", "--paths", str(tmp_path / "paths.txt"), str(daemon.mountpoint),
+                          cwd=tmp_path)
+        assert f"linked into {tmp_path / 'cache' / 'cohorts'}: {cohorts}/one/" in created.stdout
+        rows = manifest.read(tmp_path / "one.nccid-cohort").rows
+        bodies = {o.key[len(PREFIX):]: o.body for o in warehouse}
+        images = [row[0] for row in rows if row[0].endswith(".dcm")]
+        replaced, deleted = images[0], images[1]
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}ct/{chosen}/{replaced.split('/')[2]}/new.dcm", Body=b"new")
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}{replaced}", Body=b"other bytes")
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}{deleted}")
+        subprocess.run([sys.executable, "-m", "nccidfs", "refresh", str(daemon.mountpoint)], check=True,
+                       env=daemon_env(), capture_output=True)
+        assert (daemon.mountpoint / replaced).read_bytes() == b"other bytes", "the live tree shows the bucket now"
+        assert not (daemon.mountpoint / deleted).exists()
+
+        before = requests(daemon).get("ListObjectsV2", 0)
+        assert os.listdir(cohorts) == ["one"]
+        assert find_files(cohorts / "one") == {row[0] for row in rows}, "just the frozen objects"
+        for key, size, _, mtime in rows:
+            stat = (cohorts / "one" / key).stat()
+            assert (stat.st_size, stat.st_mtime) == (size, pytest.approx(mtime, abs=1e-3))
+            if key not in (replaced, deleted):
+                assert (cohorts / "one" / key).read_bytes() == bodies[key], key
+        assert requests(daemon).get("ListObjectsV2", 0) == before, "a cohort is walked and read with no listing"
+        with pytest.raises(OSError) as changed:
+            (cohorts / "one" / replaced).read_bytes()
+        assert changed.value.errno == errno.EIO
+        with pytest.raises(OSError) as vanished:
+            (cohorts / "one" / deleted).read_bytes()
+        assert vanished.value.errno == errno.ENOENT
+        assert not (cohorts / "one" / "ct" / chosen / replaced.split("/")[2] / "new.dcm").exists()
+
+        # A manifest of another bucket, and a truncated one, copied in by hand: refused, never served.
+        freeze(tmp_path / "cache" / "cohorts" / "other.nccid-cohort", s3_endpoint, "another-bucket",
+               listed(client, bucket)[:1])
+        (tmp_path / "cache" / "cohorts" / "cut.nccid-cohort").write_bytes(
+            (tmp_path / "one.nccid-cohort").read_bytes()[:-9])
+        # The kernel keeps the folder's listing until it asks for the folder's time again.
+        deadline = time.monotonic() + 10
+        while os.listdir(cohorts) != ["cut", "one", "other"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert os.listdir(cohorts) == ["cut", "one", "other"]
+        for name in ("cut", "other"):
+            with pytest.raises(OSError) as refused:
+                os.listdir(cohorts / name)
+            assert refused.value.errno == errno.EIO
+    log = daemon.log()
+    assert sum(f"{PREFIX}{replaced} changed since the cohort was frozen" in line for line in log.splitlines()) == 1
+    assert sum(f"{PREFIX}{deleted} deleted since the cohort was frozen" in line for line in log.splitlines()) == 1
+    assert daemon.unexpected_log_lines(allowed=(
+        "cohort object", "changed since the cohort was frozen", "another-bucket", "truncated")) == []
