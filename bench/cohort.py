@@ -9,13 +9,14 @@ reporting the time and that process's peak RSS. ``mount`` freezes the first N ke
 (at ``--scale``, default 1.0) and mounts them with ``--cohort``: the time from the command to a mount that
 answers, the daemon's RSS then and after ``find`` over the mount, and the S3 requests the daemon counted.
 ``create`` mounts the warehouse, builds the catalog of the X-ray and clinical folders, copies its two
-tables out of the mount (timed on its own), and times ``nccidfs cohort create`` of N patients
-(``--patients FILE``) from that copy, three times.
+tables out of the mount (timed on its own), and times ``nccidfs cohort create`` of the X-ray series of N
+patients (``--where "folder = 'xray'" --patients FILE``) from that copy, three times.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import os
@@ -38,6 +39,7 @@ from index_modality import BUCKET, start_synths3  # noqa: E402
 from nccidfs.cohort import manifest  # noqa: E402
 
 IMAGES_PER_SERIES = 160
+XRAY = "xray"  # create: the X-ray series of the first N patients that have one
 PREFIX = "training/"
 ENV = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_EC2_METADATA_DISABLED="true")
 
@@ -201,20 +203,23 @@ def create(args: argparse.Namespace) -> None:
         copied = time.monotonic()
         shutil.copytree(mountpoint / ".nccidfs" / "catalog", work / "catalog")
         print(json.dumps({"catalog_copied_from_the_mount_seconds": round(time.monotonic() - copied, 1)}), flush=True)
-        series = (work / "catalog" / "series.csv").read_text().splitlines()[1:]
-        patients = sorted({line.split(",")[2] for line in series})[:args.patients]
+        with (work / "catalog" / "series.csv").open(newline="") as table:
+            patients = sorted({row["Patient_ID"] for row in csv.DictReader(table) if row["folder"] == XRAY})
+        patients = patients[:args.patients]
         (work / "patients.txt").write_text("\n".join(patients) + "\n")
         times = []
         for run in range(3):
             cpu = children_cpu()
-            seconds, out = nccidfs("cohort", "create", f"run{run}", str(mountpoint), "--patients",
-                                   str(work / "patients.txt"), "--catalog", str(work / "catalog"), cwd=work)
+            seconds, out = nccidfs("cohort", "create", f"run{run}", str(mountpoint), "--where", f"folder = '{XRAY}'",
+                                   "--patients", str(work / "patients.txt"), "--catalog", str(work / "catalog"),
+                                   cwd=work)
             times.append(seconds)
             print(json.dumps({"create_seconds": round(seconds, 2), "cpu_seconds": round(children_cpu() - cpu, 2),
                               "load": round(os.getloadavg()[0], 1), "printed": out}), flush=True)
         if args.profile:
             subprocess.run([sys.executable, "-m", "cProfile", "-o", str(work / "create.prof"), "-m", "nccidfs",
-                            "cohort", "create", "profiled", str(mountpoint), "--patients", str(work / "patients.txt"),
+                            "cohort", "create", "profiled", str(mountpoint), "--where", f"folder = '{XRAY}'",
+                            "--patients", str(work / "patients.txt"),
                             "--catalog", str(work / "catalog")], env=ENV, cwd=work, check=True, capture_output=True)
             import pstats
 

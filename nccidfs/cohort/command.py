@@ -130,7 +130,7 @@ def create(args: argparse.Namespace) -> int:
                     warehouse=Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), created=manifest.now_iso(),
                     listed={"earliest": manifest.iso(source.earliest), "latest": manifest.iso(source.latest),
                             "source": f"{source.from_index} patient folders from the mount's listing index, "
-                                      f"{source.from_s3} listed from S3"},
+                                      f"{source.from_s3} listed from S3 in {source.listings} listings"},
                     selection={k: v for k, v in selected.items() if v is not None},
                     objects=len(rows), bytes=sum(row[1] for row in rows),
                     patients=len(operations.patients(rows)))

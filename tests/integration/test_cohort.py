@@ -201,7 +201,7 @@ def test_create_split_diff_verify_and_mount_a_cohort_selected_from_the_catalog(
     folders = {key.rsplit("/", 1)[0] for key in keys if not key.startswith("data/")} | {
         key.split("/")[1] for key in keys if key.startswith("data/")}
     assert frozen.header.listed["source"] == (f"0 patient folders from the mount's listing index, "
-                                              f"{len(folders)} listed from S3")
+                                              f"{len(folders)} listed from S3 in {len(folders)} listings")
 
     nccidfs("cohort", "split", "ct", "--fractions", "0.5,0.5", "--seed", "7", "--names", "a,b", cwd=tmp_path)
     parts = [manifest.read(tmp_path / f"ct-{name}.nccid-cohort") for name in ("a", "b")]
