@@ -16,7 +16,6 @@ one is read again); at most :data:`LOADED_COHORTS` are held at once, a million o
 from __future__ import annotations
 
 import errno
-import gc
 import os
 import shutil
 import threading
@@ -24,7 +23,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from nccidfs.cache import CacheEntry, DiskCache
-from nccidfs.cohort import manifest
+from nccidfs.cohort import manifest, packed
 from nccidfs.cohort.source import REPORT, endpoint_host
 from nccidfs.cohort.tree import FrozenTree
 from nccidfs.config import S3Config
@@ -81,9 +80,10 @@ class CohortView:
 
     NAME = "cohorts"
 
-    def __init__(self, folder: Path, warehouse: manifest.Warehouse, cache: DiskCache, fetcher: Fetcher,
+    def __init__(self, cache_dir: Path, warehouse: manifest.Warehouse, cache: DiskCache, fetcher: Fetcher,
                  mtime: float) -> None:
-        self._folder = folder
+        self._cache_dir = cache_dir
+        self._folder = cache_dir / COHORTS_FOLDER
         self._warehouse = warehouse
         self._cache, self._fetcher = cache, fetcher
         self._mtime = mtime
@@ -93,7 +93,7 @@ class CohortView:
     @classmethod
     def of_mount(cls, cache_dir: Path, s3: S3Config, cache: DiskCache, fetcher: Fetcher, mtime: float) -> CohortView:
         """The view of a mount of ``s3`` whose cache directory is ``cache_dir``."""
-        return cls(cache_dir / COHORTS_FOLDER, manifest.Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), cache,
+        return cls(cache_dir, manifest.Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), cache,
                    fetcher, mtime)
 
     def _manifests(self) -> dict[str, Path]:
@@ -132,13 +132,7 @@ class CohortView:
         if (frozen.endpoint, frozen.bucket) != (self._warehouse.endpoint, self._warehouse.bucket):
             raise ConfigError(f"cohort {path} holds objects of {frozen.endpoint}/{frozen.bucket}, and this mount "
                               f"reads {self._warehouse.endpoint}/{self._warehouse.bucket}")
-        tree = FrozenTree(frozen.prefix)
-        gc.disable()  # as for a --cohort mount: the scan leaves the collector nothing to find
-        try:
-            manifest.scan(path, tree.add)
-        finally:
-            gc.enable()
-        return tree.finish()
+        return packed.read_tree(path, self._cache_dir)[2]
 
     def _folder_mtime(self) -> float:
         """The folder's own time: the kernel keeps a listing of ``cohorts/`` until its time changes (a
