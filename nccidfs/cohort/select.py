@@ -228,8 +228,9 @@ class ListingSource:
         from S3 (:meth:`_listed`)."""
         found: list[ObjectInfo] = []
         missing = []
+        held = self._held({folder.split("/", 1)[0] for folder in wanted})
         for folder, below in wanted.items():
-            indexed = self._indexed(self.prefix + folder)
+            indexed = self._indexed(self.prefix + folder) if folder in held else None
             if indexed is not None:
                 found.extend(indexed)
                 continue
@@ -237,7 +238,7 @@ class ListingSource:
                 missing.append(folder)
                 continue
             for directory in sorted({item if item.endswith("/") else item.rsplit("/", 1)[0] + "/" for item in below}):
-                indexed = self._indexed(self.prefix + directory)
+                indexed = self._indexed(self.prefix + directory) if folder in held else None
                 if indexed is None:
                     missing.append(directory)
                 else:
@@ -299,6 +300,19 @@ class ListingSource:
 
     def _seen(self, when: float) -> None:
         self.earliest, self.latest = min(self.earliest, when), max(self.latest, when)
+
+    def _held(self, tops: set[str]) -> set[str]:
+        """The patient folders (``ct/<Patient_ID>/``) under which the index holds any listing: one query for
+        each warehouse folder, so that the patients it holds nothing of are not asked for one by one."""
+        held: set[str] = set()
+        if self._db is None:
+            return held
+        for top in tops:
+            base = f"{self.prefix}{top}/"
+            for (prefix,) in self._db.execute("SELECT prefix FROM dirs WHERE prefix > ? AND prefix < ?",
+                                              (base, prefix_end(base))):
+                held.add("/".join(prefix[len(self.prefix):].split("/", 2)[:2]) + "/")
+        return held
 
     def _indexed(self, prefix: str) -> list[ObjectInfo] | None:
         if self._db is None:
