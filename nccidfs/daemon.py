@@ -27,6 +27,7 @@ from nccidfs.cache import DiskCache
 from nccidfs.catalog_build import Bucket
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_view import CatalogBuilder, CatalogView
+from nccidfs.cohort.view import CohortView
 from nccidfs.config import Config, ReadConfig
 from nccidfs.control import ControlServer
 from nccidfs.derived_views import Generated, ImageView, ObjectReader, VolumeView
@@ -136,6 +137,8 @@ class Daemon:
         assert isinstance(store, Bucket), "the catalog reads metadata twins by name"
         self.catalog, self.generated = register_views(self.fs.control, self.namespace, self.cache, self.fetcher,
                                                       config.read, s3.deadline, store, self.catalog_db, self.index)
+        self.fs.control.register(CohortView.NAME, CohortView.of_mount(directory, s3, self.cache, self.fetcher,
+                                                                      self.namespace.mount_time))
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:
             self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,

@@ -13,8 +13,9 @@ from nccidfs.cohort.manifest import Header, Row, Warehouse
 from nccidfs.cohort.mounting import warehouse_config
 from nccidfs.cohort.select import CATALOG, ListingSource, collect, load_catalog, select, select_paths
 from nccidfs.cohort.source import AsOfStore, endpoint_host, parse_as_of
+from nccidfs.cohort.view import COHORTS_FOLDER, publish
 from nccidfs.commands import mount_status
-from nccidfs.config import DEFAULT_REGION, S3Config, format_size, normalize_prefix
+from nccidfs.config import CONTROL_DIR, DEFAULT_REGION, S3Config, format_size, normalize_prefix
 from nccidfs.errors import ConfigError
 from nccidfs.store import Boto3Store, ObjectStore
 
@@ -129,12 +130,13 @@ def create(args: argparse.Namespace) -> int:
                     warehouse=Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), created=manifest.now_iso(),
                     listed={"earliest": manifest.iso(source.earliest), "latest": manifest.iso(source.latest),
                             "source": f"{source.from_index} patient folders from the mount's listing index, "
-                                      f"{source.from_s3} listed from S3"},
+                                      f"{source.from_s3} listed from S3 in {source.listings} listings"},
                     selection={k: v for k, v in selected.items() if v is not None},
                     objects=len(rows), bytes=sum(row[1] for row in rows),
                     patients=len(operations.patients(rows)))
     manifest.write(path, header, rows)
-    print(f"{path}: {_summary(rows)}")
+    published = publish(path, Path(status["cache"]["directory"]))
+    print(f"{path}: {_summary(rows)}\n{published}: {mountpoint}/{CONTROL_DIR}/{COHORTS_FOLDER}/{header.name}/")
     return EXIT_OK
 
 

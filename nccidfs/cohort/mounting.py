@@ -7,13 +7,12 @@ one line and exit 2, before anything is mounted), and its root is the manifest's
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 from pathlib import Path
 
-from nccidfs.cohort import manifest
+from nccidfs import cachedir
+from nccidfs.cohort import manifest, packed
 from nccidfs.cohort.source import AsOfStore, FrozenStore, endpoint_host
-from nccidfs.cohort.tree import FrozenTree
 from nccidfs.config import DEFAULT_BUCKET, DEFAULT_PREFIX, Config, S3Config
 from nccidfs.errors import ConfigError
 from nccidfs.objects import Listing
@@ -40,15 +39,7 @@ def open_cohort(config: Config, path: Path) -> tuple[Config, FrozenStore, Listin
     """Read and check a manifest for a mount of it: the config with the manifest's bucket and prefix,
     the store, and the root listing. Nothing is sent to S3."""
     s3 = warehouse_config(config.s3, manifest.read_header(path), path)
-    tree = FrozenTree(s3.prefix, config.mount.as_of)
-    # The scan makes a few short-lived tuples per object and keeps almost no containers: the cyclic
-    # collector would find nothing, and its passes cost about 15% of the time of a million objects.
-    gc.disable()
-    try:
-        header, digest = manifest.scan(path, tree.add)
-    finally:
-        gc.enable()
-    tree.finish()
+    header, digest, tree = packed.read_tree(path, cachedir.prepare(config.cache.directory), config.mount.as_of)
     root = tree.list_dir(s3.prefix)
     if not root.objects and not root.prefixes:
         when = "" if config.mount.as_of is None else f" last modified by {manifest.iso(config.mount.as_of)}"

@@ -9,13 +9,14 @@ refuses anything but SELECT and reads (no ATTACH, no PRAGMA, no writes).
 
 The objects of a selection are the selected series' folders, their ``-metadata`` twins and the selected
 patients' clinical folders (``data/<Patient_ID>/``). They come from the mount's listing index
-(``listings.sqlite3``, read-only) where it holds a patient's folder whole, and otherwise from one flat
-listing of that folder in S3.
+(``listings.sqlite3``, read-only) where it holds a patient's folder whole, and otherwise from S3: a
+folder at a time for a few patients, in flat listings of runs of patients for many (:mod:`nccidfs.cohort.runs`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nccidfs.cohort import runs
 from nccidfs.cohort.tree import prefix_end
 from nccidfs.derived.clinical import CLEANED_COLUMNS
 from nccidfs.errors import ConfigError
@@ -43,6 +45,8 @@ CLINICAL = "data"
 TWIN_SUFFIX = "-metadata"
 # Folders listed in S3 at once, for the patients the listing index does not hold whole.
 LISTING_THREADS = 16
+# A warehouse folder with at least this many patients to list has them listed in runs, not one by one.
+RUNS_FROM = 2 * LISTING_THREADS
 # A CSV cell as SQL: "True" and "False" as 1 and 0, an empty cell as NULL, anything else as it is.
 _CELL = "CASE ?{0} WHEN 'True' THEN 1 WHEN 'False' THEN 0 ELSE NULLIF(?{0}, '') END"
 _TEXT_COLUMNS = {"Patient_ID", "folder", "path", "latest_file"}
@@ -215,16 +219,18 @@ class ListingSource:
         self._db = _open_index(cache_dir / INDEX_FILE, identity)
         self.earliest, self.latest = float("inf"), 0.0
         self.from_index = self.from_s3 = 0
+        self.listings = 0  # listings sent to S3 (each a request per 1,000 keys)
 
     def objects(self, wanted: dict[str, set[str]]) -> list[ObjectInfo]:
         """Every object of each patient folder (relative to the prefix, ending in ``/``), or of the folders
         wanted under it: a patient's folder the index lacks whole may still hold the wanted series whole
         (the catalog looks a series' twin up in the series' own listing). What the index lacks is listed
-        from S3, each folder flat."""
+        from S3 (:meth:`_listed`)."""
         found: list[ObjectInfo] = []
         missing = []
+        held = self._held({folder.split("/", 1)[0] for folder in wanted})
         for folder, below in wanted.items():
-            indexed = self._indexed(self.prefix + folder)
+            indexed = self._indexed(self.prefix + folder) if folder in held else None
             if indexed is not None:
                 found.extend(indexed)
                 continue
@@ -232,23 +238,81 @@ class ListingSource:
                 missing.append(folder)
                 continue
             for directory in sorted({item if item.endswith("/") else item.rsplit("/", 1)[0] + "/" for item in below}):
-                indexed = self._indexed(self.prefix + directory)
+                indexed = self._indexed(self.prefix + directory) if folder in held else None
                 if indexed is None:
                     missing.append(directory)
                 else:
                     found.extend(indexed)
         if missing:
-            listed_at = time.time()
-            store = self._store()
-            with ThreadPoolExecutor(LISTING_THREADS) as pool:
-                for listing in pool.map(lambda f: store.list_tree(self.prefix + f), missing):
-                    found.extend(listing.objects)
-            self._seen(listed_at)
-            self.from_s3 += len(missing)
+            found.extend(self._listed(missing))
         return found
+
+    def _listed(self, missing: list[str]) -> list[ObjectInfo]:
+        """The objects of folders the index lacks, listed from S3: each folder flat where a warehouse folder
+        has few of them, else the patients' folders in runs (:mod:`nccidfs.cohort.runs`)."""
+        listed_at = time.time()
+        store = self._store()
+        patients: dict[str, set[str]] = defaultdict(set)  # warehouse folder -> patients
+        for folder in missing:
+            top, patient = folder.split("/", 2)[:2]
+            patients[top].add(patient)
+        calls: list[Callable[[], list[ObjectInfo]]] = []
+        for top, chosen in sorted(patients.items()):
+            base = f"{self.prefix}{top}/"
+            if len(chosen) < RUNS_FROM:
+                calls += [functools.partial(self._list, store, self.prefix + folder)
+                          for folder in missing if folder.startswith(f"{top}/")]
+                continue
+            every = self._patients(base)
+            if every is None:
+                every = [name[len(base):-1] for name in store.list_dir(base).prefixes]
+                self.listings += 1
+            calls += [functools.partial(self._list_run, store, base, run, end)
+                      for run, end in runs.plan(every, chosen, runs.longest_run(len(chosen), LISTING_THREADS))]
+        with ThreadPoolExecutor(LISTING_THREADS) as pool:
+            found = [obj for objects in pool.map(lambda call: call(), calls) for obj in objects]
+        self._seen(listed_at)
+        self.from_s3 += len(missing)
+        self.listings += len(calls)
+        return found
+
+    @staticmethod
+    def _list(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
+        return list(store.list_tree(prefix).objects)
+
+    @staticmethod
+    def _list_run(store: ObjectStore, base: str, run: list[str], end: str | None) -> list[ObjectInfo]:
+        """One flat listing from the run's first patient to ``end``; the keys of patients outside the run are
+        dropped."""
+        wanted = set(run)
+        listing = store.list_tree(base, start_after=base + run[0], end=None if end is None else f"{base}{end}/")
+        return [obj for obj in listing.objects if obj.key[len(base):].split("/", 1)[0] in wanted]
+
+    def _patients(self, base: str) -> list[str] | None:
+        """The patients of a warehouse folder as the index last listed it (the catalog build lists each)."""
+        if self._db is None:
+            return None
+        rows = self._db.execute("SELECT e.name, e.size FROM dirs d JOIN entries e ON e.dir = d.id WHERE d.prefix = ?",
+                                (base,)).fetchall()
+        if not rows:
+            return None
+        return [name for name, size in rows if size < 0]
 
     def _seen(self, when: float) -> None:
         self.earliest, self.latest = min(self.earliest, when), max(self.latest, when)
+
+    def _held(self, tops: set[str]) -> set[str]:
+        """The patient folders (``ct/<Patient_ID>/``) under which the index holds any listing: one query for
+        each warehouse folder, so that the patients it holds nothing of are not asked for one by one."""
+        held: set[str] = set()
+        if self._db is None:
+            return held
+        for top in tops:
+            base = f"{self.prefix}{top}/"
+            for (prefix,) in self._db.execute("SELECT prefix FROM dirs WHERE prefix > ? AND prefix < ?",
+                                              (base, prefix_end(base))):
+                held.add("/".join(prefix[len(self.prefix):].split("/", 2)[:2]) + "/")
+        return held
 
     def _indexed(self, prefix: str) -> list[ObjectInfo] | None:
         if self._db is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from nccidfs.cohort.tree import FrozenTree
@@ -81,22 +82,17 @@ class _Wrapped:
         raise NotFound(f"{key}: not in this view")
 
 
-class FrozenStore(_Wrapped):
-    def __init__(self, tree: FrozenTree, inner: ObjectStore) -> None:
-        super().__init__(inner)
-        self._tree = tree
+class ChangeReport:
+    """A cohort's read pinned to its manifest ETag, its failure made the cohort's own: EIO for an object
+    changed since, ENOENT for one deleted, each with one ERROR line naming it per run of the daemon."""
+
+    def __init__(self) -> None:
         self._reported: set[str] = set()
         self._lock = threading.Lock()
 
-    def list_dir(self, prefix: str) -> Listing:
-        return self._tree.list_dir(prefix)
-
-    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
-        return self._tree.list_tree(prefix, start_after, end)
-
-    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+    def read(self, key: str, etag: str, read: Callable[[], bytes]) -> bytes:
         try:
-            return self._inner.get_range(key, start, end, etag)
+            return read()
         except ObjectChanged:
             self._report(key, f"changed since the cohort was frozen (its ETag is no longer {etag})")
             raise FrozenObjectChanged(f"{key}: changed since the cohort was frozen") from None
@@ -110,6 +106,25 @@ class FrozenStore(_Wrapped):
                 return
             self._reported.add(key)
         log.error("cohort object %s %s; it is not served", key, what)
+
+
+# One for the daemon: a cohort mount's store and its cohorts folder name a failed object once between them.
+REPORT = ChangeReport()
+
+
+class FrozenStore(_Wrapped):
+    def __init__(self, tree: FrozenTree, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self._tree = tree
+
+    def list_dir(self, prefix: str) -> Listing:
+        return self._tree.list_dir(prefix)
+
+    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
+        return self._tree.list_tree(prefix, start_after, end)
+
+    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        return REPORT.read(key, etag, lambda: self._inner.get_range(key, start, end, etag))
 
 
 class AsOfStore(_Wrapped):

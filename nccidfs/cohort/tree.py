@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import operator
 import re
 from array import array
+from typing import BinaryIO
 
 from nccidfs.cohort.manifest import Columns
 from nccidfs.objects import Listing, ObjectInfo, is_plain_md5
 
 _MD5_BYTES = 16
+_MAX_META = 1 << 30  # the first line of a kept tree: counts, and the ETags that are not plain MD5s
 _HEX = re.compile("[0-9a-f]*")
 _SPLIT = operator.methodcaller("rpartition", "/")
 _FOLDER, _LEAF = operator.itemgetter(0), operator.itemgetter(2)
@@ -46,6 +49,8 @@ class FrozenTree:
         self._other_etags: dict[int, str] = {}
         self._run: list[str] = []
         self._folder = ""
+        # The leaf names of the run looked up last: a walk looks up every name of a folder in turn.
+        self._split: tuple[int, list[str]] = (-1, [])
         self.objects = 0
         self.bytes = 0
 
@@ -97,17 +102,72 @@ class FrozenTree:
         self._starts.append(self.objects)
         return self
 
+    # -- kept whole ------------------------------------------------------------------------------------
+    def dump(self, out: BinaryIO) -> None:
+        """Write the finished tree: a JSON line of counts, then its arrays and texts as they are held."""
+        texts = ["\0".join(texts).encode() for texts in (self._firsts, self._folders, self._names)]
+        arrays = [self._starts.tobytes(), self._sizes.tobytes(), self._mtimes.tobytes(), bytes(self._etags)]
+        sections = [*arrays, *texts]
+        out.write(json.dumps({"prefix": self.prefix, "objects": self.objects, "bytes": self.bytes,
+                              "other_etags": self._other_etags, "sections": [len(s) for s in sections]}).encode())
+        out.write(b"\n")
+        for section in sections:
+            out.write(section)
+
+    @classmethod
+    def load(cls, data: BinaryIO) -> FrozenTree:
+        """A tree as :meth:`dump` wrote it (ValueError where the file is not whole)."""
+        meta = json.loads(data.readline(_MAX_META))
+        sections = [data.read(length) for length in meta["sections"]]
+        if [len(section) for section in sections] != meta["sections"] or data.read(1):
+            raise ValueError("truncated")
+        tree = cls(meta["prefix"])
+        starts, sizes, mtimes, etags, firsts, folders, names = sections
+        tree._starts.frombytes(starts)
+        tree._sizes.frombytes(sizes)
+        tree._mtimes.frombytes(mtimes)
+        tree._etags = bytearray(etags)
+        tree._firsts, tree._folders, tree._names = (text.decode().split("\0") for text in (firsts, folders, names))
+        tree._other_etags = {int(number): etag for number, etag in meta["other_etags"].items()}
+        tree.objects, tree.bytes = meta["objects"], meta["bytes"]
+        runs = len(tree._firsts)
+        if not (len(tree._folders) == len(tree._names) == runs == len(tree._starts) - 1
+                and len(tree._sizes) == len(tree._mtimes) == tree.objects == len(tree._etags) // _MD5_BYTES):
+            raise ValueError("inconsistent")
+        return tree
+
     # -- answers ----------------------------------------------------------------------------------
     def _runs(self, prefix: str) -> range:
         return range(bisect.bisect_left(self._firsts, prefix), bisect.bisect_left(self._firsts, prefix_end(prefix)))
 
+    def _leaves(self, run: int) -> list[str]:
+        split = self._split  # one read of the attribute: another thread may replace it meanwhile
+        if split[0] != run:
+            split = self._split = (run, self._names[run].split("\n"))
+        return split[1]
+
+    def _object(self, key: str, number: int) -> ObjectInfo:
+        etag = self._other_etags.get(number) or self._etags[number * _MD5_BYTES:(number + 1) * _MD5_BYTES].hex()
+        return ObjectInfo(key, self._sizes[number], etag, self._mtimes[number])
+
     def _objects(self, run: int) -> list[ObjectInfo]:
-        folder, first = self._folders[run], self._starts[run]
-        found = []
-        for number, leaf in enumerate(self._names[run].split("\n"), first):
-            etag = self._other_etags.get(number) or self._etags[number * _MD5_BYTES:(number + 1) * _MD5_BYTES].hex()
-            found.append(ObjectInfo(folder + leaf, self._sizes[number], etag, self._mtimes[number]))
-        return found
+        folder = self._folders[run]
+        return [self._object(folder + leaf, number) for number, leaf in enumerate(self._leaves(run), self._starts[run])]
+
+    def find(self, key: str) -> ObjectInfo | None:
+        """The object at ``key`` (a full key), if the cohort holds it: a bisection, no listing."""
+        run = bisect.bisect_right(self._firsts, key) - 1
+        if run < 0 or not key.startswith(folder := self._folders[run]) or "/" in key[len(folder):]:
+            return None
+        leaves = self._leaves(run)
+        at = bisect.bisect_left(leaves, key[len(folder):])
+        if at == len(leaves) or folder + leaves[at] != key:
+            return None
+        return self._object(key, self._starts[run] + at)
+
+    def is_folder(self, prefix: str) -> bool:
+        """Whether the cohort holds an object under ``prefix`` (which ends in ``/``)."""
+        return bool(self._runs(prefix))
 
     def list_dir(self, prefix: str) -> Listing:
         """One level under ``prefix``: its objects and the folders that hold objects."""

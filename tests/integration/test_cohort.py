@@ -51,6 +51,33 @@ def find_files(root: Path) -> set[str]:
     return {os.path.relpath(line, root) for line in out.splitlines()}
 
 
+def change_bucket(client: Any, bucket: str, rows: list[manifest.Row], new_key: str) -> tuple[str, str]:
+    """The bucket changes after a cohort was frozen: an object added, one replaced, one deleted (both
+    images of the cohort, returned)."""
+    images = [row[0] for row in rows if row[0].endswith(".dcm")]
+    replaced, deleted = images[0], images[1]
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}{new_key}", Body=b"new")
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}{replaced}", Body=b"other bytes")
+    client.delete_object(Bucket=bucket, Key=f"{PREFIX}{deleted}")
+    return replaced, deleted
+
+
+def check_frozen(root: Path, rows: list[manifest.Row], bodies: dict[str, bytes], replaced: str, deleted: str) -> None:
+    """Every object with the manifest's size and time, the bytes of the unchanged ones, EIO for the replaced
+    and ENOENT for the deleted."""
+    for key, size, _, mtime in rows:
+        stat = (root / key).stat()
+        assert (stat.st_size, stat.st_mtime) == (size, pytest.approx(mtime, abs=1e-3))
+        if key not in (replaced, deleted):
+            assert hashlib.sha256((root / key).read_bytes()).digest() == hashlib.sha256(bodies[key]).digest(), key
+    with pytest.raises(OSError) as changed:
+        (root / replaced).read_bytes()
+    assert changed.value.errno == errno.EIO
+    with pytest.raises(OSError) as vanished:
+        (root / deleted).read_bytes()
+    assert vanished.value.errno == errno.ENOENT
+
+
 def patients(warehouse: list[DemoObject]) -> list[str]:
     return sorted({o.key[len(PREFIX):].split("/")[1] for o in warehouse if o.key.startswith(f"{PREFIX}ct/")})
 
@@ -63,31 +90,14 @@ def test_a_cohort_mounts_exactly_its_objects_with_no_listing_even_after_the_buck
     frozen = [o for o in listed(client, bucket) if o["Key"].split("/")[2] == chosen]
     rows = freeze(tmp_path / "c.nccid-cohort", s3_endpoint, bucket, frozen)
     bodies = {o.key[len(PREFIX):]: o.body for o in warehouse}
-    images = [row[0] for row in rows if row[0].endswith(".dcm")]
-    replaced, deleted = images[0], images[1]
-    # The bucket changes: a new patient, a replaced object, a deleted one.
-    client.put_object(Bucket=bucket, Key=f"{PREFIX}ct/{chosen}-new/s/se/i.dcm", Body=b"new")
-    client.put_object(Bucket=bucket, Key=f"{PREFIX}{replaced}", Body=b"other bytes")
-    client.delete_object(Bucket=bucket, Key=f"{PREFIX}{deleted}")
+    replaced, deleted = change_bucket(client, bucket, rows, f"ct/{chosen}-new/s/se/i.dcm")  # a new patient
 
     with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log", bucket=bucket,
                        extra=["--cohort", str(tmp_path / "c.nccid-cohort")]) as daemon:
         assert requests(daemon) == {}, "mounting a cohort sends S3 nothing"
         assert find_files(daemon.mountpoint) == {row[0] for row in rows}
         assert requests(daemon) == {}, "find over a cohort sends S3 nothing"
-        for key, size, _, mtime in rows:
-            stat = (daemon.mountpoint / key).stat()
-            assert (stat.st_size, stat.st_mtime) == (size, pytest.approx(mtime, abs=1e-3))
-            if key in (replaced, deleted):
-                continue
-            assert hashlib.sha256((daemon.mountpoint / key).read_bytes()).digest() == \
-                hashlib.sha256(bodies[key]).digest(), key
-        with pytest.raises(OSError) as changed:
-            (daemon.mountpoint / replaced).read_bytes()
-        assert changed.value.errno == errno.EIO
-        with pytest.raises(OSError) as vanished:
-            (daemon.mountpoint / deleted).read_bytes()
-        assert vanished.value.errno == errno.ENOENT
+        check_frozen(daemon.mountpoint, rows, bodies, replaced, deleted)
         assert os.listdir(daemon.mountpoint / ".nccidfs" / "patients") == [chosen]
         subprocess.run([sys.executable, "-m", "nccidfs", "refresh", str(daemon.mountpoint)], check=True,
                        env=daemon_env(), capture_output=True)
@@ -201,7 +211,7 @@ def test_create_split_diff_verify_and_mount_a_cohort_selected_from_the_catalog(
     folders = {key.rsplit("/", 1)[0] for key in keys if not key.startswith("data/")} | {
         key.split("/")[1] for key in keys if key.startswith("data/")}
     assert frozen.header.listed["source"] == (f"0 patient folders from the mount's listing index, "
-                                              f"{len(folders)} listed from S3")
+                                              f"{len(folders)} listed from S3 in {len(folders)} listings")
 
     nccidfs("cohort", "split", "ct", "--fractions", "0.5,0.5", "--seed", "7", "--names", "a,b", cwd=tmp_path)
     parts = [manifest.read(tmp_path / f"ct-{name}.nccid-cohort") for name in ("a", "b")]
@@ -230,3 +240,53 @@ def test_create_split_diff_verify_and_mount_a_cohort_selected_from_the_catalog(
         series = next(daemon.mountpoint.glob(".nccidfs/volumes/ct/*/*/*.json"))
         assert json.loads(series.read_text()), "the views work on a cohort mount"
         assert requests(daemon).get("ListObjectsV2", 0) == 0
+
+
+def test_a_cohort_created_on_a_live_mount_appears_in_its_cohorts_folder_frozen(
+        s3_endpoint: str, warehouse: list[DemoObject], bucket_name: str, tmp_path: Path) -> None:
+    bucket = seed_demo_bucket(s3_endpoint, bucket_name, warehouse)
+    client = s3_client(s3_endpoint)
+    chosen = patients(warehouse)[0]
+    (tmp_path / "paths.txt").write_text(f"ct/{chosen}\nct-metadata/{chosen}\n")
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "daemon.log",
+                       bucket=bucket) as daemon:
+        cohorts = daemon.mountpoint / ".nccidfs" / "cohorts"
+        assert os.listdir(cohorts) == []
+        created = nccidfs("cohort", "create", "one", "--paths", str(tmp_path / "paths.txt"), str(daemon.mountpoint),
+                          cwd=tmp_path)
+        assert f"linked into {tmp_path / 'cache' / 'cohorts'}: {cohorts}/one/" in created.stdout
+        rows = manifest.read(tmp_path / "one.nccid-cohort").rows
+        bodies = {o.key[len(PREFIX):]: o.body for o in warehouse}
+        study = next(row[0] for row in rows if row[0].startswith("ct/")).split("/")[2]
+        replaced, deleted = change_bucket(client, bucket, rows, f"ct/{chosen}/{study}/new.dcm")
+        subprocess.run([sys.executable, "-m", "nccidfs", "refresh", str(daemon.mountpoint)], check=True,
+                       env=daemon_env(), capture_output=True)
+        assert (daemon.mountpoint / replaced).read_bytes() == b"other bytes", "the live tree shows the bucket now"
+        assert not (daemon.mountpoint / deleted).exists()
+
+        before = requests(daemon).get("ListObjectsV2", 0)
+        assert os.listdir(cohorts) == ["one"]
+        assert find_files(cohorts / "one") == {row[0] for row in rows}, "just the frozen objects"
+        check_frozen(cohorts / "one", rows, bodies, replaced, deleted)
+        assert requests(daemon).get("ListObjectsV2", 0) == before, "a cohort is walked and read with no listing"
+        assert not (cohorts / "one" / "ct" / chosen / study / "new.dcm").exists()
+
+        # A manifest of another bucket, and a truncated one, copied in by hand: refused, never served.
+        freeze(tmp_path / "cache" / "cohorts" / "other.nccid-cohort", s3_endpoint, "another-bucket",
+               listed(client, bucket)[:1])
+        (tmp_path / "cache" / "cohorts" / "cut.nccid-cohort").write_bytes(
+            (tmp_path / "one.nccid-cohort").read_bytes()[:-9])
+        # The kernel keeps the folder's listing until it asks for the folder's time again.
+        deadline = time.monotonic() + 10
+        while os.listdir(cohorts) != ["cut", "one", "other"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert os.listdir(cohorts) == ["cut", "one", "other"]
+        for name in ("cut", "other"):
+            with pytest.raises(OSError) as refused:
+                os.listdir(cohorts / name)
+            assert refused.value.errno == errno.EIO
+    log = daemon.log()
+    assert sum(f"{PREFIX}{replaced} changed since the cohort was frozen" in line for line in log.splitlines()) == 1
+    assert sum(f"{PREFIX}{deleted} deleted since the cohort was frozen" in line for line in log.splitlines()) == 1
+    assert daemon.unexpected_log_lines(allowed=(
+        "cohort object", "changed since the cohort was frozen", "another-bucket", "truncated")) == []

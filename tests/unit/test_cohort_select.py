@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from nccidfs.cohort.select import ListingSource, Selection, collect, load_catalog, select
+from nccidfs.cohort import runs
+from nccidfs.cohort.select import LISTING_THREADS, ListingSource, Selection, collect, load_catalog, select
 from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, ListingIndex
-from nccidfs.namespace import entries_from_tree
+from nccidfs.namespace import entries_from_listing, entries_from_tree
+from nccidfs.objects import Listing
 from tests.fakes import MemoryStore
 
 SERIES = """folder,Modality,Patient_ID,StudyInstanceUID,SeriesInstanceUID,StudyDate,images,bytes,path
@@ -151,3 +153,47 @@ def test_a_raw_field_named_as_its_cleaned_column_but_for_case_is_raw_prefixed(ca
     assert set(wanted(catalog, "age > 60")) == {"ct/P1/", "ct-metadata/P1/", "data/P1/"}
     assert set(wanted(catalog, "raw_Age = 'unknown'")) == {"xray/P2/", "xray-metadata/P2/", "data/P2/"}
 
+
+
+# Names whose keys sort apart from their names ("P1-b/" and "P1./" before "P1/"), around the ones chosen.
+MANY = [f"P{n}" for n in range(1500)] + ["P1-b", "P1.", "P10-", "P2 "]
+
+
+def many_patients() -> dict[str, bytes]:
+    objects = {}
+    for patient in MANY:
+        for series in ("se1", "se2"):
+            objects[f"{PREFIX}xray/{patient}/st/{series}/i.dcm"] = patient.encode()
+            objects[f"{PREFIX}xray-metadata/{patient}/st/{series}/i.json"] = b"{}"
+        objects[f"{PREFIX}data/{patient}/data.json"] = b"{}"
+    return objects
+
+
+@pytest.mark.parametrize("indexed", ["none", "stale"])
+def test_many_patients_are_listed_in_runs_exactly(tmp_path: Path, indexed: str) -> None:
+    store = MemoryStore(many_patients())
+    chosen = [p for n, p in enumerate(MANY) if n % 3 == 0 or n > 1480] + ["P1", "P1."]
+    if indexed == "stale":  # the index's listing of xray/ predates some chosen patients
+        index = ListingIndex(tmp_path / INDEX_FILE, IDENTITY)
+        listing = store.list_dir(f"{PREFIX}xray/")
+        older = Listing(tuple(p for p in listing.prefixes if not p.endswith(("P3/", "P1./"))), listing.objects)
+        index.put([(f"{PREFIX}xray/", entries_from_listing(older, f"{PREFIX}xray/", 0.0))], time.time())
+        index.close()
+    store.requests.clear()
+    selection = Selection()
+    for patient in chosen:
+        selection.add(f"xray/{patient}/st/se1")
+    source = ListingSource(tmp_path, IDENTITY, lambda: store, PREFIX)
+    found = [obj.key for obj in collect(selection, source)]
+    expected = sorted(f"{PREFIX}{key}" for patient in set(chosen) for key in (
+        f"xray/{patient}/st/se1/i.dcm", f"xray-metadata/{patient}/st/se1/i.json", f"data/{patient}/data.json"))
+    assert found == expected
+    assert source.from_s3 == 3 * len(set(chosen))
+    # Three warehouse folders: the patients of each (but xray/ from the index) and about 4 runs a thread.
+    assert source.listings == store.requests["list"] <= 3 * (1 + 1.5 * LISTING_THREADS * runs.RUNS_PER_THREAD)
+
+
+def test_runs_pass_over_a_few_patients_not_wanted_and_end_at_the_next() -> None:
+    every = [f"P{n}" for n in range(20)]
+    wanted = {"P0", "P1", "P3", "P9", "P19"}  # in key order: P0 P1 P10..P19 P2 P3 ... P9
+    assert runs.plan(every, wanted, longest=10) == [(["P0", "P1"], "P10"), (["P19", "P3"], "P4"), (["P9"], None)]

@@ -71,3 +71,19 @@ def test_as_of_leaves_out_later_objects_and_their_folders() -> None:
 def test_a_bad_date_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="--as-of"):
         parse_as_of(text)
+
+
+def test_find_and_is_folder_agree_with_the_store() -> None:
+    store = MemoryStore(objects())
+    frozen = tree(store)
+    for key in store.objects:
+        assert frozen.find(key) == next(obj for obj in store.list_tree(PREFIX).objects if obj.key == key)
+    # Names that are folders, a key's prefix, keys beside the cohort's, and a split run of one folder
+    # ("data/P1/" holds z.json after the sub-folder x/).
+    for missing in ("ct/P1", "ct/P1/s1/se1", "ct/P1/s1/se1/c.dcm", "ct/P1/s1/se1/a.dc", "a", "zzz", "data/P1/x",
+                    "data/P1/y.json", "ct/P1/s1/se1/a.dcm/"):
+        assert frozen.find(PREFIX + missing) is None, missing
+    for folder in ("", "ct/", "ct/P1/", "data/P1/x/", "xray/P3/s/se/"):
+        assert frozen.is_folder(PREFIX + folder), folder
+    for not_folder in ("c/", "ct/P1/s1/se1/a.dcm/", "ct/P3/", "data/P1/z/"):
+        assert not frozen.is_folder(PREFIX + not_folder), not_folder
