@@ -24,12 +24,12 @@ from cachetools import LRUCache
 from nccidfs.cache import DiskCache
 from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
+from nccidfs.layout import is_image
 from nccidfs.namespace import Namespace
 from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIX = ".dcm"
 HEADERS, WHOLE = "headers", "whole"
 # Images of one series opened in a row, in name order, that make a series walk. Three: a random reader of
 # a 50-image series makes one by chance about once in 2,500 opens; a header scan waits for two serial opens.
@@ -58,7 +58,7 @@ class SeriesPrefetcher:
     def opened(self, path: str, obj: ObjectInfo) -> None:
         """Open listener: once the reader walks the series, fetch the first block of each of its images,
         so a header scan runs in parallel rather than one request at a time."""
-        if path.endswith(IMAGE_SUFFIX) and self._walking(*path.rsplit("/", 1)):
+        if is_image(path) and self._walking(*path.rsplit("/", 1)):
             self._start(path, HEADERS)
 
     def reading(self, path: str, obj: ObjectInfo) -> None:
@@ -75,7 +75,7 @@ class SeriesPrefetcher:
         if order is None or name not in order:
             try:
                 names = sorted(e.name for e in self._namespace.list(series).values()
-                               if e.obj is not None and e.name.endswith(IMAGE_SUFFIX))
+                               if e.obj is not None and is_image(e.name))
             except NccidfsError:
                 return False
             order = {image: place for place, image in enumerate(names)}
@@ -90,7 +90,7 @@ class SeriesPrefetcher:
             return run >= IN_ORDER
 
     def _start(self, path: str, stage: str) -> None:
-        if not path.endswith(IMAGE_SUFFIX):
+        if not is_image(path):
             return
         series, name = path.rsplit("/", 1)
         with self._lock:
@@ -107,7 +107,7 @@ class SeriesPrefetcher:
             pool = self._pool
         try:
             images = [e.obj for e in self._namespace.list(series).values() if e.obj is not None
-                      and e.name.endswith(IMAGE_SUFFIX)]
+                      and is_image(e.name)]
         except NccidfsError:
             return
         total = sum(obj.size for obj in images)

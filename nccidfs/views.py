@@ -17,8 +17,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from nccidfs.config import CONTROL_DIR, KNOWN_FOLDERS, STATUS_FILE
+from nccidfs.config import CONTROL_DIR, STATUS_FILE
 from nccidfs.errors import NotFound
+from nccidfs.layout import CLINICAL_FOLDER, KNOWN_FOLDERS
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry
 
@@ -101,8 +102,6 @@ class PatientView:
     ``os.walk`` (which do not follow links) see every file once. Only the warehouse's own folders count,
     so a mount of a deeper prefix (``--prefix training/ct``) gets an empty view, not a wrong one."""
 
-    CLINICAL = "data"
-
     def __init__(self, namespace: Namespace) -> None:
         self._namespace = namespace
 
@@ -128,7 +127,7 @@ class PatientView:
             found = self._namespace.list(f"/{folder}").get(patient)
             if found is None or not found.is_dir:
                 continue
-            if folder == self.CLINICAL:
+            if folder == CLINICAL_FOLDER:
                 for name, entry in self._namespace.list(f"/{folder}/{patient}").items():
                     entries[name] = _link(name, f"{up}{folder}/{patient}/{name}", entry.mtime)
             else:

@@ -35,14 +35,13 @@ from nccidfs.cohort.tree import prefix_end
 from nccidfs.derived.clinical import CLEANED_COLUMNS
 from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, SCHEMA_VERSION
+from nccidfs.layout import CLINICAL_FOLDER, twin_folder_path, twin_of
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 CATALOG = ".nccidfs/catalog"
-CLINICAL = "data"
-TWIN_SUFFIX = "-metadata"
 # Folders listed in S3 at once, for the patients the listing index does not hold whole.
 LISTING_THREADS = 16
 # A warehouse folder with at least this many patients to list has them listed in runs, not one by one.
@@ -71,12 +70,10 @@ class Selection:
         folder, patient = parts[0], parts[1]
         below = "/".join(parts) + ("" if is_file else "/")
         self.wanted[f"{folder}/{patient}/"].add(below)
-        if len(parts) > 2 and not folder.endswith(TWIN_SUFFIX) and folder != CLINICAL:
-            twin = "/".join([folder + TWIN_SUFFIX, *parts[1:]])
-            if is_file:
-                twin = twin.removesuffix(".dcm") + ".json"
-            self.wanted[f"{folder}{TWIN_SUFFIX}/{patient}/"].add(twin + ("" if is_file else "/"))
-        self.wanted[f"{CLINICAL}/{patient}/"].add(f"{CLINICAL}/{patient}/")
+        twin = (twin_of(below) if is_file else twin_folder_path(below)) if len(parts) > 2 else None
+        if twin is not None and folder != CLINICAL_FOLDER:
+            self.wanted[twin.split("/", 1)[0] + f"/{patient}/"].add(twin)
+        self.wanted[f"{CLINICAL_FOLDER}/{patient}/"].add(f"{CLINICAL_FOLDER}/{patient}/")
 
     @property
     def patients(self) -> set[str]:
@@ -185,7 +182,7 @@ def select(db: sqlite3.Connection, where: str | None, patients: set[str] | None)
     selection = Selection()
     for patient, path in rows:
         if path is None:
-            selection.add(f"{CLINICAL}/{patient}")
+            selection.add(f"{CLINICAL_FOLDER}/{patient}")
         else:
             selection.add(str(path))
     return selection
