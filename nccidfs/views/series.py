@@ -62,7 +62,7 @@ from nccidfs.errors import CorruptData, NotFound, TransientError
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry, Listing, ObjectInfo
-from nccidfs.views import OPEN_INVALIDATION_WAIT, Invalidator, Parts, Snapshot, VirtualFile
+from nccidfs.views.registry import OPEN_INVALIDATION_WAIT, Invalidator, Parts, Snapshot, VirtualFile
 from nccidfs.xattrs import MAX_TWIN_BYTES
 
 log = logging.getLogger(__name__)

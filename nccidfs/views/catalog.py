@@ -30,7 +30,7 @@ from nccidfs.index import ListingIndex
 from nccidfs.layout import CLINICAL_FOLDER
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry
-from nccidfs.views import Parts, Snapshot, VirtualFile
+from nccidfs.views.registry import Parts, Snapshot, VirtualFile
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from nccidfs.errors import ConfigError, NotFound
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace import is_safe_name
 from nccidfs.objects import Entry
-from nccidfs.views import Parts, VirtualFile
+from nccidfs.views.registry import Parts, VirtualFile
 
 COHORTS_FOLDER = "cohorts"  # inside the cache directory
 LOADED_COHORTS = 2

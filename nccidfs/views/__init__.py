@@ -1,0 +1,1 @@
+"""The views under the hidden /.nccidfs/ folder."""
