@@ -39,8 +39,11 @@ from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import ObjectStore, RequestStats
 from nccidfs.views.catalog import CatalogBuilder, CatalogView
 from nccidfs.views.cohorts import CohortView
-from nccidfs.views.registry import CONTROL, ControlFolder, PatientView
-from nccidfs.views.series import Generated, ImageView, ObjectReader, VolumeView
+from nccidfs.views.generated import Generated, ObjectReader
+from nccidfs.views.images import ImageView
+from nccidfs.views.patients import PatientView
+from nccidfs.views.registry import CONTROL, ControlFolder
+from nccidfs.views.volumes import VolumeView
 
 if TYPE_CHECKING:
     from nccidfs import exposition

@@ -1,29 +1,18 @@
-"""Virtual subtrees under the hidden ``/.nccidfs/`` folder, as layers of one small protocol.
+"""The protocol every view under ``/.nccidfs/`` answers, and :class:`ControlFolder`, the registry that
+routes a path to its view by the path's first component below ``/.nccidfs/``.
 
-The mirrored tree holds exactly the bucket's keys; everything nccidfs adds lives here, out of every
-listing (as ZFS keeps ``.zfs`` out of ``ls -a``) yet reachable by path. Each layer answers for the paths
-below its own name: ``lookup``, ``list``, ``open``, ``readlink``. :class:`ControlFolder` is the one
-registry that mounts them; the core dispatches on the first path component and knows no layer by name.
-
-Layers here: ``status.json`` (the daemon's counters, taken at open) and ``patients/<Patient_ID>/``
-(symlinks to everything known about a patient). The derived views (volumes, images, catalog) are
-registered the same way by the daemon.
+Each view (a layer) answers for the paths below its own name: ``lookup``, ``list``, ``open``,
+``readlink``; an open file is a :class:`VirtualFile` whose bytes are fixed from open to release.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-from nccidfs.config import CONTROL_DIR, STATUS_FILE
+from nccidfs.config import CONTROL_DIR
 from nccidfs.errors import NotFound
-from nccidfs.layout import CLINICAL_FOLDER, KNOWN_FOLDERS
-from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry
-
-log = logging.getLogger(__name__)
 
 CONTROL = CONTROL_DIR
 Parts = Sequence[str]
@@ -69,97 +58,6 @@ class Snapshot:
         """Nothing to free beyond the bytes themselves."""
 
 
-class StatusFile:
-    """``status.json``: the daemon's counters as JSON. Its size at stat is that of a fresh snapshot."""
-
-    def __init__(self, provider: Callable[[], dict[str, Any]], mtime: float) -> None:
-        self._provider = provider
-        self._mtime = mtime
-
-    def _bytes(self) -> bytes:
-        return json.dumps(self._provider(), indent=2, sort_keys=True).encode() + b"\n"
-
-    def lookup(self, parts: Parts) -> Entry:
-        if parts:
-            raise NotFound("status.json is a file")
-        return Entry(STATUS_FILE, False, len(self._bytes()), self._mtime)
-
-    def list(self, parts: Parts) -> dict[str, Entry]:
-        raise NotFound("status.json is a file")
-
-    def open(self, parts: Parts) -> VirtualFile:
-        if parts:
-            raise NotFound("status.json is a file")
-        return Snapshot(self._bytes())
-
-    def readlink(self, parts: Parts) -> str:
-        raise NotFound("status.json is not a symlink")
-
-
-class PatientView:
-    """``patients/<Patient_ID>/``: symlinks to the patient's clinical files and to each image folder of
-    theirs (``ct``, ``ct-metadata``, ``xray``, ...). Symlinks, not copies, so ``find``, ``du`` and
-    ``os.walk`` (which do not follow links) see every file once. Only the warehouse's own folders count,
-    so a mount of a deeper prefix (``--prefix training/ct``) gets an empty view, not a wrong one."""
-
-    def __init__(self, namespace: Namespace) -> None:
-        self._namespace = namespace
-
-    def _folders(self) -> list[str]:
-        return [name for name, entry in self._namespace.list("/").items()
-                if entry.is_dir and name in KNOWN_FOLDERS]
-
-    def list(self, parts: Parts) -> dict[str, Entry]:
-        if not parts:
-            names: set[str] = set()
-            for folder in self._folders():
-                names.update(name for name, entry in self._namespace.list(f"/{folder}").items() if entry.is_dir)
-            mtime = self._namespace.mount_time
-            return {name: Entry(name, True, mtime=mtime) for name in sorted(names)}
-        if len(parts) == 1:
-            return self._patient(parts[0])
-        raise NotFound("/".join(parts))
-
-    def _patient(self, patient: str) -> dict[str, Entry]:
-        up = "../../../"  # from /.nccidfs/patients/<id>/<name> back to the root
-        entries: dict[str, Entry] = {}
-        for folder in self._folders():
-            found = self._namespace.list(f"/{folder}").get(patient)
-            if found is None or not found.is_dir:
-                continue
-            if folder == CLINICAL_FOLDER:
-                for name, entry in self._namespace.list(f"/{folder}/{patient}").items():
-                    entries[name] = _link(name, f"{up}{folder}/{patient}/{name}", entry.mtime)
-            else:
-                entries[folder] = _link(folder, f"{up}{folder}/{patient}", found.mtime)
-        if not entries:
-            raise NotFound(f"patients/{patient}")
-        return dict(sorted(entries.items()))
-
-    def lookup(self, parts: Parts) -> Entry:
-        if len(parts) <= 1:
-            if parts:
-                self._patient(parts[0])
-            return Entry(parts[0] if parts else "patients", True, mtime=self._namespace.mount_time)
-        entry = self._patient(parts[0]).get(parts[1]) if len(parts) == 2 else None
-        if entry is None:
-            raise NotFound("/".join(parts))
-        return entry
-
-    def open(self, parts: Parts) -> VirtualFile:
-        raise NotFound("the patient view holds only folders and symlinks")
-
-    def readlink(self, parts: Parts) -> str:
-        link = self.lookup(parts).link
-        if link is None:
-            raise NotFound("/".join(parts))
-        return link
-
-
-def _link(name: str, target: str, mtime: float) -> Entry:
-    return Entry(name, False, len(target.encode()), mtime, link=target)
-
-
 class ControlFolder:
     """``/.nccidfs/``: the registry of layers, each under its own name."""
 
@@ -170,6 +68,7 @@ class ControlFolder:
         self.invalidate: Invalidator = lambda path, wait: None
 
     def register(self, name: str, layer: Layer) -> None:
+        """Show ``layer`` as ``/.nccidfs/<name>``."""
         self._layers[name] = layer
 
     def _route(self, parts: Parts) -> tuple[Layer, Parts]:
