@@ -45,7 +45,8 @@ from nccidfs.dicom import selected_tags_from_metadata_json
 from nccidfs.errors import NotFound
 from nccidfs.index import ListingIndex
 from nccidfs.layout import CLINICAL_FOLDER, CT, MRI, XRAY, is_image, twin_folder, twin_name
-from nccidfs.namespace import MAX_NAME_BYTES, Namespace, dir_prefix, is_safe_name
+from nccidfs.namespace import Namespace
+from nccidfs.namespace.rules import MAX_NAME_BYTES, dir_prefix, is_safe_name
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 

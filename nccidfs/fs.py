@@ -32,7 +32,8 @@ from nccidfs.config import STATUS_FILE
 from nccidfs.dicom import xattr_name
 from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
-from nccidfs.namespace import Namespace, split_path
+from nccidfs.namespace import Namespace
+from nccidfs.namespace.rules import split_path
 from nccidfs.objects import Entry, ObjectInfo
 from nccidfs.views.registry import CONTROL, OPEN_INVALIDATION_WAIT, ControlFolder, Invalidator, VirtualFile
 from nccidfs.views.status import StatusFile
