@@ -34,6 +34,13 @@ HEADERS, WHOLE = "headers", "whole"
 # Images of one series opened in a row, in name order, that make a series walk. Three: a random reader of
 # a 50-image series makes one by chance about once in 2,500 opens; a header scan waits for two serial opens.
 IN_ORDER = 3
+# Series whose image order is kept (a few hundred names each), and series whose last opened place is.
+ORDERED_SERIES = 64
+WALKED_SERIES = 1024
+# The place before the first: no first open continues a walk.
+NONE_OPENED = -2
+# A series larger than this share of the cache is not fetched whole: it would evict most of what is read.
+MAX_SERIES_SHARE = 0.5
 
 
 class SeriesPrefetcher:
@@ -49,8 +56,8 @@ class SeriesPrefetcher:
         self._stages: dict[str, str] = {}  # the current series' path -> the stage it reached
         # Per series: its image names in order (with their places) and the last place opened, with the run
         # of consecutive places that led to it.
-        self._orders: LRUCache[str, dict[str, int]] = LRUCache(maxsize=64)
-        self._walks: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=1024)
+        self._orders: LRUCache[str, dict[str, int]] = LRUCache(maxsize=ORDERED_SERIES)
+        self._walks: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=WALKED_SERIES)
         self._generation = 0
         self.objects_prefetched = 0
         self.bytes_prefetched = 0
@@ -84,7 +91,7 @@ class SeriesPrefetcher:
             place = order.get(name)
             if place is None:
                 return False
-            last, run = self._walks.get(series, (-2, 0))
+            last, run = self._walks.get(series, (NONE_OPENED, 0))
             run = run + 1 if place == last + 1 else 1
             self._walks[series] = (place, run)
             return run >= IN_ORDER
@@ -111,7 +118,7 @@ class SeriesPrefetcher:
         except NccidfsError:
             return
         total = sum(obj.size for obj in images)
-        if stage == WHOLE and total > self._cache.size_bytes // 2:
+        if stage == WHOLE and total > self._cache.size_bytes * MAX_SERIES_SHARE:
             log.debug("series %s (%d bytes) is over half the cache; not prefetching", series, total)
             return
         # The reader walks forward in name order: fetch what lies ahead of the image it opened.

@@ -102,9 +102,9 @@ class ImageView(SeriesLayer):
         entry = self.lookup(parts)
         if entry.is_dir:
             raise NotFound("/".join(parts))
-        images = SeriesImages(self._namespace, parts[0], parts[1:4])
-        ident, suffix = parts[4].rsplit(".", 1)
-        shown = self._shown_as(parts[:4], images, ident, self._pngs(images))
+        images = SeriesImages(self._namespace, parts[0], parts[1:self.FILE_DEPTH])
+        ident, suffix = parts[self.FILE_DEPTH].rsplit(".", 1)
+        shown = self._shown_as(parts[:self.FILE_DEPTH], images, ident, self._pngs(images))
         if suffix == "json":
             if isinstance(shown, _Png):
                 raise NotFound("/".join(parts))

@@ -12,7 +12,8 @@ what is remembered of them (plans, sizes) weighs at most :data:`MEMO_TWIN_BYTES`
 from. An image is held to its twin before its pixels are decoded (:mod:`nccidfs.derived.agreement`), and
 one far larger than its twin's pixels (:data:`MAX_IMAGE_EXPANSION`) is not read. A file whose image fails
 any of this fails that read with EIO; the reason is logged, and from then on that file's listing gives the
-reason in its ``.json`` instead of the file. Names over :data:`NAME_MAX` bytes are not listed.
+reason in its ``.json`` instead of the file. Names over
+:data:`~nccidfs.namespace.rules.MAX_NAME_BYTES` bytes are not listed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nccidfs.derived.agreement import HEADER_SLACK, Expected, expected
 from nccidfs.errors import NotFound
 from nccidfs.layout import TWIN_SUFFIX, image_id, is_image, twin_folder
 from nccidfs.namespace import Namespace
+from nccidfs.namespace.rules import MAX_NAME_BYTES
 from nccidfs.objects import Entry, ObjectInfo
 from nccidfs.views.generated import REMEMBERED_FILES, WORK_BYTES_PER_PIXEL, Generated, ObjectReader
 from nccidfs.views.registry import Parts
@@ -38,8 +40,6 @@ from nccidfs.xattrs import MAX_TWIN_BYTES
 
 log = logging.getLogger(__name__)
 
-# The longest file name the kernel takes (NAME_MAX).
-NAME_MAX = 255
 # The twins of one series parsed together: about 2,800 CT slices of 6 KiB. Parsed JSON takes about ten
 # times its text, so this bounds the memory of planning one series near 160 MiB.
 MAX_SERIES_TWIN_BYTES = 16 * 1024 * 1024
@@ -122,14 +122,14 @@ class SeriesLayer:
                 if entry.is_dir}
 
     def _shown(self, parts: Parts, entries: dict[str, Entry]) -> dict[str, Entry]:
-        """The derived files of a folder as listed: none over NAME_MAX bytes (each logged once), and each
+        """The derived files of a folder as listed: none over MAX_NAME_BYTES (each logged once), and each
         size told to :class:`Generated`, which has the kernel forget a size that changed."""
         folder = "/".join([self.NAME, *parts])
         shown = {}
         for name, entry in entries.items():
-            if len(name.encode()) > NAME_MAX:
+            if len(name.encode()) > MAX_NAME_BYTES:
                 self._warn_once(("name", f"{folder}/{name}"), "%s/%s: a name over %d bytes; not listed",
-                                folder, name, NAME_MAX)
+                                folder, name, MAX_NAME_BYTES)
                 continue
             self._generated.listed(f"{folder}/{name}", entry.size)
             shown[name] = entry

@@ -142,8 +142,8 @@ class VolumeView(SeriesLayer):
     def open(self, parts: Parts) -> VirtualFile:
         if self.lookup(parts).is_dir:
             raise NotFound("/".join(parts))
-        series, suffix = parts[3].rsplit(".", 1)
-        images, planned = self._plan([*parts[:3], series])
+        series, suffix = parts[self.FILE_DEPTH].rsplit(".", 1)
+        images, planned = self._plan([*parts[:self.FILE_DEPTH], series])
         outcome = planned.value
         if suffix == "json":
             return Sidecar(sidecar(outcome))
