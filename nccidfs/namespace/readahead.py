@@ -1,6 +1,6 @@
-"""Walk read-ahead: a readdir of consecutive sibling subtrees, in order (``find``, ``os.walk``,
-``ls -R``), is a walk, and the siblings after it are listed ahead, in flat listings that each cover a run of
-them. A lone lookup never is.
+"""Walk read-ahead. Two subtrees read (readdir) one after the other that are consecutive siblings are a
+walk (``find``, ``os.walk``, ``ls -R``): the siblings after them are then listed ahead, in flat listings
+that each cover a run of them, sized by the keys a sibling held so far. A lone lookup never starts one.
 
 This module decides what to list ahead and how one listing covers a run; :class:`nccidfs.namespace.Namespace`
 claims the listings and runs them in its background pool.
