@@ -34,6 +34,12 @@ CLINICAL_FILE_NAME = re.compile(rf"(?P<kind>{POSITIVE_KIND}|{NEGATIVE_KIND})_(?P
                                 re.IGNORECASE)
 
 
+def patient_folder(key: str) -> str:
+    """``ct/P/S/R/x.dcm`` -> ``ct/P/``: the patient's folder a relative key lies in (a shorter key is
+    returned as it is, with a ``/``)."""
+    return "/".join(key.split("/", PATIENT_DEPTH)[:PATIENT_DEPTH]) + "/"
+
+
 def twin_folder(folder: str) -> str:
     """``ct`` -> ``ct-metadata``: the folder holding the twins of an image folder's images."""
     return folder + TWIN_FOLDER_SUFFIX

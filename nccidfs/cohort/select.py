@@ -35,7 +35,7 @@ from nccidfs.cohort.tree import prefix_end
 from nccidfs.derived.clinical import CLEANED_COLUMNS
 from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, SCHEMA_VERSION
-from nccidfs.layout import CLINICAL_FOLDER, twin_folder_path, twin_of
+from nccidfs.layout import CLINICAL_FOLDER, patient_folder, twin_folder_path, twin_of
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 
@@ -308,7 +308,7 @@ class ListingSource:
             base = f"{self.prefix}{top}/"
             for (prefix,) in self._db.execute("SELECT prefix FROM dirs WHERE prefix > ? AND prefix < ?",
                                               (base, prefix_end(base))):
-                held.add("/".join(prefix[len(self.prefix):].split("/", 2)[:2]) + "/")
+                held.add(patient_folder(prefix[len(self.prefix):]))
         return held
 
     def _indexed(self, prefix: str) -> list[ObjectInfo] | None:
@@ -357,7 +357,7 @@ def collect(selection: Selection, source: ListingSource) -> list[ObjectInfo]:
     prefix_length = len(source.prefix)
     for obj in source.objects(wanted):
         relative = obj.key[prefix_length:]
-        below = wanted["/".join(relative.split("/", 2)[:2]) + "/"]
+        below = wanted[patient_folder(relative)]
         if relative in below or any(relative.startswith(item) for item in below if item.endswith("/")):
             chosen[obj.key] = obj
     return sorted(chosen.values())

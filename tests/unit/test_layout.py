@@ -11,6 +11,7 @@ from nccidfs.layout import (
     image_id,
     is_image,
     is_twin_folder,
+    patient_folder,
     twin_folder,
     twin_folder_path,
     twin_name,
@@ -39,6 +40,12 @@ def test_there_is_no_twin_outside_an_image_folder() -> None:
     assert twin_of("ct-metadata/Covid1/1.2/1.3/a.dcm") is None
     assert twin_of("ct/Covid1/1.2/1.3/a.json") is None
     assert twin_folder_path("ct/") is None and twin_folder_path("ct-metadata/Covid1/") is None
+
+
+def test_a_key_lies_in_its_patients_folder() -> None:
+    assert patient_folder("ct/Covid1/1.2/1.3/a.dcm") == "ct/Covid1/"
+    assert patient_folder("data/Covid1/status_2020-05-01.json") == "data/Covid1/"
+    assert patient_folder("ct/Covid1/") == "ct/Covid1/"
 
 
 def test_clinical_file_names_are_dated_data_or_status_files_in_any_case() -> None:
