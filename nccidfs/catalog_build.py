@@ -44,16 +44,16 @@ from nccidfs.derived.catalog import (
 from nccidfs.dicom import selected_tags_from_metadata_json
 from nccidfs.errors import NotFound
 from nccidfs.index import ListingIndex
-from nccidfs.namespace import MAX_NAME_BYTES, Namespace, dir_prefix, is_safe_name
+from nccidfs.layout import CLINICAL_FOLDER, CT, MRI, XRAY, is_image, twin_folder, twin_name
+from nccidfs.namespace import Namespace
+from nccidfs.namespace.rules import MAX_NAME_BYTES, dir_prefix, is_safe_name
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-IMAGE_FOLDERS = ("ct", "mri", "xray")
-CLINICAL = "data"
-METADATA_SUFFIX = "-metadata"
-IMAGE, TWIN = ".dcm", ".json"
+# The image folders the catalog has series rows for.
+CATALOGUED_FOLDERS = (CT, MRI, XRAY)
 # A metadata twin is a DICOM header as JSON, 5-10 KiB in the warehouse; a clinical file about 1 KiB.
 # Past these sizes the file is refused (its cells stay empty), so one huge object cannot take the
 # daemon's memory.
@@ -121,7 +121,7 @@ def image_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo], list
             if len(parts) >= 2 and is_safe_name(parts[0]) and is_safe_name(parts[1]):
                 facts = found.setdefault((parts[0], parts[1]), Series(parts[0], parts[1]))
             direct = len(parts) == 2
-        if (facts is not None and direct and name.endswith(IMAGE)
+        if (facts is not None and direct and is_image(name)
                 and (plain and len(name) <= MAX_NAME_BYTES or is_safe_name(name))):
             facts.images += 1
             facts.bytes += obj.size
@@ -209,7 +209,7 @@ class FolderBuild:
         pending: set[Future[Made]] = set()
         made: list[Made] = []
         unchanged: list[tuple[str, float]] = []
-        again = relist or self.folder == CLINICAL
+        again = relist or self.folder == CLINICAL_FOLDER
         for listed in self._listed(patients, lambda patient: not again and patient in known):
             if known.get(listed.patient) == listed.fingerprint:
                 self._progress.add(done=1, reused=1)
@@ -235,7 +235,7 @@ class FolderBuild:
         not to be listed begins."""
         pending: set[Future[tuple[int, int, list[Listed]]]] = set()
         at, seen_patients, seen_keys = 0, 0, 0
-        reduce = clinical_patient if self.folder == CLINICAL else image_patient
+        reduce = clinical_patient if self.folder == CLINICAL_FOLDER else image_patient
 
         def listed_apart(patient: str) -> bool:
             """Whether ``patient`` is taken from the index or kept, rather than listed."""
@@ -313,13 +313,13 @@ class FolderBuild:
                 within, group = f"{self._prefix}{patient}/", groups.get(patient)
             if group is not None:
                 group.append(obj)
-        reduce = clinical_patient if self.folder == CLINICAL else image_patient
+        reduce = clinical_patient if self.folder == CLINICAL_FOLDER else image_patient
         return len(run), len(listing.objects), [reduce(patient, f"{self._prefix}{patient}/", objects, listed)
                                                 for patient, objects in groups.items()]
 
     # -- reading --------------------------------------------------------------------------------
     def _rows(self, listed: Listed) -> Made:
-        rows = self._clinical_rows(listed) if self.folder == CLINICAL else self._series_rows(listed)
+        rows = self._clinical_rows(listed) if self.folder == CLINICAL_FOLDER else self._series_rows(listed)
         self._progress.add(done=1, read=1)
         return listed.patient, listed.fingerprint, listed.listed, rows
 
@@ -333,8 +333,8 @@ class FolderBuild:
         return rows
 
     def _twin_tags(self, patient: str, facts: Series) -> dict[str, str]:
-        key = (f"{self._namespace.prefix}{self.folder}{METADATA_SUFFIX}/{patient}/{facts.study}/{facts.series}/"
-               f"{facts.first[:-len(IMAGE)]}{TWIN}")
+        key = (f"{self._namespace.prefix}{twin_folder(self.folder)}/{patient}/{facts.study}/{facts.series}/"
+               f"{twin_name(facts.first)}")
         try:
             body = self._bucket.get_head(key, MAX_TWIN_BYTES + 1)
         except NotFound:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from nccidfs import catalog_parquet
-from nccidfs.catalog_build import CLINICAL
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.derived.catalog import SERIES_COLUMNS, Row, patient_columns, write_csv
+from nccidfs.layout import CLINICAL_FOLDER
 
 
 def iso_time(when: float) -> str:
@@ -40,7 +40,7 @@ def write_tables(db: CatalogDB, state: dict[str, Any], every_table: bool) -> dic
     ``data/`` (credentials for image folders alone) or no image folder has a complete, empty table rather
     than one that is never built."""
     folders: dict[str, str] = state["folders"]
-    images = [folder for folder in folders if folder != CLINICAL]
+    images = [folder for folder in folders if folder != CLINICAL_FOLDER]
     written: dict[str, Path] = {}
     counts = {"series": 0, "patients": 0}
     parquet = catalog_parquet.available()
@@ -52,15 +52,15 @@ def write_tables(db: CatalogDB, state: dict[str, Any], every_table: bool) -> dic
             path = written["series.parquet"] = db.temporary("series.parquet")
             catalog_parquet.write_parquet(path, SERIES_COLUMNS, catalog_parquet.SERIES_TYPES,
                                           _stamped(db.rows(images)))
-    if CLINICAL in folders or every_table:
-        columns = patient_columns(_unstamped(db.rows([CLINICAL])))
+    if CLINICAL_FOLDER in folders or every_table:
+        columns = patient_columns(_unstamped(db.rows([CLINICAL_FOLDER])))
         path = written["patients.csv"] = db.temporary("patients.csv")
         with open(path, "w", encoding="utf-8", newline="") as out:
-            counts["patients"] = _count_written(out, columns, _stamped(db.rows([CLINICAL])))
+            counts["patients"] = _count_written(out, columns, _stamped(db.rows([CLINICAL_FOLDER])))
         if parquet:
             path = written["patients.parquet"] = db.temporary("patients.parquet")
             catalog_parquet.write_parquet(path, columns, catalog_parquet.PATIENT_TYPES,
-                                          _stamped(db.rows([CLINICAL])))
+                                          _stamped(db.rows([CLINICAL_FOLDER])))
     state["counts"] = counts
     db.measure()
     return written

@@ -21,7 +21,6 @@ from typing import Any, NoReturn
 
 from nccidfs import __version__
 from nccidfs.config import (
-    KNOWN_FOLDERS,
     CacheConfig,
     Config,
     MountConfig,
@@ -38,6 +37,7 @@ from nccidfs.config import (
     parse_umask,
 )
 from nccidfs.errors import ConfigError, NccidfsError
+from nccidfs.layout import KNOWN_FOLDERS
 from nccidfs.log import LEVELS, make_private, setup_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from nccidfs import control
 from nccidfs.cache import clear_directory, disk_usage
 from nccidfs.cachedir import MARKER, is_cache_dir
-from nccidfs.catalog_build import IMAGE_FOLDERS
+from nccidfs.catalog_build import CATALOGUED_FOLDERS
 from nccidfs.catalog_db import FILES as CATALOG_FILES
 from nccidfs.config import APP_NAME, CONTROL_DIR, STATUS_FILE, format_size
 from nccidfs.errors import ConfigError, NccidfsError
@@ -146,7 +146,7 @@ def catalog_build(mountpoint: Path, folders: list[str] | None, relist: bool = Fa
     ``folders`` must be image folders the mount shows, as they are named there; ``relist`` lists every
     patient folder again, not only the new ones."""
     status = mount_status(mountpoint)
-    shown = [name for name in IMAGE_FOLDERS if (mountpoint / name).is_dir()]
+    shown = [name for name in CATALOGUED_FOLDERS if (mountpoint / name).is_dir()]
     for folder in folders or ():
         if folder not in shown:
             raise ConfigError(f"--modality {folder}: not an image folder of {mountpoint} "

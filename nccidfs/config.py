@@ -1,8 +1,10 @@
-"""Frozen configuration of one nccidfs mount: every default, every validation, and the file-layout names.
+"""Frozen configuration of one nccidfs mount: the flags' defaults and validation, and the names of what
+nccidfs itself keeps (the cache directory, the control socket, the log, the hidden folder in the mount).
 
 The command line derives its flags' defaults from these dataclasses and builds them; each dataclass
 checks its own fields on construction, so a bad value is refused in one place with one line naming the
-flag, whether it came from the command line, an fstab line or a test.
+flag, whether it came from the command line, an fstab line or a test. The warehouse's own folders and
+names are in :mod:`nccidfs.layout`; the listing index's file names in :mod:`nccidfs.index`.
 """
 
 from __future__ import annotations
@@ -20,17 +22,15 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from nccidfs.errors import ConfigError
+from nccidfs.layout import KNOWN_FOLDERS
 from nccidfs.log import LEVELS, strip_credentials
 
 APP_NAME = "nccidfs"
 DEFAULT_BUCKET = "nccid-data-warehouse-prod"
 DEFAULT_PREFIX = "training/"
 DEFAULT_REGION = "eu-west-2"
-# The folders the warehouse loader writes; "unknown" holds modalities outside CT/MR/DX/CR.
-KNOWN_FOLDERS = ("ct", "ct-metadata", "mri", "mri-metadata", "xray", "xray-metadata", "data", "unknown",
-                 "unknown-metadata")
 
-# File layout: names inside the cache directory and inside the mount (the listing index's are in index.py).
+# Names inside the cache directory and inside the mount.
 CONTROL_SOCKET = "control.sock"
 CONTROL_DIR = ".nccidfs"  # hidden directory at the mount's root
 STATUS_FILE = "status.json"  # inside CONTROL_DIR
@@ -45,6 +45,9 @@ MIN_LISTING_ENTRIES = 1000
 MIN_INODES = 100
 # sun_path holds 108 bytes including the terminating NUL.
 SOCKET_PATH_MAX = 107
+# Hex digits of SHA-256 that name a demo's cache or a control socket outside its cache directory.
+DIGEST_CHARS = 16
+PORT_MAX = 65535
 # Separators accepted in a list flag: "," on the command line, ":" or "+" where commas split options (fstab).
 LIST_SEPARATORS = re.compile(r"[,:+]")
 
@@ -99,7 +102,7 @@ def default_cache_dir() -> Path:
 
 def demo_cache_dir(mountpoint: Path) -> Path:
     """Each demo mount point gets its own cache, so two demos never share (or lock each other out of) one."""
-    digest = hashlib.sha256(os.fsencode(mountpoint.absolute())).hexdigest()[:16]
+    digest = hashlib.sha256(os.fsencode(mountpoint.absolute())).hexdigest()[:DIGEST_CHARS]
     return Path(platformdirs.user_cache_dir(f"{APP_NAME}-demo")) / digest
 
 
@@ -127,7 +130,7 @@ def control_socket_path(cache_dir: Path) -> Path:
     if len(os.fsencode(in_cache)) <= SOCKET_PATH_MAX:
         return in_cache
     runtime = runtime_dir()
-    digest = hashlib.sha256(os.fsencode(cache_dir)).hexdigest()[:16]
+    digest = hashlib.sha256(os.fsencode(cache_dir)).hexdigest()[:DIGEST_CHARS]
     if runtime is not None and len(os.fsencode(runtime / f"{digest}.sock")) <= SOCKET_PATH_MAX:
         return runtime / f"{digest}.sock"
     raise ConfigError(f"--cache-dir {cache_dir} is too long for the control socket's path "
@@ -138,7 +141,7 @@ def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[IPv6]:PORT`` or ``PORT`` (then on loopback only: the listener has no authentication)."""
     host, _, port = text.rpartition(":")
     host = host.strip("[]") or METRICS_HOST
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not port.isdigit() or not 0 < int(port) <= PORT_MAX:
         raise ConfigError(f"--metrics-addr {text!r}: give HOST:PORT or PORT, e.g. 127.0.0.1:9100")
     return host, int(port)
 

@@ -26,11 +26,8 @@ from nccidfs import __version__, cachedir, control, interrupts
 from nccidfs.cache import DiskCache
 from nccidfs.catalog_build import Bucket
 from nccidfs.catalog_db import CatalogDB
-from nccidfs.catalog_view import CatalogBuilder, CatalogView
-from nccidfs.cohort.view import CohortView
 from nccidfs.config import Config, ReadConfig
 from nccidfs.control import ControlServer
-from nccidfs.derived_views import Generated, ImageView, ObjectReader, VolumeView
 from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
@@ -40,7 +37,13 @@ from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import ObjectStore, RequestStats
-from nccidfs.views import CONTROL, ControlFolder, PatientView
+from nccidfs.views.catalog import CatalogBuilder, CatalogView
+from nccidfs.views.cohorts import CohortView
+from nccidfs.views.generated import Generated, ObjectReader
+from nccidfs.views.images import ImageView
+from nccidfs.views.patients import PatientView
+from nccidfs.views.registry import CONTROL, ControlFolder
+from nccidfs.views.volumes import VolumeView
 
 if TYPE_CHECKING:
     from nccidfs import exposition

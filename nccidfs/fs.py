@@ -32,9 +32,11 @@ from nccidfs.config import STATUS_FILE
 from nccidfs.dicom import xattr_name
 from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
-from nccidfs.namespace import Namespace, split_path
+from nccidfs.namespace import Namespace
+from nccidfs.namespace.rules import split_path
 from nccidfs.objects import Entry, ObjectInfo
-from nccidfs.views import CONTROL, OPEN_INVALIDATION_WAIT, ControlFolder, Invalidator, StatusFile, VirtualFile
+from nccidfs.views.registry import CONTROL, OPEN_INVALIDATION_WAIT, ControlFolder, Invalidator, VirtualFile
+from nccidfs.views.status import StatusFile
 from nccidfs.xattrs import TagReader
 
 log = logging.getLogger(__name__)

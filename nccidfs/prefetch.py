@@ -24,16 +24,23 @@ from cachetools import LRUCache
 from nccidfs.cache import DiskCache
 from nccidfs.errors import NccidfsError
 from nccidfs.fetch import Fetcher
+from nccidfs.layout import is_image
 from nccidfs.namespace import Namespace
 from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIX = ".dcm"
 HEADERS, WHOLE = "headers", "whole"
 # Images of one series opened in a row, in name order, that make a series walk. Three: a random reader of
 # a 50-image series makes one by chance about once in 2,500 opens; a header scan waits for two serial opens.
 IN_ORDER = 3
+# Series whose image order is kept (a few hundred names each), and series whose last opened place is.
+ORDERED_SERIES = 64
+WALKED_SERIES = 1024
+# The place before the first: no first open continues a walk.
+NONE_OPENED = -2
+# A series larger than this share of the cache is not fetched whole: it would evict most of what is read.
+MAX_SERIES_SHARE = 0.5
 
 
 class SeriesPrefetcher:
@@ -49,8 +56,8 @@ class SeriesPrefetcher:
         self._stages: dict[str, str] = {}  # the current series' path -> the stage it reached
         # Per series: its image names in order (with their places) and the last place opened, with the run
         # of consecutive places that led to it.
-        self._orders: LRUCache[str, dict[str, int]] = LRUCache(maxsize=64)
-        self._walks: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=1024)
+        self._orders: LRUCache[str, dict[str, int]] = LRUCache(maxsize=ORDERED_SERIES)
+        self._walks: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=WALKED_SERIES)
         self._generation = 0
         self.objects_prefetched = 0
         self.bytes_prefetched = 0
@@ -58,7 +65,7 @@ class SeriesPrefetcher:
     def opened(self, path: str, obj: ObjectInfo) -> None:
         """Open listener: once the reader walks the series, fetch the first block of each of its images,
         so a header scan runs in parallel rather than one request at a time."""
-        if path.endswith(IMAGE_SUFFIX) and self._walking(*path.rsplit("/", 1)):
+        if is_image(path) and self._walking(*path.rsplit("/", 1)):
             self._start(path, HEADERS)
 
     def reading(self, path: str, obj: ObjectInfo) -> None:
@@ -75,7 +82,7 @@ class SeriesPrefetcher:
         if order is None or name not in order:
             try:
                 names = sorted(e.name for e in self._namespace.list(series).values()
-                               if e.obj is not None and e.name.endswith(IMAGE_SUFFIX))
+                               if e.obj is not None and is_image(e.name))
             except NccidfsError:
                 return False
             order = {image: place for place, image in enumerate(names)}
@@ -84,13 +91,13 @@ class SeriesPrefetcher:
             place = order.get(name)
             if place is None:
                 return False
-            last, run = self._walks.get(series, (-2, 0))
+            last, run = self._walks.get(series, (NONE_OPENED, 0))
             run = run + 1 if place == last + 1 else 1
             self._walks[series] = (place, run)
             return run >= IN_ORDER
 
     def _start(self, path: str, stage: str) -> None:
-        if not path.endswith(IMAGE_SUFFIX):
+        if not is_image(path):
             return
         series, name = path.rsplit("/", 1)
         with self._lock:
@@ -107,11 +114,11 @@ class SeriesPrefetcher:
             pool = self._pool
         try:
             images = [e.obj for e in self._namespace.list(series).values() if e.obj is not None
-                      and e.name.endswith(IMAGE_SUFFIX)]
+                      and is_image(e.name)]
         except NccidfsError:
             return
         total = sum(obj.size for obj in images)
-        if stage == WHOLE and total > self._cache.size_bytes // 2:
+        if stage == WHOLE and total > self._cache.size_bytes * MAX_SERIES_SHARE:
             log.debug("series %s (%d bytes) is over half the cache; not prefetching", series, total)
             return
         # The reader walks forward in name order: fetch what lies ahead of the image it opened.

@@ -21,37 +21,32 @@ from cachetools import LRUCache
 from nccidfs.dicom import tags_from_dicom_header, tags_from_metadata_json
 from nccidfs.errors import AccessDenied, NotFound
 from nccidfs.fetch import Fetcher
-from nccidfs.namespace import Namespace, split_path
+from nccidfs.layout import twin_of
+from nccidfs.namespace import Namespace
 from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIX = ".dcm"
-METADATA_SUFFIX = "-metadata"
 FIRST_HEADER_READ = 64 * 1024
 # A warehouse twin is a few KiB and a header a few tens of KiB; anything far larger is not worth a download.
 MAX_TWIN_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
-
-
-def metadata_twin(path: str) -> str | None:
-    """``/ct/P/S/Se/X.dcm`` -> ``/ct-metadata/P/S/Se/X.json``; None for paths outside an image folder."""
-    parts = split_path(path)
-    if len(parts) < 2 or not parts[-1].endswith(IMAGE_SUFFIX) or parts[0].endswith(METADATA_SUFFIX):
-        return None
-    return "/" + "/".join([parts[0] + METADATA_SUFFIX, *parts[1:-1], parts[-1][: -len(IMAGE_SUFFIX)] + ".json"])
+# Images whose parsed tags are kept (a few KiB each).
+REMEMBERED_TAGS = 4096
 
 
 class TagReader:
+    """An image's tags from its twin, else from its header; kept per object version."""
+
     def __init__(self, namespace: Namespace, fetcher: Fetcher) -> None:
         self._namespace = namespace
         self._fetcher = fetcher
         self._lock = threading.Lock()
-        self._tags: LRUCache[tuple[str, str], dict[str, str]] = LRUCache(maxsize=4096)
+        self._tags: LRUCache[tuple[str, str], dict[str, str]] = LRUCache(maxsize=REMEMBERED_TAGS)
 
     def tags(self, path: str, obj: ObjectInfo) -> dict[str, str]:
         """The image's tags; an empty dict for files that are not DICOM images."""
-        twin = metadata_twin(path)
+        twin = twin_of(path)
         if twin is None:
             return {}
         with self._lock:

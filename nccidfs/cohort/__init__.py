@@ -9,5 +9,8 @@
 - :mod:`.operations`: split, verify and diff of manifests.
 - :mod:`.command`: the ``nccidfs cohort`` subcommands.
 
+A running mount shows the manifests of its cache directory under ``/.nccidfs/cohorts/``
+(:mod:`nccidfs.views.cohorts`).
+
 See docs/cohorts.md for the format and docs/semantics.md for what a cohort mount shows.
 """

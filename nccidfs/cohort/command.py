@@ -13,11 +13,12 @@ from nccidfs.cohort.manifest import Header, Row, Warehouse
 from nccidfs.cohort.mounting import warehouse_config
 from nccidfs.cohort.select import CATALOG, ListingSource, collect, load_catalog, select, select_paths
 from nccidfs.cohort.source import AsOfStore, endpoint_host, parse_as_of
-from nccidfs.cohort.view import COHORTS_FOLDER, publish
 from nccidfs.commands import mount_status
 from nccidfs.config import CONTROL_DIR, DEFAULT_REGION, S3Config, format_size, normalize_prefix
 from nccidfs.errors import ConfigError
+from nccidfs.layout import is_image, is_twin_folder
 from nccidfs.store import Boto3Store, ObjectStore
+from nccidfs.views.cohorts import COHORTS_FOLDER, publish
 
 EXIT_OK, EXIT_CHANGED = 0, 1
 DESCRIPTION = """\
@@ -87,7 +88,7 @@ def run(argv: Sequence[str], parser_class: Callable[..., argparse.ArgumentParser
 
 def _summary(rows: Sequence[Row]) -> str:
     series = {row[0].rsplit("/", 1)[0] for row in rows
-              if row[0].endswith(".dcm") and not row[0].split("/", 1)[0].endswith("-metadata")}
+              if is_image(row[0]) and not is_twin_folder(row[0].split("/", 1)[0])}
     return (f"{len(operations.patients(rows))} patients, {len(series)} series, {len(rows)} objects, "
             f"{format_size(sum(row[1] for row in rows))}")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nccidfs.errors import ConfigError
-from nccidfs.namespace import is_safe_name
+from nccidfs.namespace.rules import is_safe_name
 from nccidfs.objects import ObjectInfo
 
 FORMAT = "nccid-cohort"

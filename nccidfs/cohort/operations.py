@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 from nccidfs.cohort.manifest import Row, patient_of
 from nccidfs.errors import ConfigError
+from nccidfs.layout import PATIENT_DEPTH
 from nccidfs.objects import Listing
 from nccidfs.store import ObjectStore
 
 # A patient's place in [0, 1) is the first 8 bytes of SHA-256(seed, Patient_ID) over 2**64.
 _HASH_BYTES = 8
 LISTING_THREADS = 16
-# Keys this deep (``ct/<Patient_ID>/``) are a patient's folder, listed flat in one listing.
-PATIENT_DEPTH = 2
 
 
 def parse_fractions(text: str) -> list[float]:

@@ -35,14 +35,13 @@ from nccidfs.cohort.tree import prefix_end
 from nccidfs.derived.clinical import CLEANED_COLUMNS
 from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, SCHEMA_VERSION
+from nccidfs.layout import CLINICAL_FOLDER, patient_folder, twin_folder_path, twin_of
 from nccidfs.objects import ObjectInfo
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 CATALOG = ".nccidfs/catalog"
-CLINICAL = "data"
-TWIN_SUFFIX = "-metadata"
 # Folders listed in S3 at once, for the patients the listing index does not hold whole.
 LISTING_THREADS = 16
 # A warehouse folder with at least this many patients to list has them listed in runs, not one by one.
@@ -71,12 +70,10 @@ class Selection:
         folder, patient = parts[0], parts[1]
         below = "/".join(parts) + ("" if is_file else "/")
         self.wanted[f"{folder}/{patient}/"].add(below)
-        if len(parts) > 2 and not folder.endswith(TWIN_SUFFIX) and folder != CLINICAL:
-            twin = "/".join([folder + TWIN_SUFFIX, *parts[1:]])
-            if is_file:
-                twin = twin.removesuffix(".dcm") + ".json"
-            self.wanted[f"{folder}{TWIN_SUFFIX}/{patient}/"].add(twin + ("" if is_file else "/"))
-        self.wanted[f"{CLINICAL}/{patient}/"].add(f"{CLINICAL}/{patient}/")
+        twin = (twin_of(below) if is_file else twin_folder_path(below)) if len(parts) > 2 else None
+        if twin is not None and folder != CLINICAL_FOLDER:
+            self.wanted[twin.split("/", 1)[0] + f"/{patient}/"].add(twin)
+        self.wanted[f"{CLINICAL_FOLDER}/{patient}/"].add(f"{CLINICAL_FOLDER}/{patient}/")
 
     @property
     def patients(self) -> set[str]:
@@ -185,7 +182,7 @@ def select(db: sqlite3.Connection, where: str | None, patients: set[str] | None)
     selection = Selection()
     for patient, path in rows:
         if path is None:
-            selection.add(f"{CLINICAL}/{patient}")
+            selection.add(f"{CLINICAL_FOLDER}/{patient}")
         else:
             selection.add(str(path))
     return selection
@@ -311,7 +308,7 @@ class ListingSource:
             base = f"{self.prefix}{top}/"
             for (prefix,) in self._db.execute("SELECT prefix FROM dirs WHERE prefix > ? AND prefix < ?",
                                               (base, prefix_end(base))):
-                held.add("/".join(prefix[len(self.prefix):].split("/", 2)[:2]) + "/")
+                held.add(patient_folder(prefix[len(self.prefix):]))
         return held
 
     def _indexed(self, prefix: str) -> list[ObjectInfo] | None:
@@ -360,7 +357,7 @@ def collect(selection: Selection, source: ListingSource) -> list[ObjectInfo]:
     prefix_length = len(source.prefix)
     for obj in source.objects(wanted):
         relative = obj.key[prefix_length:]
-        below = wanted["/".join(relative.split("/", 2)[:2]) + "/"]
+        below = wanted[patient_folder(relative)]
         if relative in below or any(relative.startswith(item) for item in below if item.endswith("/")):
             chosen[obj.key] = obj
     return sorted(chosen.values())

@@ -33,6 +33,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from nccidfs.layout import CLINICAL_FOLDER, IMAGE_SUFFIX, TWIN_SUFFIX, twin_folder
+
 FloatImage = npt.NDArray[np.float64]
 PixelImage = npt.NDArray[np.uint16]
 
@@ -109,14 +111,14 @@ def generate_warehouse(seed: int = 7, prefix: str = "training/", ct_slices: int 
     objects: list[DemoObject] = []
     for patient in _plan_patients(seed):
         for name, body in _clinical_files(patient, seed):
-            objects.append(DemoObject(f"{prefix}data/{patient.pid}/{name}", body))
+            objects.append(DemoObject(f"{prefix}{CLINICAL_FOLDER}/{patient.pid}/{name}", body))
         stems = _rng(seed, patient.pid, "stems")
         for folder, ds in _images(patient, seed, ct_slices):
             stem = uuid.UUID(int=stems.getrandbits(128), version=4)
             path = f"{patient.pid}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{stem}"
             dicom = _encode(ds)
-            objects.append(DemoObject(f"{prefix}{folder}/{path}.dcm", dicom))
-            objects.append(DemoObject(f"{prefix}{folder}-metadata/{path}.json", metadata_json(dicom)))
+            objects.append(DemoObject(f"{prefix}{folder}/{path}{IMAGE_SUFFIX}", dicom))
+            objects.append(DemoObject(f"{prefix}{twin_folder(folder)}/{path}{TWIN_SUFFIX}", metadata_json(dicom)))
     return sorted(objects, key=lambda obj: obj.key)
 
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from nccidfs.derived.clinical import CLEANED_COLUMNS, clean
+from nccidfs.layout import CLINICAL_FILE_NAME, POSITIVE_KIND
 
 Row = dict[str, str]
 
@@ -68,8 +69,6 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # A number as JSON or DICOM writes it; "-3" or "-1.5e-3" is data, not a formula, and stays as it is.
 _NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# NHSX match the prefix whatever its case (Data_, Status_): so do we.
-_CLINICAL_NAME = re.compile(r"(?P<kind>data|status)_(?P<date>\d{4}-\d{2}-\d{2})\.json", re.IGNORECASE)
 _SEGMENTATION = ("OtherDataSources", "SegmentationData")
 _CLEANED = frozenset(CLEANED_COLUMNS)
 
@@ -213,7 +212,7 @@ def _dated(names: Iterable[str]) -> list[tuple[dt.date, str, str]]:
     """(date, kind, name) of every clinical file named by a valid date."""
     dated = []
     for name in names:
-        match = _CLINICAL_NAME.fullmatch(name)
+        match = CLINICAL_FILE_NAME.fullmatch(name)
         date = _date(match["date"]) if match else None
         if match and date:
             dated.append((date, match["kind"].lower(), name))
@@ -222,8 +221,8 @@ def _dated(names: Iterable[str]) -> list[tuple[dt.date, str, str]]:
 
 def _cohort_and_latest(dated: list[tuple[dt.date, str, str]]) -> tuple[bool, tuple[dt.date, str, str]]:
     """NHSX's rule: positive when any ``data_`` file exists; the latest file of the cohort's kind wins."""
-    positive = any(kind == "data" for _, kind, _ in dated)
-    return positive, max(entry for entry in dated if (entry[1] == "data") == positive)
+    positive = any(kind == POSITIVE_KIND for _, kind, _ in dated)
+    return positive, max(entry for entry in dated if (entry[1] == POSITIVE_KIND) == positive)
 
 
 def _date(text: str) -> dt.date | None:

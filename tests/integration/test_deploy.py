@@ -41,7 +41,7 @@ BASELINE = 150 * 1024**2
 
 def memory_ceiling() -> int:
     from nccidfs.config import MountConfig, ReadConfig
-    from nccidfs.derived_views import DECODE_BUDGET, MADE_BYTES
+    from nccidfs.views.generated import DECODE_BUDGET, MADE_BYTES
 
     mount = MountConfig.__dataclass_fields__
     inodes = mount["max_inodes"].default + WAREHOUSE_DIRECTORIES

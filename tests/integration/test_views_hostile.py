@@ -31,7 +31,7 @@ pytestmark = pytest.mark.fuse
 MIB = 1024 * 1024
 RSS_BOUND = 500 * MIB
 SERIES = "1.2.826.0.1.3680043.8.498.2"
-LARGEST = 4700  # about the side of the largest square 16-bit X-ray made into a PNG (derived_views.DECODE_BUDGET)
+LARGEST = 4700  # about the side of the largest square 16-bit X-ray made into a PNG (views.generated.DECODE_BUDGET)
 
 Mount = Callable[[dict[str, bytes]], MountedDaemon]
 T = TypeVar("T")

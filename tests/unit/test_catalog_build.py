@@ -16,13 +16,14 @@ import pytest
 
 from nccidfs.catalog_build import MAX_TWIN_BYTES, FolderBuild, image_patient
 from nccidfs.catalog_db import CatalogDB
-from nccidfs.catalog_view import CatalogBuilder, CatalogView
 from nccidfs.derived.catalog import SERIES_TAGS, render_csv, spreadsheet_cell, valid_text
 from nccidfs.dicom import selected_tags_from_metadata_json, tags_from_metadata_json
 from nccidfs.errors import NotReady
 from nccidfs.index import ListingIndex
-from nccidfs.namespace import Namespace, is_safe_name
+from nccidfs.namespace import Namespace
+from nccidfs.namespace.rules import is_safe_name
 from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.views.catalog import CatalogBuilder, CatalogView
 from tests.fakes import FailingStore
 
 PREFIX = "training/"

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from nccidfs.cli import SUBCOMMANDS, build_parser, from_mount_helper, main
-from nccidfs.config import KNOWN_FOLDERS, CacheConfig, MountConfig, S3Config
+from nccidfs.config import CacheConfig, MountConfig, S3Config
 from nccidfs.errors import ConfigError
+from nccidfs.layout import KNOWN_FOLDERS
 from tests.mounting import MountedDaemon, daemon_env, seed_demo_bucket, start_demo
 
 

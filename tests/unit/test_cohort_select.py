@@ -11,7 +11,7 @@ from nccidfs.cohort import runs
 from nccidfs.cohort.select import LISTING_THREADS, ListingSource, Selection, collect, load_catalog, select
 from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, ListingIndex
-from nccidfs.namespace import entries_from_listing, entries_from_tree
+from nccidfs.namespace.rules import entries_from_listing, entries_from_tree
 from nccidfs.objects import Listing
 from tests.fakes import MemoryStore
 

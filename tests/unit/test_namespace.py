@@ -7,16 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nccidfs.errors import AccessDenied, NotFound
-from nccidfs.namespace import (
-    RUN_KEYS,
-    SIBLINGS_AHEAD,
-    Namespace,
-    dir_prefix,
-    entries_from_listing,
-    entries_from_tree,
-    is_safe_name,
-    split_path,
-)
+from nccidfs.namespace import Namespace
+from nccidfs.namespace.readahead import RUN_KEYS, SIBLINGS_AHEAD
+from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, is_safe_name, split_path
 from nccidfs.objects import Listing, ObjectInfo
 from tests.fakes import MemoryStore, scratch_index
 

@@ -1,28 +1,24 @@
-"""Key <-> path rules and the TTL'd, bounded cache of directory listings. No FUSE, no boto3.
+"""The TTL'd, bounded cache of directory listings: where a listing comes from and how it stays fresh.
+No FUSE, no boto3.
 
-The tree is a pure function of the listing: a directory per common prefix, a file per object.
 The root is the prefix's own listing when the credentials may list it; otherwise it is built from the
 folders they may list (the warehouse refuses a listing of ``training/`` to most users). Every directory
-is listed lazily, with one in-flight listing per directory however many callers want it.
+is listed lazily, with one in-flight listing per directory however many callers want it; a patient's
+folder is listed with its whole subtree in one flat listing. What a listing shows follows the key rules of
+:mod:`nccidfs.namespace.rules`; walks have the next subtrees listed ahead (:mod:`nccidfs.namespace.readahead`).
 
 Freshness is stale-while-revalidate: a listing younger than the TTL is served as it is; an older one (or
 one saved by an earlier run) is served at once and listed again in the background. A failed background
 listing keeps the old one, with one warning for the whole outage. Only a directory never listed waits
 for S3, and then no longer than the calling FUSE call's deadline (:mod:`nccidfs.deadline`).
-
-Keys that cannot be file names (empty, ``.`` or ``..`` segments, control characters, over 255 bytes) are
-left out with one warning each; a directory marker (a key ending in ``/``) is the directory itself; a
-name that is both an object and a prefix is shown as the directory. See docs/semantics.md.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -31,172 +27,35 @@ from cachetools import LRUCache, TTLCache
 from nccidfs import deadline
 from nccidfs.errors import NccidfsError, NotFound, TransientError
 from nccidfs.index import ListingIndex
+from nccidfs.layout import PATIENT_DEPTH
+from nccidfs.namespace.readahead import WalkTracker, list_run, run_subtrees
+from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, split_path
 from nccidfs.objects import Entry, Listing
 from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_BYTES = 255
-# Directories this deep under the mount root (``ct/<patient>/``) are listed with their whole subtree.
-SUBTREE_DEPTH = 2
-# A walk (readdir of consecutive sibling subtrees, in order) has the next ones listed ahead: at least this
-# many siblings, in at most this many listings at a time, by this many threads. A walk of CT folders on
-# 2 cores (at 20 ms a request): 64,000 files/s with 4 threads, 78,000-84,000 with 6, no more with 8; a
-# stat during the walk took 10-14 ms at the 90th percentile with 6 (16-21 ms with 8). (Before the garbage
-# collector was settled, see nccidfs.daemon, its pauses made 6 threads cost other calls 30-60 ms.)
-SIBLINGS_AHEAD = 16
-LISTINGS_AHEAD = 4
+# Directories this deep under the mount root, a patient's folder (``ct/<patient>/``), are listed with their
+# whole subtree.
+SUBTREE_DEPTH = PATIENT_DEPTH
+# Threads that list in the background: revalidations and walk read-ahead. A walk of CT folders on 2 cores
+# (at 20 ms a request): 64,000 files/s with 4 threads, 78,000-84,000 with 6, no more with 8; a stat during
+# the walk took 10-14 ms at the 90th percentile with 6 (16-21 ms with 8). (Before the garbage collector was
+# settled, see nccidfs.daemon, its pauses made 6 threads cost other calls 30-60 ms.)
 BACKGROUND_LISTINGS = 6
-# Where siblings hold few keys (X-rays: 3 or 4 a patient), one flat listing covers a run of them, sized
-# from the keys per sibling seen so far to fill about this much of a 1,000-key page.
-RUN_KEYS = 800
 # Listings a caller waits for, at once: as many as the readers a data loader starts on unlisted folders.
 FOREGROUND_LISTINGS = 32
-# After a failed background refresh, the old listing is served this long before the next try.
+# After a failed background refresh, the old listing is served this long before the next try, in at most
+# this many folders (each a few hundred bytes).
 REVALIDATE_BACKOFF = 30.0
+BACKOFF_FOLDERS = 10_000
 # How long opening a file waits for its folder to be listed again when that listing is from an earlier
 # run (the object may have been replaced while the daemon was down); past it the saved listing is used.
 REVALIDATE_ON_OPEN = 0.5
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def split_path(path: str) -> list[str]:
-    """``/ct/Covid1`` -> ``["ct", "Covid1"]``; the root is ``[]``."""
-    return [part for part in path.split("/") if part]
-
-
-def dir_prefix(root_prefix: str, parts: Sequence[str]) -> str:
-    """The S3 prefix (with trailing slash) that a directory path stands for."""
-    return root_prefix + "".join(f"{part}/" for part in parts)
-
-
-def is_safe_name(name: str) -> bool:
-    """Whether an S3 key segment can be shown as a file name without escaping, clashing or confusing tools.
-
-    Control characters are legal in Linux names but break shells, ``find | xargs`` and viewers; the
-    warehouse loader never writes them, so such a key is a damaged one and is skipped.
-    """
-    if name.isascii() and name.isprintable() and len(name) <= MAX_NAME_BYTES:  # nearly every key: no regex
-        return name not in ("", ".", "..") and "/" not in name
-    return (name not in ("", ".", "..") and "/" not in name and not _CONTROL.search(name)
-            and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES)
-
-
-class _WarnOnce:
-    """Logs each skipped key once per process, so a bad key does not flood the log."""
-
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, key: str, why: str) -> None:
-        with self._lock:
-            if key in self._seen:
-                return
-            self._seen.add(key)
-        log.warning("skipping key %r: %s", key, why)
-
-
-warn_skipped = _WarnOnce()
-
-
-def entries_from_listing(listing: Listing, prefix: str, default_mtime: float) -> dict[str, Entry]:
-    """One directory's entries, sorted by name; odd keys are dropped as the module docstring says."""
-    entries: dict[str, Entry] = {}
-    for sub in listing.prefixes:
-        name = sub[len(prefix):].rstrip("/")
-        if sub[len(prefix):].count("/") != 1 or not is_safe_name(name):
-            warn_skipped(sub, "not a usable directory name")
-            continue
-        entries[name] = Entry(name, True, mtime=default_mtime)
-    for obj in listing.objects:
-        name = obj.key[len(prefix):]
-        if name == "":
-            continue  # the directory marker of this directory itself
-        if not is_safe_name(name):
-            warn_skipped(obj.key, "not a usable file name")
-            continue
-        if name in entries:
-            warn_skipped(obj.key, "an object and a prefix share this name; the directory is shown")
-            continue
-        entries[name] = Entry(name, False, obj.size, obj.mtime, obj)
-    return dict(sorted(entries.items()))
-
-
-def entries_from_tree(listing: Listing, prefix: str, default_mtime: float) -> dict[str, dict[str, Entry]]:
-    """Every directory's entries under ``prefix`` from one flat listing; the same rules as per directory."""
-    tree: dict[str, dict[str, Entry]] = {prefix: {}}
-    files_seen: dict[tuple[str, str], str] = {}
-    # Keys come sorted, so most share the folder of the key before: its names were checked already.
-    last_folder, last_entries = None, tree[prefix]
-    for obj in listing.objects:
-        folder, _, leaf = obj.key.rpartition("/")
-        if folder == last_folder and is_safe_name(leaf) and leaf not in last_entries:
-            last_entries[leaf] = Entry(leaf, False, obj.size, obj.mtime, obj)
-            files_seen[(folder + "/", leaf)] = obj.key
-            continue
-        *folders, leaf = obj.key[len(prefix):].split("/")
-        directory = prefix
-        for name in folders:
-            if not is_safe_name(name):
-                warn_skipped(directory + name + "/", "not a usable directory name")
-                break
-            clash = files_seen.pop((directory, name), None)
-            if clash is not None:
-                warn_skipped(clash, "an object and a prefix share this name; the directory is shown")
-            tree[directory][name] = Entry(name, True, mtime=default_mtime)
-            directory += name + "/"
-            tree.setdefault(directory, {})
-        else:
-            if leaf == "":
-                continue  # a directory marker
-            if not is_safe_name(leaf):
-                warn_skipped(obj.key, "not a usable file name")
-            elif leaf in tree[directory] and tree[directory][leaf].is_dir:
-                warn_skipped(obj.key, "an object and a prefix share this name; the directory is shown")
-            else:
-                tree[directory][leaf] = Entry(leaf, False, obj.size, obj.mtime, obj)
-                files_seen[(directory, leaf)] = obj.key
-            last_folder, last_entries = directory[:-1], tree[directory]
-    return {directory: dict(sorted(entries.items())) for directory, entries in tree.items()}
-
-
+# How long a caller waits for a listing when no FUSE call's deadline applies.
+DEFAULT_TIMEOUT = 30.0
 
 Listed = tuple[float, dict[str, Entry]]  # (when it was listed, its entries)
-
-
-class _Walk:
-    """A walk through one folder's sub-directories: where it is, how far ahead they are listed, and how
-    many keys a sub-directory holds on average (which decides how many one listing covers)."""
-
-    def __init__(self, entries: dict[str, Entry]) -> None:
-        self.entries = entries
-        # In key order (``name/``), which is not name order ("a-b/" < "a/"): a run is contiguous in keys.
-        self.siblings = sorted(entry.name + "/" for entry in entries.values() if entry.is_dir)
-        self.last = -2  # index of the sibling read last
-        self.frontier = 0  # siblings before this index are listed or queued
-        self.subtrees = 0
-        self.keys = 0
-
-    def run_length(self) -> int:
-        if self.subtrees == 0 or self.keys == 0:
-            return 1
-        return max(1, int(RUN_KEYS * self.subtrees / self.keys))
-
-    def runs_ahead(self, at: int) -> Iterator[Sequence[str]]:
-        """The runs of siblings to list now that the walk is at index ``at``; moves the frontier."""
-        length = self.run_length()
-        stop = min(len(self.siblings), at + 1 + max(SIBLINGS_AHEAD, LISTINGS_AHEAD * length))
-        start = max(self.frontier, at + 1)
-        while start < stop and (stop - start >= length or stop == len(self.siblings)):
-            yield [sibling[:-1] for sibling in self.siblings[start:start + length]]
-            start += length
-            self.frontier = max(self.frontier, start)
-
-    def after(self, name: str) -> str | None:
-        """The sibling that follows ``name``, or None for the last."""
-        at = bisect.bisect_right(self.siblings, name + "/")
-        return self.siblings[at][:-1] if at < len(self.siblings) else None
 
 
 class Namespace:
@@ -208,7 +67,7 @@ class Namespace:
     """
 
     def __init__(self, store: ObjectStore, prefix: str, root: Iterable[str] | Listing, ttl: float,
-                 max_entries: int, index: ListingIndex, timeout: float = 30.0) -> None:
+                 max_entries: int, index: ListingIndex, timeout: float = DEFAULT_TIMEOUT) -> None:
         """``root`` is the prefix's own listing when it may be listed, else the folders that may be."""
         self._store = store
         self._prefix = prefix
@@ -225,14 +84,14 @@ class Namespace:
                                                          getsizeof=lambda held: len(held[1]) + 1)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
-        self._backoff: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=REVALIDATE_BACKOFF)
+        self._backoff: TTLCache[str, bool] = TTLCache(maxsize=BACKOFF_FOLDERS, ttl=REVALIDATE_BACKOFF)
         self._offline = False
         self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
         # Called with the mount path of a file that a new listing replaced or removed.
         self.on_change: Callable[[str], None] = lambda path: None
         # Called with the mount path of a directory whose listing changed (and whether those below it too).
         self.on_listing_change: Callable[[str, bool], None] = lambda path, subtree: None
-        self._walks: dict[str, _Walk] = {}
+        self._walks = WalkTracker()
         self._looked_up_by_name: set[str] = set()  # folders where a patient was looked up before listing
         self._foreground = ThreadPoolExecutor(FOREGROUND_LISTINGS, thread_name_prefix="list")
         self._background = ThreadPoolExecutor(BACKGROUND_LISTINGS, thread_name_prefix="list-ahead")
@@ -427,7 +286,7 @@ class Namespace:
             if prefix[len(self._prefix):].count("/") >= SUBTREE_DEPTH:
                 listing = self._store.list_tree(prefix)
                 tree = entries_from_tree(listing, prefix, self._started)
-                self._count_keys(prefix[:prefix.rindex("/", 0, -1) + 1], 1, len(listing.objects))
+                self._walks.count_keys(prefix[:prefix.rindex("/", 0, -1) + 1], 1, len(listing.objects))
             else:
                 tree = {prefix: entries_from_listing(self._store.list_dir(prefix), prefix, self._started)}
         except BaseException as error:
@@ -514,24 +373,15 @@ class Namespace:
             log.debug("background listing of %s failed: %s", prefix, error)
 
     def _visited(self, parent: Sequence[str], name: str) -> None:
-        """A subtree was read (readdir). Two in a row that are consecutive siblings are a walk (``find``,
-        ``os.walk``, ``ls -R``): the siblings after it are then listed ahead. A lone lookup never is."""
+        """A subtree was read (readdir): if that continues a walk, the runs of siblings after it that no one
+        lists yet are claimed and listed in the background (see :mod:`nccidfs.namespace.readahead`)."""
         parent_prefix = dir_prefix(self._prefix, parent)
         claimed = []
         with self._lock:
             held = self._listings.get(parent_prefix)
-            walk = self._walks.get(parent_prefix)
             if held is None:
                 return
-            if walk is None or walk.entries is not held[1]:
-                walk = self._walks[parent_prefix] = _Walk(held[1])
-            at = bisect.bisect_left(walk.siblings, name + "/")
-            if at == len(walk.siblings) or walk.siblings[at] != name + "/":
-                return
-            walking, walk.last = at == walk.last + 1, at
-            if not walking:
-                return
-            for run in walk.runs_ahead(at):
+            for run, end in self._walks.visited(parent_prefix, held[1], name):
                 futures: dict[str, Future[dict[str, Entry]]] = {}
                 for sibling in run:
                     prefix = f"{parent_prefix}{sibling}/"
@@ -539,50 +389,33 @@ class Namespace:
                             and self._index.head(prefix) is None):
                         futures[prefix] = self._inflight[prefix] = Future()
                 if futures:
-                    claimed.append((walk.after(run[-1]), futures))
+                    claimed.append((end, futures))
         for end, futures in claimed:
             self._background.submit(self._fetch_run, parent_prefix, end, futures, self._generation)
 
     def _fetch_run(self, parent: str, end: str | None, futures: dict[str, Future[dict[str, Entry]]],
                    generation: int) -> None:
         """In a pool thread, ahead of a walk: one flat listing answers every directory of the siblings in
-        ``futures``: a sibling's own subtree, or for several, the parent's keys from the first of them
-        to ``end``, the sibling after the last."""
-        first = min(futures)
+        ``futures`` (:func:`~nccidfs.namespace.readahead.list_run`)."""
+        siblings = sorted(futures)
         try:
-            if len(futures) == 1:
-                listing = self._store.list_tree(first)
-            else:
-                listing = self._store.list_tree(parent, start_after=first[:-1],
-                                                end=None if end is None else f"{parent}{end}/")
+            listing = list_run(self._store, parent, siblings, end)
             tree = entries_from_tree(listing, parent, self._started)
         except BaseException as error:
             for prefix, future in futures.items():
                 self._done(prefix, future)
             if isinstance(error, NccidfsError):
-                self._background_failed(first, error)
+                self._background_failed(siblings[0], error)
             for future in futures.values():
                 future.set_exception(error)
             return
-        self._count_keys(parent, len(futures), len(listing.objects))
-        kept: dict[str, dict[str, Entry]] = {prefix: {} for prefix in futures}
-        for directory, entries in tree.items():
-            head = directory.find("/", len(parent))
-            if head >= 0 and directory[:head + 1] in futures:
-                kept[directory] = entries
+        self._walks.count_keys(parent, len(futures), len(listing.objects))
+        kept = run_subtrees(tree, parent, siblings)
         self._keep(kept, generation)
         for prefix, future in futures.items():
             self._done(prefix, future)
         for prefix, future in futures.items():
             future.set_result(kept[prefix])
-
-    def _count_keys(self, parent: str, subtrees: int, keys: int) -> None:
-        """How many keys the subtrees of a folder hold, so a walk of it sizes its runs."""
-        with self._lock:
-            walk = self._walks.get(parent)
-            if walk is not None:
-                walk.subtrees += subtrees
-                walk.keys += keys
 
     # -- freshness control ----------------------------------------------------------------------
     def invalidate(self, path: str = "/") -> int:

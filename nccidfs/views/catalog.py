@@ -22,14 +22,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from nccidfs import catalog_parquet
-from nccidfs.catalog_build import CLINICAL, IMAGE_FOLDERS, Bucket, Progress, build_folders
+from nccidfs.catalog_build import CATALOGUED_FOLDERS, Bucket, Progress, build_folders
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_tables import iso_time, write_tables
 from nccidfs.errors import ConfigError, NccidfsError, NotFound, NotReady
 from nccidfs.index import ListingIndex
+from nccidfs.layout import CLINICAL_FOLDER
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry
-from nccidfs.views import Parts, Snapshot, VirtualFile
+from nccidfs.views.registry import Parts, Snapshot, VirtualFile
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class CatalogBuilder:
         """The mount's image folders (those of ct, mri, xray that it shows), and its clinical one if shown."""
         root = self._namespace.list("/")
         shown = [name for name, entry in root.items() if entry.is_dir]
-        return [f for f in IMAGE_FOLDERS if f in shown], [f for f in (CLINICAL,) if f in shown]
+        return [f for f in CATALOGUED_FOLDERS if f in shown], [f for f in (CLINICAL_FOLDER,) if f in shown]
 
     def start(self, folders: Sequence[str] | None = None, again: bool = False, relist: bool = False
               ) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests for the parts of nccidfs.derived_views that keep generated files safe: one build for all readers,
+"""Tests for the parts of nccidfs.views.generated that keep generated files safe: one build for all readers,
 one producer for all opens of a version, the kernel told of a new size, a failure remembered as a reason."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 
 from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
-from nccidfs.derived_views import OPEN_INVALIDATION_WAIT, Generated, Made, Producers, whole_producer
 from nccidfs.errors import CorruptData
 from nccidfs.objects import ObjectInfo
+from nccidfs.views.generated import Generated, Made, Producers, whole_producer
+from nccidfs.views.registry import OPEN_INVALIDATION_WAIT
 
 
 def test_a_whole_file_is_built_once_for_ranges_asked_at_once() -> None:

@@ -29,9 +29,9 @@ from nccidfs.cohort.tree import FrozenTree
 from nccidfs.config import S3Config
 from nccidfs.errors import ConfigError, NotFound
 from nccidfs.fetch import Fetcher, ReadCursor
-from nccidfs.namespace import is_safe_name
+from nccidfs.namespace.rules import is_safe_name
 from nccidfs.objects import Entry
-from nccidfs.views import Parts, VirtualFile
+from nccidfs.views.registry import Parts, VirtualFile
 
 COHORTS_FOLDER = "cohorts"  # inside the cache directory
 LOADED_COHORTS = 2

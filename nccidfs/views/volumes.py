@@ -1,0 +1,162 @@
+"""``.nccidfs/volumes/{ct,mri}/<Patient_ID>/<STUDY_UID>/<SERIES_UID>.nii`` (+ ``<SERIES_UID>.json``
+sidecar): each series as one NIfTI-1 volume, made by :mod:`nccidfs.derived.volume`, or only a ``.json``
+saying why it is not one volume. A range read makes only the slices it covers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from nccidfs.derived.agreement import checked_image
+from nccidfs.derived.volume import (
+    HEADER_BYTES,
+    Rejection,
+    VolumePlan,
+    encode_header,
+    encode_slices,
+    plan_volume,
+    sidecar,
+)
+from nccidfs.errors import NotFound
+from nccidfs.layout import CT, MRI
+from nccidfs.objects import Entry, ObjectInfo
+from nccidfs.views.generated import SIDECAR_SUFFIX, Made, ObjectReader, Producer, Sidecar, version_of
+from nccidfs.views.registry import Parts, VirtualFile
+from nccidfs.views.series import (
+    Derived,
+    SeriesImages,
+    SeriesLayer,
+    decoding_work,
+    naming,
+    oversized_reason,
+    promised_by,
+)
+
+log = logging.getLogger(__name__)
+
+
+def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: ObjectReader,
+                    encode: Callable[[list[int], bytes], list[bytes]], made: Made,
+                    scope: tuple[str, ...]) -> Producer:
+    """Bytes of a volume file made from just the slices a range covers (each slice has a fixed place);
+    ``encode(indices, dicom)`` makes the slices ``indices``, frames of one image, from its bytes. Slices
+    made are kept in ``made`` under ``scope`` for a moment: ranges do not end on slice boundaries."""
+
+    def slices(first: int, last: int) -> list[bytes]:
+        known = {index: data for index in range(first, last) if (data := made.get((*scope, str(index)))) is not None}
+        wanted = [index for index in range(first, last) if index not in known]
+        by_image: dict[ObjectInfo, list[int]] = {}  # frames of one image: read and parse it once
+        for index in wanted:
+            by_image.setdefault(images[index], []).append(index)
+        for indices, body in zip(by_image.values(), reader.read_many(list(by_image)), strict=True):
+            for index, data in zip(indices, encode(indices, body), strict=True):
+                known[index] = data
+                made.put((*scope, str(index)), data)
+        return [known[index] for index in range(first, last)]
+
+    def produce(start: int, end: int) -> bytes:
+        header = encode_header(plan)
+        pieces = [header[start:end]] if start < HEADER_BYTES else []
+        first = max(0, (start - HEADER_BYTES) // plan.slice_bytes)
+        last = min(len(images), -(-(end - HEADER_BYTES) // plan.slice_bytes))
+        for index, data in zip(range(first, last), slices(first, last) if last > first else [], strict=True):
+            begin = HEADER_BYTES + index * plan.slice_bytes
+            pieces.append(data[max(start, begin) - begin:min(end, begin + plan.slice_bytes) - begin])
+        return b"".join(pieces)
+
+    return produce
+
+
+class VolumeView(SeriesLayer):
+    """``volumes/{ct,mri}/<Patient>/<Study>/<Series>.nii`` and ``.json``: one NIfTI-1 volume per series, or
+    only a ``.json`` saying why a series is not one volume."""
+
+    NAME = "volumes"
+    FOLDERS = (CT, MRI)
+    FILE_DEPTH = 3
+
+    def _files(self, parts: Parts) -> dict[str, Entry]:
+        entries: dict[str, Entry] = {}
+        for series, entry in self._namespace.list("/" + "/".join(parts)).items():
+            if entry.is_dir:
+                entries.update(self._series_files(parts, series))
+        return dict(sorted(entries.items()))
+
+    def _series_files(self, parts: Parts, series: str) -> dict[str, Entry]:
+        """The .nii (if the series is one volume) and .json of one series folder."""
+        mtime = self._namespace.mount_time
+        outcome = self._plan([*parts, series])[1].value
+        entries = {series + SIDECAR_SUFFIX: Entry(series + SIDECAR_SUFFIX, False, len(sidecar(outcome)), mtime)}
+        if isinstance(outcome, VolumePlan):
+            entries[series + ".nii"] = Entry(series + ".nii", False, outcome.size, mtime)
+        return entries
+
+    def lookup(self, parts: Parts) -> Entry:
+        """A file's entry from its own series alone: opening one volume plans only its series, not every
+        series of the study as a listing does."""
+        series, dot, suffix = parts[-1].rpartition(".") if parts else ("", "", "")
+        if len(parts) != self.FILE_DEPTH + 1 or not dot or suffix not in ("nii", "json"):
+            return super().lookup(parts)
+        if parts[0] not in self.list([]):
+            raise NotFound("/".join(parts))
+        folder = self._namespace.list("/" + "/".join(parts[:-1])).get(series)
+        files = self._series_files(parts[:-1], series) if folder and folder.is_dir else {}
+        entry = self._shown(parts[:-1], files).get(parts[-1])
+        if entry is None:
+            raise NotFound("/".join(parts))
+        return entry
+
+    def _plan(self, parts: Parts) -> tuple[SeriesImages, Derived]:
+        images = SeriesImages(self._namespace, parts[0], parts[1:])
+        missing = sorted(set(images.images) - set(images.twins))
+        if missing:
+            return images, Derived(Rejection(f"{len(missing)} images have no metadata twin, e.g. {missing[0]}",
+                                              {}), 0)
+        planned = self._remember(images.key("plan", images.twins), lambda: self._plan_series(images))
+        if not isinstance(planned.value, VolumePlan):
+            return images, planned
+        failure = self._generated.failure(f"{self.NAME}/{'/'.join(parts)}.nii", images.inputs())
+        oversized = (oversized_reason(ident, images.images[ident], promised)
+                     for ident, promised in planned.promised.items())
+        reason = failure or next((why for why in oversized if why is not None), None)
+        return images, planned if reason is None else Derived(Rejection(reason, planned.value.tags), 0)
+
+    def _plan_series(self, images: SeriesImages) -> Derived:
+        weight = images.twin_bytes() + 1
+        twins = self._twins(images)
+        unusable = sorted(reason for reason in twins.values() if isinstance(reason, str))
+        if unusable:
+            return Derived(Rejection(unusable[0], {}), weight)
+        parsed = {ident: twin for ident, twin in twins.items() if not isinstance(twin, str)}
+        promised = promised_by(parsed)
+        try:
+            outcome = plan_volume(parsed)
+        except Exception as error:  # a twin shaped as no rule foresaw: the series has a reason, not EINVAL
+            log.warning("%s: planning failed: %r", next(iter(images.twins.values())).key, error)
+            outcome = Rejection(f"its metadata twins could not be planned: {error!r}", {})
+        if isinstance(outcome, VolumePlan) and isinstance(promised, str):
+            outcome = Rejection(promised, outcome.tags)
+        return Derived(outcome, weight, promised if isinstance(promised, dict) else {})
+
+    def open(self, parts: Parts) -> VirtualFile:
+        if self.lookup(parts).is_dir:
+            raise NotFound("/".join(parts))
+        series, suffix = parts[self.FILE_DEPTH].rsplit(".", 1)
+        images, planned = self._plan([*parts[:self.FILE_DEPTH], series])
+        outcome = planned.value
+        if suffix == "json":
+            return Sidecar(sidecar(outcome))
+        assert isinstance(outcome, VolumePlan)
+        ordered = [images.images[ident] for ident in outcome.slices]
+
+        def encode(indices: list[int], dicom: bytes) -> list[bytes]:
+            ident = outcome.slices[indices[0]]  # the slices of one image: its frames
+            promised = planned.promised[ident]
+            with naming(ident), self._generated.budget.reserve(decoding_work(promised, ordered[indices[0]]), "it"):
+                return encode_slices(outcome, indices, *checked_image(dicom, promised))
+
+        name, inputs = f"{self.NAME}/" + "/".join(parts), images.inputs()
+        produce = volume_producer(outcome, ordered, self._reader, encode, self._generated.made,
+                                  (name, version_of(inputs)))
+        return self._generated.open(name, inputs, outcome.size, produce)
