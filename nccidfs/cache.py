@@ -43,7 +43,7 @@ import stat
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,10 @@ def _runs(flags: bytearray) -> list[list[int]]:
 
 @dataclass(eq=False)
 class CacheEntry:
-    """The cached state of one object version. Mutable fields are guarded by ``lock``."""
+    """The cached state of one object version: a handle that callers pass back to the cache and fetcher.
+
+    Its lock, presence map and pin count are the cache's alone (leading underscore); the other mutable
+    fields are guarded by ``_lock`` too."""
 
     digest: str
     key: str
@@ -122,14 +125,14 @@ class CacheEntry:
     size: int
     block_size: int
     base: Path
-    present: bytearray = field(default_factory=bytearray)
+    _present: bytearray = field(default_factory=bytearray)
     crcs: array[int] = field(default_factory=lambda: array("I"))
-    pins: int = 0
+    _pins: int = 0
     cached_bytes: int = 0
     # Apparent size of the data file (how far bytes were written) and of the map: what the entry costs.
     extent: int = 0
     map_bytes: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     fd: int | None = None
     # Whether the complete object was checked against its ETag's MD5 in this run.
     verified: bool = False
@@ -158,23 +161,10 @@ class CacheEntry:
         start, stop = self.block_span(first, last)
         return stop - start
 
-    def is_complete(self) -> bool:
-        with self.lock:
-            return self.present.find(0) < 0
-
-    def missing_runs(self, first: int, last: int) -> Iterator[tuple[int, int]]:
-        """Runs of blocks in ``[first, last)`` that are not present. Hold ``lock``."""
-        index = self.present.find(0, first, last)
-        while index >= 0:
-            end = self.present.find(1, index, last)
-            end = last if end < 0 else end
-            yield index, end
-            index = self.present.find(0, end, last)
-
     def map_document(self) -> bytes:
         """The map as stored: runs of present blocks and their CRCs in order, so it grows with what is
         cached, not with the object's size."""
-        runs = _runs(self.present)
+        runs = _runs(self._present)
         present_crcs = array("I", (self.crcs[i] for first, last in runs for i in range(first, last)))
         return json.dumps({
             "version": CACHE_VERSION, "key": self.key, "etag": self.etag, "size": self.size,
@@ -271,14 +261,14 @@ class DiskCache:
             entry = CacheEntry(path.stem, doc["key"], doc["etag"], size, doc["block_size"], path.with_suffix(""))
             if entry.digest != entry_digest(self._identity, entry.key, entry.etag):
                 return None
-            entry.present = bytearray(entry.block_count)
+            entry._present = bytearray(entry.block_count)
             entry.crcs = array("I", bytes(4 * entry.block_count))
             stored = array("I", base64.b64decode(doc["crcs"]))
             position = 0
             for first, last in doc["runs"]:
                 if not 0 <= first < last <= entry.block_count:
                     return None
-                entry.present[first:last] = b"\x01" * (last - first)
+                entry._present[first:last] = b"\x01" * (last - first)
                 entry.crcs[first:last] = stored[position:position + last - first]
                 position += last - first
             data = os.lstat(entry.data_path)
@@ -286,7 +276,7 @@ class DiskCache:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        runs = _runs(entry.present)
+        runs = _runs(entry._present)
         if runs and data.st_size < entry.block_span(0, runs[-1][1])[1]:
             return None  # the data file was cut short behind our back
         entry.extent = data.st_size
@@ -303,12 +293,12 @@ class DiskCache:
             if entry is None:
                 block = block_size_for(obj.size, self.block_size)
                 entry = CacheEntry(digest, obj.key, obj.etag, obj.size, block, self._objects / digest[:2] / digest)
-                entry.present = bytearray(entry.block_count)
+                entry._present = bytearray(entry.block_count)
                 entry.crcs = array("I", bytes(4 * entry.block_count))
                 self._entries[digest] = entry
             else:
                 self._entries.move_to_end(digest)
-            entry.pins += 1
+            entry._pins += 1
             return entry
 
     def retain(self, entry: CacheEntry) -> bool:
@@ -316,14 +306,14 @@ class DiskCache:
         with self._lock:
             if self._entries.get(entry.digest) is not entry:
                 return False
-            entry.pins += 1
+            entry._pins += 1
             return True
 
     def unpin(self, entry: CacheEntry) -> None:
         other = self._other_usage()[1]
         with self._lock:
-            entry.pins -= 1
-            if entry.pins > 0:
+            entry._pins -= 1
+            if entry._pins > 0:
                 return
             fd, entry.fd = entry.fd, None  # closed outside the lock: no pin is left, so nobody else uses it
             if entry.map_bytes == 0:
@@ -347,7 +337,7 @@ class DiskCache:
                 self._fixed += os.lstat(path).st_size
 
     def _fd(self, entry: CacheEntry) -> int:
-        """The entry's data file, opened on first use. Hold ``entry.lock``."""
+        """The entry's data file, opened on first use. Hold ``entry._lock``."""
         if entry.fd is None:
             try:
                 entry.fd = self._open_data(entry, check=entry.base.parent not in self._ready_shards)
@@ -363,12 +353,33 @@ class DiskCache:
             self._ready_shards.add(entry.base.parent)
         return os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
 
-    # -- data -----------------------------------------------------------------------------------
-    def read(self, entry: CacheEntry, first: int, last: int) -> bytes | None:
+    # -- blocks ---------------------------------------------------------------------------------
+    def missing_runs(self, entry: CacheEntry, first: int, last: int) -> list[tuple[int, int]]:
+        """Runs ``[lo, hi)`` of blocks in ``[first, last)`` that are not present."""
+        runs = []
+        with entry._lock:
+            index = entry._present.find(0, first, last)
+            while index >= 0:
+                end = entry._present.find(1, index, last)
+                end = last if end < 0 else end
+                runs.append((index, end))
+                index = entry._present.find(0, end, last)
+        return runs
+
+    def all_present(self, entry: CacheEntry, first: int, last: int) -> bool:
+        """Whether every block of ``[first, last)`` is present."""
+        with entry._lock:
+            return entry._present.find(0, first, last) < 0
+
+    def is_complete(self, entry: CacheEntry) -> bool:
+        """Whether every block of the object is present."""
+        return self.all_present(entry, 0, entry.block_count)
+
+    def read_blocks(self, entry: CacheEntry, first: int, last: int) -> bytes | None:
         """Blocks ``[first, last)`` from disk if all are present and pass their CRC, else None."""
         start, stop = entry.block_span(first, last)
-        with entry.lock:
-            if entry.present.find(0, first, last) >= 0:
+        with entry._lock:
+            if entry._present.find(0, first, last) >= 0:
                 return None
             fd = self._fd(entry)
         data = os.pread(fd, stop - start, start)
@@ -380,7 +391,7 @@ class DiskCache:
         self._drop_blocks(entry, bad or list(range(first, last)))
         return None
 
-    def store(self, entry: CacheEntry, first: int, data: bytes) -> bool:
+    def store_blocks(self, entry: CacheEntry, first: int, data: bytes) -> bool:
         """Write blocks starting at ``first`` and mark them present; False if the bound or the disk leaves
         no room (the caller then serves the bytes uncached). The caller holds a pin on the entry.
 
@@ -392,22 +403,22 @@ class DiskCache:
         block = entry.block_size
         last = first + -(-len(data) // block)
         start = first * block
-        with entry.lock:
+        with entry._lock:
             expected = (max(0, start + len(data) - entry.extent) + _MAP_PER_BLOCK * (last - first) + _MAP_PER_RUN
                         + (0 if entry.map_bytes else _MAP_HEADER + 2 * len(entry.key)))
         if not self._reserve(expected):
             return False
         crcs = _block_crcs(data, block)
         try:
-            with entry.lock:
+            with entry._lock:
                 fd = self._fd(entry)  # stays open: the caller's pin keeps unpin from closing it
             os.pwrite(fd, data, start)
-            with entry.lock:
+            with entry._lock:
                 before = entry.charge
                 self._mark(entry, first, last, crcs)
                 actual = entry.charge - before
         except OSError as error:
-            with entry.lock:
+            with entry._lock:
                 before = entry.charge
                 self._settle(expected, self._recount(entry) - before)
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -418,23 +429,23 @@ class DiskCache:
         return True
 
     def _mark(self, entry: CacheEntry, first: int, last: int, crcs: array[int]) -> None:
-        """Mark blocks present and replace the map; on failure leave them unmarked. Hold ``entry.lock``."""
-        was_present = entry.present[first:last]
+        """Mark blocks present and replace the map; on failure leave them unmarked. Hold ``entry._lock``."""
+        was_present = entry._present[first:last]
         old_crcs = entry.crcs[first:last]
-        already = sum(entry.bytes_in(i, i + 1) for i in range(first, last) if entry.present[i])
-        entry.present[first:last] = b"\x01" * (last - first)
+        already = sum(entry.bytes_in(i, i + 1) for i in range(first, last) if entry._present[i])
+        entry._present[first:last] = b"\x01" * (last - first)
         entry.crcs[first:last] = crcs
         try:
             self._write_map(entry)
         except OSError:
-            entry.present[first:last] = was_present
+            entry._present[first:last] = was_present
             entry.crcs[first:last] = old_crcs
             raise
         entry.cached_bytes += entry.bytes_in(first, last) - already
         entry.extent = max(entry.extent, entry.block_span(first, last)[1])
 
     def _recount(self, entry: CacheEntry) -> int:
-        """After a failed write: the entry's real charge, from the files. Hold ``entry.lock``."""
+        """After a failed write: the entry's real charge, from the files. Hold ``entry._lock``."""
         try:
             entry.extent = os.fstat(entry.fd).st_size if entry.fd is not None else 0
         except OSError:
@@ -449,7 +460,7 @@ class DiskCache:
         if hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.etag:
             log.error("%s: the bytes S3 sent do not match the ETag's MD5", entry.key)
             return False
-        with entry.lock:
+        with entry._lock:
             entry.verified = True
         return True
 
@@ -458,9 +469,9 @@ class DiskCache:
 
         A mismatch drops every block, so the object is fetched again rather than served wrong.
         """
-        if not is_plain_md5(entry.etag) or not entry.is_complete():
+        if not is_plain_md5(entry.etag) or not self.is_complete(entry):
             return True
-        with entry.lock:
+        with entry._lock:
             if entry.verified:
                 return True
             entry.verified = True
@@ -471,13 +482,13 @@ class DiskCache:
         if digest.hexdigest() == entry.etag:
             return True
         log.error("%s: cached bytes do not match the ETag's MD5; discarding them", entry.key)
-        with entry.lock:
+        with entry._lock:
             entry.verified = False
         self._drop_blocks(entry, list(range(entry.block_count)))
         return False
 
     def _write_map(self, entry: CacheEntry) -> None:
-        """Replace the map atomically. Hold ``entry.lock``."""
+        """Replace the map atomically. Hold ``entry._lock``."""
         document = entry.map_document()
         tmp = entry.base.with_suffix(".map.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o600)
@@ -495,11 +506,11 @@ class DiskCache:
         entry.map_bytes = len(document)
 
     def _drop_blocks(self, entry: CacheEntry, blocks: list[int]) -> None:
-        with entry.lock:
+        with entry._lock:
             before = entry.charge
-            freed = sum(entry.bytes_in(i, i + 1) for i in blocks if entry.present[i])
+            freed = sum(entry.bytes_in(i, i + 1) for i in blocks if entry._present[i])
             for i in blocks:
-                entry.present[i] = 0
+                entry._present[i] = 0
             entry.cached_bytes -= freed
             try:
                 self._write_map(entry)
@@ -540,7 +551,7 @@ class DiskCache:
         budget = self.size_bytes - (self._other_usage()[1] if other is None else other) - self._fixed
         if self._used + room <= budget:
             return True
-        evictable = [e for e in self._entries.values() if e.pins == 0]
+        evictable = [e for e in self._entries.values() if e._pins == 0]
         if self._used - sum(e.charge for e in evictable) + room > budget:
             return False  # it cannot fit even in an emptied cache: keep what is there
         for entry in evictable:
@@ -565,7 +576,7 @@ class DiskCache:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            complete = sum(1 for e in self._entries.values() if e.present.find(0) < 0)
+            complete = sum(1 for e in self._entries.values() if e._present.find(0) < 0)
             objects, evictions = len(self._entries), self.evictions
         return {"directory": str(self.directory), "bound_bytes": self.size_bytes, "used_bytes": self.used_bytes,
                 "objects": objects, "complete_objects": complete, "evictions": evictions}

@@ -15,16 +15,18 @@
 - A failed fetch is remembered for a moment, so the kernel's immediate retry fails at once.
 
 The fetcher owns everything about requests under way (parts in flight, deadlines, failure memory); the
-cache only holds blocks. Talks to an :class:`~nccidfs.store.ObjectStore` and a
+cache only holds blocks, and is asked which blocks are present, never reached into. Readers pin the
+object they read through the fetcher (:meth:`Fetcher.pin`, :meth:`Fetcher.pinned`). Talks to an :class:`~nccidfs.store.ObjectStore` and a
 :class:`~nccidfs.cache.DiskCache` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -105,6 +107,24 @@ class Fetcher:
         self._foreground.shutdown(wait=False, cancel_futures=True)
         self._background.shutdown(wait=False, cancel_futures=True)
 
+    # -- pins -----------------------------------------------------------------------------------
+    def pin(self, obj: ObjectInfo) -> CacheEntry:
+        """The cache entry to read an object version through (an open file holds one): it is not evicted
+        until :meth:`unpin`."""
+        return self._cache.pin(obj)
+
+    def unpin(self, entry: CacheEntry) -> None:
+        self._cache.unpin(entry)
+
+    @contextlib.contextmanager
+    def pinned(self, obj: ObjectInfo) -> Iterator[CacheEntry]:
+        """The object's entry, pinned for the ``with`` block."""
+        entry = self._cache.pin(obj)
+        try:
+            yield entry
+        finally:
+            self._cache.unpin(entry)
+
     # -- reading --------------------------------------------------------------------------------
     def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None) -> bytes:
         """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end)."""
@@ -131,8 +151,7 @@ class Fetcher:
         When a read-ahead page fails, the kernel asks again for the single page at once; answering that
         from the remembered failure keeps the time to EIO at one deadline instead of two.
         """
-        with entry.lock:
-            missing = entry.present.find(0, first, last) >= 0
+        missing = not self._cache.all_present(entry, first, last)
         with self._counter_lock:
             if missing:
                 self.misses += 1
@@ -155,11 +174,8 @@ class Fetcher:
 
     def read_start(self, obj: ObjectInfo, size: int) -> bytes:
         """The first ``size`` bytes of an object that no file handle holds open, pinned while read."""
-        entry = self._cache.pin(obj)
-        try:
+        with self.pinned(obj) as entry:
             return self.read(entry, 0, size)
-        finally:
-            self._cache.unpin(entry)
 
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
         """Fetch the missing blocks of ``[first, last)`` in the background pool and wait until they are
@@ -211,8 +227,7 @@ class Fetcher:
         with self._parts_lock:
             # Under the parts lock: a part leaves the list only once its blocks are marked, so each block
             # is seen either present, or in flight, or missing (never between the two and fetched twice).
-            with entry.lock:
-                missing = list(entry.missing_runs(first, last))
+            missing = self._cache.missing_runs(entry, first, last)
             flying = self._parts.setdefault(entry.digest, [])
             waits = [p for p in flying if p.first < last and p.last > first]
             for run_first, run_last in missing:
@@ -269,7 +284,7 @@ class Fetcher:
                 return
             part.future.set_result(data)
             try:
-                stored = pinned and self._cache.store(entry, part.first, data)
+                stored = pinned and self._cache.store_blocks(entry, part.first, data)
             except OSError as error:
                 log.warning("could not cache %s [%d, %d): %s", entry.key, start, stop, error)
                 stored = False
@@ -277,7 +292,7 @@ class Fetcher:
                 self._finish(entry, part)
             if not stored:
                 log.debug("no cache room for %s [%d, %d); served uncached", entry.key, start, stop)
-            elif self._config.verify and not whole and entry.is_complete() and self._cache.retain(entry):
+            elif self._config.verify and not whole and self._cache.is_complete(entry) and self._cache.retain(entry):
                 self._background.submit(self._verify, entry)
         finally:
             if pinned:
@@ -312,7 +327,7 @@ class Fetcher:
             run_last = block + 1
             while run_last < last and not any(p.first <= run_last < p.last for p in parts):
                 run_last += 1
-            cached_run = self._cache.read(entry, block, run_last)
+            cached_run = self._cache.read_blocks(entry, block, run_last)
             if cached_run is None:
                 return None
             pieces.append(cached_run)

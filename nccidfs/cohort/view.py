@@ -63,8 +63,8 @@ class CohortFile:
     # Its size and bytes cannot change while it is open: the kernel may keep its pages.
     direct_io = False
 
-    def __init__(self, fetcher: Fetcher, cache: DiskCache, entry: CacheEntry) -> None:
-        self._fetcher, self._cache, self._entry = fetcher, cache, entry
+    def __init__(self, fetcher: Fetcher, entry: CacheEntry) -> None:
+        self._fetcher, self._entry = fetcher, entry
         self._cursor = ReadCursor()
 
     def read(self, offset: int, size: int) -> bytes:
@@ -72,7 +72,7 @@ class CohortFile:
                            lambda: self._fetcher.read(self._entry, offset, size, self._cursor))
 
     def release(self) -> None:
-        self._cache.unpin(self._entry)
+        self._fetcher.unpin(self._entry)
 
 
 class CohortView:
@@ -175,7 +175,7 @@ class CohortView:
         entry = self.lookup(parts)
         if entry.obj is None:
             raise NotFound(f"{COHORTS_FOLDER}/{'/'.join(parts)}: not a file")
-        return CohortFile(self._fetcher, self._cache, self._cache.pin(entry.obj))
+        return CohortFile(self._fetcher, self._fetcher.pin(entry.obj))
 
     def readlink(self, parts: Parts) -> str:
         raise NotFound("a cohort holds no symlinks")
