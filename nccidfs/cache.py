@@ -1,7 +1,8 @@
-"""The persistent disk cache: sparse per-object files, a block presence map, a byte bound and LRU eviction.
+"""The persistent disk cache: sparse per-object files, a block presence map, a byte bound and eviction.
 
 It offers blocks of object versions: read, store, which runs are missing, pin and unpin. It knows
-nothing of S3 or of requests under way (that is :mod:`nccidfs.fetch`).
+nothing of S3 or of requests under way (that is :mod:`nccidfs.fetch`). Which object is evicted first
+is the policy's choice (:mod:`nccidfs.eviction`: least recently used, across restarts too).
 
 Layout under ``<cache-dir>/objects/<ab>/``: ``<digest>.data`` holds the object's bytes at their offsets
 (a sparse file that grows only as far as bytes were written); ``<digest>.map`` records which blocks hold
@@ -24,9 +25,17 @@ Every block read back is checked against its CRC; a mismatch marks the block mis
 Nothing here follows a symbolic link: files are opened with ``O_NOFOLLOW``, the start-up scan does not
 descend into linked directories, and links found inside the cache are removed.
 
-Locking: ``DiskCache._lock`` guards the index of entries, pins and byte counts, and is never held across
-file system calls other than the unlinks of eviction. Each entry's ``lock`` guards its presence map,
-CRCs, extent and file descriptor. The cache lock may be taken inside an entry lock, never the reverse.
+Locking. Three locks, always taken in this order (a thread holding one takes only those further down;
+``tests/unit/test_cache_locks.py`` checks it under concurrent reads, writes, evictions and pins):
+
+1. ``Fetcher._parts_lock``: the parts in flight and the failures remembered, so that a block is seen
+   present, in flight or missing, never between two of them.
+2. an entry's ``_lock``: its presence map, CRCs, extent, map size and file descriptor. One entry's at a
+   time; nobody outside this module takes it.
+3. ``DiskCache._lock``: the index of entries, the eviction policy, pins and byte counts. Never held across
+   file system calls other than the unlinks of eviction.
+
+``Fetcher._counter_lock`` guards counters only and is taken with none of these held.
 """
 
 from __future__ import annotations
@@ -42,7 +51,6 @@ import shutil
 import stat
 import threading
 from array import array
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +61,7 @@ from isal import isal_zlib
 from nccidfs.cachedir import LOCK, MARKER, OBJECTS, CacheLock, is_cache_dir
 from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
+from nccidfs.eviction import EvictionPolicy, LruPolicy
 from nccidfs.objects import ObjectInfo, is_plain_md5
 
 log = logging.getLogger(__name__)
@@ -173,10 +182,12 @@ class CacheEntry:
 
 
 class DiskCache:
-    """Byte-bounded LRU of :class:`CacheEntry`, persisted under ``directory`` across restarts."""
+    """A byte-bounded store of :class:`CacheEntry`, persisted under ``directory`` across restarts; what it
+    evicts first is its policy's choice."""
 
     def __init__(self, directory: Path, size_bytes: int, identity: str, block_size: int,
-                 other_usage: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+                 other_usage: Callable[[], tuple[int, int]] = lambda: (0, 0),
+                 policy: EvictionPolicy | None = None) -> None:
         self.directory = directory
         self.size_bytes = size_bytes
         self.block_size = block_size
@@ -187,7 +198,8 @@ class DiskCache:
         # Shard folders made or checked (no link in their place) by this run: an open there needs no check.
         self._ready_shards: set[Path] = set()
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._entries: dict[str, CacheEntry] = {}
+        self._policy = policy or LruPolicy()
         self._used = 0  # charges of entries plus reservations under way
         self._fixed = 0  # directories, marker and lock
         self.evictions = 0
@@ -195,7 +207,8 @@ class DiskCache:
 
     # -- start-up -------------------------------------------------------------------------------
     def _reindex(self) -> None:
-        """Load every valid map, oldest use first; delete leftovers of an interrupted run and links."""
+        """Load every valid map, in the order of their last use; delete leftovers of an interrupted run and
+        links."""
         self._ensure_dir(self._objects)
         found: list[tuple[float, CacheEntry]] = []
         with os.scandir(self._objects) as subdirs:
@@ -208,8 +221,9 @@ class DiskCache:
                         entry = self._reindex_file(Path(item.path), item)
                         if entry is not None:
                             found.append((item.stat(follow_symlinks=False).st_mtime, entry))
-        for _, entry in sorted(found, key=lambda item: item[0]):
+        for used_at, entry in sorted(found, key=lambda item: item[0]):
             self._entries[entry.digest] = entry
+            self._policy.admit(entry.digest, used_at)
             self._used += entry.charge
         self._fixed = self._measure_fixed()
         with self._lock:
@@ -288,6 +302,7 @@ class DiskCache:
     def pin(self, obj: ObjectInfo) -> CacheEntry:
         """The entry for this object version, created empty if new; it cannot be evicted until unpinned."""
         digest = entry_digest(self._identity, obj.key, obj.etag)
+        stamp = None
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None:
@@ -296,10 +311,15 @@ class DiskCache:
                 entry._present = bytearray(entry.block_count)
                 entry.crcs = array("I", bytes(4 * entry.block_count))
                 self._entries[digest] = entry
+                self._policy.admit(digest)
             else:
-                self._entries.move_to_end(digest)
+                stamp = self._policy.used(digest)
             entry._pins += 1
-            return entry
+        if stamp is not None:
+            # Outside the lock: a system call. The entry is pinned, so its map is not unlinked meanwhile.
+            with contextlib.suppress(OSError):  # no map yet, or a failed stamp: only the order suffers
+                os.utime(entry.map_path, (stamp, stamp), follow_symlinks=False)
+        return entry
 
     def retain(self, entry: CacheEntry) -> bool:
         """Pin an entry already held, if it is still indexed (not evicted); False if it is gone."""
@@ -497,6 +517,8 @@ class DiskCache:
                 written = 0
                 while written < len(document):
                     written += os.write(fd, document[written:])
+                used_at = self._last_used(entry)
+                os.utime(fd, (used_at, used_at))  # a write is not a use: the map keeps the last use's time
             finally:
                 os.close(fd)
             os.replace(tmp, entry.map_path)
@@ -504,6 +526,10 @@ class DiskCache:
             tmp.unlink(missing_ok=True)
             raise
         entry.map_bytes = len(document)
+
+    def _last_used(self, entry: CacheEntry) -> float:
+        with self._lock:
+            return self._policy.last_used(entry.digest)
 
     def _drop_blocks(self, entry: CacheEntry, blocks: list[int]) -> None:
         with entry._lock:
@@ -551,7 +577,7 @@ class DiskCache:
         budget = self.size_bytes - (self._other_usage()[1] if other is None else other) - self._fixed
         if self._used + room <= budget:
             return True
-        evictable = [e for e in self._entries.values() if e._pins == 0]
+        evictable = [entry for entry in map(self._entries.__getitem__, self._policy.victims()) if entry._pins == 0]
         if self._used - sum(e.charge for e in evictable) + room > budget:
             return False  # it cannot fit even in an emptied cache: keep what is there
         for entry in evictable:
@@ -564,6 +590,7 @@ class DiskCache:
     def _forget(self, entry: CacheEntry) -> None:
         """Drop an unpinned entry from the index and the disk. Hold ``_lock``."""
         del self._entries[entry.digest]
+        self._policy.forget(entry.digest)
         self._used -= entry.charge
         entry.map_path.unlink(missing_ok=True)
         entry.data_path.unlink(missing_ok=True)
