@@ -59,6 +59,7 @@ from typing import Any
 from isal import isal_zlib
 
 from nccidfs.cachedir import LOCK, MARKER, OBJECTS, CacheLock, is_cache_dir
+from nccidfs.config import format_size
 from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
 from nccidfs.eviction import EvictionPolicy, LruPolicy
@@ -187,9 +188,11 @@ class DiskCache:
 
     def __init__(self, directory: Path, size_bytes: int, identity: str, block_size: int,
                  other_usage: Callable[[], tuple[int, int]] = lambda: (0, 0),
-                 policy: EvictionPolicy | None = None) -> None:
+                 policy: EvictionPolicy | None = None, min_free_bytes: int = 0) -> None:
         self.directory = directory
         self.size_bytes = size_bytes
+        # What the cache leaves free on its filesystem: it evicts to keep it, and stores nothing past it.
+        self.min_free_bytes = min_free_bytes
         self.block_size = block_size
         self._identity = identity
         # (bytes taken, bytes to budget) by other files in the directory (the listing index).
@@ -201,6 +204,8 @@ class DiskCache:
         self._entries: dict[str, CacheEntry] = {}
         self._policy = policy or LruPolicy()
         self._used = 0  # charges of entries plus reservations under way
+        self._unwritten = 0  # the reservations under way alone: bytes the disk's free space does not show yet
+        self._floor_reached = False  # a store was refused for the free-disk floor (logged once until one fits)
         self._fixed = 0  # directories, marker and lock
         self.evictions = 0
         self._reindex()
@@ -226,8 +231,9 @@ class DiskCache:
             self._policy.admit(entry.digest, used_at)
             self._used += entry.charge
         self._fixed = self._measure_fixed()
+        disk_room = self._disk_room()
         with self._lock:
-            self._evict_until(0)
+            self._evict_until(0, disk_room=disk_room)
         log.info("cache %s: %d objects, %d bytes (bound %d)", self.directory, len(self._entries),
                  self.used_bytes, self.size_bytes)
 
@@ -548,11 +554,31 @@ class DiskCache:
     # -- the bound ------------------------------------------------------------------------------
     def _reserve(self, nbytes: int) -> bool:
         other = self._other_usage()[1]
+        disk_room = self._disk_room()
         with self._lock:
-            if not self._evict_until(nbytes, other):
+            if not self._evict_until(nbytes, other, disk_room):
+                short_of_disk = disk_room is not None and disk_room - self._unwritten < nbytes
+                if short_of_disk and not self._floor_reached:
+                    log.warning("cache disk would have less than --cache-min-free (%s) free even with every "
+                                "object not open evicted; serving from S3 uncached", format_size(self.min_free_bytes))
+                self._floor_reached |= short_of_disk
                 return False
+            self._floor_reached = False
             self._used += nbytes
+            self._unwritten += nbytes
             return True
+
+    def _disk_room(self) -> int | None:
+        """Bytes free on the cache's filesystem beyond the floor (negative below it); None without a floor.
+        A system call: measured before taking the lock."""
+        if not self.min_free_bytes:
+            return None
+        try:
+            disk = os.statvfs(self.directory)
+        except OSError as error:
+            log.warning("cannot measure the cache disk's free space: %s", error)
+            return None
+        return disk.f_bavail * disk.f_frsize - self.min_free_bytes
 
     def rebalance(self) -> None:
         """Evict until everything fits again (after the listing index grew)."""
@@ -565,16 +591,20 @@ class DiskCache:
         other = self._other_usage()[1] if actual > reserved else 0
         with self._lock:
             self._used += actual - reserved
+            self._unwritten -= reserved
             if actual > reserved:
                 self._evict_until(0, other)
 
-    def _evict_until(self, room: int, other: int | None = None) -> bool:
-        """Evict unpinned entries, least recently used first, until ``room`` bytes fit; evict nothing when
-        they would not fit even then. Hold ``_lock``.
+    def _evict_until(self, room: int, other: int | None = None, disk_room: int | None = None) -> bool:
+        """Evict unpinned entries, in the policy's order, until ``room`` bytes fit under the bound and above
+        the free-disk floor; evict nothing when they would not fit even then. Hold ``_lock``.
 
-        ``other`` is the budget of the listing index, measured by the caller before taking the lock (its
-        file sizes are system calls that must not hold every reader up)."""
+        ``other`` is the budget of the listing index and ``disk_room`` what :meth:`_disk_room` measured, both
+        by the caller before taking the lock (they are system calls that must not hold every reader up).
+        Writes under way are counted as not yet on the disk, and an eviction as freeing what it charged."""
         budget = self.size_bytes - (self._other_usage()[1] if other is None else other) - self._fixed
+        if disk_room is not None:
+            budget = min(budget, self._used + disk_room - self._unwritten)
         if self._used + room <= budget:
             return True
         evictable = [entry for entry in map(self._entries.__getitem__, self._policy.victims()) if entry._pins == 0]
