@@ -58,7 +58,7 @@ from typing import Any
 
 from isal import isal_zlib
 
-from nccidfs.cachedir import LOCK, MARKER, OBJECTS, CacheLock, is_cache_dir
+from nccidfs.cachedir import LOCK, MARKER, OBJECTS, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, CacheLock, is_cache_dir
 from nccidfs.config import format_size
 from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
@@ -74,6 +74,11 @@ MAX_BLOCKS = 1 << 20
 _MAP_PER_BLOCK = 6
 _MAP_PER_RUN = 24
 _MAP_HEADER = 256
+_MAP_PER_KEY_CHAR = 2  # JSON escapes can double a key's length
+# Hex digits of an entry's digest that name its folder under objects/ (256 folders).
+SHARD_CHARS = 2
+# Bytes read at a time when checking a whole cached object against its MD5.
+MD5_CHUNK = 8 << 20
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -135,8 +140,9 @@ class CacheEntry:
     size: int
     block_size: int
     base: Path
-    _present: bytearray = field(default_factory=bytearray)
-    crcs: array[int] = field(default_factory=lambda: array("I"))
+    # One flag and one CRC per block, all missing at first.
+    _present: bytearray = field(init=False)
+    crcs: array[int] = field(init=False)
     _pins: int = 0
     cached_bytes: int = 0
     # Apparent size of the data file (how far bytes were written) and of the map: what the entry costs.
@@ -146,6 +152,10 @@ class CacheEntry:
     fd: int | None = None
     # Whether the complete object was checked against its ETag's MD5 in this run.
     verified: bool = False
+
+    def __post_init__(self) -> None:
+        self._present = bytearray(self.block_count)
+        self.crcs = array("I", [0]) * self.block_count
 
     @property
     def data_path(self) -> Path:
@@ -281,8 +291,6 @@ class DiskCache:
             entry = CacheEntry(path.stem, doc["key"], doc["etag"], size, doc["block_size"], path.with_suffix(""))
             if entry.digest != entry_digest(self._identity, entry.key, entry.etag):
                 return None
-            entry._present = bytearray(entry.block_count)
-            entry.crcs = array("I", bytes(4 * entry.block_count))
             stored = array("I", base64.b64decode(doc["crcs"]))
             position = 0
             for first, last in doc["runs"]:
@@ -313,9 +321,8 @@ class DiskCache:
             entry = self._entries.get(digest)
             if entry is None:
                 block = block_size_for(obj.size, self.block_size)
-                entry = CacheEntry(digest, obj.key, obj.etag, obj.size, block, self._objects / digest[:2] / digest)
-                entry._present = bytearray(entry.block_count)
-                entry.crcs = array("I", bytes(4 * entry.block_count))
+                shard = self._objects / digest[:SHARD_CHARS]
+                entry = CacheEntry(digest, obj.key, obj.etag, obj.size, block, shard / digest)
                 self._entries[digest] = entry
                 self._policy.admit(digest)
             else:
@@ -355,7 +362,7 @@ class DiskCache:
             log.warning("removing a symbolic link planted in the cache: %s", path)
             os.unlink(path)
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(path, PRIVATE_DIR_MODE)
         except FileExistsError:
             return
         if path.parent != self.directory:
@@ -377,7 +384,7 @@ class DiskCache:
             self._ensure_dir(self._objects)  # recreated if someone deleted it
             self._ensure_dir(entry.base.parent)
             self._ready_shards.add(entry.base.parent)
-        return os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
+        return os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, PRIVATE_FILE_MODE)
 
     # -- blocks ---------------------------------------------------------------------------------
     def missing_runs(self, entry: CacheEntry, first: int, last: int) -> list[tuple[int, int]]:
@@ -431,7 +438,7 @@ class DiskCache:
         start = first * block
         with entry._lock:
             expected = (max(0, start + len(data) - entry.extent) + _MAP_PER_BLOCK * (last - first) + _MAP_PER_RUN
-                        + (0 if entry.map_bytes else _MAP_HEADER + 2 * len(entry.key)))
+                        + (0 if entry.map_bytes else _MAP_HEADER + _MAP_PER_KEY_CHAR * len(entry.key)))
         if not self._reserve(expected):
             return False
         crcs = _block_crcs(data, block)
@@ -503,8 +510,8 @@ class DiskCache:
             entry.verified = True
             fd = self._fd(entry)
         digest = hashlib.md5(usedforsecurity=False)
-        for offset in range(0, entry.size, 8 << 20):
-            digest.update(os.pread(fd, min(8 << 20, entry.size - offset), offset))
+        for offset in range(0, entry.size, MD5_CHUNK):
+            digest.update(os.pread(fd, min(MD5_CHUNK, entry.size - offset), offset))
         if digest.hexdigest() == entry.etag:
             return True
         log.error("%s: cached bytes do not match the ETag's MD5; discarding them", entry.key)
@@ -517,7 +524,7 @@ class DiskCache:
         """Replace the map atomically. Hold ``entry._lock``."""
         document = entry.map_document()
         tmp = entry.base.with_suffix(".map.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, PRIVATE_FILE_MODE)
         try:
             try:  # os.write, not a file object: that would cost an fstat, an ioctl and a seek per map
                 written = 0

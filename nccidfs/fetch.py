@@ -44,8 +44,14 @@ from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Seconds for which a failed fetch fails the next reads of the same object at once.
+# Seconds for which a failed fetch fails the next reads of the same object at once, and for how many
+# objects at most.
 FAILURE_MEMORY = 2.0
+FAILURES_REMEMBERED = 10_000
+# Reads of cached blocks that fail their CRC fetch them again; a read gives up after this many tries.
+READ_ATTEMPTS = 3
+# A reader of a large object through from its start gets a read-ahead window of this many parts at once.
+WHOLE_READER_PARTS = 4
 # A first read this large is the kernel's read-ahead for a reader of the whole file.
 WHOLE_READ = 128 * 1024
 
@@ -92,7 +98,7 @@ class Fetcher:
         self._in_flight: dict[int, tuple[str, int]] = {}
         self._parts_lock = threading.Lock()
         self._parts: dict[str, list[InflightPart]] = {}  # by entry digest
-        self._failures: TTLCache[str, NccidfsError] = TTLCache(maxsize=10_000, ttl=FAILURE_MEMORY)
+        self._failures: TTLCache[str, NccidfsError] = TTLCache(maxsize=FAILURES_REMEMBERED, ttl=FAILURE_MEMORY)
         # Told the key of an object whose cached bytes failed their MD5 and were dropped.
         self.on_discard: Callable[[str], None] = lambda key: None
         # Reads served wholly from the cache, and reads that had to fetch.
@@ -137,7 +143,7 @@ class Fetcher:
         fetch_last = last
         if cursor is not None:
             fetch_last = self._read_ahead(entry, offset, size, end, cursor)
-        for _attempt in range(3):
+        for _attempt in range(READ_ATTEMPTS):
             parts = self._ensure_or_fail_fast(entry, first, last, fetch_last)
             data = self._assemble(entry, first, last, parts)
             if data is not None:
@@ -192,7 +198,7 @@ class Fetcher:
         Returns the block the caller's own fetch should reach: the whole object, in one GET, when a first
         read from its start asks for :data:`WHOLE_READ` bytes or more (the kernel's read-ahead of a reader
         that reads the file through, where a header scan's first read is a few KiB) and the object fits
-        in one part; else the end of the read. A larger object read through gets a window of a part at once.
+        in one part; else the end of the read. A larger object read through gets a window of several parts at once.
         """
         block = entry.block_size
         through = offset == 0 and cursor.next_offset == 0 and size >= WHOLE_READ
@@ -200,8 +206,8 @@ class Fetcher:
             cursor.next_offset = cursor.ahead_until = entry.size
             return entry.block_count
         if offset == cursor.next_offset and (offset > 0 or through):
-            # A reader of the whole file starts with a window of four parts; any other, with the initial one.
-            start_window = 4 * self._config.part_size if through else self._config.initial_window
+            # A reader of the whole file starts with a window of several parts; any other, with the initial one.
+            start_window = WHOLE_READER_PARTS * self._config.part_size if through else self._config.initial_window
             cursor.window = min(max(cursor.window * 2, start_window), self._config.max_window)
         elif offset != cursor.next_offset:
             cursor.window, cursor.ahead_until = 0, 0

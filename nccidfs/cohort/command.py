@@ -8,12 +8,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nccidfs.cachedir import COHORTS_FOLDER
 from nccidfs.cohort import manifest, operations
 from nccidfs.cohort.manifest import Header, Row, Warehouse
 from nccidfs.cohort.mounting import warehouse_config
 from nccidfs.cohort.select import CATALOG, ListingSource, collect, load_catalog, select, select_paths
 from nccidfs.cohort.source import AsOfStore, endpoint_host, parse_as_of
-from nccidfs.cohort.view import COHORTS_FOLDER, publish
+from nccidfs.cohort.view import publish
 from nccidfs.commands import mount_status
 from nccidfs.config import CONTROL_DIR, DEFAULT_REGION, S3Config, format_size, normalize_prefix
 from nccidfs.errors import ConfigError

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from nccidfs.cache import CacheEntry, DiskCache
+from nccidfs.cachedir import COHORTS_FOLDER
 from nccidfs.cohort import manifest, packed
 from nccidfs.cohort.source import REPORT, endpoint_host
 from nccidfs.cohort.tree import FrozenTree
@@ -33,7 +34,6 @@ from nccidfs.namespace import is_safe_name
 from nccidfs.objects import Entry
 from nccidfs.views import Parts, VirtualFile
 
-COHORTS_FOLDER = "cohorts"  # inside the cache directory
 LOADED_COHORTS = 2
 
 
