@@ -190,6 +190,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
 
 
+def test_a_cache_disk_with_less_free_than_the_floor_serves_reads_from_s3_and_stores_nothing(
+        tmp_path: Path, small_disk: Path, s3_endpoint: str, bucket_name: str) -> None:
+    files = {f"{SERIES}/img{i}.dcm": body(f"img{i}", 200_000) for i in range(2)}
+    create_bucket(s3_endpoint, bucket_name, ((PREFIX + k, v) for k, v in files.items()))
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, small_disk / "cache", tmp_path / "log", bucket=bucket_name,
+                       extra=["--cache-min-free", "2M", "--no-prefetch"]) as daemon:
+        for name, data in files.items():
+            assert (daemon.mountpoint / name).read_bytes() == data, name
+        assert daemon.log().count("--cache-min-free") == 1
+        assert not list((small_disk / "cache" / "objects").rglob("*.map")), "nothing is stored past the floor"
+
+
 def test_a_full_disk_serves_reads_from_s3_and_skips_index_writes(tmp_path: Path, small_disk: Path,
                                                                  s3_endpoint: str, bucket_name: str) -> None:
     files = {f"{SERIES}/big{i}.dcm": body(f"big{i}", 700_000) for i in range(3)}
