@@ -138,7 +138,7 @@ class Daemon:
         assert isinstance(store, Bucket), "the catalog reads metadata twins by name"
         self.catalog, self.generated = register_views(self.fs.control, self.namespace, self.cache, self.fetcher,
                                                       config.read, s3.deadline, store, self.catalog_db, self.index)
-        self.fs.control.register(CohortView.NAME, CohortView.of_mount(directory, s3, self.cache, self.fetcher,
+        self.fs.control.register(CohortView.NAME, CohortView.of_mount(directory, s3, self.fetcher,
                                                                       self.namespace.mount_time))
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:

@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from nccidfs.cache import CacheEntry, DiskCache
+from nccidfs.cache import CacheEntry
 from nccidfs.cachedir import COHORTS_FOLDER
 from nccidfs.cohort import manifest, packed
 from nccidfs.cohort.source import REPORT, endpoint_host
@@ -80,21 +80,19 @@ class CohortView:
 
     NAME = "cohorts"
 
-    def __init__(self, cache_dir: Path, warehouse: manifest.Warehouse, cache: DiskCache, fetcher: Fetcher,
-                 mtime: float) -> None:
+    def __init__(self, cache_dir: Path, warehouse: manifest.Warehouse, fetcher: Fetcher, mtime: float) -> None:
         self._cache_dir = cache_dir
         self._folder = cache_dir / COHORTS_FOLDER
         self._warehouse = warehouse
-        self._cache, self._fetcher = cache, fetcher
+        self._fetcher = fetcher
         self._mtime = mtime
         self._loaded: OrderedDict[tuple[str, int, int, int], FrozenTree] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def of_mount(cls, cache_dir: Path, s3: S3Config, cache: DiskCache, fetcher: Fetcher, mtime: float) -> CohortView:
+    def of_mount(cls, cache_dir: Path, s3: S3Config, fetcher: Fetcher, mtime: float) -> CohortView:
         """The view of a mount of ``s3`` whose cache directory is ``cache_dir``."""
-        return cls(cache_dir, manifest.Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), cache,
-                   fetcher, mtime)
+        return cls(cache_dir, manifest.Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), fetcher, mtime)
 
     def _manifests(self) -> dict[str, Path]:
         try:
