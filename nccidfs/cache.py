@@ -588,10 +588,12 @@ class DiskCache:
         return disk.f_bavail * disk.f_frsize - self.min_free_bytes
 
     def rebalance(self) -> None:
-        """Evict until everything fits again (after the listing index grew)."""
+        """Evict until everything fits again under the bound and above the floor (after the listing index
+        grew)."""
         other = self._other_usage()[1]
+        disk_room = self._disk_room()
         with self._lock:
-            self._evict_until(0, other)
+            self._evict_until(0, other, disk_room)
 
     def _settle(self, reserved: int, actual: int) -> None:
         """Replace a reservation by what the write really cost."""

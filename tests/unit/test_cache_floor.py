@@ -100,6 +100,17 @@ def test_another_program_filling_the_disk_makes_the_cache_give_room_back(disk: P
     assert cache.evictions >= 2 and not holds(cache, obj("k0", bodies["k0"]))
 
 
+def test_a_rebalance_after_the_disk_filled_gives_room_back_without_a_write(disk: Path) -> None:
+    floor = 2 * MIB
+    cache = cache_on(disk, floor)
+    bodies = {f"k{i}": os.urandom(OBJECT) for i in range(5)}
+    for key, body in bodies.items():
+        assert store(cache, obj(key, body), body)
+    (disk / "other.bin").write_bytes(os.urandom(MIB))
+    cache.rebalance()  # as after a listing index write
+    assert free(disk) >= floor - PAGE_SLACK and cache.evictions >= 1
+
+
 def test_the_floor_flag_defaults_to_1_gib_and_0_turns_it_off() -> None:
     args = build_parser().parse_args(["/m"])
     assert args.cache_min_free == "1 GiB" and CacheConfig.min_free_bytes == 1024**3
