@@ -1,7 +1,8 @@
-"""The persistent disk cache: sparse per-object files, a block presence map, a byte bound and LRU eviction.
+"""The persistent disk cache: sparse per-object files, a block presence map, a byte bound and eviction.
 
 It offers blocks of object versions: read, store, which runs are missing, pin and unpin. It knows
-nothing of S3 or of requests under way (that is :mod:`nccidfs.fetch`).
+nothing of S3 or of requests under way (that is :mod:`nccidfs.fetch`). Which object is evicted first
+is the policy's choice (:mod:`nccidfs.eviction`: least recently used, across restarts too).
 
 Layout under ``<cache-dir>/objects/<ab>/``: ``<digest>.data`` holds the object's bytes at their offsets
 (a sparse file that grows only as far as bytes were written); ``<digest>.map`` records which blocks hold
@@ -24,9 +25,17 @@ Every block read back is checked against its CRC; a mismatch marks the block mis
 Nothing here follows a symbolic link: files are opened with ``O_NOFOLLOW``, the start-up scan does not
 descend into linked directories, and links found inside the cache are removed.
 
-Locking: ``DiskCache._lock`` guards the index of entries, pins and byte counts, and is never held across
-file system calls other than the unlinks of eviction. Each entry's ``lock`` guards its presence map,
-CRCs, extent and file descriptor. The cache lock may be taken inside an entry lock, never the reverse.
+Locking. Three locks, always taken in this order (a thread holding one takes only those further down;
+``tests/unit/test_cache_locks.py`` checks it under concurrent reads, writes, evictions and pins):
+
+1. ``Fetcher._parts_lock``: the parts in flight and the failures remembered, so that a block is seen
+   present, in flight or missing, never between two of them.
+2. an entry's ``_lock``: its presence map, CRCs, extent, map size and file descriptor. One entry's at a
+   time; nobody outside this module takes it.
+3. ``DiskCache._lock``: the index of entries, the eviction policy, pins and byte counts. Never held across
+   file system calls other than the unlinks of eviction.
+
+``Fetcher._counter_lock`` guards counters only and is taken with none of these held.
 """
 
 from __future__ import annotations
@@ -42,17 +51,18 @@ import shutil
 import stat
 import threading
 from array import array
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from isal import isal_zlib
 
-from nccidfs.cachedir import LOCK, MARKER, OBJECTS, CacheLock, is_cache_dir
+from nccidfs.cachedir import LOCK, MARKER, OBJECTS, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, CacheLock, is_cache_dir
+from nccidfs.config import format_size
 from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
+from nccidfs.eviction import EvictionPolicy, LruPolicy
 from nccidfs.objects import ObjectInfo, is_plain_md5
 
 log = logging.getLogger(__name__)
@@ -64,6 +74,11 @@ MAX_BLOCKS = 1 << 20
 _MAP_PER_BLOCK = 6
 _MAP_PER_RUN = 24
 _MAP_HEADER = 256
+_MAP_PER_KEY_CHAR = 2  # JSON escapes can double a key's length
+# Hex digits of an entry's digest that name its folder under objects/ (256 folders).
+SHARD_CHARS = 2
+# Bytes read at a time when checking a whole cached object against its MD5.
+MD5_CHUNK = 8 << 20
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -114,7 +129,10 @@ def _runs(flags: bytearray) -> list[list[int]]:
 
 @dataclass(eq=False)
 class CacheEntry:
-    """The cached state of one object version. Mutable fields are guarded by ``lock``."""
+    """The cached state of one object version: a handle that callers pass back to the cache and fetcher.
+
+    Its lock, presence map and pin count are the cache's alone (leading underscore); the other mutable
+    fields are guarded by ``_lock`` too."""
 
     digest: str
     key: str
@@ -122,17 +140,22 @@ class CacheEntry:
     size: int
     block_size: int
     base: Path
-    present: bytearray = field(default_factory=bytearray)
-    crcs: array[int] = field(default_factory=lambda: array("I"))
-    pins: int = 0
+    # One flag and one CRC per block, all missing at first.
+    _present: bytearray = field(init=False)
+    crcs: array[int] = field(init=False)
+    _pins: int = 0
     cached_bytes: int = 0
     # Apparent size of the data file (how far bytes were written) and of the map: what the entry costs.
     extent: int = 0
     map_bytes: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     fd: int | None = None
     # Whether the complete object was checked against its ETag's MD5 in this run.
     verified: bool = False
+
+    def __post_init__(self) -> None:
+        self._present = bytearray(self.block_count)
+        self.crcs = array("I", [0]) * self.block_count
 
     @property
     def data_path(self) -> Path:
@@ -158,23 +181,10 @@ class CacheEntry:
         start, stop = self.block_span(first, last)
         return stop - start
 
-    def is_complete(self) -> bool:
-        with self.lock:
-            return self.present.find(0) < 0
-
-    def missing_runs(self, first: int, last: int) -> Iterator[tuple[int, int]]:
-        """Runs of blocks in ``[first, last)`` that are not present. Hold ``lock``."""
-        index = self.present.find(0, first, last)
-        while index >= 0:
-            end = self.present.find(1, index, last)
-            end = last if end < 0 else end
-            yield index, end
-            index = self.present.find(0, end, last)
-
     def map_document(self) -> bytes:
         """The map as stored: runs of present blocks and their CRCs in order, so it grows with what is
         cached, not with the object's size."""
-        runs = _runs(self.present)
+        runs = _runs(self._present)
         present_crcs = array("I", (self.crcs[i] for first, last in runs for i in range(first, last)))
         return json.dumps({
             "version": CACHE_VERSION, "key": self.key, "etag": self.etag, "size": self.size,
@@ -183,12 +193,16 @@ class CacheEntry:
 
 
 class DiskCache:
-    """Byte-bounded LRU of :class:`CacheEntry`, persisted under ``directory`` across restarts."""
+    """A byte-bounded store of :class:`CacheEntry`, persisted under ``directory`` across restarts; what it
+    evicts first is its policy's choice."""
 
     def __init__(self, directory: Path, size_bytes: int, identity: str, block_size: int,
-                 other_usage: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+                 other_usage: Callable[[], tuple[int, int]] = lambda: (0, 0),
+                 policy: EvictionPolicy | None = None, min_free_bytes: int = 0) -> None:
         self.directory = directory
         self.size_bytes = size_bytes
+        # What the cache leaves free on its filesystem: it evicts to keep it, and stores nothing past it.
+        self.min_free_bytes = min_free_bytes
         self.block_size = block_size
         self._identity = identity
         # (bytes taken, bytes to budget) by other files in the directory (the listing index).
@@ -197,15 +211,19 @@ class DiskCache:
         # Shard folders made or checked (no link in their place) by this run: an open there needs no check.
         self._ready_shards: set[Path] = set()
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._entries: dict[str, CacheEntry] = {}
+        self._policy = policy or LruPolicy()
         self._used = 0  # charges of entries plus reservations under way
+        self._unwritten = 0  # the reservations under way alone: bytes the disk's free space does not show yet
+        self._floor_reached = False  # a store was refused for the free-disk floor (logged once until one fits)
         self._fixed = 0  # directories, marker and lock
         self.evictions = 0
         self._reindex()
 
     # -- start-up -------------------------------------------------------------------------------
     def _reindex(self) -> None:
-        """Load every valid map, oldest use first; delete leftovers of an interrupted run and links."""
+        """Load every valid map, in the order of their last use; delete leftovers of an interrupted run and
+        links."""
         self._ensure_dir(self._objects)
         found: list[tuple[float, CacheEntry]] = []
         with os.scandir(self._objects) as subdirs:
@@ -218,12 +236,14 @@ class DiskCache:
                         entry = self._reindex_file(Path(item.path), item)
                         if entry is not None:
                             found.append((item.stat(follow_symlinks=False).st_mtime, entry))
-        for _, entry in sorted(found, key=lambda item: item[0]):
+        for used_at, entry in sorted(found, key=lambda item: item[0]):
             self._entries[entry.digest] = entry
+            self._policy.admit(entry.digest, used_at)
             self._used += entry.charge
         self._fixed = self._measure_fixed()
+        disk_room = self._disk_room()
         with self._lock:
-            self._evict_until(0)
+            self._evict_until(0, disk_room=disk_room)
         log.info("cache %s: %d objects, %d bytes (bound %d)", self.directory, len(self._entries),
                  self.used_bytes, self.size_bytes)
 
@@ -271,14 +291,12 @@ class DiskCache:
             entry = CacheEntry(path.stem, doc["key"], doc["etag"], size, doc["block_size"], path.with_suffix(""))
             if entry.digest != entry_digest(self._identity, entry.key, entry.etag):
                 return None
-            entry.present = bytearray(entry.block_count)
-            entry.crcs = array("I", bytes(4 * entry.block_count))
             stored = array("I", base64.b64decode(doc["crcs"]))
             position = 0
             for first, last in doc["runs"]:
                 if not 0 <= first < last <= entry.block_count:
                     return None
-                entry.present[first:last] = b"\x01" * (last - first)
+                entry._present[first:last] = b"\x01" * (last - first)
                 entry.crcs[first:last] = stored[position:position + last - first]
                 position += last - first
             data = os.lstat(entry.data_path)
@@ -286,7 +304,7 @@ class DiskCache:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        runs = _runs(entry.present)
+        runs = _runs(entry._present)
         if runs and data.st_size < entry.block_span(0, runs[-1][1])[1]:
             return None  # the data file was cut short behind our back
         entry.extent = data.st_size
@@ -298,32 +316,37 @@ class DiskCache:
     def pin(self, obj: ObjectInfo) -> CacheEntry:
         """The entry for this object version, created empty if new; it cannot be evicted until unpinned."""
         digest = entry_digest(self._identity, obj.key, obj.etag)
+        stamp = None
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None:
                 block = block_size_for(obj.size, self.block_size)
-                entry = CacheEntry(digest, obj.key, obj.etag, obj.size, block, self._objects / digest[:2] / digest)
-                entry.present = bytearray(entry.block_count)
-                entry.crcs = array("I", bytes(4 * entry.block_count))
+                shard = self._objects / digest[:SHARD_CHARS]
+                entry = CacheEntry(digest, obj.key, obj.etag, obj.size, block, shard / digest)
                 self._entries[digest] = entry
+                self._policy.admit(digest)
             else:
-                self._entries.move_to_end(digest)
-            entry.pins += 1
-            return entry
+                stamp = self._policy.used(digest)
+            entry._pins += 1
+        if stamp is not None:
+            # Outside the lock: a system call. The entry is pinned, so its map is not unlinked meanwhile.
+            with contextlib.suppress(OSError):  # no map yet, or a failed stamp: only the order suffers
+                os.utime(entry.map_path, (stamp, stamp), follow_symlinks=False)
+        return entry
 
     def retain(self, entry: CacheEntry) -> bool:
         """Pin an entry already held, if it is still indexed (not evicted); False if it is gone."""
         with self._lock:
             if self._entries.get(entry.digest) is not entry:
                 return False
-            entry.pins += 1
+            entry._pins += 1
             return True
 
     def unpin(self, entry: CacheEntry) -> None:
         other = self._other_usage()[1]
         with self._lock:
-            entry.pins -= 1
-            if entry.pins > 0:
+            entry._pins -= 1
+            if entry._pins > 0:
                 return
             fd, entry.fd = entry.fd, None  # closed outside the lock: no pin is left, so nobody else uses it
             if entry.map_bytes == 0:
@@ -339,7 +362,7 @@ class DiskCache:
             log.warning("removing a symbolic link planted in the cache: %s", path)
             os.unlink(path)
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(path, PRIVATE_DIR_MODE)
         except FileExistsError:
             return
         if path.parent != self.directory:
@@ -347,7 +370,7 @@ class DiskCache:
                 self._fixed += os.lstat(path).st_size
 
     def _fd(self, entry: CacheEntry) -> int:
-        """The entry's data file, opened on first use. Hold ``entry.lock``."""
+        """The entry's data file, opened on first use. Hold ``entry._lock``."""
         if entry.fd is None:
             try:
                 entry.fd = self._open_data(entry, check=entry.base.parent not in self._ready_shards)
@@ -361,14 +384,35 @@ class DiskCache:
             self._ensure_dir(self._objects)  # recreated if someone deleted it
             self._ensure_dir(entry.base.parent)
             self._ready_shards.add(entry.base.parent)
-        return os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
+        return os.open(entry.data_path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, PRIVATE_FILE_MODE)
 
-    # -- data -----------------------------------------------------------------------------------
-    def read(self, entry: CacheEntry, first: int, last: int) -> bytes | None:
+    # -- blocks ---------------------------------------------------------------------------------
+    def missing_runs(self, entry: CacheEntry, first: int, last: int) -> list[tuple[int, int]]:
+        """Runs ``[lo, hi)`` of blocks in ``[first, last)`` that are not present."""
+        runs = []
+        with entry._lock:
+            index = entry._present.find(0, first, last)
+            while index >= 0:
+                end = entry._present.find(1, index, last)
+                end = last if end < 0 else end
+                runs.append((index, end))
+                index = entry._present.find(0, end, last)
+        return runs
+
+    def all_present(self, entry: CacheEntry, first: int, last: int) -> bool:
+        """Whether every block of ``[first, last)`` is present."""
+        with entry._lock:
+            return entry._present.find(0, first, last) < 0
+
+    def is_complete(self, entry: CacheEntry) -> bool:
+        """Whether every block of the object is present."""
+        return self.all_present(entry, 0, entry.block_count)
+
+    def read_blocks(self, entry: CacheEntry, first: int, last: int) -> bytes | None:
         """Blocks ``[first, last)`` from disk if all are present and pass their CRC, else None."""
         start, stop = entry.block_span(first, last)
-        with entry.lock:
-            if entry.present.find(0, first, last) >= 0:
+        with entry._lock:
+            if entry._present.find(0, first, last) >= 0:
                 return None
             fd = self._fd(entry)
         data = os.pread(fd, stop - start, start)
@@ -380,7 +424,7 @@ class DiskCache:
         self._drop_blocks(entry, bad or list(range(first, last)))
         return None
 
-    def store(self, entry: CacheEntry, first: int, data: bytes) -> bool:
+    def store_blocks(self, entry: CacheEntry, first: int, data: bytes) -> bool:
         """Write blocks starting at ``first`` and mark them present; False if the bound or the disk leaves
         no room (the caller then serves the bytes uncached). The caller holds a pin on the entry.
 
@@ -392,22 +436,22 @@ class DiskCache:
         block = entry.block_size
         last = first + -(-len(data) // block)
         start = first * block
-        with entry.lock:
+        with entry._lock:
             expected = (max(0, start + len(data) - entry.extent) + _MAP_PER_BLOCK * (last - first) + _MAP_PER_RUN
-                        + (0 if entry.map_bytes else _MAP_HEADER + 2 * len(entry.key)))
+                        + (0 if entry.map_bytes else _MAP_HEADER + _MAP_PER_KEY_CHAR * len(entry.key)))
         if not self._reserve(expected):
             return False
         crcs = _block_crcs(data, block)
         try:
-            with entry.lock:
+            with entry._lock:
                 fd = self._fd(entry)  # stays open: the caller's pin keeps unpin from closing it
             os.pwrite(fd, data, start)
-            with entry.lock:
+            with entry._lock:
                 before = entry.charge
                 self._mark(entry, first, last, crcs)
                 actual = entry.charge - before
         except OSError as error:
-            with entry.lock:
+            with entry._lock:
                 before = entry.charge
                 self._settle(expected, self._recount(entry) - before)
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -418,23 +462,23 @@ class DiskCache:
         return True
 
     def _mark(self, entry: CacheEntry, first: int, last: int, crcs: array[int]) -> None:
-        """Mark blocks present and replace the map; on failure leave them unmarked. Hold ``entry.lock``."""
-        was_present = entry.present[first:last]
+        """Mark blocks present and replace the map; on failure leave them unmarked. Hold ``entry._lock``."""
+        was_present = entry._present[first:last]
         old_crcs = entry.crcs[first:last]
-        already = sum(entry.bytes_in(i, i + 1) for i in range(first, last) if entry.present[i])
-        entry.present[first:last] = b"\x01" * (last - first)
+        already = sum(entry.bytes_in(i, i + 1) for i in range(first, last) if entry._present[i])
+        entry._present[first:last] = b"\x01" * (last - first)
         entry.crcs[first:last] = crcs
         try:
             self._write_map(entry)
         except OSError:
-            entry.present[first:last] = was_present
+            entry._present[first:last] = was_present
             entry.crcs[first:last] = old_crcs
             raise
         entry.cached_bytes += entry.bytes_in(first, last) - already
         entry.extent = max(entry.extent, entry.block_span(first, last)[1])
 
     def _recount(self, entry: CacheEntry) -> int:
-        """After a failed write: the entry's real charge, from the files. Hold ``entry.lock``."""
+        """After a failed write: the entry's real charge, from the files. Hold ``entry._lock``."""
         try:
             entry.extent = os.fstat(entry.fd).st_size if entry.fd is not None else 0
         except OSError:
@@ -449,7 +493,7 @@ class DiskCache:
         if hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.etag:
             log.error("%s: the bytes S3 sent do not match the ETag's MD5", entry.key)
             return False
-        with entry.lock:
+        with entry._lock:
             entry.verified = True
         return True
 
@@ -458,34 +502,36 @@ class DiskCache:
 
         A mismatch drops every block, so the object is fetched again rather than served wrong.
         """
-        if not is_plain_md5(entry.etag) or not entry.is_complete():
+        if not is_plain_md5(entry.etag) or not self.is_complete(entry):
             return True
-        with entry.lock:
+        with entry._lock:
             if entry.verified:
                 return True
             entry.verified = True
             fd = self._fd(entry)
         digest = hashlib.md5(usedforsecurity=False)
-        for offset in range(0, entry.size, 8 << 20):
-            digest.update(os.pread(fd, min(8 << 20, entry.size - offset), offset))
+        for offset in range(0, entry.size, MD5_CHUNK):
+            digest.update(os.pread(fd, min(MD5_CHUNK, entry.size - offset), offset))
         if digest.hexdigest() == entry.etag:
             return True
         log.error("%s: cached bytes do not match the ETag's MD5; discarding them", entry.key)
-        with entry.lock:
+        with entry._lock:
             entry.verified = False
         self._drop_blocks(entry, list(range(entry.block_count)))
         return False
 
     def _write_map(self, entry: CacheEntry) -> None:
-        """Replace the map atomically. Hold ``entry.lock``."""
+        """Replace the map atomically. Hold ``entry._lock``."""
         document = entry.map_document()
         tmp = entry.base.with_suffix(".map.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, PRIVATE_FILE_MODE)
         try:
             try:  # os.write, not a file object: that would cost an fstat, an ioctl and a seek per map
                 written = 0
                 while written < len(document):
                     written += os.write(fd, document[written:])
+                used_at = self._last_used(entry)
+                os.utime(fd, (used_at, used_at))  # a write is not a use: the map keeps the last use's time
             finally:
                 os.close(fd)
             os.replace(tmp, entry.map_path)
@@ -494,12 +540,16 @@ class DiskCache:
             raise
         entry.map_bytes = len(document)
 
+    def _last_used(self, entry: CacheEntry) -> float:
+        with self._lock:
+            return self._policy.last_used(entry.digest)
+
     def _drop_blocks(self, entry: CacheEntry, blocks: list[int]) -> None:
-        with entry.lock:
+        with entry._lock:
             before = entry.charge
-            freed = sum(entry.bytes_in(i, i + 1) for i in blocks if entry.present[i])
+            freed = sum(entry.bytes_in(i, i + 1) for i in blocks if entry._present[i])
             for i in blocks:
-                entry.present[i] = 0
+                entry._present[i] = 0
             entry.cached_bytes -= freed
             try:
                 self._write_map(entry)
@@ -511,36 +561,62 @@ class DiskCache:
     # -- the bound ------------------------------------------------------------------------------
     def _reserve(self, nbytes: int) -> bool:
         other = self._other_usage()[1]
+        disk_room = self._disk_room()
         with self._lock:
-            if not self._evict_until(nbytes, other):
+            if not self._evict_until(nbytes, other, disk_room):
+                short_of_disk = disk_room is not None and disk_room - self._unwritten < nbytes
+                if short_of_disk and not self._floor_reached:
+                    log.warning("cache disk would have less than --cache-min-free (%s) free even with every "
+                                "object not open evicted; serving from S3 uncached", format_size(self.min_free_bytes))
+                self._floor_reached |= short_of_disk
                 return False
+            self._floor_reached = False
             self._used += nbytes
+            self._unwritten += nbytes
             return True
 
+    def _disk_room(self) -> int | None:
+        """Bytes free on the cache's filesystem beyond the floor (negative below it); None without a floor.
+        A system call: measured before taking the lock."""
+        if not self.min_free_bytes:
+            return None
+        try:
+            disk = os.statvfs(self.directory)
+        except OSError as error:
+            log.warning("cannot measure the cache disk's free space: %s", error)
+            return None
+        return disk.f_bavail * disk.f_frsize - self.min_free_bytes
+
     def rebalance(self) -> None:
-        """Evict until everything fits again (after the listing index grew)."""
+        """Evict until everything fits again under the bound and above the floor (after the listing index
+        grew)."""
         other = self._other_usage()[1]
+        disk_room = self._disk_room()
         with self._lock:
-            self._evict_until(0, other)
+            self._evict_until(0, other, disk_room)
 
     def _settle(self, reserved: int, actual: int) -> None:
         """Replace a reservation by what the write really cost."""
         other = self._other_usage()[1] if actual > reserved else 0
         with self._lock:
             self._used += actual - reserved
+            self._unwritten -= reserved
             if actual > reserved:
                 self._evict_until(0, other)
 
-    def _evict_until(self, room: int, other: int | None = None) -> bool:
-        """Evict unpinned entries, least recently used first, until ``room`` bytes fit; evict nothing when
-        they would not fit even then. Hold ``_lock``.
+    def _evict_until(self, room: int, other: int | None = None, disk_room: int | None = None) -> bool:
+        """Evict unpinned entries, in the policy's order, until ``room`` bytes fit under the bound and above
+        the free-disk floor; evict nothing when they would not fit even then. Hold ``_lock``.
 
-        ``other`` is the budget of the listing index, measured by the caller before taking the lock (its
-        file sizes are system calls that must not hold every reader up)."""
+        ``other`` is the budget of the listing index and ``disk_room`` what :meth:`_disk_room` measured, both
+        by the caller before taking the lock (they are system calls that must not hold every reader up).
+        Writes under way are counted as not yet on the disk, and an eviction as freeing what it charged."""
         budget = self.size_bytes - (self._other_usage()[1] if other is None else other) - self._fixed
+        if disk_room is not None:
+            budget = min(budget, self._used + disk_room - self._unwritten)
         if self._used + room <= budget:
             return True
-        evictable = [e for e in self._entries.values() if e.pins == 0]
+        evictable = [entry for entry in map(self._entries.__getitem__, self._policy.victims()) if entry._pins == 0]
         if self._used - sum(e.charge for e in evictable) + room > budget:
             return False  # it cannot fit even in an emptied cache: keep what is there
         for entry in evictable:
@@ -553,6 +629,7 @@ class DiskCache:
     def _forget(self, entry: CacheEntry) -> None:
         """Drop an unpinned entry from the index and the disk. Hold ``_lock``."""
         del self._entries[entry.digest]
+        self._policy.forget(entry.digest)
         self._used -= entry.charge
         entry.map_path.unlink(missing_ok=True)
         entry.data_path.unlink(missing_ok=True)
@@ -565,7 +642,7 @@ class DiskCache:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            complete = sum(1 for e in self._entries.values() if e.present.find(0) < 0)
+            complete = sum(1 for e in self._entries.values() if e._present.find(0) < 0)
             objects, evictions = len(self._entries), self.evictions
         return {"directory": str(self.directory), "bound_bytes": self.size_bytes, "used_bytes": self.used_bytes,
                 "objects": objects, "complete_objects": complete, "evictions": evictions}

@@ -28,11 +28,21 @@ from nccidfs.index import INDEX_FILES
 MARKER = "CACHEDIR.TAG"
 LOCK = "lock"
 OBJECTS = "objects"
+# Cohort manifests that users put here (``nccidfs cohort`` publishes them), and their packed forms.
+COHORTS_FOLDER = "cohorts"
+PACKED_FOLDER = "cohorts-packed"
 FORMAT = 2
+MARKER_SIGN = "# nccidfs cache"
 # The standard tag (bford.info/cachedir) that backup tools honour, followed by our own format line.
-MARKER_TEXT = f"Signature: 8a477f597d28d172789f06886806bc55\n# nccidfs cache, format {FORMAT}\n"
-# What an nccidfs cache directory of an earlier version held, before it carried the marker.
-LEGACY_NAMES = frozenset({OBJECTS, *INDEX_FILES, CONTROL_SOCKET})
+MARKER_TEXT = f"Signature: 8a477f597d28d172789f06886806bc55\n{MARKER_SIGN}, format {FORMAT}\n"
+MARKER_PEEK = 4096  # bytes of a marker read to recognise it
+HOLDER_MAX = 4096  # bytes of a lock file read to name its holder
+# Created so, and refused when others may write them: a daemon often runs as root beside other users.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+# What a directory may hold before nccidfs marks it: what an earlier version's cache held before it
+# carried the marker, and cohort manifests put in a new cache directory by hand before its first mount.
+UNMARKED_NAMES = frozenset({OBJECTS, *INDEX_FILES, CONTROL_SOCKET, COHORTS_FOLDER, PACKED_FOLDER})
 
 
 def _fail(path: Path, why: str) -> ConfigError:
@@ -63,7 +73,7 @@ def prepare(path: Path) -> Path:
     try:
         with contextlib.suppress(FileExistsError):
             os.makedirs(path.parent, exist_ok=True)
-            os.mkdir(path, 0o700)
+            os.mkdir(path, PRIVATE_DIR_MODE)
         path = Path(os.path.realpath(path))
         _check_ancestors(path)
         _check_owned_private(path, os.lstat(path))
@@ -88,17 +98,18 @@ def _explain(error: OSError) -> str:
 
 
 def _mark(path: Path) -> None:
-    """Write the marker into an empty (or earlier-version) directory; refuse any other directory."""
+    """Write the marker into a new directory (empty, an earlier version's cache, or holding cohort
+    manifests only); refuse any other directory."""
     marker = path / MARKER
     if os.path.lexists(marker):
         if not is_cache_dir(path):
             raise _fail(path, f"{MARKER} is not an nccidfs marker; choose another directory")
         return
-    foreign = sorted(set(os.listdir(path)) - LEGACY_NAMES)
+    foreign = sorted(set(os.listdir(path)) - UNMARKED_NAMES)
     if foreign:
         raise _fail(path, f"is not empty and is not an nccidfs cache (it holds {foreign[0]!r}); "
                           "choose an empty or new directory")
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
     with os.fdopen(fd, "w") as handle:
         handle.write(MARKER_TEXT)
 
@@ -110,7 +121,7 @@ def is_cache_dir(path: Path) -> bool:
     except OSError:
         return False
     with os.fdopen(fd) as handle:
-        return "# nccidfs cache" in handle.read(4096)
+        return MARKER_SIGN in handle.read(MARKER_PEEK)
 
 
 class CacheLock:
@@ -120,7 +131,7 @@ class CacheLock:
         self.path = path
         lock_path = path / LOCK
         try:
-            self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         except OSError as error:
             raise _fail(path, _explain(error)) from None
         try:
@@ -145,7 +156,7 @@ class CacheLock:
 def describe_holder(fd: int) -> str:
     """Who holds a cache lock, from what the holder wrote into the lock file."""
     try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        holder = json.loads(os.pread(fd, HOLDER_MAX, 0) or b"{}")
     except (OSError, ValueError):
         holder = {}
     if holder.get("mountpoint"):

@@ -159,6 +159,9 @@ def _add_cache_and_logging_options(parser: argparse.ArgumentParser, cache_defaul
                        help=f"where fetched bytes are kept across restarts (default: {cache_default})")
     cache.add_argument("--cache-size", default=format_size(CacheConfig.size_bytes), metavar="SIZE",
                        help="bound on the cache's disk use; bytes or K/M/G/T (powers of 1024) (default: %(default)s)")
+    cache.add_argument("--cache-min-free", default=format_size(CacheConfig.min_free_bytes), metavar="SIZE",
+                       help="space the cache leaves free on its disk, evicting to keep it; 0 for none "
+                            "(default: %(default)s)")
     logging_group = parser.add_argument_group("Logging")
     logging_group.add_argument("--log-level", default=MountConfig.log_level, choices=LEVELS,
                                help="debug shows every S3 request (default: %(default)s)")
@@ -220,7 +223,8 @@ def _config(args: argparse.Namespace, s3: S3Config, foreground: bool) -> Config:
                           **_cohort_fields(args)),
         s3=dataclasses.replace(s3, deadline=args.timeout),
         cache=CacheConfig(directory=(args.cache_dir or default_cache_dir()).expanduser().absolute(),
-                          size_bytes=parse_size(args.cache_size)),
+                          size_bytes=parse_size(args.cache_size),
+                          min_free_bytes=parse_size(args.cache_min_free, allow_zero=True)),
         read=ReadConfig(prefetch=args.prefetch, verify=args.verify),
     )
 
@@ -504,8 +508,9 @@ SUBCOMMANDS = {"mount": run_mount, "demo": run_demo, "refresh": run_refresh, "st
 
 # fstab options (as mount.fuse3 passes them: "nccidfs SOURCE MOUNTPOINT -o a=b,c") and their flags.
 FSTAB_VALUE_OPTIONS = ("bucket", "prefix", "profile", "region", "endpoint_url", "modalities", "cache_dir",
-                       "cache_size", "listing_ttl", "max_listing_entries", "max_inodes", "timeout", "attr_timeout",
-                       "uid", "gid", "umask", "log_level", "log_file", "metrics_addr", "cohort", "as_of")
+                       "cache_size", "cache_min_free", "listing_ttl", "max_listing_entries", "max_inodes", "timeout",
+                       "attr_timeout", "uid", "gid", "umask", "log_level", "log_file", "metrics_addr", "cohort",
+                       "as_of")
 FSTAB_FLAG_OPTIONS = ("allow_other", "allow_root", "no_prefetch", "no_verify", "readdirplus")
 # Generic mount(8) options that say nothing to nccidfs (the mount is read-only and nosuid/nodev anyway).
 FSTAB_IGNORED = ("rw", "ro", "auto", "noauto", "user", "users", "nouser", "exec", "noexec", "suid", "nosuid",

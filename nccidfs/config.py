@@ -58,14 +58,14 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, allow_zero: bool = False) -> int:
     """Bytes from ``10G``, ``512M``, ``1.5T``, ``10 GiB`` or a plain number (suffixes are powers of 1024)."""
     match = _SIZE_RE.match(text)
     if not match:
         raise ConfigError(f"bad size {text!r}: use a number of bytes or a K/M/G/T suffix, e.g. 10G")
     number, unit = match.groups()
     size = int(float(number) * _SIZE_UNITS[unit.upper()])
-    if size <= 0:
+    if size <= 0 and not (allow_zero and size == 0):
         raise ConfigError(f"bad size {text!r}: must be greater than zero")
     return size
 
@@ -215,10 +215,14 @@ class S3Config:
 class CacheConfig:
     directory: Path = field(default_factory=default_cache_dir)
     size_bytes: int = 10 * 1024**3
+    # Left free on the cache's filesystem for everything else on it.
+    min_free_bytes: int = 1024**3
 
     def __post_init__(self) -> None:
         if self.size_bytes <= 0:
             raise ConfigError("--cache-size must be greater than zero")
+        if self.min_free_bytes < 0:
+            raise ConfigError("--cache-min-free must not be negative")
         control_socket_path(self.directory)  # refuse a path with no room for the socket before mounting
 
     @property

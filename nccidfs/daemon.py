@@ -131,7 +131,8 @@ class Daemon:
                                    config.mount.max_listing_entries, self.index, s3.deadline)
         self.catalog_db = CatalogDB(directory, {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
         self.cache = DiskCache(directory, config.cache.size_bytes, f"{endpoint}\0{s3.bucket}",
-                               config.read.block_size, self._index_and_catalog_usage)
+                               config.read.block_size, self._index_and_catalog_usage,
+                               min_free_bytes=config.cache.min_free_bytes)
         self.index.after_write = self.catalog_db.after_write = self.cache.rebalance
         self.fetcher = Fetcher(store, self.cache, config.read, s3.deadline)
         self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
@@ -140,7 +141,7 @@ class Daemon:
         assert isinstance(store, Bucket), "the catalog reads metadata twins by name"
         self.catalog, self.generated = register_views(self.fs.control, self.namespace, self.cache, self.fetcher,
                                                       config.read, s3.deadline, store, self.catalog_db, self.index)
-        self.fs.control.register(CohortView.NAME, CohortView.of_mount(directory, s3, self.cache, self.fetcher,
+        self.fs.control.register(CohortView.NAME, CohortView.of_mount(directory, s3, self.fetcher,
                                                                       self.namespace.mount_time))
         self.prefetcher: SeriesPrefetcher | None = None
         if config.read.prefetch:

@@ -15,16 +15,19 @@
 - A failed fetch is remembered for a moment, so the kernel's immediate retry fails at once.
 
 The fetcher owns everything about requests under way (parts in flight, deadlines, failure memory); the
-cache only holds blocks. Talks to an :class:`~nccidfs.store.ObjectStore` and a
-:class:`~nccidfs.cache.DiskCache` only.
+cache only holds blocks, and is asked which blocks are present, never reached into. Readers pin the
+object they read through the fetcher (:meth:`Fetcher.pin`, :meth:`Fetcher.pinned`). Talks to an
+:class:`~nccidfs.store.ObjectStore` and a :class:`~nccidfs.cache.DiskCache` only; the order in which
+its locks and the cache's are taken is in :mod:`nccidfs.cache`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -41,8 +44,14 @@ from nccidfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Seconds for which a failed fetch fails the next reads of the same object at once.
+# Seconds for which a failed fetch fails the next reads of the same object at once, and for how many
+# objects at most.
 FAILURE_MEMORY = 2.0
+FAILURES_REMEMBERED = 10_000
+# Reads of cached blocks that fail their CRC fetch them again; a read gives up after this many tries.
+READ_ATTEMPTS = 3
+# A reader of a large object through from its start gets a read-ahead window of this many parts at once.
+WHOLE_READER_PARTS = 4
 # A first read this large is the kernel's read-ahead for a reader of the whole file.
 WHOLE_READ = 128 * 1024
 
@@ -89,7 +98,7 @@ class Fetcher:
         self._in_flight: dict[int, tuple[str, int]] = {}
         self._parts_lock = threading.Lock()
         self._parts: dict[str, list[InflightPart]] = {}  # by entry digest
-        self._failures: TTLCache[str, NccidfsError] = TTLCache(maxsize=10_000, ttl=FAILURE_MEMORY)
+        self._failures: TTLCache[str, NccidfsError] = TTLCache(maxsize=FAILURES_REMEMBERED, ttl=FAILURE_MEMORY)
         # Told the key of an object whose cached bytes failed their MD5 and were dropped.
         self.on_discard: Callable[[str], None] = lambda key: None
         # Reads served wholly from the cache, and reads that had to fetch.
@@ -105,6 +114,24 @@ class Fetcher:
         self._foreground.shutdown(wait=False, cancel_futures=True)
         self._background.shutdown(wait=False, cancel_futures=True)
 
+    # -- pins -----------------------------------------------------------------------------------
+    def pin(self, obj: ObjectInfo) -> CacheEntry:
+        """The cache entry to read an object version through (an open file holds one): it is not evicted
+        until :meth:`unpin`."""
+        return self._cache.pin(obj)
+
+    def unpin(self, entry: CacheEntry) -> None:
+        self._cache.unpin(entry)
+
+    @contextlib.contextmanager
+    def pinned(self, obj: ObjectInfo) -> Iterator[CacheEntry]:
+        """The object's entry, pinned for the ``with`` block."""
+        entry = self._cache.pin(obj)
+        try:
+            yield entry
+        finally:
+            self._cache.unpin(entry)
+
     # -- reading --------------------------------------------------------------------------------
     def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None) -> bytes:
         """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end)."""
@@ -116,7 +143,7 @@ class Fetcher:
         fetch_last = last
         if cursor is not None:
             fetch_last = self._read_ahead(entry, offset, size, end, cursor)
-        for _attempt in range(3):
+        for _attempt in range(READ_ATTEMPTS):
             parts = self._ensure_or_fail_fast(entry, first, last, fetch_last)
             data = self._assemble(entry, first, last, parts)
             if data is not None:
@@ -131,8 +158,7 @@ class Fetcher:
         When a read-ahead page fails, the kernel asks again for the single page at once; answering that
         from the remembered failure keeps the time to EIO at one deadline instead of two.
         """
-        with entry.lock:
-            missing = entry.present.find(0, first, last) >= 0
+        missing = not self._cache.all_present(entry, first, last)
         with self._counter_lock:
             if missing:
                 self.misses += 1
@@ -155,11 +181,8 @@ class Fetcher:
 
     def read_start(self, obj: ObjectInfo, size: int) -> bytes:
         """The first ``size`` bytes of an object that no file handle holds open, pinned while read."""
-        entry = self._cache.pin(obj)
-        try:
+        with self.pinned(obj) as entry:
             return self.read(entry, 0, size)
-        finally:
-            self._cache.unpin(entry)
 
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
         """Fetch the missing blocks of ``[first, last)`` in the background pool and wait until they are
@@ -175,7 +198,7 @@ class Fetcher:
         Returns the block the caller's own fetch should reach: the whole object, in one GET, when a first
         read from its start asks for :data:`WHOLE_READ` bytes or more (the kernel's read-ahead of a reader
         that reads the file through, where a header scan's first read is a few KiB) and the object fits
-        in one part; else the end of the read. A larger object read through gets a window of a part at once.
+        in one part; else the end of the read. A larger object read through gets a window of several parts at once.
         """
         block = entry.block_size
         through = offset == 0 and cursor.next_offset == 0 and size >= WHOLE_READ
@@ -183,8 +206,8 @@ class Fetcher:
             cursor.next_offset = cursor.ahead_until = entry.size
             return entry.block_count
         if offset == cursor.next_offset and (offset > 0 or through):
-            # A reader of the whole file starts with a window of four parts; any other, with the initial one.
-            start_window = 4 * self._config.part_size if through else self._config.initial_window
+            # A reader of the whole file starts with a window of several parts; any other, with the initial one.
+            start_window = WHOLE_READER_PARTS * self._config.part_size if through else self._config.initial_window
             cursor.window = min(max(cursor.window * 2, start_window), self._config.max_window)
         elif offset != cursor.next_offset:
             cursor.window, cursor.ahead_until = 0, 0
@@ -211,8 +234,7 @@ class Fetcher:
         with self._parts_lock:
             # Under the parts lock: a part leaves the list only once its blocks are marked, so each block
             # is seen either present, or in flight, or missing (never between the two and fetched twice).
-            with entry.lock:
-                missing = list(entry.missing_runs(first, last))
+            missing = self._cache.missing_runs(entry, first, last)
             flying = self._parts.setdefault(entry.digest, [])
             waits = [p for p in flying if p.first < last and p.last > first]
             for run_first, run_last in missing:
@@ -269,7 +291,7 @@ class Fetcher:
                 return
             part.future.set_result(data)
             try:
-                stored = pinned and self._cache.store(entry, part.first, data)
+                stored = pinned and self._cache.store_blocks(entry, part.first, data)
             except OSError as error:
                 log.warning("could not cache %s [%d, %d): %s", entry.key, start, stop, error)
                 stored = False
@@ -277,7 +299,7 @@ class Fetcher:
                 self._finish(entry, part)
             if not stored:
                 log.debug("no cache room for %s [%d, %d); served uncached", entry.key, start, stop)
-            elif self._config.verify and not whole and entry.is_complete() and self._cache.retain(entry):
+            elif self._config.verify and not whole and self._cache.is_complete(entry) and self._cache.retain(entry):
                 self._background.submit(self._verify, entry)
         finally:
             if pinned:
@@ -312,7 +334,7 @@ class Fetcher:
             run_last = block + 1
             while run_last < last and not any(p.first <= run_last < p.last for p in parts):
                 run_last += 1
-            cached_run = self._cache.read(entry, block, run_last)
+            cached_run = self._cache.read_blocks(entry, block, run_last)
             if cached_run is None:
                 return None
             pieces.append(cached_run)

@@ -185,7 +185,7 @@ class FileSystem:
         replaced = (previous is not None and previous != obj.etag) or distrusted or relisted
         if replaced:
             self._invalidate(path, OPEN_INVALIDATION_WAIT)
-        handle = self._add(OpenFile(path, obj, self.cache.pin(obj)))
+        handle = self._add(OpenFile(path, obj, self.fetcher.pin(obj)))
         for listener in self._open_listeners:
             listener(path, obj)
         return Opened(handle, keep_cache, replaced)
@@ -236,8 +236,8 @@ class FileSystem:
                                 "open it again")
         log.info("%s was replaced since it was listed; serving the new version", open_file.path)
         old = open_file.entry
-        open_file.obj, open_file.entry, open_file.cursor = entry.obj, self.cache.pin(entry.obj), ReadCursor()
-        self.cache.unpin(old)
+        open_file.obj, open_file.entry, open_file.cursor = entry.obj, self.fetcher.pin(entry.obj), ReadCursor()
+        self.fetcher.unpin(old)
         with self._lock:
             self._opened_etags[entry.obj.key] = entry.obj.etag
 
@@ -257,7 +257,7 @@ class FileSystem:
         if open_file.virtual is not None:
             open_file.virtual.release()
         if open_file.entry is not None:
-            self.cache.unpin(open_file.entry)
+            self.fetcher.unpin(open_file.entry)
 
     def open_count(self) -> int:
         with self._lock:

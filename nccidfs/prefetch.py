@@ -132,14 +132,12 @@ class SeriesPrefetcher:
                 return  # the reader moved to another series
             if stage == HEADERS and self._stages.get(series) == WHOLE:
                 return  # the whole image is queued too: one GET instead of two
-        entry = self._cache.pin(obj)
         try:
-            fetched = self._fetcher.fetch_blocks(entry, 0, 1 if stage == HEADERS else entry.block_count)
+            with self._fetcher.pinned(obj) as entry:
+                fetched = self._fetcher.fetch_blocks(entry, 0, 1 if stage == HEADERS else entry.block_count)
         except NccidfsError as error:
             log.debug("prefetch of %s failed: %s", obj.key, error)
             return
-        finally:
-            self._cache.unpin(entry)
         with self._lock:
             if fetched:
                 self.objects_prefetched += stage == WHOLE

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nccidfs.cachedir import COHORTS_FOLDER
 from nccidfs.cohort import manifest, operations
 from nccidfs.cohort.manifest import Header, Row, Warehouse
 from nccidfs.cohort.mounting import warehouse_config
@@ -18,7 +19,7 @@ from nccidfs.config import CONTROL_DIR, DEFAULT_REGION, S3Config, format_size, n
 from nccidfs.errors import ConfigError
 from nccidfs.layout import is_image, is_twin_folder
 from nccidfs.store import Boto3Store, ObjectStore
-from nccidfs.views.cohorts import COHORTS_FOLDER, publish
+from nccidfs.views.cohorts import publish
 
 EXIT_OK, EXIT_CHANGED = 0, 1
 DESCRIPTION = """\

@@ -15,12 +15,12 @@ import logging
 import os
 from pathlib import Path
 
+from nccidfs.cachedir import PACKED_FOLDER
 from nccidfs.cohort import manifest
 from nccidfs.cohort.tree import FrozenTree
 
 log = logging.getLogger(__name__)
 
-PACKED_FOLDER = "cohorts-packed"  # inside the cache directory
 KEPT = 4
 _SUFFIX = ".tree"
 VERSION = 1  # of the kept tree's layout: part of its name

@@ -22,7 +22,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from nccidfs.cache import CacheEntry, DiskCache
+from nccidfs.cache import CacheEntry
+from nccidfs.cachedir import COHORTS_FOLDER
 from nccidfs.cohort import manifest, packed
 from nccidfs.cohort.source import REPORT, endpoint_host
 from nccidfs.cohort.tree import FrozenTree
@@ -33,7 +34,6 @@ from nccidfs.namespace.rules import is_safe_name
 from nccidfs.objects import Entry
 from nccidfs.views.registry import Parts, VirtualFile
 
-COHORTS_FOLDER = "cohorts"  # inside the cache directory
 LOADED_COHORTS = 2
 
 
@@ -63,8 +63,8 @@ class CohortFile:
     # Its size and bytes cannot change while it is open: the kernel may keep its pages.
     direct_io = False
 
-    def __init__(self, fetcher: Fetcher, cache: DiskCache, entry: CacheEntry) -> None:
-        self._fetcher, self._cache, self._entry = fetcher, cache, entry
+    def __init__(self, fetcher: Fetcher, entry: CacheEntry) -> None:
+        self._fetcher, self._entry = fetcher, entry
         self._cursor = ReadCursor()
 
     def read(self, offset: int, size: int) -> bytes:
@@ -72,7 +72,7 @@ class CohortFile:
                            lambda: self._fetcher.read(self._entry, offset, size, self._cursor))
 
     def release(self) -> None:
-        self._cache.unpin(self._entry)
+        self._fetcher.unpin(self._entry)
 
 
 class CohortView:
@@ -80,21 +80,19 @@ class CohortView:
 
     NAME = "cohorts"
 
-    def __init__(self, cache_dir: Path, warehouse: manifest.Warehouse, cache: DiskCache, fetcher: Fetcher,
-                 mtime: float) -> None:
+    def __init__(self, cache_dir: Path, warehouse: manifest.Warehouse, fetcher: Fetcher, mtime: float) -> None:
         self._cache_dir = cache_dir
         self._folder = cache_dir / COHORTS_FOLDER
         self._warehouse = warehouse
-        self._cache, self._fetcher = cache, fetcher
+        self._fetcher = fetcher
         self._mtime = mtime
         self._loaded: OrderedDict[tuple[str, int, int, int], FrozenTree] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def of_mount(cls, cache_dir: Path, s3: S3Config, cache: DiskCache, fetcher: Fetcher, mtime: float) -> CohortView:
+    def of_mount(cls, cache_dir: Path, s3: S3Config, fetcher: Fetcher, mtime: float) -> CohortView:
         """The view of a mount of ``s3`` whose cache directory is ``cache_dir``."""
-        return cls(cache_dir, manifest.Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), cache,
-                   fetcher, mtime)
+        return cls(cache_dir, manifest.Warehouse(endpoint_host(s3), s3.bucket, s3.prefix), fetcher, mtime)
 
     def _manifests(self) -> dict[str, Path]:
         try:
@@ -175,7 +173,7 @@ class CohortView:
         entry = self.lookup(parts)
         if entry.obj is None:
             raise NotFound(f"{COHORTS_FOLDER}/{'/'.join(parts)}: not a file")
-        return CohortFile(self._fetcher, self._cache, self._cache.pin(entry.obj))
+        return CohortFile(self._fetcher, self._fetcher.pin(entry.obj))
 
     def readlink(self, parts: Parts) -> str:
         raise NotFound("a cohort holds no symlinks")

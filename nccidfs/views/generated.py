@@ -135,7 +135,7 @@ class GeneratedFile:
     def __init__(self, generated: Generated, obj: ObjectInfo, direct_io: bool) -> None:
         self._generated = generated
         self._obj = obj
-        self._entry = generated.cache.pin(obj)
+        self._entry = generated.fetcher.pin(obj)
         self._cursor = ReadCursor()
         self.direct_io = direct_io
 
@@ -143,7 +143,7 @@ class GeneratedFile:
         return self._generated.fetcher.read(self._entry, offset, size, self._cursor)
 
     def release(self) -> None:
-        self._generated.cache.unpin(self._entry)
+        self._generated.fetcher.unpin(self._entry)
         self._generated.producers.remove(self._obj)
 
 

@@ -25,6 +25,7 @@ from tests.mounting import (
     daemon_env,
     du_bytes,
 )
+from tests.tmpfs import small_tmpfs
 
 pytestmark = pytest.mark.fuse
 
@@ -185,14 +186,20 @@ def test_an_unsafe_cache_dir_is_refused_with_one_line(tmp_path: Path, s3_endpoin
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs to put a cache directory on (needs root)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_cache_disk_with_less_free_than_the_floor_serves_reads_from_s3_and_stores_nothing(
+        tmp_path: Path, small_disk: Path, s3_endpoint: str, bucket_name: str) -> None:
+    files = {f"{SERIES}/img{i}.dcm": body(f"img{i}", 200_000) for i in range(2)}
+    create_bucket(s3_endpoint, bucket_name, ((PREFIX + k, v) for k, v in files.items()))
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, small_disk / "cache", tmp_path / "log", bucket=bucket_name,
+                       extra=["--cache-min-free", "2M", "--no-prefetch"]) as daemon:
+        for name, data in files.items():
+            assert (daemon.mountpoint / name).read_bytes() == data, name
+        assert daemon.log().count("--cache-min-free") == 1
+        assert not list((small_disk / "cache" / "objects").rglob("*.map")), "nothing is stored past the floor"
 
 
 def test_a_full_disk_serves_reads_from_s3_and_skips_index_writes(tmp_path: Path, small_disk: Path,
@@ -201,7 +208,7 @@ def test_a_full_disk_serves_reads_from_s3_and_skips_index_writes(tmp_path: Path,
     files.update({f"data/Covid{i}/status_2020-01-01.json": b'{"Pseudonym": "Covid%d"}' % i for i in range(300)})
     create_bucket(s3_endpoint, bucket_name, ((PREFIX + k, v) for k, v in files.items()))
     with MountedDaemon(tmp_path / "mnt", s3_endpoint, small_disk / "cache", tmp_path / "log", bucket=bucket_name,
-                       extra=["--cache-size", "100M", "--no-prefetch"]) as daemon:
+                       extra=["--cache-size", "100M", "--cache-min-free", "0", "--no-prefetch"]) as daemon:
         for name, data in files.items():
             assert (daemon.mountpoint / name).read_bytes() == data, name
         assert "cache disk full" in daemon.log(), "the disk never filled: the test did not test anything"

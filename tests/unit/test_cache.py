@@ -33,7 +33,7 @@ def obj(key: str, body: bytes) -> ObjectInfo:
 
 def store_all(cache: DiskCache, info: ObjectInfo, body: bytes) -> None:
     entry = cache.pin(info)
-    assert cache.store(entry, 0, body)
+    assert cache.store_blocks(entry, 0, body)
     cache.unpin(entry)
 
 
@@ -41,13 +41,13 @@ def test_stored_blocks_read_back_and_partial_objects_report_missing(tmp_path: Pa
     cache = new_cache(tmp_path, 1 << 20)
     body = os.urandom(3 * BLOCK + 100)
     entry = cache.pin(obj("k", body))
-    assert cache.read(entry, 0, 1) is None
-    assert cache.store(entry, 1, body[BLOCK:2 * BLOCK])
-    assert cache.read(entry, 1, 2) == body[BLOCK:2 * BLOCK]
-    assert cache.read(entry, 0, 2) is None
-    assert list(entry.missing_runs(0, 4)) == [(0, 1), (2, 4)]
-    assert cache.store(entry, 2, body[2 * BLOCK:])
-    assert cache.read(entry, 2, 4) == body[2 * BLOCK:]
+    assert cache.read_blocks(entry, 0, 1) is None
+    assert cache.store_blocks(entry, 1, body[BLOCK:2 * BLOCK])
+    assert cache.read_blocks(entry, 1, 2) == body[BLOCK:2 * BLOCK]
+    assert cache.read_blocks(entry, 0, 2) is None
+    assert cache.missing_runs(entry, 0, 4) == [(0, 1), (2, 4)]
+    assert cache.store_blocks(entry, 2, body[2 * BLOCK:])
+    assert cache.read_blocks(entry, 2, 4) == body[2 * BLOCK:]
     cache.unpin(entry)
 
 
@@ -57,7 +57,7 @@ def test_a_slow_write_of_one_part_does_not_hold_up_reads_of_other_blocks(tmp_pat
     cache = new_cache(tmp_path, 1 << 22)
     body = os.urandom(16 * BLOCK)
     entry = cache.pin(obj("k", body))
-    assert cache.store(entry, 0, body[:8 * BLOCK])
+    assert cache.store_blocks(entry, 0, body[:8 * BLOCK])
     writing, release = threading.Event(), threading.Event()
     real_pwrite = os.pwrite
 
@@ -67,19 +67,19 @@ def test_a_slow_write_of_one_part_does_not_hold_up_reads_of_other_blocks(tmp_pat
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr("nccidfs.cache.os.pwrite", slow_pwrite)
-    writer = threading.Thread(target=lambda: cache.store(entry, 8, body[8 * BLOCK:]))
+    writer = threading.Thread(target=lambda: cache.store_blocks(entry, 8, body[8 * BLOCK:]))
     writer.start()
     try:
         assert writing.wait(10)
-        reader = threading.Thread(target=lambda: cache.read(entry, 0, 8))
+        reader = threading.Thread(target=lambda: cache.read_blocks(entry, 0, 8))
         reader.start()
         reader.join(2)
         assert not reader.is_alive(), "the read waited for another part's write"
-        assert cache.read(entry, 8, 16) is None, "blocks being written are not served"
+        assert cache.read_blocks(entry, 8, 16) is None, "blocks being written are not served"
     finally:
         release.set()
         writer.join()
-    assert cache.read(entry, 0, 16) == body
+    assert cache.read_blocks(entry, 0, 16) == body
     cache.unpin(entry)
 
 
@@ -87,7 +87,7 @@ def test_cache_survives_restart_and_cleans_leftovers(tmp_path: Path) -> None:
     body = os.urandom(5 * BLOCK)
     cache = new_cache(tmp_path, 1 << 20)
     entry = cache.pin(obj("k", body))
-    cache.store(entry, 0, body[:2 * BLOCK])
+    cache.store_blocks(entry, 0, body[:2 * BLOCK])
     cache.unpin(entry)
     leftover = tmp_path / "objects" / "zz"
     leftover.mkdir()
@@ -96,8 +96,8 @@ def test_cache_survives_restart_and_cleans_leftovers(tmp_path: Path) -> None:
 
     again = new_cache(tmp_path, 1 << 20)
     entry = again.pin(obj("k", body))
-    assert again.read(entry, 0, 2) == body[:2 * BLOCK]
-    assert again.read(entry, 2, 3) is None
+    assert again.read_blocks(entry, 0, 2) == body[:2 * BLOCK]
+    assert again.read_blocks(entry, 2, 3) is None
     assert not (leftover / "deadbeef.map.tmp").exists() and not (leftover / "deadbeef.data").exists()
     assert again.used_bytes == du(tmp_path)
 
@@ -107,7 +107,7 @@ def test_new_etag_is_a_different_entry(tmp_path: Path) -> None:
     old, new = b"old" * 100, b"new!" * 100
     store_all(cache, obj("k", old), old)
     entry = cache.pin(obj("k", new))
-    assert cache.read(entry, 0, 1) is None
+    assert cache.read_blocks(entry, 0, 1) is None
     cache.unpin(entry)
 
 
@@ -116,12 +116,12 @@ def test_lru_eviction_keeps_the_bound_and_spares_pinned_entries(tmp_path: Path) 
     cache = new_cache(tmp_path, bound)
     bodies = {f"k{i}": os.urandom(BLOCK * 4) for i in range(8)}
     pinned = cache.pin(obj("k0", bodies["k0"]))
-    assert cache.store(pinned, 0, bodies["k0"])
+    assert cache.store_blocks(pinned, 0, bodies["k0"])
     for key in list(bodies)[1:]:
         store_all(cache, obj(key, bodies[key]), bodies[key])
         assert cache.used_bytes <= bound
         assert du(tmp_path) == cache.used_bytes
-    assert cache.read(pinned, 0, 4) == bodies["k0"]
+    assert cache.read_blocks(pinned, 0, 4) == bodies["k0"]
     cache.unpin(pinned)
     assert cache.evictions >= 3
 
@@ -130,7 +130,7 @@ def test_store_is_refused_when_everything_is_pinned(tmp_path: Path) -> None:
     cache = new_cache(tmp_path, BLOCK * 2 + 8192)
     big = os.urandom(BLOCK * 3)
     entry = cache.pin(obj("big", big))
-    assert not cache.store(entry, 0, big)
+    assert not cache.store_blocks(entry, 0, big)
     assert cache.used_bytes <= cache.size_bytes
     cache.unpin(entry)
 
@@ -141,11 +141,11 @@ def test_a_write_too_large_for_the_bound_evicts_nothing(tmp_path: Path) -> None:
     store_all(cache, obj("small", small), small)
     huge = os.urandom(BLOCK * 8)
     entry = cache.pin(obj("huge", huge))
-    assert not cache.store(entry, 0, huge)
+    assert not cache.store_blocks(entry, 0, huge)
     cache.unpin(entry)
     assert cache.evictions == 0
     again = cache.pin(obj("small", small))
-    assert cache.read(again, 0, 1) == small
+    assert cache.read_blocks(again, 0, 1) == small
     cache.unpin(again)
 
 
@@ -159,9 +159,9 @@ def test_corrupted_cache_file_is_detected(tmp_path: Path) -> None:
         handle.seek(BLOCK + 10)
         handle.write(b"XX")
     entry = cache.pin(info)
-    assert cache.read(entry, 0, 2) is None
-    assert cache.read(entry, 0, 1) == body[:BLOCK]
-    assert list(entry.missing_runs(0, 2)) == [(1, 2)]
+    assert cache.read_blocks(entry, 0, 2) is None
+    assert cache.read_blocks(entry, 0, 1) == body[:BLOCK]
+    assert cache.missing_runs(entry, 0, 2) == [(1, 2)]
     cache.unpin(entry)
 
 
@@ -180,15 +180,15 @@ def test_a_complete_object_that_does_not_match_its_md5_etag_is_discarded(tmp_pat
     body = os.urandom(2 * BLOCK)
     good = obj("k", body)
     entry = cache.pin(good)
-    cache.store(entry, 0, body)
+    cache.store_blocks(entry, 0, body)
     assert cache.verify_whole(entry)
     cache.unpin(entry)
     lying = obj("k2", body)
     lying = type(lying)(lying.key, lying.size, hashlib.md5(b"other").hexdigest(), 0.0)
     entry = cache.pin(lying)
-    cache.store(entry, 0, body)
+    cache.store_blocks(entry, 0, body)
     assert not cache.verify_whole(entry)
-    assert cache.read(entry, 0, 2) is None and not entry.is_complete()
+    assert cache.read_blocks(entry, 0, 2) is None and not cache.is_complete(entry)
     cache.unpin(entry)
 
 
@@ -212,7 +212,7 @@ def test_a_huge_listed_size_costs_a_map_the_size_of_what_is_cached(tmp_path: Pat
     huge = ObjectInfo("huge", 1 << 40, "0" * 32, 0.0)
     entry = cache.pin(huge)
     assert entry.block_count <= 1 << 20
-    assert cache.store(entry, 0, b"x" * entry.block_size)
+    assert cache.store_blocks(entry, 0, b"x" * entry.block_size)
     assert entry.map_path.stat().st_size < 4096
     assert cache.used_bytes == du(tmp_path) <= 4 << 20
     cache.unpin(entry)
@@ -244,13 +244,13 @@ def test_a_deleted_objects_folder_is_recreated(tmp_path: Path) -> None:
     store_all(cache, obj("a", body), body)
     subprocess.run(["rm", "-rf", str(tmp_path / "objects")], check=True)
     entry = cache.pin(obj("b", body))
-    assert cache.store(entry, 0, body)
-    assert cache.read(entry, 0, 1) == body
+    assert cache.store_blocks(entry, 0, body)
+    assert cache.read_blocks(entry, 0, 1) == body
     cache.unpin(entry)
     subprocess.run(["rm", "-rf", str(tmp_path / "objects")], check=True)
     entry = cache.pin(obj("b", body))  # its folder was made by this run, and is gone again
-    assert cache.store(entry, 0, body)
-    assert cache.read(entry, 0, 1) == body
+    assert cache.store_blocks(entry, 0, body)
+    assert cache.read_blocks(entry, 0, 1) == body
     cache.unpin(entry)
 
 
@@ -272,9 +272,9 @@ def test_a_changed_byte_anywhere_in_a_run_of_blocks_drops_that_block_alone(tmp_p
         handle.seek(position)
         handle.write(bytes([original ^ flip]))
     entry = cache.pin(info)
-    assert cache.read(entry, 0, 4) is None
+    assert cache.read_blocks(entry, 0, 4) is None
     bad = position // BLOCK
-    assert list(entry.missing_runs(0, 4)) == [(bad, bad + 1)]
+    assert cache.missing_runs(entry, 0, 4) == [(bad, bad + 1)]
     for block in set(range(4)) - {bad}:
-        assert cache.read(entry, block, block + 1) == body[block * BLOCK:(block + 1) * BLOCK]
+        assert cache.read_blocks(entry, block, block + 1) == body[block * BLOCK:(block + 1) * BLOCK]
     cache.unpin(entry)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nccidfs.cachedir import PACKED_FOLDER
 from nccidfs.cohort import manifest, packed
 
 PREFIX = "training/"
@@ -39,7 +40,7 @@ def test_a_kept_tree_answers_as_the_manifest_and_is_used_the_second_time(tmp_pat
     _, digest, scanned = packed.read_tree(path, None)
     cache = cache_dir(tmp_path)
     _, kept_digest, first = packed.read_tree(path, cache)
-    kept = list((cache / packed.PACKED_FOLDER).iterdir())
+    kept = list((cache / PACKED_FOLDER).iterdir())
     assert [p.name for p in kept] == [f"{digest}-v{packed.VERSION}.tree"] and kept_digest == digest
     assert answers(first) == answers(scanned)
 
@@ -55,7 +56,7 @@ def test_a_kept_tree_cut_short_is_made_again(tmp_path: Path) -> None:
     path = write(tmp_path / "c.nccid-cohort")
     cache = cache_dir(tmp_path)
     packed.read_tree(path, cache)
-    (kept,) = (cache / packed.PACKED_FOLDER).iterdir()
+    (kept,) = (cache / PACKED_FOLDER).iterdir()
     whole = kept.read_bytes()
     kept.write_bytes(whole[:-5])
     _, _, tree = packed.read_tree(path, cache)
@@ -66,7 +67,7 @@ def test_a_kept_tree_cut_short_is_made_again(tmp_path: Path) -> None:
 def test_no_tree_is_kept_for_a_date_and_at_most_a_few_in_all(tmp_path: Path) -> None:
     cache = cache_dir(tmp_path)
     packed.read_tree(write(tmp_path / "c.nccid-cohort"), cache, as_of=1_600_000_001.0)
-    assert not (cache / packed.PACKED_FOLDER).exists()
+    assert not (cache / PACKED_FOLDER).exists()
     for n in range(packed.KEPT + 2):
         packed.read_tree(write(tmp_path / f"c{n}.nccid-cohort", ROWS[n:]), cache)
-    assert len(list((cache / packed.PACKED_FOLDER).iterdir())) == packed.KEPT
+    assert len(list((cache / PACKED_FOLDER).iterdir())) == packed.KEPT

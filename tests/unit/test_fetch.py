@@ -106,7 +106,7 @@ def test_fetch_blocks_completes_the_object(tmp_path: Path) -> None:
     entry = cache.pin(store.info(KEY))
     fetcher.read(entry, BLOCK * 3, 10)
     assert fetcher.fetch_blocks(entry, 0, entry.block_count) == len(BODY) - BLOCK
-    assert entry.is_complete()
+    assert cache.is_complete(entry)
     before = store.requests["get"]
     assert fetcher.read(entry, 0, len(BODY)) == BODY
     assert store.requests["get"] == before
@@ -149,7 +149,7 @@ def test_a_whole_file_reader_gets_a_small_object_in_one_get(tmp_path: Path) -> N
     assert fetcher.read(entry, 0, WHOLE_READ, cursor) == small
     assert fetcher.fetch_blocks(entry, 0, entry.block_count) == 0  # waits for the part to be stored
     assert store.ranges == [(KEY, 0, len(small))]
-    assert entry.is_complete() and entry.verified  # checked against its MD5 on the way in
+    assert cache.is_complete(entry) and entry.verified  # checked against its MD5 on the way in
     cache.unpin(entry)
     fetcher.shutdown()
 

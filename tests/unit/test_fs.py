@@ -212,11 +212,11 @@ def test_a_cache_shared_by_two_endpoints_never_serves_one_for_the_other(tmp_path
     info = one.info(f"{SERIES}/a.dcm")
     first = DiskCache(directory, 1 << 24, "http://127.0.0.1:1\0bucket", 4096)
     entry = first.pin(info)
-    assert first.store(entry, 0, b"one" * 1000)
+    assert first.store_blocks(entry, 0, b"one" * 1000)
     first.unpin(entry)
     second = DiskCache(directory, 1 << 24, "http://127.0.0.1:2\0bucket", 4096)
     entry = second.pin(info)  # the same key and ETag, said by another endpoint
-    assert second.read(entry, 0, 1) is None
+    assert second.read_blocks(entry, 0, 1) is None
     second.unpin(entry)
 
 
