@@ -115,6 +115,9 @@ class ObjectReader:
             for future in futures:
                 future.cancel()
 
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
 
 Producer = Callable[[int, int], bytes]
 
@@ -212,6 +215,10 @@ class Generated:
         self._sizes: LRUCache[str, int] = LRUCache(maxsize=REMEMBERED_FILES)
         self._resized: LRUCache[str, bool] = LRUCache(maxsize=REMEMBERED_FILES)
         self._failed: LRUCache[tuple[str, str], str] = LRUCache(maxsize=REMEMBERED_FILES)
+
+    def shutdown(self) -> None:
+        """Stop the fetcher that makes the files' blocks."""
+        self.fetcher.shutdown()
 
     def _path(self, name: str) -> str:
         return "/" + self._prefix + name

@@ -6,8 +6,8 @@ below its own name: ``lookup``, ``list``, ``open``, ``readlink``. :class:`Contro
 registry that mounts them; the core dispatches on the first path component and knows no layer by name.
 
 Layers here: ``status.json`` (the daemon's counters, taken at open) and ``patients/<Patient_ID>/``
-(symlinks to everything known about a patient). The derived views (volumes, images, catalog) are
-registered the same way by the daemon.
+(symlinks to everything known about a patient). :mod:`nccidfs.assembly` registers them, and the
+derived views (volumes, images, catalog, cohorts), the same way.
 """
 
 from __future__ import annotations

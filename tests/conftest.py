@@ -7,10 +7,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from nccidfs.assembly import Assembly
 from nccidfs.demo.warehouse import DemoObject, generate_warehouse
+from nccidfs.store import ObjectStore
+from tests.core import assemble_core
 from tests.mounting import CREDENTIALS, PREFIX, fuse_available
 
 
@@ -59,3 +63,24 @@ def workdir(tmp_path: Path) -> Path:
 def warehouse() -> list[DemoObject]:
     """The demo warehouse, generated once per run."""
     return generate_warehouse(prefix=PREFIX)
+
+
+class Cores:
+    """Assembles cores for one test (see tests.core.assemble_core) and closes them all after it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.made: list[Assembly] = []
+
+    def __call__(self, store: ObjectStore, folders: list[str] | None = None, **options: Any) -> Assembly:
+        assembly = assemble_core(self._directory / f"core{len(self.made)}", store, folders, **options)
+        self.made.append(assembly)
+        return assembly
+
+
+@pytest.fixture
+def cores(tmp_path: Path) -> Iterator[Cores]:
+    made = Cores(tmp_path)
+    yield made
+    for assembly in made.made:
+        assembly.close()
