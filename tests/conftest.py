@@ -15,7 +15,7 @@ from nccidfs.assembly import Assembly
 from nccidfs.demo.warehouse import DemoObject, generate_warehouse
 from nccidfs.store import ObjectStore
 from tests.core import assemble_core
-from tests.mounting import CREDENTIALS, PREFIX, fuse_available
+from tests.mounting import CREDENTIALS, MOUNTED, PREFIX, fuse_available
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +51,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "fuse" in item.keywords:
             item.add_marker(skip)
+
+
+def _check_daemon_logs(running_too: bool) -> None:
+    """Fail on an error or traceback in the log of a daemon that mounted (and has stopped, unless
+    ``running_too``) that its test did not declare with ``allowed_log``."""
+    found = []
+    for daemon in list(MOUNTED):
+        if daemon.running and not running_too:
+            continue
+        MOUNTED.remove(daemon)
+        found += [f"{daemon.log_path}: {line}" for line in daemon.log_errors()]
+    if found:
+        pytest.fail("the daemon logged errors that the test did not expect:\n" + "\n".join(found))
+
+
+@pytest.fixture(autouse=True)
+def daemon_logs_clean() -> Iterator[None]:
+    """The logs of the daemons a test mounted and stopped hold no error it did not expect."""
+    yield
+    _check_daemon_logs(running_too=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_daemon_logs_clean() -> Iterator[None]:
+    """The same for daemons that a module's fixture kept mounted across its tests, once they stopped."""
+    yield
+    _check_daemon_logs(running_too=True)
 
 
 @pytest.fixture

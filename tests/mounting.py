@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,9 @@ REGION = "eu-west-2"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 # Lines from libfuse that are harmless (none today: nccidfs passes valid thread options).
 HARMLESS_LOG_LINES: tuple[str, ...] = ()
+# A line the daemon's logging wrote ("<date> <time> LEVEL logger: message"), as opposed to a traceback's.
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (?P<level>[A-Z]+) ")
+ERROR_LEVELS = ("ERROR", "CRITICAL")
 
 
 def fuse_available() -> bool:
@@ -86,14 +90,40 @@ def daemon_env() -> dict[str, str]:
     return env
 
 
+def log_errors(text: str, allowed: Sequence[str] = ()) -> list[str]:
+    """ERROR and CRITICAL lines and tracebacks in a daemon's log that match none of the ``allowed``
+    regular expressions; a traceback goes with the line logged before it."""
+    patterns = [re.compile(pattern) for pattern in allowed]
+    bad: list[str] = []
+    previous_allowed = False
+    for line in text.splitlines():
+        record = LOG_RECORD.match(line)
+        if record is not None:
+            previous_allowed = any(pattern.search(line) for pattern in patterns)
+            if record["level"] in ERROR_LEVELS and not previous_allowed:
+                bad.append(line)
+        elif line.startswith("Traceback") and not previous_allowed:
+            bad.append(line)
+    return bad
+
+
+# Daemons that mounted and whose logs are not checked yet.
+MOUNTED: list[MountedDaemon] = []
+
+
 class MountedDaemon:
-    """``nccidfs MOUNTPOINT -f`` in a subprocess; unmounted and reaped on exit, its log kept for checks."""
+    """``nccidfs MOUNTPOINT -f`` in a subprocess; unmounted and reaped on exit, its log kept for checks.
+
+    Every daemon that mounted is remembered in :data:`MOUNTED`; the suite's autouse check then fails a
+    test whose daemon logged an error or a traceback that ``allowed_log`` (regular expressions) does not
+    name."""
 
     def __init__(self, mountpoint: Path, endpoint_url: str, cache_dir: Path, log_path: Path,
-                 bucket: str = BUCKET, extra: Sequence[str] = ()) -> None:
+                 bucket: str = BUCKET, extra: Sequence[str] = (), allowed_log: Sequence[str] = ()) -> None:
         self.mountpoint = mountpoint
         self.cache_dir = cache_dir
         self.log_path = log_path
+        self.allowed_log = tuple(allowed_log)
         self.args = [sys.executable, "-m", "nccidfs", str(mountpoint), "-f", "--bucket", bucket,
                      "--endpoint-url", endpoint_url, "--cache-dir", str(cache_dir), "--log-level", "debug",
                      *extra]
@@ -112,6 +142,7 @@ class MountedDaemon:
                 self.stop()
                 raise RuntimeError(f"nccidfs did not mount within 30 s:\n{self.log()}")
             time.sleep(0.05)
+        MOUNTED.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -143,6 +174,14 @@ class MountedDaemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    def log_errors(self) -> list[str]:
+        """What the autouse check finds wrong in this daemon's log (see :func:`log_errors`)."""
+        return log_errors(self.log(), self.allowed_log)
 
     def unexpected_log_lines(self, allowed: Sequence[str] = ()) -> list[str]:
         """WARNING/ERROR/CRITICAL lines and tracebacks that no test expected."""
