@@ -54,6 +54,13 @@ class Assembly:
     catalog: CatalogBuilder
     prefetcher: SeriesPrefetcher | None
 
+    def refresh(self, path: str = "/") -> int:
+        """Drop the cached listings at and below ``path`` (the catalog then knows it may be stale);
+        returns how many were dropped."""
+        dropped = self.namespace.invalidate(path)
+        self.catalog.mark_stale()
+        return dropped
+
     def close(self) -> None:
         """Shut down every pool, readers first, the namespace before the index it writes to."""
         if self.prefetcher is not None:

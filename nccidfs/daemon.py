@@ -143,8 +143,7 @@ class Daemon:
             return self._metrics
 
     def refresh(self, path: str = "/") -> int:
-        dropped = self.parts.namespace.invalidate(path)
-        self.parts.catalog.mark_stale()
+        dropped = self.parts.refresh(path)
         log.info("refresh %s: dropped %d cached listings", path, dropped)
         return dropped
 

@@ -23,15 +23,17 @@ MAX_LISTING_ENTRIES = 10_000
 STATUS = {"ok": True}
 
 
-def core_config(directory: Path, prefix: str = PREFIX, ttl: float = LISTING_TTL, read: ReadConfig = READ) -> Config:
+def core_config(directory: Path, prefix: str = PREFIX, ttl: float = LISTING_TTL, read: ReadConfig = READ,
+                cache_bytes: int = CACHE_BYTES) -> Config:
     return Config(MountConfig(directory / "mnt", listing_ttl=ttl, max_listing_entries=MAX_LISTING_ENTRIES),
-                  S3Config(prefix=prefix, deadline=TIMEOUT), CacheConfig(directory / "cache", CACHE_BYTES), read)
+                  S3Config(prefix=prefix, deadline=TIMEOUT), CacheConfig(directory / "cache", cache_bytes), read)
 
 
 def assemble_core(directory: Path, store: ObjectStore, folders: list[str] | None = None, *, prefix: str = PREFIX,
-                  ttl: float = LISTING_TTL, read: ReadConfig = READ, clock: Clock = REAL_CLOCK) -> Assembly:
-    """The assembled core with its cache in ``directory``; the root is the prefix's listing unless
+                  ttl: float = LISTING_TTL, read: ReadConfig = READ, clock: Clock = REAL_CLOCK,
+                  cache_bytes: int = CACHE_BYTES) -> Assembly:
+    """The assembled core with its cache in ``directory/cache``; the root is the prefix's listing unless
     ``folders`` names them. Its ``status.json`` holds :data:`STATUS`."""
-    config = core_config(directory, prefix, ttl, read)
+    config = core_config(directory, prefix, ttl, read, cache_bytes)
     root: list[str] | Listing = store.list_dir(prefix) if folders is None else folders
     return assemble(config, store, root, prepare(config.cache.directory), lambda: STATUS, clock)

@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import subprocess
@@ -42,6 +41,7 @@ from hypothesis.stateful import (
 )
 
 from tests.faultproxy import FaultProxy
+from tests.model import FOLDERS, KEYS, ODD_KEYS, READ_ERRNOS, BucketModel
 from tests.mounting import CACHE_SLACK, PREFIX, MountedDaemon, create_bucket, daemon_env, du_bytes
 
 pytestmark = pytest.mark.fuse
@@ -53,38 +53,6 @@ TIMEOUT = 3.0
 CALL_SLACK = 4.0
 # Served from the cache during an outage: "at once".
 CACHED_DURING_OUTAGE_S = 1.0
-KEYS = (
-    "ct/P1/S1/R1/a.dcm", "ct/P1/S1/R1/b.dcm", "ct/P1/S1/R2/c.dcm", "ct/P2/S9/R9/d.dcm",
-    "data/P1/status_2020-01-01.json", "lead.txt",
-)
-# Keys that must never show in the mount: the root's own marker, empty and dot segments, a folder marker.
-ODD_KEYS = ("", "/x.txt", "../z", "ct/P1/S1/R1/", "ct/P1/./y.dcm")
-
-
-def names_under(folder: str, keys: set[str]) -> set[str]:
-    """The names that ``keys`` make directly under ``folder`` ('' is the root), odd ones left out."""
-    prefix = f"{folder}/" if folder else ""
-    names = {key[len(prefix):].split("/", 1)[0] for key in keys if key.startswith(prefix)}
-    return names - {"", ".", ".."}
-
-
-class Bucket:
-    """The model: every version each key ever had, the odd keys put, and which keys' listings are fresh."""
-
-    def __init__(self) -> None:
-        self.versions: dict[str, list[bytes]] = {key: [] for key in KEYS}
-        self.current: dict[str, bytes | None] = dict.fromkeys(KEYS)
-        self.odd: set[str] = set()
-        self.fresh: set[str] = set()
-
-    def names_ever(self, folder: str) -> set[str]:
-        """Every name any key ever made under ``folder``."""
-        return names_under(folder, set(KEYS) | self.odd)
-
-    def names_now(self, folder: str) -> set[str]:
-        return names_under(folder, {key for key in KEYS if self.current[key] is not None} | self.odd)
-
-
 def timed(call: Callable[[], T]) -> tuple[T | OSError, float]:
     started = time.monotonic()
     try:
@@ -119,7 +87,7 @@ class MountMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         MountMachine.examples += 1
-        self.model = Bucket()
+        self.model = BucketModel()
         self.outage = False
         self.last_whole: tuple[str, bytes] | None = None
         self.run_dir = self.workdir / f"run{time.monotonic_ns()}"
@@ -156,9 +124,7 @@ class MountMachine(RuleBasedStateMachine):
     def _put(self, key: str, size: int, seed: int) -> None:
         body = random.Random(seed).randbytes(size)
         self.s3.put_object(Bucket=self.bucket, Key=PREFIX + key, Body=body)
-        self.model.versions[key].append(body)
-        self.model.current[key] = body
-        self.model.fresh.discard(key)
+        self.model.put(key, body)
         if self.last_whole and self.last_whole[0] == key:
             self.last_whole = None
 
@@ -170,31 +136,19 @@ class MountMachine(RuleBasedStateMachine):
     @rule(key=st.sampled_from(KEYS))
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=PREFIX + key)
-        self.model.current[key] = None
-        self.model.fresh.discard(key)
+        self.model.delete(key)
         if self.last_whole and self.last_whole[0] == key:
             self.last_whole = None
 
     @rule(odd=st.sampled_from(ODD_KEYS))
     def put_odd_key(self, odd: str) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=PREFIX + odd, Body=b"odd")
-        self.model.odd.add(odd)
-        self.model.fresh.clear()
+        self.model.put_odd(odd)
 
     # -- reading ----------------------------------------------------------------------------------
     def _check_bytes(self, key: str, got: bytes | OSError, seconds: float, expect: Callable[[bytes], bytes]) -> None:
         assert seconds < TIMEOUT + CALL_SLACK, f"{key}: a call took {seconds:.1f}s"
-        fresh = key in self.model.fresh and not self.outage
-        current = self.model.current[key]
-        if isinstance(got, OSError):
-            allowed = {errno.ENOENT, errno.EIO}
-            assert got.errno in allowed, f"{key}: {got}"
-            if fresh:
-                assert current is None and got.errno == errno.ENOENT, f"{key} is fresh and current: {got}"
-            return
-        assert any(got == expect(version) for version in self.model.versions[key]), f"{key}: bytes of no version"
-        if fresh:
-            assert current is not None and got == expect(current), f"{key}: not the current version"
+        self.model.check_read(key, got.errno if isinstance(got, OSError) else got, self.outage, expect)
 
     @rule(key=st.sampled_from(KEYS), offset=st.integers(0, 210_000), size=st.integers(1, 150_000))
     def read_some(self, key: str, offset: int, size: int) -> None:
@@ -216,17 +170,14 @@ class MountMachine(RuleBasedStateMachine):
                 time.sleep(0.02)
             assert size == len(got), f"{key}: stat says {size}, a whole read gave {len(got)} bytes"
 
-    @rule(folder=st.sampled_from(("", "ct", "ct/P1", "ct/P1/S1", "ct/P1/S1/R1", "data/P1")))
+    @rule(folder=st.sampled_from(FOLDERS))
     def list_folder(self, folder: str) -> None:
         names, seconds = timed(lambda: os.listdir(self.mount / folder))
         assert seconds < TIMEOUT + CALL_SLACK
         if isinstance(names, OSError):
-            assert names.errno in (errno.ENOENT, errno.EIO), names
+            assert names.errno in READ_ERRNOS, names
             return
-        assert set(names) <= self.model.names_ever(folder), f"{folder}: {names}"
-        under = [key for key in KEYS if key.startswith(f"{folder}/" if folder else "")]
-        if not self.outage and all(key in self.model.fresh for key in under):
-            assert set(names) == self.model.names_now(folder), f"{folder} is fresh: {names}"
+        self.model.check_listing(folder, names, self.outage)
 
     @precondition(lambda self: self.outage and self.last_whole is not None)
     @rule()
@@ -304,14 +255,3 @@ def test_the_mount_keeps_its_promises_across_random_histories(tmp_path: Path, s3
         deadline=None, suppress_health_check=list(HealthCheck),
         derandomize=not os.environ.get("NCCIDFS_STATEFUL_EXAMPLES")))
     print(f"STATEFUL: {MountMachine.examples} histories, {MountMachine.steps} steps, every invariant held")
-
-
-def test_the_model_names_what_the_keys_make_and_nothing_odd() -> None:
-    model = Bucket()
-    assert model.names_ever("") == {"ct", "data", "lead.txt"}
-    assert model.names_now("ct") == set()
-    model.current["ct/P2/S9/R9/d.dcm"] = b"x"
-    model.odd.update({"/x.txt", "ct/P1/./y.dcm"})
-    assert model.names_now("") == {"ct"}
-    assert model.names_now("ct") == {"P1", "P2"}
-    assert model.names_now("ct/P1") == set()
