@@ -1,15 +1,18 @@
-"""The daemon's control channel: a Unix socket in the cache directory, one JSON request per connection.
+"""The daemon's control channel: a Unix socket, one JSON request per connection.
 
-``nccidfs status``, ``refresh``, ``prefetch`` and ``catalog build`` find the socket through a record the
-daemon leaves in the runtime directory (:func:`publish`), keyed by its mount point, and talk to the daemon
-here with a time limit: nothing is read through the mount first, so a daemon that is stopped or stuck makes
-them fail in seconds rather than hang in the kernel. The mount itself is read-only, so it cannot carry
-commands. The socket is 0600, so only the mounting user (and root) can drive the daemon.
+The socket lies in the cache directory, or in the runtime directory when that path is too long for a
+socket address (:func:`nccidfs.config.control_socket_path`). ``nccidfs status``, ``refresh``, ``prefetch``,
+``metrics`` and ``catalog build`` find it through a record the daemon leaves in the runtime directory
+(:func:`publish`), keyed by its mount point, and talk to the daemon here with a time limit: nothing is
+read through the mount first, so a daemon that is stopped or stuck makes them fail in seconds rather than
+hang in the kernel. The mount itself is read-only, so it cannot carry commands. The socket is 0600, so
+only the mounting user (and root) can drive the daemon.
 
 No client can stop the channel: each connection is served in its own short-lived thread, has
 :data:`CONNECTION_SECONDS` in all to send one line of at most :data:`MAX_REQUEST` bytes, and gets an
 error reply for anything else. At most :data:`MAX_CONNECTIONS` are served at once; more are refused.
 The socket file is removed only by the server that bound it, and only if it is still the same file.
+The server's time limits read a :class:`~nccidfs.clock.Clock`, so tests can move past them without waiting.
 """
 
 from __future__ import annotations
