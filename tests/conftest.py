@@ -57,11 +57,11 @@ def _check_daemon_logs(running_too: bool) -> None:
     """Fail on an error or traceback in the log of a daemon that mounted (and has stopped, unless
     ``running_too``) that its test did not declare with ``allowed_log``."""
     found = []
-    for daemon in list(MOUNTED):
-        if daemon.running and not running_too:
+    for watched in list(MOUNTED):
+        if watched.running() and not running_too:
             continue
-        MOUNTED.remove(daemon)
-        found += [f"{daemon.log_path}: {line}" for line in daemon.log_errors()]
+        MOUNTED.remove(watched)
+        found += [f"{watched.path}: {line}" for line in watched.errors()]
     if found:
         pytest.fail("the daemon logged errors that the test did not expect:\n" + "\n".join(found))
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +108,28 @@ def log_errors(text: str, allowed: Sequence[str] = ()) -> list[str]:
     return bad
 
 
-# Daemons that mounted and whose logs are not checked yet.
-MOUNTED: list[MountedDaemon] = []
+@dataclass(frozen=True)
+class WatchedLog:
+    """The log of a daemon that mounted, for the autouse check once the daemon stopped."""
+
+    path: Path
+    running: Callable[[], bool]
+    allowed: tuple[str, ...] = ()
+
+    def errors(self) -> list[str]:
+        text = self.path.read_text(errors="replace") if self.path.exists() else ""
+        return log_errors(text, self.allowed)
+
+
+# Logs of daemons that mounted, not checked yet.
+MOUNTED: list[WatchedLog] = []
 
 
 class MountedDaemon:
     """``nccidfs MOUNTPOINT -f`` in a subprocess; unmounted and reaped on exit, its log kept for checks.
 
-    Every daemon that mounted is remembered in :data:`MOUNTED`; the suite's autouse check then fails a
-    test whose daemon logged an error or a traceback that ``allowed_log`` (regular expressions) does not
-    name."""
+    Every daemon that mounted has its log in :data:`MOUNTED`; the suite's autouse check then fails a test
+    whose daemon logged an error or a traceback that ``allowed_log`` (regular expressions) does not name."""
 
     def __init__(self, mountpoint: Path, endpoint_url: str, cache_dir: Path, log_path: Path,
                  bucket: str = BUCKET, extra: Sequence[str] = (), allowed_log: Sequence[str] = ()) -> None:
@@ -142,7 +155,7 @@ class MountedDaemon:
                 self.stop()
                 raise RuntimeError(f"nccidfs did not mount within 30 s:\n{self.log()}")
             time.sleep(0.05)
-        MOUNTED.append(self)
+        MOUNTED.append(WatchedLog(self.log_path, lambda: self.process is not None, self.allowed_log))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -175,14 +188,6 @@ class MountedDaemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None
-
-    def log_errors(self) -> list[str]:
-        """What the autouse check finds wrong in this daemon's log (see :func:`log_errors`)."""
-        return log_errors(self.log(), self.allowed_log)
-
     def unexpected_log_lines(self, allowed: Sequence[str] = ()) -> list[str]:
         """WARNING/ERROR/CRITICAL lines and tracebacks that no test expected."""
         bad = []
@@ -195,10 +200,14 @@ class MountedDaemon:
 
 
 def start_demo(mountpoint: Path, state: Path) -> subprocess.Popen[str]:
-    """``nccidfs demo MOUNTPOINT`` with its cache and log under ``state``, its output piped."""
-    return subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
-                             str(state / "cache"), "--log-file", str(state / "demo.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+    """``nccidfs demo MOUNTPOINT`` with its cache and log under ``state``, its output piped; its log is
+    checked as a mounted daemon's is."""
+    log_path = state / "demo.log"
+    process = subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
+                                str(state / "cache"), "--log-file", str(log_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+    MOUNTED.append(WatchedLog(log_path, lambda: process.poll() is None))
+    return process
 
 
 def within(seconds: float, check: Callable[[], bool]) -> bool:
