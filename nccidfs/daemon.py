@@ -45,8 +45,12 @@ GC_YOUNG_THRESHOLD = 20_000
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 
 
-# glibc mallopt parameters.
+# glibc mallopt parameters, and the values set: few arenas (threads otherwise each keep freed listings in
+# their own), blocks from 4 MiB mapped and so returned at once, free memory trimmed only past 64 MiB.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+MALLOC_ARENAS = 2
+MALLOC_MMAP_FROM = 4 * 1024 * 1024
+MALLOC_TRIM_PAST = 64 * 1024 * 1024
 
 
 def tune_malloc() -> None:
@@ -54,9 +58,9 @@ def tune_malloc() -> None:
     their own), large blocks mapped and returned at once, and trimming only past 64 MiB."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, 2)
-        libc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_FROM)
+        libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_PAST)
     except (OSError, AttributeError):
         log.debug("mallopt is not available; keeping the allocator's defaults")
 
