@@ -5,9 +5,10 @@ object without a mount, so the two cannot drift apart. Every view under ``/.ncci
 here, ``status.json`` included: the core knows no layer by name.
 
 :meth:`Assembly.close` shuts down every pool the parts started, in an order where nothing is closed
-under work that still writes to it: first the pools that only read (series prefetch, derived files,
-the object fetcher), then the namespace, whose listings under way are waited for because they write to
-the listing index, and last the two databases.
+under work that still uses it: first series prefetch and a catalog build under way (stopped, and waited
+for: it lists through the namespace and writes to the catalog database), then the pools that only read
+(derived files, the object fetcher), then the namespace, whose listings under way are waited for because
+they write to the listing index, and last the two databases.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ class Assembly:
         return dropped
 
     def close(self) -> None:
-        """Shut down every pool, readers first, the namespace before the index it writes to."""
+        """Shut down every pool: users of the namespace first, the namespace before the index it writes to."""
         if self.prefetcher is not None:
             self.prefetcher.shutdown()
+        self.catalog.close()
         self.reader.shutdown()
         self.generated.shutdown()
         self.fetcher.shutdown()
