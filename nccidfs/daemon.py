@@ -87,6 +87,8 @@ def lock_cache_dir(config: Config) -> cachedir.CacheLock:
 
 
 class Daemon:
+    """One mount's daemon: the assembled filesystem (``parts``), its side services and its lifecycle."""
+
     def __init__(self, config: Config, store: ObjectStore, folders: list[str] | Listing,
                  cache_lock: cachedir.CacheLock | None = None) -> None:
         self.config = config
@@ -246,6 +248,7 @@ class Daemon:
             raise KeyboardInterrupt  # the command exits 130, as for Ctrl-C anywhere else
 
     def shutdown(self) -> None:
+        """Withdraw the side services, shut the filesystem's parts down and let the cache directory go."""
         notify_systemd(b"STOPPING=1")
         if self._record is not None:
             control.withdraw(self._record)
