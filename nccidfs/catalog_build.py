@@ -138,10 +138,15 @@ def clinical_patient(patient: str, prefix: str, objects: Sequence[ObjectInfo], l
     return Listed(patient, fingerprint, listed, files=files)
 
 
+class BuildStopped(Exception):
+    """The mount is going away: the build ends where it is, and the last complete catalog stays."""
+
+
 class Progress:
-    """The counters of the build under way, shared by its threads."""
+    """The counters of the build under way, shared by its threads, and the signal that stops it."""
 
     def __init__(self, folders: Sequence[str]) -> None:
+        self._stop = threading.Event()
         self.lock = threading.Lock()
         self.folders = list(folders)
         self.started = time.time()
@@ -158,6 +163,14 @@ class Progress:
     def running(self) -> bool:
         with self.lock:
             return self.finished is None
+
+    def stop(self) -> None:
+        """Have the build's threads stop at their next patient (:class:`BuildStopped`)."""
+        self._stop.set()
+
+    def check(self) -> None:
+        if self._stop.is_set():
+            raise BuildStopped
 
     def end(self, state: str, reason: str = "") -> None:
         with self.lock:
@@ -211,6 +224,7 @@ class FolderBuild:
         unchanged: list[tuple[str, float]] = []
         again = relist or self.folder == CLINICAL_FOLDER
         for listed in self._listed(patients, lambda patient: not again and patient in known):
+            self._progress.check()
             if known.get(listed.patient) == listed.fingerprint:
                 self._progress.add(done=1, reused=1)
                 unchanged.append((listed.patient, listed.listed))

@@ -1,7 +1,12 @@
-"""The commands that work on a running mount or a cache directory: refresh, status, cache, prefetch.
+"""The commands that work on a running mount or a cache directory: status, refresh, catalog build,
+metrics, prefetch, and cache stats and clear.
 
-They find the daemon through the mount's ``.nccidfs/status.json`` (its control socket and its cache
-bound), so they need no flags repeated from the mount command.
+A mount is recognised from the mount table alone; its daemon is then found through the record it left in
+the runtime directory (:func:`nccidfs.control.lookup`), or, for a daemon without one, through the
+mount's ``.nccidfs/status.json`` read by a thread that is given up on after
+:data:`~nccidfs.control.ANSWER_SECONDS`. Every request then goes over the daemon's control socket, whose
+status also gives the cache's bound, so the commands need no flags repeated from the mount command.
+The cache commands work on the directory alone, without a daemon.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from nccidfs.index import INDEX_FILES
 
 STATUS_RELATIVE = f"{CONTROL_DIR}/{STATUS_FILE}"
 READ_CHUNK = 1 << 20
+# How often ``catalog build`` asks the daemon how far the build is.
+PROGRESS_POLL_SECONDS = 0.5
 MAX_LINKS = 40  # links followed in one path, as the kernel allows
 
 
@@ -154,7 +161,7 @@ def catalog_build(mountpoint: Path, folders: list[str] | None, relist: bool = Fa
     progress = _ask(status, {"op": "catalog", "folders": folders, "relist": relist})
     with tqdm(total=None, unit=" patients", desc="catalog", disable=None) as bar:
         while progress["state"] == "building":
-            time.sleep(0.5)
+            time.sleep(PROGRESS_POLL_SECONDS)
             progress = _ask(status, {"op": "catalog-progress"})
             bar.total = progress["patients_total"] or None
             bar.update(progress["patients_done"] - bar.n)

@@ -1,15 +1,18 @@
-"""The daemon's control channel: a Unix socket in the cache directory, one JSON request per connection.
+"""The daemon's control channel: a Unix socket, one JSON request per connection.
 
-``nccidfs status``, ``refresh``, ``prefetch`` and ``catalog build`` find the socket through a record the
-daemon leaves in the runtime directory (:func:`publish`), keyed by its mount point, and talk to the daemon
-here with a time limit: nothing is read through the mount first, so a daemon that is stopped or stuck makes
-them fail in seconds rather than hang in the kernel. The mount itself is read-only, so it cannot carry
-commands. The socket is 0600, so only the mounting user (and root) can drive the daemon.
+The socket lies in the cache directory, or in the runtime directory when that path is too long for a
+socket address (:func:`nccidfs.config.control_socket_path`). ``nccidfs status``, ``refresh``, ``prefetch``,
+``metrics`` and ``catalog build`` find it through a record the daemon leaves in the runtime directory
+(:func:`publish`), keyed by its mount point, and talk to the daemon here with a time limit: nothing is
+read through the mount first, so a daemon that is stopped or stuck makes them fail in seconds rather than
+hang in the kernel. The mount itself is read-only, so it cannot carry commands. The socket is 0600, so
+only the mounting user (and root) can drive the daemon.
 
 No client can stop the channel: each connection is served in its own short-lived thread, has
 :data:`CONNECTION_SECONDS` in all to send one line of at most :data:`MAX_REQUEST` bytes, and gets an
 error reply for anything else. At most :data:`MAX_CONNECTIONS` are served at once; more are refused.
 The socket file is removed only by the server that bound it, and only if it is still the same file.
+The server's time limits read a :class:`~nccidfs.clock.Clock`, so tests can move past them without waiting.
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ import os
 import socket
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
+from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.config import APP_NAME, runtime_dir
 from nccidfs.errors import NccidfsError
 
@@ -38,17 +41,24 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 CONNECTION_SECONDS = 2.0
 MAX_CONNECTIONS = 8
+# Connections the kernel holds before the server takes them; each is then served or refused at once.
+BACKLOG = MAX_CONNECTIONS
+# A request is one short line: one receive nearly always holds it whole.
+RECEIVE_BYTES = 16 * 1024
 # How long a command waits for the daemon's answer before it says the daemon does not answer.
 ANSWER_SECONDS = 5.0
+# How long a socket left in the way has to accept a connection before it is taken for a dead daemon's.
+STALE_PROBE_SECONDS = 1.0
 RECORDS = "mounts"
 
 
 class ControlServer:
     """Serves requests on ``path`` from daemon threads until closed."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: Path, handlers: dict[str, Handler], clock: Clock = REAL_CLOCK) -> None:
         self.path = path
         self._handlers = handlers
+        self._clock = clock
         _remove_stale_socket(path)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -58,7 +68,7 @@ class ControlServer:
             os.umask(old_umask)
         bound = os.stat(path)
         self._identity = (bound.st_dev, bound.st_ino)
-        self._socket.listen(8)
+        self._socket.listen(BACKLOG)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
 
@@ -81,7 +91,8 @@ class ControlServer:
         try:
             with connection:
                 try:
-                    reply = self._handle(_read_line(connection, time.monotonic() + CONNECTION_SECONDS))
+                    reply = self._handle(_read_line(connection, self._clock.monotonic() + CONNECTION_SECONDS,
+                                                    self._clock))
                 except TimeoutError:
                     reply = {"error": f"no complete request within {CONNECTION_SECONDS:.0f}s"}
                 except OSError as error:
@@ -127,7 +138,7 @@ def _remove_stale_socket(path: Path) -> None:
     if not stat.S_ISSOCK(mode):
         raise NccidfsError(f"{path} exists and is not a socket; remove it to enable 'nccidfs status'")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
+        probe.settimeout(STALE_PROBE_SECONDS)
         try:
             probe.connect(str(path))
         except OSError as error:
@@ -138,17 +149,21 @@ def _remove_stale_socket(path: Path) -> None:
     raise NccidfsError(f"another nccidfs daemon answers on {path}; one cache directory serves one mount")
 
 
-def _read_line(connection: socket.socket, deadline: float) -> bytes | None:
-    """One request line; None when it is longer than MAX_REQUEST. TimeoutError past ``deadline``."""
+def _read_line(connection: socket.socket, deadline: float, clock: Clock) -> bytes | None:
+    """One request line; None when it is longer than MAX_REQUEST. TimeoutError once ``clock`` is past
+    ``deadline`` (a receive that times out only makes it look at the clock again)."""
     data = bytearray()
     while b"\n" not in data:
         if len(data) > MAX_REQUEST:
             return None
-        remaining = deadline - time.monotonic()
+        remaining = deadline - clock.monotonic()
         if remaining <= 0:
             raise TimeoutError
         connection.settimeout(remaining)
-        chunk = connection.recv(16 * 1024)
+        try:
+            chunk = connection.recv(RECEIVE_BYTES)
+        except TimeoutError:
+            continue
         if not chunk:
             break
         data += chunk

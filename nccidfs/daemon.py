@@ -1,4 +1,5 @@
-"""One running mount: assembles the parts, serves FUSE, and runs the side services of a live daemon.
+"""One running mount: the filesystem of :mod:`nccidfs.assembly` served through FUSE, and the side
+services of a live daemon.
 
 Side services start only once the mount is up (in FUSE's ``init``), never before a fork: the control
 socket (``refresh``, ``status``), signals (SIGHUP drops cached listings, or ends a demo whose terminal
@@ -23,27 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nccidfs import __version__, cachedir, control, interrupts
-from nccidfs.cache import DiskCache
-from nccidfs.catalog_build import Bucket
-from nccidfs.catalog_db import CatalogDB
-from nccidfs.config import Config, ReadConfig
+from nccidfs.assembly import assemble
+from nccidfs.config import Config
 from nccidfs.control import ControlServer
 from nccidfs.errors import NccidfsError
-from nccidfs.fetch import Fetcher
-from nccidfs.fs import FileSystem
-from nccidfs.index import INDEX_FILE, ListingIndex
 from nccidfs.log import reopen_log_file, strip_credentials
-from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
-from nccidfs.prefetch import SeriesPrefetcher
 from nccidfs.store import ObjectStore, RequestStats
-from nccidfs.views.catalog import CatalogBuilder, CatalogView
-from nccidfs.views.cohorts import CohortView
-from nccidfs.views.generated import Generated, ObjectReader
-from nccidfs.views.images import ImageView
-from nccidfs.views.patients import PatientView
-from nccidfs.views.registry import CONTROL, ControlFolder
-from nccidfs.views.volumes import VolumeView
 
 if TYPE_CHECKING:
     from nccidfs import exposition
@@ -58,8 +45,12 @@ GC_YOUNG_THRESHOLD = 20_000
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 
 
-# glibc mallopt parameters.
+# glibc mallopt parameters, and the values set: few arenas (threads otherwise each keep freed listings in
+# their own), blocks from 4 MiB mapped and so returned at once, free memory trimmed only past 64 MiB.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+MALLOC_ARENAS = 2
+MALLOC_MMAP_FROM = 4 * 1024 * 1024
+MALLOC_TRIM_PAST = 64 * 1024 * 1024
 
 
 def tune_malloc() -> None:
@@ -67,9 +58,9 @@ def tune_malloc() -> None:
     their own), large blocks mapped and returned at once, and trimming only past 64 MiB."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, 2)
-        libc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_FROM)
+        libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_PAST)
     except (OSError, AttributeError):
         log.debug("mallopt is not available; keeping the allocator's defaults")
 
@@ -88,22 +79,6 @@ def notify_systemd(message: bytes) -> None:
         log.warning("could not notify systemd: %s", error)
 
 
-def register_views(control: ControlFolder, namespace: Namespace, cache: DiskCache, fetcher: Fetcher,
-                   read: ReadConfig, timeout: float, bucket: Bucket, catalog_db: CatalogDB,
-                   index: ListingIndex) -> tuple[CatalogBuilder, Generated]:
-    """Every view under ``/.nccidfs/`` but ``status.json`` (fed by the daemon's counters), in one place;
-    returns the catalog's builder, which ``nccidfs catalog build`` drives, and the derived files' store,
-    whose counters the metrics show."""
-    reader = ObjectReader(fetcher, timeout)
-    generated = Generated(cache, read, timeout, f"{CONTROL}/", lambda path, wait: control.invalidate(path, wait))
-    catalog = CatalogBuilder(namespace, index, bucket, catalog_db)
-    control.register("patients", PatientView(namespace))
-    control.register(VolumeView.NAME, VolumeView(namespace, reader, generated))
-    control.register(ImageView.NAME, ImageView(namespace, reader, generated))
-    control.register(CatalogView.NAME, CatalogView(catalog, catalog_db, namespace.mount_time))
-    return catalog, generated
-
-
 def lock_cache_dir(config: Config) -> cachedir.CacheLock:
     """Check, mark and lock the cache directory for this mount; taken before a fork, the lock passes to
     the child that serves the mount."""
@@ -112,43 +87,17 @@ def lock_cache_dir(config: Config) -> cachedir.CacheLock:
 
 
 class Daemon:
+    """One mount's daemon: the assembled filesystem (``parts``), its side services and its lifecycle."""
+
     def __init__(self, config: Config, store: ObjectStore, folders: list[str] | Listing,
                  cache_lock: cachedir.CacheLock | None = None) -> None:
         self.config = config
         self.store = store
         self.started = time.time()
         tune_malloc()
-        s3 = config.s3
         self.cache_lock = cache_lock or lock_cache_dir(config)
         self.cache_lock.record({"pid": os.getpid(), "mountpoint": str(config.mount.mountpoint)})
-        directory = self.cache_lock.path
-        endpoint = strip_credentials(s3.endpoint_url or f"aws:{s3.region}")
-        # A cohort's or a date's listings are not the bucket's: they are kept apart from a plain mount's.
-        view = {"view": config.mount.view} if config.mount.view else {}
-        self.index = ListingIndex(directory / INDEX_FILE,
-                                  {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix, **view})
-        self.namespace = Namespace(store, s3.prefix, folders, config.mount.listing_ttl,
-                                   config.mount.max_listing_entries, self.index, s3.deadline)
-        self.catalog_db = CatalogDB(directory, {"endpoint": endpoint, "bucket": s3.bucket, "prefix": s3.prefix})
-        self.cache = DiskCache(directory, config.cache.size_bytes, f"{endpoint}\0{s3.bucket}",
-                               config.read.block_size, self._index_and_catalog_usage,
-                               min_free_bytes=config.cache.min_free_bytes)
-        self.index.after_write = self.catalog_db.after_write = self.cache.rebalance
-        self.fetcher = Fetcher(store, self.cache, config.read, s3.deadline)
-        self.fs = FileSystem(self.namespace, self.cache, self.fetcher)
-        self.fetcher.on_discard = self.fs.discarded
-        self.fs.set_status_provider(self.status)
-        assert isinstance(store, Bucket), "the catalog reads metadata twins by name"
-        self.catalog, self.generated = register_views(self.fs.control, self.namespace, self.cache, self.fetcher,
-                                                      config.read, s3.deadline, store, self.catalog_db, self.index)
-        self.fs.control.register(CohortView.NAME, CohortView.of_mount(directory, s3, self.fetcher,
-                                                                      self.namespace.mount_time))
-        self.prefetcher: SeriesPrefetcher | None = None
-        if config.read.prefetch:
-            self.prefetcher = SeriesPrefetcher(self.namespace, self.cache, self.fetcher,
-                                               config.read.prefetch_threads)
-            self.fs.add_open_listener(self.prefetcher.opened)
-            self.fs.add_read_listener(self.prefetcher.reading)
+        self.parts = assemble(config, store, folders, self.cache_lock.path, self.status)
         self.control_path = config.cache.control_socket
         self._control: ControlServer | None = None
         self._record: Path | None = None
@@ -159,18 +108,14 @@ class Daemon:
         self.hangup_ends = False  # a demo: SIGHUP (its terminal closed) ends it rather than refreshing
         self.stopped_by: int | None = None
 
-    def _index_and_catalog_usage(self) -> tuple[int, int]:
-        """What the cache's bound leaves to the files beside the objects: the listing index and the catalog."""
-        index, catalog = self.index.disk_usage(), self.catalog_db.disk_usage()
-        return index[0] + catalog[0], index[1] + catalog[1]
-
     # -- status and commands ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        cache = {**self.cache.stats(), "hits": self.fetcher.hits, "misses": self.fetcher.misses}
+        parts = self.parts
+        cache = {**parts.cache.stats(), "hits": parts.fetcher.hits, "misses": parts.fetcher.misses}
         lookups = cache["hits"] + cache["misses"]
         stats = getattr(self.store, "stats", None)  # a cohort's store shares the S3 store's counters
         requests = stats.snapshot() if isinstance(stats, RequestStats) else {}
-        prefetch = self.prefetcher
+        prefetch = parts.prefetcher
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": str(self.config.mount.mountpoint),
             "bucket": self.config.s3.bucket, "prefix": self.config.s3.prefix, "region": self.config.s3.region,
@@ -180,13 +125,13 @@ class Daemon:
             "control_socket": str(self.control_path),
             "cache": {**cache, "hit_ratio": round(cache["hits"] / lookups, 4) if lookups else None},
             "s3": requests,
-            "listings": {"entries_in_memory": self.namespace.cached_entries(), "directories_indexed":
-                         self.index.count(), "ttl_seconds": self.config.mount.listing_ttl},
-            "open_files": self.fs.open_count(),
-            "in_flight": self.fetcher.in_flight(),
+            "listings": {"entries_in_memory": parts.namespace.cached_entries(), "directories_indexed":
+                         parts.index.count(), "ttl_seconds": self.config.mount.listing_ttl},
+            "open_files": parts.fs.open_count(),
+            "in_flight": parts.fetcher.in_flight(),
             "prefetch": None if prefetch is None else {
                 "objects": prefetch.objects_prefetched, "bytes": prefetch.bytes_prefetched},
-            "derived": {"blocks_built": self.generated.fetcher.misses, "blocks_cached": self.generated.fetcher.hits},
+            "derived": {"blocks_built": parts.generated.fetcher.misses, "blocks_cached": parts.generated.fetcher.hits},
         }
 
     def metrics(self) -> str:
@@ -204,8 +149,7 @@ class Daemon:
             return self._metrics
 
     def refresh(self, path: str = "/") -> int:
-        dropped = self.namespace.invalidate(path)
-        self.catalog.mark_stale()
+        dropped = self.parts.refresh(path)
         log.info("refresh %s: dropped %d cached listings", path, dropped)
         return dropped
 
@@ -217,9 +161,9 @@ class Daemon:
             self._control = ControlServer(self.control_path, {
                 "status": lambda request: self.status(),
                 "refresh": lambda request: {"dropped": self.refresh(str(request.get("path") or "/"))},
-                "catalog": lambda request: self.catalog.start(request.get("folders"), again=True,
-                                                             relist=bool(request.get("relist"))),
-                "catalog-progress": lambda request: self.catalog.progress(),
+                "catalog": lambda request: self.parts.catalog.start(request.get("folders"), again=True,
+                                                                   relist=bool(request.get("relist"))),
+                "catalog-progress": lambda request: self.parts.catalog.progress(),
                 "metrics": lambda request: {"text": self.metrics()},
             })
             self._control.start()
@@ -292,7 +236,7 @@ class Daemon:
         signal.set_wakeup_fd(self._signal_pipe[1], warn_on_full_buffer=False)
         try:
             mount = self.config.mount
-            operations = fuseops.FuseOperations(self.fs, ready, self.config.s3.deadline, uid=mount.uid,
+            operations = fuseops.FuseOperations(self.parts.fs, ready, self.config.s3.deadline, uid=mount.uid,
                                                 gid=mount.gid, file_mode=mount.file_mode, dir_mode=mount.dir_mode)
             _settle_collector()
             fuseops.run_mount(operations, mount)
@@ -304,17 +248,13 @@ class Daemon:
             raise KeyboardInterrupt  # the command exits 130, as for Ctrl-C anywhere else
 
     def shutdown(self) -> None:
+        """Withdraw the side services, shut the filesystem's parts down and let the cache directory go."""
         notify_systemd(b"STOPPING=1")
         if self._record is not None:
             control.withdraw(self._record)
         if self._control is not None:
             self._control.close()
-        if self.prefetcher is not None:
-            self.prefetcher.shutdown()
-        self.fetcher.shutdown()
-        self.namespace.shutdown()
-        self.index.close()
-        self.catalog_db.close()
+        self.parts.close()
         self.cache_lock.release()
 
 

@@ -1,8 +1,8 @@
 """The filesystem core, independent of any FUSE binding: lookups, listings, open files and reads.
 
 Every method returns plain data or raises an :class:`~nccidfs.errors.NccidfsError`; the adapter in
-:mod:`nccidfs.fuseops` turns those into FUSE replies, and the unit tests in ``tests/unit/test_fs.py``
-drive it directly over in-memory stores.
+:mod:`nccidfs.fuseops` turns those into FUSE replies, and the unit tests drive it directly over
+in-memory stores. :func:`nccidfs.assembly.assemble` builds it and registers its views.
 
 Paths under the hidden ``/.nccidfs/`` go to the layers of :mod:`nccidfs.views`; every other path is the
 mirrored tree of :mod:`nccidfs.namespace`. A real S3 folder named ``.nccidfs`` wins over the virtual one
@@ -28,7 +28,6 @@ from typing import Any
 from cachetools import LRUCache
 
 from nccidfs.cache import CacheEntry, DiskCache
-from nccidfs.config import STATUS_FILE
 from nccidfs.dicom import xattr_name
 from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
@@ -36,7 +35,6 @@ from nccidfs.namespace import Namespace
 from nccidfs.namespace.rules import split_path
 from nccidfs.objects import Entry, ObjectInfo
 from nccidfs.views.registry import CONTROL, OPEN_INVALIDATION_WAIT, ControlFolder, Invalidator, VirtualFile
-from nccidfs.views.status import StatusFile
 from nccidfs.xattrs import TagReader
 
 log = logging.getLogger(__name__)
@@ -99,10 +97,7 @@ class FileSystem:
     def add_read_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def set_status_provider(self, provider: Callable[[], dict[str, Any]]) -> None:
-        self.control.register(STATUS_FILE, StatusFile(lambda: self._with_kernel(provider()), self.namespace.mount_time))
-
-    def _with_kernel(self, status: dict[str, Any]) -> dict[str, Any]:
+    def with_kernel(self, status: dict[str, Any]) -> dict[str, Any]:
         """The daemon's status, with the FUSE requests by kind once mounted."""
         return status if self._kernel_counts is None else {**status, "kernel": self._kernel_counts()}
 

@@ -1,9 +1,16 @@
-"""The only module that imports mfusepy: a thin adapter from FUSE calls to :mod:`nccidfs.fs`, whose only
-state is the last few listings it handed out page by page.
+"""The only module that imports mfusepy: the FUSE side of a mount, over libfuse 3's low-level API.
 
-libfuse3 is required (``FUSE_LIBRARY_NAME=fuse3``): only it sends 1 MiB reads; the loop stays
+Two layers. :class:`FuseOperations` answers by path: it calls the core (:mod:`nccidfs.fs`) within the
+mount's timeout and turns its errors into errnos. :class:`Kernel` is the session: it hands libfuse a
+``struct fuse_lowlevel_ops`` built with ctypes, keeps the inode numbers the kernel holds
+(:mod:`nccidfs.inodes`), the files open and the listings being read page by page, answers each request
+with a ``fuse_reply_*`` call, and sends the kernel what the daemon learns it holds wrongly. mfusepy
+only loads libfuse and lends its ctypes structures and its private library handle; it is pinned to the
+release they were read from, which tests/unit/test_fuseops.py checks.
+
+libfuse3 is required (``FUSE_LIBRARY_NAME=fuse3``): only it sends 1 MiB reads; the loop is
 multi-threaded so a reader waiting on S3 never blocks the others. Write operations never reach us: the
-mount is ``ro`` and the kernel answers them with EROFS.
+mount is ``ro``, so the kernel answers them with EROFS, and the table leaves them out (ENOSYS).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# How long the kernel may remember that a name does not exist (at most the listing TTL): a key put
+# since then shows within a second of its listing being refreshed.
 KERNEL_NEGATIVE_TIMEOUT = 1.0
 # FUSE worker threads, and as many kept idle: each read waiting on S3 holds one, so libfuse's default of 10
 # would cap a data loader's readers at 10. (libfuse 3.14 logs "Ignoring invalid max threads value
@@ -47,6 +56,13 @@ MAX_THREADS = 64
 # Reads the kernel sends without waiting for earlier ones (read-ahead is such a read); its default of 12
 # would queue the 13th reader of a cold file in the kernel behind the others' GETs.
 MAX_BACKGROUND = 64
+# Past this many of them the kernel reports the mount congested to writeback: libfuse's own ratio, 3/4.
+CONGESTION_THRESHOLD = MAX_BACKGROUND * 3 // 4
+# What statfs reports: the block its sizes count in, and the longest name (Linux's NAME_MAX).
+STATFS_BLOCK = 4096
+NAME_MAX = 255
+# st_blocks counts 512-byte units whatever the block size (POSIX).
+STAT_BLOCK_UNIT = 512
 LINK_MODE = stat.S_IFLNK | 0o777
 # How long a thread may hold the interpreter lock while another waits for it (Python's default is 5 ms).
 # Background listings of a walk parse pages for many milliseconds; a short interval lets a user's stat
@@ -59,8 +75,8 @@ def libfuse_version() -> int:
 
 
 def _errors_to_errno(method: F) -> F:
-    """Bound the call by the mount's timeout as a whole, and turn NccidfsError (and OSError) into
-    FuseOSError, logging only what is unexpected."""
+    """Bound the call by the mount's timeout as a whole, turn NccidfsError (and OSError) into
+    FuseOSError, logging only what is unexpected, and record the call's time and errno in the metrics."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -86,10 +102,9 @@ def _errors_to_errno(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
-    """Operations for mfusepy. Attribute names share a namespace with FUSE op names: keep them private."""
-
-    use_ns = True
+class FuseOperations:
+    """The answers by path that :class:`Kernel` asks for: each call is bounded by the mount's timeout,
+    and an error becomes a :class:`mfusepy.FuseOSError` with the errno of :func:`~nccidfs.errors.to_errno`."""
 
     def __init__(self, filesystem: FileSystem, on_ready: Callable[[], None] | None = None,
                  call_timeout: float = 30.0, uid: int | None = None, gid: int | None = None,
@@ -111,14 +126,16 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         elif entry.link is not None:
             st.st_nlink, st.st_size = 1, len(entry.link.encode())
         else:
-            st.st_nlink, st.st_size, st.st_blocks = 1, entry.size, -(-entry.size // 512)
+            st.st_nlink, st.st_size, st.st_blocks = 1, entry.size, -(-entry.size // STAT_BLOCK_UNIT)
         seconds, nanoseconds = divmod(int(entry.mtime * 1e9), 10**9)
         for spec in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec):
             spec.tv_sec, spec.tv_nsec = seconds, nanoseconds
 
     def init(self, conn: Any, kernel: Kernel) -> None:
+        """The mount is up: size the kernel's queue, hand the core the kernel's invalidations, start the
+        daemon's side services."""
         conn.max_background = MAX_BACKGROUND
-        conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
+        conn.congestion_threshold = CONGESTION_THRESHOLD
         log.info("mounted (libfuse %d)", libfuse_version())
         self._fs.set_kernel(kernel.invalidate_path, kernel.invalidate_listing, kernel.counts)
         if self._on_ready is not None:
@@ -176,10 +193,10 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def statfs(self, path: str) -> dict[str, Any]:
-        cache = self._fs.cache
-        block = 4096
-        return {"f_bsize": block, "f_frsize": block, "f_blocks": cache.size_bytes // block,
-                "f_bfree": 0, "f_bavail": 0, "f_namemax": 255}
+        """The cache's bound as the size, and nothing free: the mount is read-only."""
+        blocks = self._fs.cache.size_bytes // STATFS_BLOCK
+        return {"f_bsize": STATFS_BLOCK, "f_frsize": STATFS_BLOCK, "f_blocks": blocks, "f_bfree": 0, "f_bavail": 0,
+                "f_namemax": NAME_MAX}
 
 
 # -- the low-level session -------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Logging set-up: levels, a journald-friendly form under systemd, and no credentials ever.
 
-botocore's own DEBUG output includes signed headers, so its loggers stay at WARNING whatever the level;
-``--log-level debug`` shows nccidfs's one line per S3 request instead (method, key, range, status, time).
-Every line passes :func:`strip_credentials`, so an endpoint URL given as ``http://user:secret@host``
-is logged without its ``user:secret@``; the log file is created 0600.
+botocore's own DEBUG output includes signed headers, so the loggers of the libraries below nccidfs
+(:data:`QUIET_LOGGERS`) stay at WARNING whatever the level; ``--log-level debug`` shows nccidfs's own
+line per S3 request instead (the listing or range asked for, what came back and how long it took, or
+the error it failed with). Every line passes :func:`strip_credentials`, so an endpoint URL given as
+``http://user:secret@host`` is logged without its ``user:secret@``. The log file is created 0600 (logs
+name patients) and opened again on SIGUSR1 (:func:`reopen_log_file`), after logrotate moved it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 LEVELS = ("debug", "info", "warning", "error")
 # syslog priorities that journald reads from a "<N>" line prefix.
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+# Libraries whose own lines stay at WARNING: botocore's DEBUG holds signed headers, and the others (the
+# HTTP pool, the demo's S3 server, the FUSE binding) would drown nccidfs's lines.
+QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "mfusepy", "fuse")
 # The user-info part of a URL: "scheme://" then anything up to an "@" before the host's end.
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
 
@@ -64,7 +69,7 @@ def setup_logging(level: str, log_file: Path | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "mfusepy", "fuse"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -7,11 +7,15 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from nccidfs.assembly import Assembly
 from nccidfs.demo.warehouse import DemoObject, generate_warehouse
-from tests.mounting import CREDENTIALS, PREFIX, fuse_available
+from nccidfs.store import ObjectStore
+from tests.core import assemble_core
+from tests.mounting import CREDENTIALS, MOUNTED, PREFIX, fuse_available
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +53,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _check_daemon_logs(running_too: bool) -> None:
+    """Fail on an error or traceback in the log of a daemon that mounted (and has stopped, unless
+    ``running_too``) that its test did not declare with ``allowed_log``."""
+    found = []
+    for watched in list(MOUNTED):
+        if watched.running() and not running_too:
+            continue
+        MOUNTED.remove(watched)
+        found += [f"{watched.path}: {line}" for line in watched.errors()]
+    if found:
+        pytest.fail("the daemon logged errors that the test did not expect:\n" + "\n".join(found))
+
+
+@pytest.fixture(autouse=True)
+def daemon_logs_clean() -> Iterator[None]:
+    """The logs of the daemons a test mounted and stopped hold no error it did not expect."""
+    yield
+    _check_daemon_logs(running_too=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_daemon_logs_clean() -> Iterator[None]:
+    """The same for daemons that a module's fixture kept mounted across its tests, once they stopped."""
+    yield
+    _check_daemon_logs(running_too=True)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A per-test directory holding the mount point, cache directory and daemon log."""
@@ -59,3 +90,24 @@ def workdir(tmp_path: Path) -> Path:
 def warehouse() -> list[DemoObject]:
     """The demo warehouse, generated once per run."""
     return generate_warehouse(prefix=PREFIX)
+
+
+class Cores:
+    """Assembles cores for one test (see tests.core.assemble_core) and closes them all after it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.made: list[Assembly] = []
+
+    def __call__(self, store: ObjectStore, folders: list[str] | None = None, **options: Any) -> Assembly:
+        assembly = assemble_core(self._directory / f"core{len(self.made)}", store, folders, **options)
+        self.made.append(assembly)
+        return assembly
+
+
+@pytest.fixture
+def cores(tmp_path: Path) -> Iterator[Cores]:
+    made = Cores(tmp_path)
+    yield made
+    for assembly in made.made:
+        assembly.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ REGION = "eu-west-2"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 # Lines from libfuse that are harmless (none today: nccidfs passes valid thread options).
 HARMLESS_LOG_LINES: tuple[str, ...] = ()
+# A line the daemon's logging wrote ("<date> <time> LEVEL logger: message"), as opposed to a traceback's.
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (?P<level>[A-Z]+) ")
+ERROR_LEVELS = ("ERROR", "CRITICAL")
 
 
 def fuse_available() -> bool:
@@ -86,14 +91,52 @@ def daemon_env() -> dict[str, str]:
     return env
 
 
+def log_errors(text: str, allowed: Sequence[str] = ()) -> list[str]:
+    """ERROR and CRITICAL lines and tracebacks in a daemon's log that match none of the ``allowed``
+    regular expressions; a traceback goes with the line logged before it."""
+    patterns = [re.compile(pattern) for pattern in allowed]
+    bad: list[str] = []
+    previous_allowed = False
+    for line in text.splitlines():
+        record = LOG_RECORD.match(line)
+        if record is not None:
+            previous_allowed = any(pattern.search(line) for pattern in patterns)
+            if record["level"] in ERROR_LEVELS and not previous_allowed:
+                bad.append(line)
+        elif line.startswith("Traceback") and not previous_allowed:
+            bad.append(line)
+    return bad
+
+
+@dataclass(frozen=True)
+class WatchedLog:
+    """The log of a daemon that mounted, for the autouse check once the daemon stopped."""
+
+    path: Path
+    running: Callable[[], bool]
+    allowed: tuple[str, ...] = ()
+
+    def errors(self) -> list[str]:
+        text = self.path.read_text(errors="replace") if self.path.exists() else ""
+        return log_errors(text, self.allowed)
+
+
+# Logs of daemons that mounted, not checked yet.
+MOUNTED: list[WatchedLog] = []
+
+
 class MountedDaemon:
-    """``nccidfs MOUNTPOINT -f`` in a subprocess; unmounted and reaped on exit, its log kept for checks."""
+    """``nccidfs MOUNTPOINT -f`` in a subprocess; unmounted and reaped on exit, its log kept for checks.
+
+    Every daemon that mounted has its log in :data:`MOUNTED`; the suite's autouse check then fails a test
+    whose daemon logged an error or a traceback that ``allowed_log`` (regular expressions) does not name."""
 
     def __init__(self, mountpoint: Path, endpoint_url: str, cache_dir: Path, log_path: Path,
-                 bucket: str = BUCKET, extra: Sequence[str] = ()) -> None:
+                 bucket: str = BUCKET, extra: Sequence[str] = (), allowed_log: Sequence[str] = ()) -> None:
         self.mountpoint = mountpoint
         self.cache_dir = cache_dir
         self.log_path = log_path
+        self.allowed_log = tuple(allowed_log)
         self.args = [sys.executable, "-m", "nccidfs", str(mountpoint), "-f", "--bucket", bucket,
                      "--endpoint-url", endpoint_url, "--cache-dir", str(cache_dir), "--log-level", "debug",
                      *extra]
@@ -112,6 +155,7 @@ class MountedDaemon:
                 self.stop()
                 raise RuntimeError(f"nccidfs did not mount within 30 s:\n{self.log()}")
             time.sleep(0.05)
+        MOUNTED.append(WatchedLog(self.log_path, lambda: self.process is not None, self.allowed_log))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -156,10 +200,14 @@ class MountedDaemon:
 
 
 def start_demo(mountpoint: Path, state: Path) -> subprocess.Popen[str]:
-    """``nccidfs demo MOUNTPOINT`` with its cache and log under ``state``, its output piped."""
-    return subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
-                             str(state / "cache"), "--log-file", str(state / "demo.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+    """``nccidfs demo MOUNTPOINT`` with its cache and log under ``state``, its output piped; its log is
+    checked as a mounted daemon's is."""
+    log_path = state / "demo.log"
+    process = subprocess.Popen([sys.executable, "-m", "nccidfs", "demo", str(mountpoint), "--cache-dir",
+                                str(state / "cache"), "--log-file", str(log_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env())
+    MOUNTED.append(WatchedLog(log_path, lambda: process.poll() is None))
+    return process
 
 
 def within(seconds: float, check: Callable[[], bool]) -> bool:

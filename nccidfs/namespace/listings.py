@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -25,6 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from cachetools import LRUCache, TTLCache
 
 from nccidfs import deadline
+from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import NccidfsError, NotFound, TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.layout import PATIENT_DEPTH
@@ -67,15 +67,18 @@ class Namespace:
     """
 
     def __init__(self, store: ObjectStore, prefix: str, root: Iterable[str] | Listing, ttl: float,
-                 max_entries: int, index: ListingIndex, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """``root`` is the prefix's own listing when it may be listed, else the folders that may be."""
+                 max_entries: int, index: ListingIndex, timeout: float = DEFAULT_TIMEOUT,
+                 clock: Clock = REAL_CLOCK) -> None:
+        """``root`` is the prefix's own listing when it may be listed, else the folders that may be;
+        ``clock`` tells the listings' ages."""
         self._store = store
+        self._clock = clock
         self._prefix = prefix
         self._ttl = ttl
         self._index = index
         self._timeout = timeout
         self._max_entries = max_entries
-        self._started = time.time()
+        self._started = clock.time()
         # None: the prefix itself may be listed, and the root is its listing like any directory.
         self._fixed_root = None if isinstance(root, Listing) else {
             name: Entry(name, True, mtime=self._started) for name in sorted(root)}
@@ -84,7 +87,8 @@ class Namespace:
                                                          getsizeof=lambda held: len(held[1]) + 1)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
-        self._backoff: TTLCache[str, bool] = TTLCache(maxsize=BACKOFF_FOLDERS, ttl=REVALIDATE_BACKOFF)
+        self._backoff: TTLCache[str, bool] = TTLCache(maxsize=BACKOFF_FOLDERS, ttl=REVALIDATE_BACKOFF,
+                                                         timer=clock.monotonic)
         self._offline = False
         self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
         # Called with the mount path of a file that a new listing replaced or removed.
@@ -301,7 +305,7 @@ class Namespace:
 
     def _keep(self, tree: dict[str, dict[str, Entry]], generation: int) -> None:
         """Store a fresh listing, unless an invalidation came while it was under way."""
-        fetched = time.time()
+        fetched = self._clock.time()
         with self._lock:
             if generation != self._generation:
                 return
@@ -355,7 +359,7 @@ class Namespace:
     def _revalidate_if_stale(self, prefix: str, fetched: float) -> None:
         """Serve-then-refresh: a listing past its TTL, or saved by an earlier run, is listed again in the
         background; while S3 fails, at most once per REVALIDATE_BACKOFF."""
-        if time.time() - fetched < self._ttl:
+        if self._clock.time() - fetched < self._ttl:
             return
         with self._lock:
             if prefix in self._backoff:
@@ -456,5 +460,7 @@ class Namespace:
             return int(self._listings.currsize)
 
     def shutdown(self) -> None:
-        self._foreground.shutdown(wait=False, cancel_futures=True)
-        self._background.shutdown(wait=False, cancel_futures=True)
+        """Drop the queued listings and wait for those under way: they write to the index, so this comes
+        before the index is closed."""
+        self._foreground.shutdown(wait=True, cancel_futures=True)
+        self._background.shutdown(wait=True, cancel_futures=True)

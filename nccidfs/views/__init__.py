@@ -16,6 +16,6 @@ to it), :mod:`~nccidfs.views.series` (series folders and their metadata twins, f
 
 A new view is a module here with a class that answers the :class:`~nccidfs.views.registry.Layer`
 protocol; it is shown once it is registered under its name on the filesystem's ``control`` folder
-(``ControlFolder.register``) where the daemon registers the others. ``status.json`` is registered by
-:mod:`nccidfs.fs` itself, when the daemon hands it its counters.
+(``ControlFolder.register``) in :func:`nccidfs.assembly.assemble`, where every other view is
+registered, ``status.json`` included: the core knows no view by name.
 """

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nccidfs import catalog_parquet
-from nccidfs.catalog_build import CATALOGUED_FOLDERS, Bucket, Progress, build_folders
+from nccidfs.catalog_build import CATALOGUED_FOLDERS, Bucket, BuildStopped, Progress, build_folders
 from nccidfs.catalog_db import CatalogDB
 from nccidfs.catalog_tables import iso_time, write_tables
 from nccidfs.errors import ConfigError, NccidfsError, NotFound, NotReady
@@ -50,6 +50,7 @@ class CatalogBuilder:
         self._db = db
         self._lock = threading.Lock()
         self._progress: Progress | None = None
+        self._thread: threading.Thread | None = None
         self._stale = False
 
     def _folders(self) -> tuple[list[str], list[str]]:
@@ -77,9 +78,20 @@ class CatalogBuilder:
             if not busy and (again or self._stale or not self._db.state()):
                 self._stale = False
                 self._progress = Progress(wanted)
-                threading.Thread(target=self._build, args=(self._progress, folders is None, relist), name="catalog",
-                                 daemon=True).start()
+                self._thread = threading.Thread(target=self._build, args=(self._progress, folders is None, relist),
+                                                name="catalog", daemon=True)
+                self._thread.start()
         return self.progress()
+
+    def close(self) -> None:
+        """Stop a build under way and wait for it to end: it writes to the catalog database and reads
+        through the namespace, which are closed after this."""
+        with self._lock:
+            progress, thread = self._progress, self._thread
+        if progress is not None:
+            progress.stop()
+        if thread is not None:
+            thread.join()
 
     def mark_stale(self) -> None:
         """Listings were dropped (``nccidfs refresh``): the catalog may be older than them."""
@@ -105,6 +117,10 @@ class CatalogBuilder:
             state["folders"] = {**state.get("folders", {}),
                                 **{f: iso_time(self._db.oldest(f) or started) for f in progress.folders}}
             self._db.publish(write_tables(self._db, state, every_folder), state)
+        except BuildStopped:
+            log.info("catalog build stopped as the mount ends; the last complete catalog stays")
+            progress.end("stopped")
+            return
         except (NccidfsError, OSError) as error:
             log.warning("catalog build failed (%s); the last complete catalog stays", error)
             progress.end("failed", str(error))

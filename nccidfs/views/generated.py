@@ -65,6 +65,9 @@ class ObjectReader:
     def _read(self, obj: ObjectInfo) -> bytes:
         return self._fetcher.read_start(obj, obj.size)
 
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def read_many(self, objects: Sequence[ObjectInfo]) -> list[bytes]:
         futures = [self._pool.submit(self._read, obj) for obj in objects]
         try:
@@ -172,6 +175,10 @@ class Generated:
         self._sizes: LRUCache[str, int] = LRUCache(maxsize=REMEMBERED_FILES)
         self._resized: LRUCache[str, bool] = LRUCache(maxsize=REMEMBERED_FILES)
         self._failed: LRUCache[tuple[str, str], str] = LRUCache(maxsize=REMEMBERED_FILES)
+
+    def shutdown(self) -> None:
+        """Stop the fetcher that makes the files' blocks."""
+        self.fetcher.shutdown()
 
     def _path(self, name: str) -> str:
         return "/" + self._prefix + name

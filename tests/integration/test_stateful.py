@@ -7,21 +7,13 @@ invariants below are checked. CI runs a few examples; more run with::
     NCCIDFS_STATEFUL_EXAMPLES=200 NCCIDFS_STATEFUL_STEPS=60 \
         .venv/bin/python -m pytest tests/integration/test_stateful.py
 
-Invariants:
-- every byte read is a byte of one version of the object; once the key's listing is fresh (a refresh
-  after its last change, S3 answering), of its current version, and a deleted key gives ENOENT;
-- ``stat`` agrees with the length of what a whole read returned;
-- a listing never shows a name that no key made, nor any odd key (empty, ``.``, ``..`` segments);
-- the cache directory (``du -sb``) never exceeds ``--cache-size`` plus the stated slack;
-- no call takes longer than ``--timeout`` plus a slack;
-- during an outage, the object read whole just before it is still served from the cache, at once.
+The machine and its invariants are those of :class:`tests.model.BucketMachine`; here ``stat`` gives the
+size, the cache's size is ``du -sb`` of its directory, and a restart may be a crash (SIGKILL).
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import random
 import subprocess
 import sys
 import time
@@ -31,115 +23,36 @@ from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
+from hypothesis.stateful import run_state_machine_as_test
 
 from tests.faultproxy import FaultProxy
-from tests.mounting import CACHE_SLACK, PREFIX, MountedDaemon, create_bucket, daemon_env, du_bytes
+from tests.model import BucketMachine
+from tests.mounting import PREFIX, MountedDaemon, create_bucket, daemon_env, du_bytes
 
 pytestmark = pytest.mark.fuse
 
 T = TypeVar("T")
-CACHE_SIZE = 2 * 1024 * 1024
-TIMEOUT = 3.0
-# A FUSE call may wait for --timeout; the margin covers process scheduling on a loaded 2-core machine.
-CALL_SLACK = 4.0
-# Served from the cache during an outage: "at once".
-CACHED_DURING_OUTAGE_S = 1.0
-KEYS = (
-    "ct/P1/S1/R1/a.dcm", "ct/P1/S1/R1/b.dcm", "ct/P1/S1/R2/c.dcm", "ct/P2/S9/R9/d.dcm",
-    "data/P1/status_2020-01-01.json", "lead.txt",
-)
-# Keys that must never show in the mount: the root's own marker, empty and dot segments, a folder marker.
-ODD_KEYS = ("", "/x.txt", "../z", "ct/P1/S1/R1/", "ct/P1/./y.dcm")
 
 
-def names_under(folder: str, keys: set[str]) -> set[str]:
-    """The names that ``keys`` make directly under ``folder`` ('' is the root), odd ones left out."""
-    prefix = f"{folder}/" if folder else ""
-    names = {key[len(prefix):].split("/", 1)[0] for key in keys if key.startswith(prefix)}
-    return names - {"", ".", ".."}
-
-
-class Bucket:
-    """The model: every version each key ever had, the odd keys put, and which keys' listings are fresh."""
-
-    def __init__(self) -> None:
-        self.versions: dict[str, list[bytes]] = {key: [] for key in KEYS}
-        self.current: dict[str, bytes | None] = dict.fromkeys(KEYS)
-        self.odd: set[str] = set()
-        self.fresh: set[str] = set()
-
-    def names_ever(self, folder: str) -> set[str]:
-        """Every name any key ever made under ``folder``."""
-        return names_under(folder, set(KEYS) | self.odd)
-
-    def names_now(self, folder: str) -> set[str]:
-        return names_under(folder, {key for key in KEYS if self.current[key] is not None} | self.odd)
-
-
-def timed(call: Callable[[], T]) -> tuple[T | OSError, float]:
-    started = time.monotonic()
-    try:
-        result: T | OSError = call()
-    except OSError as error:
-        result = error
-    return result, time.monotonic() - started
-
-
-def read_range(path: Path, offset: int, size: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-
-
-def read_whole(path: Path) -> bytes:
-    with open(path, "rb", buffering=0) as handle:
-        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        return handle.readall()
-
-
-class MountMachine(RuleBasedStateMachine):
+class MountMachine(BucketMachine):
     endpoint: str = ""
     workdir: Path = Path()
-    # How much was walked, reported at the end of the run.
-    examples = 0
-    steps = 0
+    TIMEOUT = 3.0  # --timeout
+    CALL_SLACK = 4.0
+    CACHE_BYTES = 2 * 1024 * 1024  # --cache-size
 
     def __init__(self) -> None:
         super().__init__()
-        MountMachine.examples += 1
-        self.model = Bucket()
-        self.outage = False
-        self.last_whole: tuple[str, bytes] | None = None
         self.run_dir = self.workdir / f"run{time.monotonic_ns()}"
         self.bucket = f"nccid-model-{time.monotonic_ns() % 10**12}"
         self.s3 = create_bucket(self.endpoint, self.bucket, [])
         self.proxy = FaultProxy(self.endpoint).start()
         self.daemon: MountedDaemon | None = None
 
-    # -- set-up and tear-down ---------------------------------------------------------------------
-    @initialize(seeds=st.lists(st.integers(0, 2**16), min_size=len(KEYS), max_size=len(KEYS)))
-    def start(self, seeds: list[int]) -> None:
-        for key, seed in zip(KEYS, seeds, strict=True):
-            self._put(key, seed % 200_000, seed)
-        self._mount()
-        self.model.fresh = set(KEYS)
-
-    def _mount(self) -> None:
+    def serve(self) -> None:
         self.daemon = MountedDaemon(
             self.run_dir / "mnt", self.proxy.url, self.run_dir / "cache", self.run_dir / "daemon.log",
-            bucket=self.bucket, extra=["--cache-size", str(CACHE_SIZE), "--timeout", str(TIMEOUT),
+            bucket=self.bucket, extra=["--cache-size", str(self.CACHE_BYTES), "--timeout", str(self.TIMEOUT),
                                        "--listing-ttl", "1", "--log-level", "info"])
         self.daemon.__enter__()
 
@@ -153,115 +66,58 @@ class MountMachine(RuleBasedStateMachine):
         assert self.daemon is not None
         return self.daemon.mountpoint
 
-    def _put(self, key: str, size: int, seed: int) -> None:
-        body = random.Random(seed).randbytes(size)
+    def store_put(self, key: str, body: bytes) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=PREFIX + key, Body=body)
-        self.model.versions[key].append(body)
-        self.model.current[key] = body
-        self.model.fresh.discard(key)
-        if self.last_whole and self.last_whole[0] == key:
-            self.last_whole = None
 
-    # -- changes to the bucket --------------------------------------------------------------------
-    @rule(key=st.sampled_from(KEYS), size=st.integers(0, 200_000), seed=st.integers(0, 2**16))
-    def put(self, key: str, size: int, seed: int) -> None:
-        self._put(key, size, seed)
-
-    @rule(key=st.sampled_from(KEYS))
-    def delete(self, key: str) -> None:
+    def store_delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=PREFIX + key)
-        self.model.current[key] = None
-        self.model.fresh.discard(key)
-        if self.last_whole and self.last_whole[0] == key:
-            self.last_whole = None
 
-    @rule(odd=st.sampled_from(ODD_KEYS))
-    def put_odd_key(self, odd: str) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=PREFIX + odd, Body=b"odd")
-        self.model.odd.add(odd)
-        self.model.fresh.clear()
+    def call(self, call: Callable[[], T]) -> tuple[T | int, float]:
+        started = time.monotonic()
+        try:
+            result: T | int = call()
+        except OSError as error:
+            result = error.errno or 0
+        return result, time.monotonic() - started
 
-    # -- reading ----------------------------------------------------------------------------------
-    def _check_bytes(self, key: str, got: bytes | OSError, seconds: float, expect: Callable[[bytes], bytes]) -> None:
-        assert seconds < TIMEOUT + CALL_SLACK, f"{key}: a call took {seconds:.1f}s"
-        fresh = key in self.model.fresh and not self.outage
-        current = self.model.current[key]
-        if isinstance(got, OSError):
-            allowed = {errno.ENOENT, errno.EIO}
-            assert got.errno in allowed, f"{key}: {got}"
-            if fresh:
-                assert current is None and got.errno == errno.ENOENT, f"{key} is fresh and current: {got}"
-            return
-        assert any(got == expect(version) for version in self.model.versions[key]), f"{key}: bytes of no version"
-        if fresh:
-            assert current is not None and got == expect(current), f"{key}: not the current version"
+    def read(self, key: str, offset: int, size: int) -> bytes:
+        fd = os.open(self.mount / key, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
 
-    @rule(key=st.sampled_from(KEYS), offset=st.integers(0, 210_000), size=st.integers(1, 150_000))
-    def read_some(self, key: str, offset: int, size: int) -> None:
-        got, seconds = timed(lambda: read_range(self.mount / key, offset, size))
-        self._check_bytes(key, got, seconds, lambda body: body[offset:offset + size])
-        self.last_whole = None
+    def read_whole(self, key: str) -> bytes:
+        with open(self.mount / key, "rb", buffering=0) as handle:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            return handle.readall()
 
-    @rule(key=st.sampled_from(KEYS))
-    def read_all(self, key: str) -> None:
-        got, seconds = timed(lambda: read_whole(self.mount / key))
-        self._check_bytes(key, got, seconds, lambda body: body)
-        self.last_whole = None
-        if isinstance(got, bytes):
-            if not self.outage:
-                self.last_whole = (key, got)
-            # The kernel is told of a new size from a thread of the daemon's: give it a moment.
-            give_up = time.monotonic() + 1.0
-            while (size := os.stat(self.mount / key).st_size) != len(got) and time.monotonic() < give_up:
-                time.sleep(0.02)
-            assert size == len(got), f"{key}: stat says {size}, a whole read gave {len(got)} bytes"
+    def size_after_whole_read(self, key: str, length: int) -> int:
+        # The kernel is told of a new size from a thread of the daemon's: give it a moment.
+        give_up = time.monotonic() + 1.0
+        while (size := os.stat(self.mount / key).st_size) != length and time.monotonic() < give_up:
+            time.sleep(0.02)
+        return size
 
-    @rule(folder=st.sampled_from(("", "ct", "ct/P1", "ct/P1/S1", "ct/P1/S1/R1", "data/P1")))
-    def list_folder(self, folder: str) -> None:
-        names, seconds = timed(lambda: os.listdir(self.mount / folder))
-        assert seconds < TIMEOUT + CALL_SLACK
-        if isinstance(names, OSError):
-            assert names.errno in (errno.ENOENT, errno.EIO), names
-            return
-        assert set(names) <= self.model.names_ever(folder), f"{folder}: {names}"
-        under = [key for key in KEYS if key.startswith(f"{folder}/" if folder else "")]
-        if not self.outage and all(key in self.model.fresh for key in under):
-            assert set(names) == self.model.names_now(folder), f"{folder} is fresh: {names}"
+    def list_names(self, folder: str) -> list[str]:
+        return os.listdir(self.mount / folder)
 
-    @precondition(lambda self: self.outage and self.last_whole is not None)
-    @rule()
-    def cached_file_during_outage(self) -> None:
-        assert self.last_whole is not None
-        key, body = self.last_whole
-        got, seconds = timed(lambda: read_whole(self.mount / key))
-        assert got == body, f"{key}: cached bytes not served during the outage: {got!r:.80}"
-        assert seconds < CACHED_DURING_OUTAGE_S, f"{key}: cached file took {seconds:.2f}s during the outage"
-
-    # -- the daemon's life ------------------------------------------------------------------------
-    @precondition(lambda self: not self.outage)
-    @rule()
-    def refresh(self) -> None:
+    def refresh_listings(self) -> None:
         result = subprocess.run([sys.executable, "-m", "nccidfs", "refresh", str(self.mount)], env=daemon_env(),
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
-        self.model.fresh = set(KEYS)
-        self.last_whole = None
 
-    @precondition(lambda self: not self.outage)
-    @rule(crash=st.booleans())
-    def restart(self, crash: bool) -> None:
+    def restart_serving(self, crash: bool) -> None:
         assert self.daemon is not None
         if crash:
             self.daemon.kill()
         else:
             self.daemon.stop()
             assert self.daemon.returncode == 0, self.daemon.log()[-2000:]
-        self._mount()
+        self.serve()
 
-    @precondition(lambda self: not self.outage)
-    @rule(kind=st.sampled_from(("503", "500", "stall", "dead")))
-    def outage_on(self, kind: str) -> None:
-        self.outage = True
+    def outage_starts(self, kind: str) -> None:
         if kind == "503":
             self.proxy.fail(503, "SlowDown")
         elif kind == "500":
@@ -271,28 +127,11 @@ class MountMachine(RuleBasedStateMachine):
         else:
             self.proxy.dead()
 
-    @precondition(lambda self: self.outage)
-    @rule()
-    def outage_off(self) -> None:
+    def outage_ends(self) -> None:
         self.proxy.clear()
-        self.outage = False
 
-    # -- invariants -------------------------------------------------------------------------------
-    @invariant()
-    def cache_within_its_bound(self) -> None:
-        MountMachine.steps += 1
-        if self.daemon is None:
-            return
-        used = du_bytes(self.run_dir / "cache")
-        assert used <= CACHE_SIZE + CACHE_SLACK, f"cache dir holds {used} bytes, bound {CACHE_SIZE}"
-
-    @invariant()
-    def root_shows_no_odd_name(self) -> None:
-        if self.daemon is None:
-            return
-        names, _ = timed(lambda: os.listdir(self.mount))
-        if isinstance(names, list):
-            assert set(names) <= self.model.names_ever(""), names
+    def cache_bytes(self) -> int:
+        return du_bytes(self.run_dir / "cache")
 
 
 def test_the_mount_keeps_its_promises_across_random_histories(tmp_path: Path, s3_endpoint: str) -> None:
@@ -303,15 +142,4 @@ def test_the_mount_keeps_its_promises_across_random_histories(tmp_path: Path, s3
         stateful_step_count=int(os.environ.get("NCCIDFS_STATEFUL_STEPS", "25")),
         deadline=None, suppress_health_check=list(HealthCheck),
         derandomize=not os.environ.get("NCCIDFS_STATEFUL_EXAMPLES")))
-    print(f"STATEFUL: {MountMachine.examples} histories, {MountMachine.steps} steps, every invariant held")
-
-
-def test_the_model_names_what_the_keys_make_and_nothing_odd() -> None:
-    model = Bucket()
-    assert model.names_ever("") == {"ct", "data", "lead.txt"}
-    assert model.names_now("ct") == set()
-    model.current["ct/P2/S9/R9/d.dcm"] = b"x"
-    model.odd.update({"/x.txt", "ct/P1/./y.dcm"})
-    assert model.names_now("") == {"ct"}
-    assert model.names_now("ct") == {"P1", "P2"}
-    assert model.names_now("ct/P1") == set()
+    print(f"STATEFUL: {BucketMachine.examples} histories, {BucketMachine.steps} steps, every invariant held")

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from nccidfs.cli import SUBCOMMANDS, build_parser, from_mount_helper, main
 from nccidfs.config import CacheConfig, MountConfig, S3Config
 from nccidfs.errors import ConfigError
 from nccidfs.layout import KNOWN_FOLDERS
-from tests.mounting import MountedDaemon, daemon_env, seed_demo_bucket, start_demo
+from tests.mounting import daemon_env
 
 
 def nccidfs(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -185,53 +184,3 @@ def test_help_lists_commands_examples_and_exit_codes() -> None:
 
 def test_refresh_outside_any_mount_exits_2(tmp_path: Path) -> None:
     assert_one_line(nccidfs("refresh", str(tmp_path), "ct"), 2, "not an nccidfs mount")
-
-
-@pytest.mark.fuse
-def test_mount_options_status_and_refresh_of_a_missing_path(s3_endpoint: str, bucket_name: str,
-                                                            tmp_path: Path) -> None:
-    from nccidfs.demo.warehouse import generate_warehouse
-
-    seed_demo_bucket(s3_endpoint, bucket_name, generate_warehouse(ct_slices=2))
-    # Long enough that "<cache dir>/control.sock" cannot be a Unix socket address (108 bytes).
-    cache_dir = tmp_path / ("c" * 60) / ("d" * 60)
-    mount = MountedDaemon(tmp_path / "mnt", s3_endpoint, cache_dir, tmp_path / "log", bucket=bucket_name,
-                          extra=["--uid", "4321", "--gid", "8765", "--umask", "027", "--attr-timeout", "1"])
-    with mount:
-        status = nccidfs("status", str(mount.mountpoint))
-        assert status.returncode == 0, status.stderr
-        assert '"ListObjectsV2"' in status.stdout  # the start-up probe is counted
-        assert str(cache_dir) not in status.stdout.split('"control_socket": ')[1].splitlines()[0]
-        assert_one_line(nccidfs("refresh", str(mount.mountpoint), "nosuch/dir"), 2, "not in the mount")
-        assert nccidfs("refresh", str(mount.mountpoint), "ct").returncode == 0
-        top = os.stat(mount.mountpoint / "ct")
-        image = next(p for p in (mount.mountpoint / "ct").rglob("*.dcm"))
-        assert (top.st_uid, top.st_gid, top.st_mode & 0o777) == (4321, 8765, 0o550)
-        assert os.stat(image).st_mode & 0o777 == 0o440
-    assert "Ignoring invalid max threads value" not in mount.log()
-
-
-@pytest.mark.fuse
-def test_demo_prints_its_endpoint_once_mounted_and_refuses_a_second_demo(tmp_path: Path) -> None:
-    mountpoint = tmp_path / "demo"
-    demo = start_demo(mountpoint, tmp_path)
-    try:
-        assert demo.stdout is not None
-        first = demo.stdout.readline()
-        assert os.path.ismount(mountpoint), first  # printed only once the mount answers
-        lines = [first] + [demo.stdout.readline() for _ in range(6)]
-        boto3_line = next(line for line in lines if "boto3" in line).strip()
-        assert any("aws --region eu-west-2 --endpoint-url http://127.0.0.1:" in line for line in lines)
-        # Pasted into a shell whose python3 is the system's, which has no boto3 on a fresh machine.
-        listed = subprocess.run(["sh", "-c", boto3_line], capture_output=True, text=True,
-                                env={**daemon_env(), "PATH": "/usr/bin:/bin"}, timeout=30)
-        assert "training/ct/" in listed.stdout, listed.stderr
-        started = time.monotonic()
-        assert_one_line(nccidfs("demo", str(mountpoint)), 2, "already mounted")
-        assert time.monotonic() - started < 3
-        assert "nccidfs.daemon" in (tmp_path / "demo.log").read_text()  # --log-file is honoured
-    finally:
-        demo.send_signal(signal.SIGINT)
-        demo.wait(timeout=20)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)

@@ -10,16 +10,14 @@ import pytest
 from nccidfs import deadline
 from nccidfs.cache import DiskCache
 from nccidfs.cachedir import prepare
-from nccidfs.catalog_db import CatalogDB
-from nccidfs.config import ReadConfig, S3Config
-from nccidfs.daemon import register_views
+from nccidfs.config import S3Config
 from nccidfs.errors import ConfigError, NotFound, ObjectChanged, TransientError
-from nccidfs.fetch import Fetcher
 from nccidfs.fs import FileSystem
-from nccidfs.index import ListingIndex
 from nccidfs.mount import discover_root
-from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
+from tests.clock import FakeClock
+from tests.conftest import Cores
+from tests.core import LISTING_TTL, TIMEOUT
 from tests.fakes import FailingStore
 
 SERIES = "training/ct/Covid1/1.2/1.3"
@@ -29,22 +27,6 @@ KEYS = {
     "training/ct-metadata/Covid1/1.2/1.3/a.json": b'{"00100020": {"vr": "LO", "Value": ["Covid1"]}}',
     "training/data/Covid1/status_2020-05-01.json": b'{"Pseudonym": "Covid1"}',
 }
-TIMEOUT = 1.0
-
-
-def make_fs(tmp_path: Path, store: FailingStore, folders: list[str] | None = None, ttl: float = 300.0,
-            prefix: str = "training/") -> FileSystem:
-    directory = prepare(tmp_path / "cache")
-    index = ListingIndex(directory / "listings.sqlite3", {})
-    root = store.list_dir(prefix) if folders is None else folders
-    namespace = Namespace(store, prefix, root, ttl, 10_000, index, TIMEOUT)
-    cache = DiskCache(directory, 1 << 24, "test", 4096, index.disk_usage)
-    config = ReadConfig(block_size=4096, initial_window=16384, max_window=65536, part_size=32768, fetch_threads=4)
-    filesystem = FileSystem(namespace, cache, Fetcher(store, cache, config, TIMEOUT))
-    filesystem.set_status_provider(lambda: {"ok": True})
-    register_views(filesystem.control, namespace, cache, filesystem.fetcher, config, TIMEOUT, store,
-                   CatalogDB(directory, {}), index)
-    return filesystem
 
 
 def read_all(filesystem: FileSystem, path: str) -> bytes:
@@ -59,11 +41,11 @@ def read_all(filesystem: FileSystem, path: str) -> bytes:
         filesystem.release(handle)
 
 
-def test_the_mirrored_tree_holds_exactly_the_keys_and_the_control_folder_is_hidden(tmp_path: Path) -> None:
-    filesystem = make_fs(tmp_path, FailingStore(KEYS))
+def test_the_mirrored_tree_holds_exactly_the_keys_and_the_control_folder_is_hidden(cores: Cores) -> None:
+    filesystem = cores(FailingStore(KEYS)).fs
     assert sorted(e.name for e in filesystem.readdir("/")) == ["ct", "ct-metadata", "data"]
     assert filesystem.lookup("/.nccidfs").is_dir
-    assert sorted(e.name for e in filesystem.readdir("/.nccidfs")) == ["catalog", "images", "patients",
+    assert sorted(e.name for e in filesystem.readdir("/.nccidfs")) == ["catalog", "cohorts", "images", "patients",
                                                                         "status.json", "volumes"]
     assert read_all(filesystem, "/.nccidfs/status.json") == b'{\n  "ok": true\n}\n'
     for key, body in KEYS.items():
@@ -72,8 +54,8 @@ def test_the_mirrored_tree_holds_exactly_the_keys_and_the_control_folder_is_hidd
         assert read_all(filesystem, path) == body
 
 
-def test_the_patient_view_links_to_the_patient_folders(tmp_path: Path) -> None:
-    filesystem = make_fs(tmp_path, FailingStore(KEYS))
+def test_the_patient_view_links_to_the_patient_folders(cores: Cores) -> None:
+    filesystem = cores(FailingStore(KEYS)).fs
     view = "/.nccidfs/patients/Covid1"
     assert [e.name for e in filesystem.readdir("/.nccidfs/patients")] == ["Covid1"]
     assert sorted(e.name for e in filesystem.readdir(view)) == ["ct", "ct-metadata", "status_2020-05-01.json"]
@@ -83,29 +65,29 @@ def test_the_patient_view_links_to_the_patient_folders(tmp_path: Path) -> None:
         filesystem.lookup("/.nccidfs/patients/Nobody")
 
 
-def test_a_deeper_prefix_gets_an_empty_patient_view_not_a_wrong_one(tmp_path: Path) -> None:
-    filesystem = make_fs(tmp_path, FailingStore(KEYS), folders=None, prefix="training/ct/")
+def test_a_deeper_prefix_gets_an_empty_patient_view_not_a_wrong_one(cores: Cores) -> None:
+    filesystem = cores(FailingStore(KEYS), prefix="training/ct/").fs
     assert [e.name for e in filesystem.readdir("/")] == ["Covid1"]
     assert filesystem.readdir("/.nccidfs/patients") == []
 
 
-def test_a_real_folder_named_like_the_control_folder_is_served_as_stored(tmp_path: Path) -> None:
+def test_a_real_folder_named_like_the_control_folder_is_served_as_stored(cores: Cores) -> None:
     store = FailingStore({**KEYS, "training/.nccidfs/status.json": b"from the bucket"})
-    filesystem = make_fs(tmp_path, store, folders=None)
+    filesystem = cores(store).fs
     assert ".nccidfs" in [e.name for e in filesystem.readdir("/")]
     assert read_all(filesystem, "/.nccidfs/status.json") == b"from the bucket"
 
 
-def test_odd_keys_at_the_root_are_skipped_and_the_rest_served(tmp_path: Path) -> None:
+def test_odd_keys_at_the_root_are_skipped_and_the_rest_served(cores: Cores) -> None:
     odd = {"training/": b"", "training//lead.txt": b"x", "training/../z": b"y", "training/lead.txt": b"lead"}
-    filesystem = make_fs(tmp_path, FailingStore({**KEYS, **odd}), folders=None)
+    filesystem = cores(FailingStore({**KEYS, **odd})).fs
     assert sorted(e.name for e in filesystem.readdir("/")) == ["ct", "ct-metadata", "data", "lead.txt"]
     assert read_all(filesystem, "/lead.txt") == b"lead"
 
 
-def test_a_replacement_before_the_first_read_serves_the_new_version_or_fails_once(tmp_path: Path) -> None:
+def test_a_replacement_before_the_first_read_serves_the_new_version_or_fails_once(cores: Cores) -> None:
     store = FailingStore(KEYS)
-    filesystem = make_fs(tmp_path, store)
+    filesystem = cores(store).fs
     invalidated: list[str] = []
     filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
     path = "/ct/Covid1/1.2/1.3/a.dcm"
@@ -123,9 +105,9 @@ def test_a_replacement_before_the_first_read_serves_the_new_version_or_fails_onc
     assert read_all(filesystem, path) == b"longer" * 20_000
 
 
-def test_a_replacement_after_bytes_were_served_is_an_error_then_the_new_version(tmp_path: Path) -> None:
+def test_a_replacement_after_bytes_were_served_is_an_error_then_the_new_version(cores: Cores) -> None:
     store = FailingStore(KEYS)
-    filesystem = make_fs(tmp_path, store)
+    filesystem = cores(store).fs
     path = "/ct/Covid1/1.2/1.3/a.dcm"
     handle = filesystem.open(path).handle
     assert filesystem.read(handle, 0, 4096) == b"a" * 4096
@@ -136,9 +118,9 @@ def test_a_replacement_after_bytes_were_served_is_an_error_then_the_new_version(
     assert read_all(filesystem, path) == b"z" * 10
 
 
-def test_a_deletion_before_the_first_read_is_not_found(tmp_path: Path) -> None:
+def test_a_deletion_before_the_first_read_is_not_found(cores: Cores) -> None:
     store = FailingStore(KEYS)
-    filesystem = make_fs(tmp_path, store)
+    filesystem = cores(store).fs
     handle = filesystem.open("/ct/Covid1/1.2/1.3/b.dcm").handle
     del store.objects[f"{SERIES}/b.dcm"]
     with pytest.raises(NotFound):
@@ -147,14 +129,14 @@ def test_a_deletion_before_the_first_read_is_not_found(tmp_path: Path) -> None:
 
 
 def test_during_an_outage_cached_files_are_served_at_once_and_others_fail_within_the_timeout(
-        tmp_path: Path) -> None:
-    store = FailingStore(KEYS)
-    filesystem = make_fs(tmp_path, store, ttl=0.05)
+        cores: Cores) -> None:
+    store, clock = FailingStore(KEYS), FakeClock()
+    filesystem = cores(store, clock=clock).fs
     cached = "/ct/Covid1/1.2/1.3/a.dcm"
     assert read_all(filesystem, cached) == KEYS[f"{SERIES}/a.dcm"]
     store.down = True
     store.stall = 5.0
-    time.sleep(0.1)  # every listing is now past its TTL
+    clock.advance(LISTING_TTL)  # every listing is now past its TTL
     started = time.monotonic()
     with deadline.bounded(TIMEOUT):
         assert read_all(filesystem, cached) == KEYS[f"{SERIES}/a.dcm"]
@@ -169,8 +151,8 @@ def test_during_an_outage_cached_files_are_served_at_once_and_others_fail_within
     assert time.monotonic() - started < TIMEOUT + 0.5
 
 
-def test_a_discarded_object_is_never_kept_in_the_kernel_page_cache(tmp_path: Path) -> None:
-    filesystem = make_fs(tmp_path, FailingStore(KEYS))
+def test_a_discarded_object_is_never_kept_in_the_kernel_page_cache(cores: Cores) -> None:
+    filesystem = cores(FailingStore(KEYS)).fs
     invalidated: list[str] = []
     filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
     path = "/ct/Covid1/1.2/1.3/b.dcm"
@@ -185,9 +167,9 @@ def test_a_discarded_object_is_never_kept_in_the_kernel_page_cache(tmp_path: Pat
     assert not opened.keep_cache and opened.direct_io
 
 
-def test_tags_come_from_the_metadata_twin_without_reading_the_image(tmp_path: Path) -> None:
+def test_tags_come_from_the_metadata_twin_without_reading_the_image(cores: Cores) -> None:
     store = FailingStore(KEYS)
-    filesystem = make_fs(tmp_path, store)
+    filesystem = cores(store).fs
     assert filesystem.xattrs("/ct/Covid1/1.2/1.3/a.dcm") == {"user.dicom.PatientID": "Covid1"}
     assert not any(key.endswith(".dcm") for key, _start, _end in store.ranges)
     assert filesystem.xattrs("/data/Covid1/status_2020-05-01.json") == {}
@@ -220,16 +202,16 @@ def test_a_cache_shared_by_two_endpoints_never_serves_one_for_the_other(tmp_path
     second.unpin(entry)
 
 
-def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(tmp_path: Path) -> None:
-    store = FailingStore(KEYS)
-    filesystem = make_fs(tmp_path, store, ttl=0.05)
+def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(cores: Cores) -> None:
+    store, clock = FailingStore(KEYS), FakeClock()
+    filesystem = cores(store, clock=clock).fs
     invalidated: list[str] = []
     filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
     path = "/ct/Covid1/1.2/1.3/b.dcm"
     assert filesystem.lookup(path).size == 50_000
     store.objects[f"{SERIES}/b.dcm"] = b"b" * 10
     del store.objects[f"{SERIES}/a.dcm"]
-    time.sleep(0.1)
+    clock.advance(LISTING_TTL)
     filesystem.lookup(path)  # past the TTL: served as it was, listed again in the background
     give_up = time.monotonic() + 5
     while sorted(invalidated) != ["/ct/Covid1/1.2/1.3/a.dcm", path]:
@@ -238,9 +220,9 @@ def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(tmp_path
     assert filesystem.lookup(path).size == 10
 
 
-def test_a_name_that_only_begins_like_the_control_folder_is_mirrored(tmp_path: Path) -> None:
+def test_a_name_that_only_begins_like_the_control_folder_is_mirrored(cores: Cores) -> None:
     store = FailingStore({**KEYS, "training/.nccidfs-old/x.txt": b"kept"})
-    filesystem = make_fs(tmp_path, store, folders=None)
+    filesystem = cores(store).fs
     assert ".nccidfs-old" in [e.name for e in filesystem.readdir("/")]
     assert read_all(filesystem, "/.nccidfs-old/x.txt") == b"kept"
     assert filesystem.lookup("/.nccidfs/status.json").size > 0

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry, ObjectInfo
+from tests.clock import FakeClock
 from tests.fakes import MemoryStore
 
 KEYS = {
@@ -34,8 +36,12 @@ class FlakyStore(MemoryStore):
         return super().list_tree(prefix, start_after, end)
 
 
-def namespace(store: MemoryStore, path: Path, ttl: float = 300.0) -> Namespace:
-    return Namespace(store, "training/", ["ct", "data"], ttl, 10_000, ListingIndex(path / "index.db", {"bucket": "b"}))
+TTL = 300.0
+
+
+def namespace(store: MemoryStore, path: Path, clock: Clock = REAL_CLOCK) -> Namespace:
+    return Namespace(store, "training/", ["ct", "data"], TTL, 10_000, ListingIndex(path / "index.db", {"bucket": "b"}),
+                     clock=clock)
 
 
 def test_a_remount_answers_from_the_index_without_listing(tmp_path: Path) -> None:
@@ -52,10 +58,11 @@ def test_a_remount_answers_from_the_index_without_listing(tmp_path: Path) -> Non
 
 
 def test_rows_of_an_earlier_run_are_refreshed_in_the_background(tmp_path: Path) -> None:
-    namespace(MemoryStore(KEYS), tmp_path, ttl=0.05).list("/data/Covid1")
-    time.sleep(0.1)
+    clock = FakeClock()
+    namespace(MemoryStore(KEYS), tmp_path, clock).list("/data/Covid1")
+    clock.advance(TTL)
     grown = MemoryStore({**KEYS, "training/data/Covid1/data_2020-06-01.json": b"{}"})
-    ns = namespace(grown, tmp_path, ttl=0.05)
+    ns = namespace(grown, tmp_path, clock)
     assert list(ns.list("/data/Covid1")) == ["status_2020-05-01.json"]
     deadline = time.monotonic() + 5
     while "data_2020-06-01.json" not in ns.list("/data/Covid1"):
@@ -64,11 +71,11 @@ def test_rows_of_an_earlier_run_are_refreshed_in_the_background(tmp_path: Path) 
 
 
 def test_offline_serves_the_saved_listing_and_fails_without_one(tmp_path: Path) -> None:
-    store = FlakyStore(KEYS)
-    ns = namespace(store, tmp_path, ttl=0.05)
+    store, clock = FlakyStore(KEYS), FakeClock()
+    ns = namespace(store, tmp_path, clock)
     ns.list("/data/Covid1")
     store.down = True
-    time.sleep(0.1)
+    clock.advance(TTL)
     assert list(ns.list("/data/Covid1")) == ["status_2020-05-01.json"]
     with pytest.raises(TransientError):
         ns.list("/ct/Covid1")

@@ -6,11 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import AccessDenied, NotFound
 from nccidfs.namespace import Namespace
 from nccidfs.namespace.readahead import RUN_KEYS, SIBLINGS_AHEAD
 from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, is_safe_name, split_path
 from nccidfs.objects import Listing, ObjectInfo
+from tests.clock import FakeClock
 from tests.fakes import MemoryStore, scratch_index
 
 KEYS = {
@@ -22,8 +24,8 @@ KEYS = {
 
 
 def make(store: MemoryStore, ttl: float = 300.0, max_entries: int = 1000,
-         root: tuple[str, ...] = ("ct", "ct-metadata", "data")) -> Namespace:
-    return Namespace(store, "training/", root, ttl, max_entries, scratch_index())
+         root: tuple[str, ...] = ("ct", "ct-metadata", "data"), clock: Clock = REAL_CLOCK) -> Namespace:
+    return Namespace(store, "training/", root, ttl, max_entries, scratch_index(), clock=clock)
 
 
 def test_path_and_key_rules() -> None:
@@ -57,14 +59,15 @@ def test_missing_names_are_not_found_without_more_requests() -> None:
 
 
 def test_listing_is_cached_until_ttl_then_listed_again() -> None:
-    store = MemoryStore(KEYS)
-    ns = make(store, ttl=0.3)
+    store, clock = MemoryStore(KEYS), FakeClock()
+    ns = make(store, ttl=300.0, clock=clock)
     ns.list("/data/Covid1")
+    clock.advance(299.0)
     ns.list("/data/Covid1")
     assert store.requests["list"] == 1
     store.objects["training/data/Covid1/data_2020-06-01.json"] = b"{}"
     assert "data_2020-06-01.json" not in ns.list("/data/Covid1")
-    time.sleep(0.35)
+    clock.advance(1.0)
     # Past the TTL the old listing is served at once and listed again in the background.
     assert "data_2020-06-01.json" not in ns.list("/data/Covid1")
     deadline = time.monotonic() + 5
