@@ -21,6 +21,7 @@ BLOCK = 4096
 KIB, MIB = 1024, 1024 * 1024
 DISK = "4m"
 OBJECT = 256 * KIB
+FLOOR = 2 * MIB
 # The cache counts what files hold, the tmpfs whole pages: a map of a few hundred bytes takes 4 KiB.
 PAGE_SLACK = 64 * KIB
 
@@ -61,12 +62,11 @@ def holds(cache: DiskCache, info: ObjectInfo) -> bool:
 
 
 def test_the_cache_evicts_the_least_recently_used_to_keep_the_floor_free(disk: Path) -> None:
-    floor = 2 * MIB
-    cache = cache_on(disk, floor)
+    cache = cache_on(disk, FLOOR)
     bodies = {f"k{i}": os.urandom(OBJECT) for i in range(10)}  # 2.5 MiB: more than the 2 MiB above the floor
     for key, body in bodies.items():
         assert store(cache, obj(key, body), body)
-        assert free(disk) >= floor - PAGE_SLACK
+        assert free(disk) >= FLOOR - PAGE_SLACK
     assert cache.evictions >= 3
     assert not holds(cache, obj("k0", bodies["k0"])) and holds(cache, obj("k9", bodies["k9"]))
 
@@ -86,29 +86,29 @@ def test_a_store_that_would_pass_the_floor_is_refused_and_logged_once(disk: Path
     assert len([r for r in caplog.records if "--cache-min-free" in r.getMessage()]) == 1
 
 
-def test_another_program_filling_the_disk_makes_the_cache_give_room_back(disk: Path) -> None:
-    floor = 2 * MIB
-    cache = cache_on(disk, floor)
-    bodies = {f"k{i}": os.urandom(OBJECT) for i in range(5)}
-    for key, body in bodies.items():
-        assert store(cache, obj(key, body), body)
-    (disk / "other.bin").write_bytes(os.urandom(MIB))  # now below the floor
-    assert free(disk) < floor
-    late = os.urandom(OBJECT)
-    assert store(cache, obj("late", late), late)
-    assert free(disk) >= floor - PAGE_SLACK
-    assert cache.evictions >= 2 and not holds(cache, obj("k0", bodies["k0"]))
-
-
-def test_a_rebalance_after_the_disk_filled_gives_room_back_without_a_write(disk: Path) -> None:
-    floor = 2 * MIB
-    cache = cache_on(disk, floor)
+def crowded_out(disk: Path) -> tuple[DiskCache, dict[str, bytes]]:
+    """A cache holding 1.25 MiB on the 4 MiB disk, then another program's 1 MiB file: below the floor."""
+    cache = cache_on(disk, FLOOR)
     bodies = {f"k{i}": os.urandom(OBJECT) for i in range(5)}
     for key, body in bodies.items():
         assert store(cache, obj(key, body), body)
     (disk / "other.bin").write_bytes(os.urandom(MIB))
+    assert free(disk) < FLOOR
+    return cache, bodies
+
+
+def test_another_program_filling_the_disk_makes_the_cache_give_room_back(disk: Path) -> None:
+    cache, bodies = crowded_out(disk)
+    late = os.urandom(OBJECT)
+    assert store(cache, obj("late", late), late)
+    assert free(disk) >= FLOOR - PAGE_SLACK
+    assert cache.evictions >= 2 and not holds(cache, obj("k0", bodies["k0"]))
+
+
+def test_a_rebalance_after_the_disk_filled_gives_room_back_without_a_write(disk: Path) -> None:
+    cache, _ = crowded_out(disk)
     cache.rebalance()  # as after a listing index write
-    assert free(disk) >= floor - PAGE_SLACK and cache.evictions >= 1
+    assert free(disk) >= FLOOR - PAGE_SLACK and cache.evictions >= 1
 
 
 def test_the_floor_flag_defaults_to_1_gib_and_0_turns_it_off() -> None:
