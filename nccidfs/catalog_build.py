@@ -46,7 +46,7 @@ from nccidfs.errors import NotFound
 from nccidfs.index import ListingIndex
 from nccidfs.namespace import MAX_NAME_BYTES, Namespace, dir_prefix, is_safe_name
 from nccidfs.objects import ObjectInfo
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from nccidfs.log import reopen_log_file, strip_credentials
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
-from nccidfs.store import ObjectStore, RequestStats
+from nccidfs.store.protocol import ObjectStore
 from nccidfs.views import CONTROL, ControlFolder, PatientView
 
 if TYPE_CHECKING:
@@ -164,8 +164,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         cache = {**self.cache.stats(), "hits": self.fetcher.hits, "misses": self.fetcher.misses}
         lookups = cache["hits"] + cache["misses"]
-        stats = getattr(self.store, "stats", None)  # a cohort's store shares the S3 store's counters
-        requests = stats.snapshot() if isinstance(stats, RequestStats) else {}
+        stats = self.store.stats  # a cohort's store shares the S3 store's counters
+        requests = stats.snapshot() if stats is not None else {}
         prefetch = self.prefetcher
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": str(self.config.mount.mountpoint),
@@ -194,8 +194,8 @@ class Daemon:
 
         with self._exposition_lock:
             if self._metrics is None:
-                stats = getattr(self.store, "stats", None)  # a cohort's store shares the S3 store's counters
-                s3 = stats.latencies if isinstance(stats, RequestStats) else None
+                stats = self.store.stats  # a cohort's store shares the S3 store's counters
+                s3 = stats.latencies if stats is not None else None
                 self._metrics = exposition.Exposition(exposition.DaemonCollector(self.status, s3))
             return self._metrics
 

@@ -15,7 +15,7 @@
 - A failed fetch is remembered for a moment, so the kernel's immediate retry fails at once.
 
 The fetcher owns everything about requests under way (parts in flight, deadlines, failure memory); the
-cache only holds blocks. Talks to an :class:`~nccidfs.store.ObjectStore` and a
+cache only holds blocks. Talks to an :class:`~nccidfs.store.protocol.ObjectStore` and a
 :class:`~nccidfs.cache.DiskCache` only.
 """
 
@@ -37,7 +37,7 @@ from nccidfs.cache import CacheEntry, DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.errors import CorruptData, NccidfsError, TransientError
 from nccidfs.objects import ObjectInfo
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

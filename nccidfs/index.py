@@ -26,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from nccidfs.objects import Entry, ObjectInfo, is_plain_md5
+from nccidfs.objects import Entry, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,15 @@ _INSERT = {rows: "INSERT INTO entries VALUES " + ",".join([f"({', '.join('?' * _
 
 # A directory with its rows as one JSON document, read in a single step: sqlite3 lets go of the interpreter
 # lock at every row it steps, and under a walk's threads a listing read row by row waited its turn at each.
-# The ETag comes back as text (a packed MD5 as hex), the time as text with 17 digits in SQLite's extended
-# precision ("%!"), which reads back as the same float where SQLite prints floats exactly: that is checked
-# when the index is opened, and where it does not hold, a directory is read row by row (_LISTING_ROWS).
+# The ETag comes back as text (a packed one as hex, marked by a fifth element), the time as text with 17
+# digits in SQLite's extended precision ("%!"), which reads back as the same float where SQLite prints
+# floats exactly: that is checked when the index is opened, and where it does not hold, a directory is read
+# row by row (_LISTING_ROWS).
 _TIME_AS_TEXT = "printf('%!.17g', {})"
 _LISTING_AS_JSON = (
     "SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, CASE typeof(e.etag) WHEN 'blob' "
-    f"THEN lower(hex(e.etag)) ELSE e.etag END, {_TIME_AS_TEXT.format('e.mtime')})) FROM entries e "
-    "WHERE e.dir = d.id) FROM dirs d WHERE d.prefix = ?")
+    f"THEN lower(hex(e.etag)) ELSE e.etag END, {_TIME_AS_TEXT.format('e.mtime')}, typeof(e.etag) = 'blob')) "
+    "FROM entries e WHERE e.dir = d.id) FROM dirs d WHERE d.prefix = ?")
 _LISTING_ROWS = ("SELECT d.fetched, e.name, e.size, e.etag, e.mtime FROM dirs d LEFT JOIN entries e ON e.dir = d.id "
                  "WHERE d.prefix = ?")
 
@@ -78,19 +79,28 @@ def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
     return all(float(db.execute(check, (sample,)).fetchone()[0]) == sample for sample in samples)
 
 
-def _packed(etag: str) -> str | bytes:
-    """A plain MD5 ETag as its 16 bytes (about 100 bytes a row become about 85); any other (multipart
-    "<hex>-N", upper case) as it came."""
-    return bytes.fromhex(etag) if is_plain_md5(etag) else etag
+def _packed(obj: ObjectInfo) -> str | bytes:
+    """An ETag that is also the object's MD5 as its 16 bytes (about 100 bytes a row become about 85); any
+    other (an S3 multipart "<hex>-N", upper case) as it came. The column's type thus records whether the
+    ETag is the MD5, and :func:`_version` reads both back from it."""
+    return bytes.fromhex(obj.etag) if obj.md5 == obj.etag else obj.etag
+
+
+def _version(stored: str | bytes | None, packed_hex: bool) -> tuple[str, str | None]:
+    """(ETag, MD5) of an ETag as :func:`_packed` stored it: one packed into bytes is the MD5 too. A listing
+    read as JSON has the packed ones as hex, marked by ``packed_hex``."""
+    if isinstance(stored, bytes):
+        return stored.hex(), stored.hex()
+    return stored or "", stored if packed_hex else None
 
 
 def _entry(prefix: str, row: Sequence[Any], dir_mtime: float) -> Entry:
-    name, size, etag, mtime = row
+    name, size, stored, mtime, *packed_hex = row
     if size == _DIR_SIZE:
         return Entry(name, True, mtime=dir_mtime)
     when = float(mtime or 0.0)
-    text = etag.hex() if isinstance(etag, bytes) else etag or ""
-    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, text, when))
+    etag, md5 = _version(stored, bool(packed_hex and packed_hex[0]))
+    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, etag, when, md5))
 
 
 class ListingIndex:
@@ -203,7 +213,7 @@ class ListingIndex:
             self._db.execute("DELETE FROM entries WHERE dir = ?", (dir_id,))
         values = list(chain.from_iterable(
             (dir_id, e.name, _DIR_SIZE, None, None) if e.obj is None
-            else (dir_id, e.name, e.obj.size, _packed(e.obj.etag), e.obj.mtime) for e in entries.values()))
+            else (dir_id, e.name, e.obj.size, _packed(e.obj), e.obj.mtime) for e in entries.values()))
         at = 0
         for rows in _INSERT_BATCHES:
             while len(values) - at >= rows * _COLUMNS:

@@ -32,7 +32,7 @@ from nccidfs import deadline
 from nccidfs.errors import NccidfsError, NotFound, TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.objects import Entry, Listing
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

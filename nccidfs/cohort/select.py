@@ -36,7 +36,7 @@ from nccidfs.derived.clinical import CLEANED_COLUMNS
 from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, SCHEMA_VERSION
 from nccidfs.objects import ObjectInfo
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

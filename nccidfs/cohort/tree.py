@@ -18,7 +18,8 @@ from array import array
 from typing import BinaryIO
 
 from nccidfs.cohort.manifest import Columns
-from nccidfs.objects import Listing, ObjectInfo, is_plain_md5
+from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.s3.etag import md5_of_etag
 
 _MD5_BYTES = 16
 _MAX_META = 1 << 30  # the first line of a kept tree: counts, and the ETags that are not plain MD5s
@@ -86,7 +87,7 @@ class FrozenTree:
             self._etags += bytes.fromhex(joined)  # every one a plain MD5, as nearly always
             return
         for number, etag in enumerate(etags, self.objects):
-            if is_plain_md5(etag):
+            if len(etag) == _MD5_BYTES * 2 and _HEX.fullmatch(etag):
                 self._etags += bytes.fromhex(etag)
             else:
                 self._etags += bytes(_MD5_BYTES)
@@ -148,7 +149,7 @@ class FrozenTree:
 
     def _object(self, key: str, number: int) -> ObjectInfo:
         etag = self._other_etags.get(number) or self._etags[number * _MD5_BYTES:(number + 1) * _MD5_BYTES].hex()
-        return ObjectInfo(key, self._sizes[number], etag, self._mtimes[number])
+        return ObjectInfo(key, self._sizes[number], etag, self._mtimes[number], md5_of_etag(etag))
 
     def _objects(self, run: int) -> list[ObjectInfo]:
         folder = self._folders[run]

@@ -28,7 +28,8 @@ def du(directory: Path) -> int:
 
 
 def obj(key: str, body: bytes) -> ObjectInfo:
-    return ObjectInfo(key, len(body), hashlib.md5(body).hexdigest(), 0.0)
+    md5 = hashlib.md5(body).hexdigest()
+    return ObjectInfo(key, len(body), md5, 0.0, md5)
 
 
 def store_all(cache: DiskCache, info: ObjectInfo, body: bytes) -> None:
@@ -184,7 +185,8 @@ def test_a_complete_object_that_does_not_match_its_md5_etag_is_discarded(tmp_pat
     assert cache.verify_whole(entry)
     cache.unpin(entry)
     lying = obj("k2", body)
-    lying = type(lying)(lying.key, lying.size, hashlib.md5(b"other").hexdigest(), 0.0)
+    other = hashlib.md5(b"other").hexdigest()
+    lying = type(lying)(lying.key, lying.size, other, 0.0, other)
     entry = cache.pin(lying)
     cache.store(entry, 0, body)
     assert not cache.verify_whole(entry)

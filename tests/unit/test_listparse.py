@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nccidfs.errors import CorruptData
-from nccidfs.listparse import PAGE_KEY, parse_list_page, take_page
+from nccidfs.s3.listparse import PAGE_KEY, parse_list_page, take_page
 
 HEAD = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
         b"<Name>b</Name><Prefix>training/ct/</Prefix><IsTruncated>false</IsTruncated>")

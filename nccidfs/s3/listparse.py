@@ -24,6 +24,7 @@ from urllib.parse import unquote_plus
 
 from nccidfs.errors import CorruptData
 from nccidfs.objects import ObjectInfo
+from nccidfs.s3.etag import md5_of_etag
 
 PAGE_KEY = "NccidfsPage"
 # What botocore's own parser is left to read once the page has been taken.
@@ -64,7 +65,7 @@ def _text(raw: bytes, url_encoded: bool) -> str:
 
 
 def parse_list_page(body: bytes) -> ListPage:
-    """Objects (with size, ETag and time), common prefixes and the continuation of one page.
+    """Objects (with size, ETag, time and the MD5 a plain ETag gives), common prefixes and the continuation of one page.
 
     Raises CorruptData for a page that does not have the shape S3 gives it.
     """
@@ -84,8 +85,8 @@ def _parse(body: bytes) -> ListPage:
             when = times[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
         if not size.isdigit():
             raise ValueError(f"Contents element {number} has size {size[:32]!r}")
-        objects.append(ObjectInfo(_text(key, url_encoded), int(size),
-                                  etag.replace(b"&quot;", b"").strip(b'"').decode(), when))
+        text = etag.replace(b"&quot;", b"").strip(b'"').decode()
+        objects.append(ObjectInfo(_text(key, url_encoded), int(size), text, when, md5_of_etag(text)))
     prefixes = [_text(p, url_encoded) for p in _COMMON_PREFIX.findall(body)]
     token = _TOKEN.search(body)
     return ListPage(objects, prefixes, _TRUNCATED.search(body) is not None,
@@ -120,7 +121,7 @@ def take_page(response_dict: dict[str, Any], customized_response_dict: dict[str,
 
     A 200 answer with a body that is not one whole result (an error inside a 200, a body cut short) is
     marked 500, so botocore retries it and reports it as it does S3's errors: its own check for that,
-    which parses every page whole with ElementTree, is switched off (see :class:`~nccidfs.store.Boto3Store`).
+    which parses every page whole with ElementTree, is switched off (see :class:`~nccidfs.s3.store.Boto3Store`).
     """
     body = response_dict["body"]
     if response_dict.get("status_code") != 200:

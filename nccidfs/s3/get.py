@@ -30,7 +30,8 @@ _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
 class GetError(Exception):
-    """A GET that S3 answered with an error status; ``response`` mimics botocore's for :func:`classify`."""
+    """A GET that S3 answered with an error status; ``response`` mimics botocore's, for
+    :func:`~nccidfs.s3.errors.classify`."""
 
     def __init__(self, status: int, code: str) -> None:
         super().__init__(f"HTTP {status} {code}")
