@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nccidfs.errors import AccessDenied, NccidfsError, NotFound, ObjectChanged, TransientError
+from nccidfs.errors import AccessDenied, CorruptData, NccidfsError, NotFound, ObjectChanged, TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.objects import Listing, ObjectInfo
 from nccidfs.store.protocol import ObjectStore
@@ -34,13 +34,18 @@ class MemoryStore:
         self.requests: Counter[str] = Counter()
         self.ranges: list[tuple[str, int, int]] = []
         self.stats = RequestStats()
+        # Keys uploaded in this many parts: their ETag is then of S3's multipart form and no MD5.
+        self.parts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def info(self, key: str) -> ObjectInfo:
-        """An object as a listing gives it; its ETag is its MD5, as an S3 single-part upload's."""
+        """An object as a listing gives it; its ETag is its MD5, as an S3 single-part upload's, unless it
+        was uploaded in parts."""
         body = self.objects[key]
         md5 = hashlib.md5(body).hexdigest()
-        return ObjectInfo(key, len(body), md5, MTIME, md5)
+        parts = self.parts.get(key, 1)
+        return ObjectInfo(key, len(body), f"{md5}-{parts}", MTIME) if parts > 1 else ObjectInfo(
+            key, len(body), md5, MTIME, md5)
 
     def _check(self, prefix: str) -> None:
         if self.list_latency:
@@ -86,6 +91,8 @@ class MemoryStore:
             raise NotFound(key)
         if self.info(key).etag != etag:
             raise ObjectChanged(key)
+        if end > len(self.objects[key]):
+            raise CorruptData(f"get {key}: the range reaches past the object's end")
         data = self.objects[key][start:end]
         self.stats.record(GET, len(data))
         return data

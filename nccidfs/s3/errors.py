@@ -3,13 +3,13 @@ and from :class:`~nccidfs.s3.get.GetError` alike: both carry botocore's ``respon
 
 from __future__ import annotations
 
-from nccidfs.errors import AccessDenied, NccidfsError, NotFound, ObjectChanged, TransientError
+from nccidfs.errors import AccessDenied, CorruptData, NccidfsError, NotFound, ObjectChanged, TransientError
 
 NOT_FOUND = ("NoSuchKey", "404", "NotFound")
 NO_BUCKET = "NoSuchBucket"
 DENIED = ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 PRECONDITION_FAILED = ("PreconditionFailed", "412")
-# A range that starts at or after the object's end (S3 answers 416).
+# A range that starts at or after the object's end (S3 answers 416): the object is shorter than listed.
 INVALID_RANGE = "InvalidRange"
 
 
@@ -31,4 +31,6 @@ def classify(error: Exception, what: str) -> NccidfsError:
         return AccessDenied(f"{what}: access denied ({code})")
     if code in PRECONDITION_FAILED:
         return ObjectChanged(f"{what}: object changed since it was listed")
+    if code == INVALID_RANGE:
+        return CorruptData(f"{what}: the range reaches past the object's end")
     return TransientError(f"{what}: {code}")

@@ -35,5 +35,5 @@ class ObjectStore(Protocol):
         """True when ``prefix`` holds something; raises AccessDenied when it may not be listed."""
 
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
-        """Bytes ``[start, end)`` of the version of ``key`` whose ETag is ``etag`` (fewer when the object
-        ends first); ObjectChanged when that version is gone, NotFound when the key is."""
+        """Bytes ``[start, end)`` of the version of ``key`` whose ETag is ``etag``: ObjectChanged when that
+        version is gone, NotFound when the key is, CorruptData when the range reaches past its end."""
