@@ -1,5 +1,6 @@
-"""The backends the conformance suite runs against: the in-memory store the unit tests use, and the S3
-store over moto's HTTP server. Each test gets an empty bucket of its own and a store with fresh counters."""
+"""The backends the conformance suite runs against: the in-memory store the unit tests use (alone, and
+inside a FailingStore with no fault, which must change nothing), and the S3 store over moto's HTTP
+server. Each test gets an empty bucket of its own and a store with fresh counters."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from nccidfs.config import S3Config
 from nccidfs.s3.store import Boto3Store
 from nccidfs.store.protocol import ObjectStore
-from tests.fakes import MemoryStore
+from tests.fakes import FailingStore, MemoryStore
 from tests.mounting import REGION, s3_client
 
 # Short enough that a store retrying what it should not fails the test in seconds, not minutes.
@@ -71,8 +72,11 @@ def s3_backend(endpoint: str) -> Backend:
     return Backend(store, put, put_in_parts, delete)
 
 
-@pytest.fixture(params=["memory", "s3"])
+@pytest.fixture(params=["memory", "failing-memory", "s3"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return memory_backend()
+    if request.param == "failing-memory":
+        memory = memory_backend()
+        return Backend(FailingStore(memory.store), memory.put, memory.put_in_parts, memory.delete)
     return s3_backend(request.getfixturevalue("s3_endpoint"))
