@@ -19,6 +19,7 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -124,11 +125,11 @@ def take_page(response_dict: dict[str, Any], customized_response_dict: dict[str,
     which parses every page whole with ElementTree, is switched off (see :class:`~nccidfs.s3.store.Boto3Store`).
     """
     body = response_dict["body"]
-    if response_dict.get("status_code") != 200:
+    if response_dict.get("status_code") != HTTPStatus.OK:
         return
     if not _is_whole_result(body):
         if body:
-            response_dict["status_code"] = 500
+            response_dict["status_code"] = HTTPStatus.INTERNAL_SERVER_ERROR.value
         return
     customized_response_dict[PAGE_KEY] = parse_list_page(body)
     response_dict["body"] = _EMPTY_RESULT

@@ -45,6 +45,7 @@ BACKOFF_JITTER = 0.5
 # After this many failed attempts at one request, a WARNING says it is still failing.
 WARN_AFTER_ATTEMPTS = 3
 
+
 class Boto3Store:
     """:class:`~nccidfs.store.protocol.ObjectStore` over boto3 (listings) and
     :class:`~nccidfs.s3.get.RangeGetter` (GETs), with short timeouts and retries until the deadline."""
