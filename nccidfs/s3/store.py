@@ -1,6 +1,6 @@
 """The storage seam over S3: :class:`~nccidfs.store.protocol.ObjectStore` with boto3 for listings and
-:mod:`nccidfs.s3.get` for ranged GETs. Nothing outside :mod:`nccidfs.s3` imports boto3. Listings always use
-a prefix that ends in ``/`` with delimiter ``/`` because the warehouse's IAM policy refuses any other form.
+:mod:`nccidfs.s3.get` for ranged GETs; the layers above see only the protocol. Listings always use a
+prefix that ends in ``/`` with delimiter ``/`` because the warehouse's IAM policy refuses any other form.
 
 A listing is bounded whatever the server says: all its pages together must arrive within the deadline,
 stay under :data:`MAX_PAGES` pages and :data:`MAX_ENTRIES` entries, and never repeat a continuation
