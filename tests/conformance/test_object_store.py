@@ -129,3 +129,13 @@ def test_stats_count_each_listing_and_get_and_the_bytes_fetched(backend: Backend
     backend.store.get_range("p/a", 100, 110, etag)
     snapshot = stats.snapshot()
     assert snapshot["requests"] == {LIST: 3, GET: 2} and snapshot["bytes_fetched"] == 110
+
+
+def test_a_head_read_by_name_gives_the_first_bytes_of_whatever_is_there(backend: Backend) -> None:
+    """The catalog reads metadata twins by name alone, with no listing to pin a version."""
+    backend.put_all([("p/a", BODY), ("p/empty", b"")])
+    head = backend.store.get_head  # type: ignore[attr-defined]  # beyond the protocol: catalog_build.Bucket
+    assert head("p/a", 10) == BODY[:10] and head("p/a", len(BODY) + 10) == BODY
+    assert head("p/empty", 10) == b""
+    with pytest.raises(NotFound):
+        head("p/missing", 10)
