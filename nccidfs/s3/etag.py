@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import re
 
-_PLAIN_MD5 = re.compile("[0-9a-f]{32}")
+MD5_HEX_DIGITS = 32
+_HEX = re.compile("[0-9a-f]*")
 
 
 def md5_of_etag(etag: str) -> str | None:
     """The object's MD5 when its ETag is one (a single-part upload), else None."""
-    return etag if _PLAIN_MD5.fullmatch(etag) is not None else None
+    return etag if len(etag) == MD5_HEX_DIGITS and _HEX.fullmatch(etag) is not None else None
+
+
+def md5s_of_etags(etags: list[str]) -> list[str] | list[str | None]:
+    """:func:`md5_of_etag` of each: in one scan of them all when every one is an MD5, as on nearly every
+    page of a listing, where a scan per key cost a fifth of the page's parse."""
+    joined = "".join(etags)
+    if len(joined) == MD5_HEX_DIGITS * len(etags) and _HEX.fullmatch(joined) is not None:
+        return etags
+    return [md5_of_etag(etag) for etag in etags]

@@ -25,7 +25,7 @@ from urllib.parse import unquote_plus
 
 from nccidfs.errors import CorruptData
 from nccidfs.objects import ObjectInfo
-from nccidfs.s3.etag import md5_of_etag
+from nccidfs.s3.etag import md5s_of_etags
 
 PAGE_KEY = "NccidfsPage"
 # What botocore's own parser is left to read once the page has been taken.
@@ -80,14 +80,16 @@ def _parse(body: bytes) -> ListPage:
     url_encoded = _URL_ENCODED.search(body) is not None
     times: dict[bytes, float] = {}
     objects = []
-    for number, (key, stamp, etag, size) in enumerate(_contents(body)):
+    rows = _contents(body)
+    etags = [etag.replace(b"&quot;", b"").strip(b'"').decode() for _, _, etag, _ in rows]
+    md5s = md5s_of_etags(etags)
+    for number, (key, stamp, _, size) in enumerate(rows):
         when = times.get(stamp)
         if when is None:
             when = times[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
         if not size.isdigit():
             raise ValueError(f"Contents element {number} has size {size[:32]!r}")
-        text = etag.replace(b"&quot;", b"").strip(b'"').decode()
-        objects.append(ObjectInfo(_text(key, url_encoded), int(size), text, when, md5_of_etag(text)))
+        objects.append(ObjectInfo(_text(key, url_encoded), int(size), etags[number], when, md5s[number]))
     prefixes = [_text(p, url_encoded) for p in _COMMON_PREFIX.findall(body)]
     token = _TOKEN.search(body)
     return ListPage(objects, prefixes, _TRUNCATED.search(body) is not None,
