@@ -59,17 +59,19 @@ _INSERT = {rows: "INSERT INTO entries VALUES " + ",".join([f"({', '.join('?' * _
 
 # A directory with its rows as one JSON document, read in a single step: sqlite3 lets go of the interpreter
 # lock at every row it steps, and under a walk's threads a listing read row by row waited its turn at each.
-# The ETag comes back as text (a packed one as hex, marked by a fifth element), the time as text with 17
-# digits in SQLite's extended precision ("%!"), which reads back as the same float where SQLite prints
-# floats exactly: that is checked when the index is opened, and where it does not hold, a directory is read
-# row by row (_LISTING_ROWS).
+# The ETag comes back as text (see _ETAG_AS_TEXT), the time as text with 17 digits in SQLite's extended
+# precision ("%!"), which reads back as the same float where SQLite prints floats exactly: that is checked
+# when the index is opened, and where it does not hold, a directory is read row by row (_LISTING_ROWS).
 _TIME_AS_TEXT = "printf('%!.17g', {})"
+# Every read gives the ETag as text: a packed one (the object's MD5 too) as hex, any other behind
+# _UNPACKED, a character no hex digit is.
+_UNPACKED = "~"
+_ETAG_AS_TEXT = f"CASE typeof(e.etag) WHEN 'blob' THEN lower(hex(e.etag)) ELSE '{_UNPACKED}' || e.etag END"
 _LISTING_AS_JSON = (
-    "SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, CASE typeof(e.etag) WHEN 'blob' "
-    f"THEN lower(hex(e.etag)) ELSE e.etag END, {_TIME_AS_TEXT.format('e.mtime')}, typeof(e.etag) = 'blob')) "
-    "FROM entries e WHERE e.dir = d.id) FROM dirs d WHERE d.prefix = ?")
-_LISTING_ROWS = ("SELECT d.fetched, e.name, e.size, e.etag, e.mtime FROM dirs d LEFT JOIN entries e ON e.dir = d.id "
-                 "WHERE d.prefix = ?")
+    f"SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, {_ETAG_AS_TEXT}, "
+    f"{_TIME_AS_TEXT.format('e.mtime')})) FROM entries e WHERE e.dir = d.id) FROM dirs d WHERE d.prefix = ?")
+_LISTING_ROWS = (f"SELECT d.fetched, e.name, e.size, {_ETAG_AS_TEXT}, e.mtime FROM dirs d LEFT JOIN entries e "
+                 "ON e.dir = d.id WHERE d.prefix = ?")
 
 
 def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
@@ -82,25 +84,19 @@ def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
 def _packed(obj: ObjectInfo) -> str | bytes:
     """An ETag that is also the object's MD5 as its 16 bytes (about 100 bytes a row become about 85); any
     other (an S3 multipart "<hex>-N", upper case) as it came. The column's type thus records whether the
-    ETag is the MD5, and :func:`_version` reads both back from it."""
+    ETag is the MD5, and :func:`_entry` reads both back from it."""
     return bytes.fromhex(obj.etag) if obj.md5 == obj.etag else obj.etag
 
 
-def _version(stored: str | bytes | None, packed_hex: bool) -> tuple[str, str | None]:
-    """(ETag, MD5) of an ETag as :func:`_packed` stored it: one packed into bytes is the MD5 too. A listing
-    read as JSON has the packed ones as hex, marked by ``packed_hex``."""
-    if isinstance(stored, bytes):
-        return stored.hex(), stored.hex()
-    return stored or "", stored if packed_hex else None
-
-
 def _entry(prefix: str, row: Sequence[Any], dir_mtime: float) -> Entry:
-    name, size, stored, mtime, *packed_hex = row
+    """An entry from a row (name, size, ETag as _ETAG_AS_TEXT gives it, time): a packed ETag is the MD5 too."""
+    name, size, stored, mtime = row
     if size == _DIR_SIZE:
         return Entry(name, True, mtime=dir_mtime)
     when = float(mtime or 0.0)
-    etag, md5 = _version(stored, bool(packed_hex and packed_hex[0]))
-    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, etag, when, md5))
+    if stored.startswith(_UNPACKED):
+        return Entry(name, False, size, when, ObjectInfo(prefix + name, size, stored[1:], when))
+    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, stored, when, stored))
 
 
 class ListingIndex:
@@ -161,7 +157,7 @@ class ListingIndex:
     def lookup(self, prefix: str, name: str, dir_mtime: float) -> Entry | None:
         """One entry of an indexed directory: a single B-tree probe."""
         row = self._read(
-            "SELECT e.name, e.size, e.etag, e.mtime FROM entries e JOIN dirs d ON e.dir = d.id "
+            f"SELECT e.name, e.size, {_ETAG_AS_TEXT}, e.mtime FROM entries e JOIN dirs d ON e.dir = d.id "
             "WHERE d.prefix = ? AND e.name = ?", (prefix, name))
         return None if row is None else _entry(prefix, row, dir_mtime)
 
