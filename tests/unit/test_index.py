@@ -11,7 +11,7 @@ from nccidfs.errors import TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry, ObjectInfo
-from tests.fakes import MemoryStore
+from tests.fakes import FailingStore, MemoryStore
 
 MD5 = "0123456789abcdef0123456789abcdef"
 KEYS = {
@@ -20,23 +20,7 @@ KEYS = {
 }
 
 
-class FlakyStore(MemoryStore):
-    """A MemoryStore that can be switched off, like an endpoint that stops answering."""
-
-    down = False
-
-    def list_dir(self, prefix: str):  # type: ignore[no-untyped-def]
-        if self.down:
-            raise TransientError(f"list {prefix}: unreachable")
-        return super().list_dir(prefix)
-
-    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None):  # type: ignore[no-untyped-def]
-        if self.down:
-            raise TransientError(f"list {prefix}: unreachable")
-        return super().list_tree(prefix, start_after, end)
-
-
-def namespace(store: MemoryStore, path: Path, ttl: float = 300.0) -> Namespace:
+def namespace(store: MemoryStore | FailingStore, path: Path, ttl: float = 300.0) -> Namespace:
     return Namespace(store, "training/", ["ct", "data"], ttl, 10_000, ListingIndex(path / "index.db", {"bucket": "b"}))
 
 
@@ -66,10 +50,10 @@ def test_rows_of_an_earlier_run_are_refreshed_in_the_background(tmp_path: Path) 
 
 
 def test_offline_serves_the_saved_listing_and_fails_without_one(tmp_path: Path) -> None:
-    store = FlakyStore(KEYS)
+    store = FailingStore(KEYS)
     ns = namespace(store, tmp_path, ttl=0.05)
     ns.list("/data/Covid1")
-    store.down = True
+    store.fail("list")  # the endpoint stops answering listings
     time.sleep(0.1)
     assert list(ns.list("/data/Covid1")) == ["status_2020-05-01.json"]
     with pytest.raises(TransientError):
