@@ -28,7 +28,7 @@ from pathlib import Path
 import boto3
 
 from nccidfs.config import S3Config
-from nccidfs.store import Boto3Store
+from nccidfs.s3.store import Boto3Store
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "nccid-data-warehouse-prod"

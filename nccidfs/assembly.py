@@ -30,7 +30,7 @@ from nccidfs.log import strip_credentials
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Listing
 from nccidfs.prefetch import SeriesPrefetcher
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 from nccidfs.views.catalog import CatalogBuilder, CatalogView
 from nccidfs.views.cohorts import CohortView
 from nccidfs.views.generated import Generated, ObjectReader

@@ -63,7 +63,7 @@ from nccidfs.config import format_size
 from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
 from nccidfs.eviction import EvictionPolicy, LruPolicy
-from nccidfs.objects import ObjectInfo, is_plain_md5
+from nccidfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,9 @@ class CacheEntry:
     fd: int | None = None
     # Whether the complete object was checked against its ETag's MD5 in this run.
     verified: bool = False
+    # The object's MD5, from the listing: a map keeps only the ETag, so an entry read from disk learns it
+    # when it is pinned.
+    md5: str | None = None
 
     def __post_init__(self) -> None:
         self._present = bytearray(self.block_count)
@@ -327,6 +330,7 @@ class DiskCache:
                 self._policy.admit(digest)
             else:
                 stamp = self._policy.used(digest)
+            entry.md5 = entry.md5 or obj.md5
             entry._pins += 1
         if stamp is not None:
             # Outside the lock: a system call. The entry is pinned, so its map is not unlinked meanwhile.
@@ -486,11 +490,11 @@ class DiskCache:
         return entry.charge
 
     def verify_bytes(self, entry: CacheEntry, data: bytes) -> bool:
-        """Check the whole object's bytes, fetched but not yet stored, against a plain-MD5 ETag; True when
-        the ETag is not one (multipart upload). Checked in memory, they need not be read back."""
-        if not is_plain_md5(entry.etag) or len(data) != entry.size:
+        """Check the whole object's bytes, fetched but not yet stored, against its MD5; True when the
+        store gave none (an S3 multipart upload). Checked in memory, they need not be read back."""
+        if entry.md5 is None or len(data) != entry.size:
             return True
-        if hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.etag:
+        if hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.md5:
             log.error("%s: the bytes S3 sent do not match the ETag's MD5", entry.key)
             return False
         with entry._lock:
@@ -498,11 +502,11 @@ class DiskCache:
         return True
 
     def verify_whole(self, entry: CacheEntry) -> bool:
-        """Check a complete object against its ETag when the ETag is a plain MD5 (single-part upload).
+        """Check a complete object against its MD5 when the store gave one (an S3 single-part upload).
 
         A mismatch drops every block, so the object is fetched again rather than served wrong.
         """
-        if not is_plain_md5(entry.etag) or not self.is_complete(entry):
+        if entry.md5 is None or not self.is_complete(entry):
             return True
         with entry._lock:
             if entry.verified:
@@ -512,7 +516,7 @@ class DiskCache:
         digest = hashlib.md5(usedforsecurity=False)
         for offset in range(0, entry.size, MD5_CHUNK):
             digest.update(os.pread(fd, min(MD5_CHUNK, entry.size - offset), offset))
-        if digest.hexdigest() == entry.etag:
+        if digest.hexdigest() == entry.md5:
             return True
         log.error("%s: cached bytes do not match the ETag's MD5; discarding them", entry.key)
         with entry._lock:

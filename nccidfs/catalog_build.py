@@ -48,7 +48,7 @@ from nccidfs.layout import CLINICAL_FOLDER, CT, MRI, XRAY, is_image, twin_folder
 from nccidfs.namespace import Namespace
 from nccidfs.namespace.rules import MAX_NAME_BYTES, dir_prefix, is_safe_name
 from nccidfs.objects import ObjectInfo
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

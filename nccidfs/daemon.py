@@ -30,7 +30,7 @@ from nccidfs.control import ControlServer
 from nccidfs.errors import NccidfsError
 from nccidfs.log import reopen_log_file, strip_credentials
 from nccidfs.objects import Listing
-from nccidfs.store import ObjectStore, RequestStats
+from nccidfs.store.protocol import ObjectStore
 
 if TYPE_CHECKING:
     from nccidfs import exposition
@@ -113,8 +113,8 @@ class Daemon:
         parts = self.parts
         cache = {**parts.cache.stats(), "hits": parts.fetcher.hits, "misses": parts.fetcher.misses}
         lookups = cache["hits"] + cache["misses"]
-        stats = getattr(self.store, "stats", None)  # a cohort's store shares the S3 store's counters
-        requests = stats.snapshot() if isinstance(stats, RequestStats) else {}
+        stats = self.store.stats  # a cohort's store shares the S3 store's counters
+        requests = stats.snapshot() if stats is not None else {}
         prefetch = parts.prefetcher
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": str(self.config.mount.mountpoint),
@@ -143,8 +143,8 @@ class Daemon:
 
         with self._exposition_lock:
             if self._metrics is None:
-                stats = getattr(self.store, "stats", None)  # a cohort's store shares the S3 store's counters
-                s3 = stats.latencies if isinstance(stats, RequestStats) else None
+                stats = self.store.stats  # a cohort's store shares the S3 store's counters
+                s3 = stats.latencies if stats is not None else None
                 self._metrics = exposition.Exposition(exposition.DaemonCollector(self.status, s3))
             return self._metrics
 

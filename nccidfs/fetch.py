@@ -17,7 +17,7 @@
 The fetcher owns everything about requests under way (parts in flight, deadlines, failure memory); the
 cache only holds blocks, and is asked which blocks are present, never reached into. Readers pin the
 object they read through the fetcher (:meth:`Fetcher.pin`, :meth:`Fetcher.pinned`). Talks to an
-:class:`~nccidfs.store.ObjectStore` and a :class:`~nccidfs.cache.DiskCache` only; the order in which
+:class:`~nccidfs.store.protocol.ObjectStore` and a :class:`~nccidfs.cache.DiskCache` only; the order in which
 its locks and the cache's are taken is in :mod:`nccidfs.cache`.
 """
 
@@ -40,7 +40,7 @@ from nccidfs.cache import CacheEntry, DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.errors import CorruptData, NccidfsError, TransientError
 from nccidfs.objects import ObjectInfo
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

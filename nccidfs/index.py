@@ -26,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from nccidfs.objects import Entry, ObjectInfo, is_plain_md5
+from nccidfs.objects import Entry, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,19 @@ _INSERT = {rows: "INSERT INTO entries VALUES " + ",".join([f"({', '.join('?' * _
 
 # A directory with its rows as one JSON document, read in a single step: sqlite3 lets go of the interpreter
 # lock at every row it steps, and under a walk's threads a listing read row by row waited its turn at each.
-# The ETag comes back as text (a packed MD5 as hex), the time as text with 17 digits in SQLite's extended
+# The ETag comes back as text (see _ETAG_AS_TEXT), the time as text with 17 digits in SQLite's extended
 # precision ("%!"), which reads back as the same float where SQLite prints floats exactly: that is checked
 # when the index is opened, and where it does not hold, a directory is read row by row (_LISTING_ROWS).
 _TIME_AS_TEXT = "printf('%!.17g', {})"
+# Every read gives the ETag as text: a packed one (the object's MD5 too) as hex, any other behind
+# _UNPACKED, a character no hex digit is.
+_UNPACKED = "~"
+_ETAG_AS_TEXT = f"CASE typeof(e.etag) WHEN 'blob' THEN lower(hex(e.etag)) ELSE '{_UNPACKED}' || e.etag END"
 _LISTING_AS_JSON = (
-    "SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, CASE typeof(e.etag) WHEN 'blob' "
-    f"THEN lower(hex(e.etag)) ELSE e.etag END, {_TIME_AS_TEXT.format('e.mtime')})) FROM entries e "
-    "WHERE e.dir = d.id) FROM dirs d WHERE d.prefix = ?")
-_LISTING_ROWS = ("SELECT d.fetched, e.name, e.size, e.etag, e.mtime FROM dirs d LEFT JOIN entries e ON e.dir = d.id "
-                 "WHERE d.prefix = ?")
+    f"SELECT d.fetched, (SELECT json_group_array(json_array(e.name, e.size, {_ETAG_AS_TEXT}, "
+    f"{_TIME_AS_TEXT.format('e.mtime')})) FROM entries e WHERE e.dir = d.id) FROM dirs d WHERE d.prefix = ?")
+_LISTING_ROWS = (f"SELECT d.fetched, e.name, e.size, {_ETAG_AS_TEXT}, e.mtime FROM dirs d LEFT JOIN entries e "
+                 "ON e.dir = d.id WHERE d.prefix = ?")
 
 
 def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
@@ -78,19 +81,22 @@ def _times_read_back_exactly(db: sqlite3.Connection) -> bool:
     return all(float(db.execute(check, (sample,)).fetchone()[0]) == sample for sample in samples)
 
 
-def _packed(etag: str) -> str | bytes:
-    """A plain MD5 ETag as its 16 bytes (about 100 bytes a row become about 85); any other (multipart
-    "<hex>-N", upper case) as it came."""
-    return bytes.fromhex(etag) if is_plain_md5(etag) else etag
+def _packed(obj: ObjectInfo) -> str | bytes:
+    """An ETag that is also the object's MD5 as its 16 bytes (about 100 bytes a row become about 85); any
+    other (an S3 multipart "<hex>-N", upper case) as it came. The column's type thus records whether the
+    ETag is the MD5, and :func:`_entry` reads both back from it."""
+    return bytes.fromhex(obj.etag) if obj.md5 == obj.etag else obj.etag
 
 
 def _entry(prefix: str, row: Sequence[Any], dir_mtime: float) -> Entry:
-    name, size, etag, mtime = row
+    """An entry from a row (name, size, ETag as _ETAG_AS_TEXT gives it, time): a packed ETag is the MD5 too."""
+    name, size, stored, mtime = row
     if size == _DIR_SIZE:
         return Entry(name, True, mtime=dir_mtime)
     when = float(mtime or 0.0)
-    text = etag.hex() if isinstance(etag, bytes) else etag or ""
-    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, text, when))
+    if stored.startswith(_UNPACKED):
+        return Entry(name, False, size, when, ObjectInfo(prefix + name, size, stored[1:], when))
+    return Entry(name, False, size, when, ObjectInfo(prefix + name, size, stored, when, stored))
 
 
 class ListingIndex:
@@ -151,7 +157,7 @@ class ListingIndex:
     def lookup(self, prefix: str, name: str, dir_mtime: float) -> Entry | None:
         """One entry of an indexed directory: a single B-tree probe."""
         row = self._read(
-            "SELECT e.name, e.size, e.etag, e.mtime FROM entries e JOIN dirs d ON e.dir = d.id "
+            f"SELECT e.name, e.size, {_ETAG_AS_TEXT}, e.mtime FROM entries e JOIN dirs d ON e.dir = d.id "
             "WHERE d.prefix = ? AND e.name = ?", (prefix, name))
         return None if row is None else _entry(prefix, row, dir_mtime)
 
@@ -203,7 +209,7 @@ class ListingIndex:
             self._db.execute("DELETE FROM entries WHERE dir = ?", (dir_id,))
         values = list(chain.from_iterable(
             (dir_id, e.name, _DIR_SIZE, None, None) if e.obj is None
-            else (dir_id, e.name, e.obj.size, _packed(e.obj.etag), e.obj.mtime) for e in entries.values()))
+            else (dir_id, e.name, e.obj.size, _packed(e.obj), e.obj.mtime) for e in entries.values()))
         at = 0
         for rows in _INSERT_BATCHES:
             while len(values) - at >= rows * _COLUMNS:

@@ -18,7 +18,9 @@ from nccidfs.config import Config, MountConfig, S3Config
 from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
 from nccidfs.log import strip_credentials
 from nccidfs.objects import Listing
-from nccidfs.store import Boto3Store, ObjectStore
+from nccidfs.s3.store import SDK_ATTEMPTS, Boto3Store
+from nccidfs.store.protocol import ObjectStore
+from nccidfs.store.stats import RequestStats
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,13 @@ def discover_root(store: ObjectStore, s3: S3Config) -> list[str] | Listing:
     raise ConfigError(f"{where}: prefix not found (no objects under it)")
 
 
+def open_store(s3: S3Config, fail_fast: bool = False, stats: RequestStats | None = None) -> ObjectStore:
+    """The object store these settings reach: S3, through boto3 (the one backend so far; a second one is
+    chosen here). ``fail_fast``: one attempt per request, for a probe that must answer in seconds;
+    ``stats``: counters to share with an earlier store, instead of new ones."""
+    return Boto3Store(s3, max_attempts=1 if fail_fast else SDK_ATTEMPTS, stats=stats)
+
+
 def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | Listing]:
     """Check credentials and reachability within seconds (one bounded attempt each), then the root folders.
 
@@ -139,15 +148,13 @@ def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | Listing]:
     """
     limit = min(s3.deadline, PROBE_SECONDS)
     probe_config = dataclasses.replace(s3, connect_timeout=limit / 2, read_timeout=limit / 2, deadline=limit)
-    probe_store = Boto3Store(probe_config, max_attempts=1)
+    probe_store = open_store(probe_config, fail_fast=True)
     try:
         folders = discover_root(probe_store, s3)
     except TransientError as error:  # a runtime failure (exit 1): the same command may work later
         endpoint = s3.endpoint_url or f"S3 in {s3.region}"
         raise TransientError(strip_credentials(f"cannot reach {endpoint}: {error}")) from None
-    store = Boto3Store(s3)
-    store.stats = probe_store.stats
-    return store, folders
+    return open_store(s3, stats=probe_store.stats), folders
 
 
 def serve(config: Config, store: ObjectStore, folders: list[str] | Listing,

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import NamedTuple
-
-_PLAIN_MD5 = re.compile("[0-9a-f]{32}")
-
-
-def is_plain_md5(etag: str) -> bool:
-    """Whether an ETag is the MD5 of the object's bytes: that of a single-part upload, 32 lower-case hex
-    digits (a multipart upload's is "<hex>-N")."""
-    return _PLAIN_MD5.fullmatch(etag) is not None
 
 
 class ObjectInfo(NamedTuple):
@@ -20,12 +11,17 @@ class ObjectInfo(NamedTuple):
 
     A named tuple rather than a frozen dataclass, as :class:`Entry`: a walk makes one per key, and a
     tuple is made in a third of the time.
+
+    ``etag`` is an opaque version token: reads are pinned to it, and a new one means new bytes. ``md5``
+    is the MD5 of the object's bytes (32 lower-case hex digits) when the store knows it, which the cache
+    checks a whole object against; None when it does not (an S3 multipart upload, a generated file).
     """
 
     key: str
     size: int
     etag: str
     mtime: float
+    md5: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

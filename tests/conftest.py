@@ -13,7 +13,7 @@ import pytest
 
 from nccidfs.assembly import Assembly
 from nccidfs.demo.warehouse import DemoObject, generate_warehouse
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 from tests.core import assemble_core
 from tests.mounting import CREDENTIALS, MOUNTED, PREFIX, fuse_available
 

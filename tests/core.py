@@ -9,7 +9,7 @@ from nccidfs.cachedir import prepare
 from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.config import CacheConfig, Config, MountConfig, ReadConfig, S3Config
 from nccidfs.objects import Listing
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 PREFIX = "training/"
 # A FUSE call's deadline: short, so that tests of outages end quickly.

@@ -1,4 +1,5 @@
-"""In-memory stores at the storage seam, for unit tests of the namespace, cache and fetcher."""
+"""Stores at the storage seam for unit tests of the namespace, cache and fetcher: an in-memory one, kept
+honest against the S3 store by tests/conformance, and a wrapper that injects faults into any store."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from nccidfs.errors import AccessDenied, NotFound, ObjectChanged, TransientError
+from nccidfs.errors import AccessDenied, CorruptData, NccidfsError, NotFound, ObjectChanged, TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.store.protocol import ObjectStore
+from nccidfs.store.stats import GET, LIST, RequestStats
+
+# The time every object of a MemoryStore was last modified.
+MTIME = 1_600_000_000.0
 
 
 class MemoryStore:
@@ -25,17 +33,26 @@ class MemoryStore:
         self.list_latency = list_latency
         self.requests: Counter[str] = Counter()
         self.ranges: list[tuple[str, int, int]] = []
+        self.stats = RequestStats()
+        # Keys uploaded in this many parts: their ETag is then of S3's multipart form and no MD5.
+        self.parts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def info(self, key: str) -> ObjectInfo:
+        """An object as a listing gives it; its ETag is its MD5, as an S3 single-part upload's, unless it
+        was uploaded in parts."""
         body = self.objects[key]
-        return ObjectInfo(key, len(body), hashlib.md5(body).hexdigest(), 1_600_000_000.0)
+        md5 = hashlib.md5(body).hexdigest()
+        parts = self.parts.get(key, 1)
+        return ObjectInfo(key, len(body), f"{md5}-{parts}", MTIME) if parts > 1 else ObjectInfo(
+            key, len(body), md5, MTIME, md5)
 
     def _check(self, prefix: str) -> None:
         if self.list_latency:
             time.sleep(self.list_latency)
         if prefix in self.denied_prefixes:
             raise AccessDenied(f"list {prefix}")
+        self.stats.record(LIST)
 
     def list_dir(self, prefix: str) -> Listing:
         self._check(prefix)
@@ -74,7 +91,11 @@ class MemoryStore:
             raise NotFound(key)
         if self.info(key).etag != etag:
             raise ObjectChanged(key)
-        return self.objects[key][start:end]
+        if end > len(self.objects[key]):
+            raise CorruptData(f"get {key}: the range reaches past the object's end")
+        data = self.objects[key][start:end]
+        self.stats.record(GET, len(data))
+        return data
 
     def get_head(self, key: str, limit: int) -> bytes:
         if self.latency:
@@ -84,7 +105,9 @@ class MemoryStore:
             self.ranges.append((key, 0, limit))
         if key not in self.objects:
             raise NotFound(key)
-        return self.objects[key][:limit]
+        data = self.objects[key][:limit]
+        self.stats.record(GET, len(data))
+        return data
 
 
 def scratch_index() -> ListingIndex:
@@ -92,32 +115,95 @@ def scratch_index() -> ListingIndex:
     return ListingIndex(Path(tempfile.mkdtemp(prefix="nccidfs-index-")) / "index.db", {})
 
 
-class FailingStore(MemoryStore):
-    """A MemoryStore with an outage switch: every request then fails (``down``) or hangs (``stall``)."""
+OPERATIONS = ("list", "probe", "get")
 
-    def __init__(self, objects: dict[str, bytes] | None = None, **kwargs: object) -> None:
-        super().__init__(objects, **kwargs)  # type: ignore[arg-type]
+
+@dataclass
+class Fault:
+    """Requests of ``op`` (any when None) for keys or prefixes starting with ``key`` first hang ``stall``
+    seconds, then fail with ``error`` (when given); ``times`` requests in all, or every one when None.
+    ``hits`` counts the requests it met."""
+
+    op: str | None = None
+    key: str = ""
+    error: type[NccidfsError] | None = TransientError
+    stall: float = 0.0
+    times: int | None = None
+    hits: int = 0
+
+    def meets(self, op: str, key: str) -> bool:
+        return self.op in (None, op) and key.startswith(self.key) and (self.times is None or self.hits < self.times)
+
+
+class FailingStore:
+    """Any store with faults injected at the seam: per operation and per key (:meth:`fail`), or for every
+    request at once: ``down`` (each fails, as in a 503 outage) and ``stall`` (each first hangs).
+
+    A dict of objects (with MemoryStore's keyword arguments) wraps a new :class:`MemoryStore`. The wrapped
+    store's own attributes (a MemoryStore's ``objects``, ``requests`` and ``ranges``) are read through this one.
+    """
+
+    def __init__(self, inner: ObjectStore | dict[str, bytes] | None = None, **memory: Any) -> None:
+        wrapped = inner is None or isinstance(inner, dict)
+        self.inner: Any = MemoryStore(inner, **memory) if wrapped else inner
         self.down = False
         self.stall = 0.0
+        self.faults: list[Fault] = []
+        self._lock = threading.Lock()
 
-    def _outage(self, what: str) -> None:
-        if self.stall:
-            time.sleep(self.stall)
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet: no recursion through this method
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def fail(self, op: str | None = None, key: str = "", error: type[NccidfsError] | None = TransientError,
+             stall: float = 0.0, times: int | None = None) -> Fault:
+        """Add a fault (see :class:`Fault`); the earliest added that meets a request decides it."""
+        if op is not None and op not in OPERATIONS:
+            raise ValueError(f"{op!r} is none of {OPERATIONS}")
+        fault = Fault(op, key, error, stall, times)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def _outage(self, op: str, key: str, what: str) -> None:
+        with self._lock:
+            fault = next((f for f in self.faults if f.meets(op, key)), None)
+            if fault is not None:
+                fault.hits += 1
+        stall = self.stall + (fault.stall if fault else 0.0)
+        if stall:
+            time.sleep(stall)
         if self.down:
             raise TransientError(f"{what}: 503 SlowDown")
+        if fault is not None and fault.error is not None:
+            raise fault.error(f"{what}: injected {fault.error.__name__}")
+
+    @property
+    def stats(self) -> RequestStats | None:
+        stats: RequestStats | None = self.inner.stats
+        return stats
 
     def list_dir(self, prefix: str) -> Listing:
-        self._outage(f"list {prefix}")
-        return super().list_dir(prefix)
+        self._outage("list", prefix, f"list {prefix}")
+        listing: Listing = self.inner.list_dir(prefix)
+        return listing
 
     def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
-        self._outage(f"list {prefix}")
-        return super().list_tree(prefix, start_after, end)
+        self._outage("list", prefix, f"list {prefix}")
+        listing: Listing = self.inner.list_tree(prefix, start_after, end)
+        return listing
+
+    def probe(self, prefix: str) -> bool:
+        self._outage("probe", prefix, f"probe {prefix}")
+        return bool(self.inner.probe(prefix))
 
     def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
-        self._outage(f"get {key}")
-        return super().get_range(key, start, end, etag)
+        self._outage("get", key, f"get {key}")
+        data: bytes = self.inner.get_range(key, start, end, etag)
+        return data
 
     def get_head(self, key: str, limit: int) -> bytes:
-        self._outage(f"get {key}")
-        return super().get_head(key, limit)
+        self._outage("get", key, f"get {key}")
+        data: bytes = self.inner.get_head(key, limit)
+        return data

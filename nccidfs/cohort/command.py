@@ -18,7 +18,8 @@ from nccidfs.commands import mount_status
 from nccidfs.config import CONTROL_DIR, DEFAULT_REGION, S3Config, format_size, normalize_prefix
 from nccidfs.errors import ConfigError
 from nccidfs.layout import is_image, is_twin_folder
-from nccidfs.store import Boto3Store, ObjectStore
+from nccidfs.mount import open_store
+from nccidfs.store.protocol import ObjectStore
 from nccidfs.views.cohorts import publish
 
 EXIT_OK, EXIT_CHANGED = 0, 1
@@ -116,7 +117,7 @@ def create(args: argparse.Namespace) -> int:
                   endpoint_url=status.get("endpoint_url"))
 
     def store() -> ObjectStore:
-        return Boto3Store(s3) if as_of is None else AsOfStore(Boto3Store(s3), as_of)
+        return open_store(s3) if as_of is None else AsOfStore(open_store(s3), as_of)
 
     endpoint = status.get("endpoint_url") or f"aws:{s3.region}"
     source = ListingSource(Path(status["cache"]["directory"]), {"endpoint": endpoint, "bucket": s3.bucket,
@@ -178,7 +179,7 @@ def verify(args: argparse.Namespace) -> int:
     s3 = warehouse_config(S3Config(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url),
                           frozen.header, path)
     started = time.monotonic()
-    found = operations.verify(frozen.rows, Boto3Store(s3), s3.prefix)
+    found = operations.verify(frozen.rows, open_store(s3), s3.prefix)
     for key in found.changed:
         print(f"changed  {key}")
     for key in found.removed:

@@ -10,21 +10,19 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from nccidfs import cachedir
+from nccidfs import cachedir, mount
 from nccidfs.cohort import manifest, packed
 from nccidfs.cohort.source import AsOfStore, FrozenStore, endpoint_host
 from nccidfs.config import DEFAULT_BUCKET, DEFAULT_PREFIX, Config, S3Config
 from nccidfs.errors import ConfigError
 from nccidfs.objects import Listing
-from nccidfs.store import Boto3Store, ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
 def connect(config: Config) -> tuple[Config, ObjectStore, list[str] | Listing]:
     """The config, store and root of a mount: a cohort's, the bucket as of a date, or the bucket."""
-    from nccidfs import mount
-
     if config.mount.cohort is not None:
         return open_cohort(config, config.mount.cohort)
     store, root = mount.connect(config.s3)
@@ -47,7 +45,7 @@ def open_cohort(config: Config, path: Path) -> tuple[Config, FrozenStore, Listin
     view = f"cohort {digest}" + ("" if config.mount.as_of is None else f" as of {config.mount.as_of!r}")
     config = dataclasses.replace(config, s3=s3, mount=dataclasses.replace(config.mount, view=view))
     log.info("cohort %s: %d objects, %d bytes, from %s", header.name, tree.objects, tree.bytes, path)
-    return config, FrozenStore(tree, Boto3Store(s3)), root
+    return config, FrozenStore(tree, mount.open_store(s3)), root
 
 
 def warehouse_config(s3: S3Config, header: manifest.Header, path: Path) -> S3Config:

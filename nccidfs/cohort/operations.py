@@ -13,7 +13,7 @@ from nccidfs.cohort.manifest import Row, patient_of
 from nccidfs.errors import ConfigError
 from nccidfs.layout import PATIENT_DEPTH
 from nccidfs.objects import Listing
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 # A patient's place in [0, 1) is the first 8 bytes of SHA-256(seed, Patient_ID) over 2**64.
 _HASH_BYTES = 8

@@ -37,7 +37,7 @@ from nccidfs.errors import ConfigError
 from nccidfs.index import INDEX_FILE, SCHEMA_VERSION
 from nccidfs.layout import CLINICAL_FOLDER, patient_folder, twin_folder_path, twin_of
 from nccidfs.objects import ObjectInfo
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

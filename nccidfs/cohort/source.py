@@ -1,6 +1,6 @@
 """The storage seam of a frozen view: a cohort's listings from its manifest, the warehouse as of a date.
 
-Both are :class:`~nccidfs.store.ObjectStore` s wrapped around the real one, so the namespace, the views
+Both are :class:`~nccidfs.store.protocol.ObjectStore` s wrapped around the real one, so the namespace, the views
 and the fetcher work unchanged on top of them:
 
 - :class:`FrozenStore` answers every listing from a :class:`~nccidfs.cohort.tree.FrozenTree` and never
@@ -23,7 +23,8 @@ from nccidfs.cohort.tree import FrozenTree
 from nccidfs.config import S3Config
 from nccidfs.errors import ConfigError, NccidfsError, NotFound, ObjectChanged
 from nccidfs.objects import Listing
-from nccidfs.store import ObjectStore, RequestStats
+from nccidfs.store.protocol import ObjectStore
+from nccidfs.store.stats import RequestStats
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class _Wrapped:
 
     def __init__(self, inner: ObjectStore) -> None:
         self._inner = inner
-        self.stats: RequestStats | None = getattr(inner, "stats", None)
+        self.stats: RequestStats | None = inner.stats
 
     def probe(self, prefix: str) -> bool:
         return bool(self.list_tree(prefix).objects)

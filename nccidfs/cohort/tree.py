@@ -18,7 +18,8 @@ from array import array
 from typing import BinaryIO
 
 from nccidfs.cohort.manifest import Columns
-from nccidfs.objects import Listing, ObjectInfo, is_plain_md5
+from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.s3.etag import md5_of_etag, md5s_of_etags
 
 _MD5_BYTES = 16
 _MAX_META = 1 << 30  # the first line of a kept tree: counts, and the ETags that are not plain MD5s
@@ -86,7 +87,7 @@ class FrozenTree:
             self._etags += bytes.fromhex(joined)  # every one a plain MD5, as nearly always
             return
         for number, etag in enumerate(etags, self.objects):
-            if is_plain_md5(etag):
+            if len(etag) == _MD5_BYTES * 2 and _HEX.fullmatch(etag):
                 self._etags += bytes.fromhex(etag)
             else:
                 self._etags += bytes(_MD5_BYTES)
@@ -146,13 +147,24 @@ class FrozenTree:
             split = self._split = (run, self._names[run].split("\n"))
         return split[1]
 
+    def _etag(self, number: int) -> str:
+        return self._other_etags.get(number) or self._etags[number * _MD5_BYTES:(number + 1) * _MD5_BYTES].hex()
+
     def _object(self, key: str, number: int) -> ObjectInfo:
-        etag = self._other_etags.get(number) or self._etags[number * _MD5_BYTES:(number + 1) * _MD5_BYTES].hex()
-        return ObjectInfo(key, self._sizes[number], etag, self._mtimes[number])
+        etag = self._etag(number)
+        return ObjectInfo(key, self._sizes[number], etag, self._mtimes[number], md5_of_etag(etag))
 
     def _objects(self, run: int) -> list[ObjectInfo]:
-        folder = self._folders[run]
-        return [self._object(folder + leaf, number) for number, leaf in enumerate(self._leaves(run), self._starts[run])]
+        """A run's objects, the MD5s of their ETags found in one scan of the run."""
+        folder, first, leaves = self._folders[run], self._starts[run], self._leaves(run)
+        packed = self._etags[first * _MD5_BYTES:(first + len(leaves)) * _MD5_BYTES].hex()
+        etags = [packed[at:at + 2 * _MD5_BYTES] for at in range(0, len(packed), 2 * _MD5_BYTES)]
+        if self._other_etags:
+            etags = [self._other_etags.get(first + at, etag) for at, etag in enumerate(etags)]
+        md5s = md5s_of_etags(etags)
+        sizes, mtimes = self._sizes, self._mtimes
+        return [ObjectInfo(folder + leaf, sizes[first + at], etags[at], mtimes[first + at], md5s[at])
+                for at, leaf in enumerate(leaves)]
 
     def find(self, key: str) -> ObjectInfo | None:
         """The object at ``key`` (a full key), if the cohort holds it: a bisection, no listing."""

@@ -31,7 +31,7 @@ from nccidfs.layout import PATIENT_DEPTH
 from nccidfs.namespace.readahead import WalkTracker, list_run, run_subtrees
 from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, split_path
 from nccidfs.objects import Entry, Listing
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from nccidfs.objects import Entry, Listing
-from nccidfs.store import ObjectStore
+from nccidfs.store.protocol import ObjectStore
 
 # A walk has the next subtrees listed ahead: at least this many siblings, in at most this many listings at
 # a time (run by the namespace's BACKGROUND_LISTINGS threads).

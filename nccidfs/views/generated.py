@@ -98,6 +98,7 @@ class Producers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._producers: dict[tuple[str, str], tuple[Producer, int]] = {}
+        self.stats = None  # making bytes is no request to count
 
     def add(self, obj: ObjectInfo, produce: Producer) -> None:
         with self._lock:

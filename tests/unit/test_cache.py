@@ -28,7 +28,8 @@ def du(directory: Path) -> int:
 
 
 def obj(key: str, body: bytes) -> ObjectInfo:
-    return ObjectInfo(key, len(body), hashlib.md5(body).hexdigest(), 0.0)
+    md5 = hashlib.md5(body).hexdigest()
+    return ObjectInfo(key, len(body), md5, 0.0, md5)
 
 
 def store_all(cache: DiskCache, info: ObjectInfo, body: bytes) -> None:
@@ -184,7 +185,8 @@ def test_a_complete_object_that_does_not_match_its_md5_etag_is_discarded(tmp_pat
     assert cache.verify_whole(entry)
     cache.unpin(entry)
     lying = obj("k2", body)
-    lying = type(lying)(lying.key, lying.size, hashlib.md5(b"other").hexdigest(), 0.0)
+    other = hashlib.md5(b"other").hexdigest()
+    lying = type(lying)(lying.key, lying.size, other, 0.0, other)
     entry = cache.pin(lying)
     cache.store_blocks(entry, 0, body)
     assert not cache.verify_whole(entry)
@@ -278,3 +280,14 @@ def test_a_changed_byte_anywhere_in_a_run_of_blocks_drops_that_block_alone(tmp_p
     for block in set(range(4)) - {bad}:
         assert cache.read_blocks(entry, block, block + 1) == body[block * BLOCK:(block + 1) * BLOCK]
     cache.unpin(entry)
+
+
+def test_an_entry_read_back_after_a_restart_is_checked_against_the_md5_its_pin_brings(tmp_path: Path) -> None:
+    """A map keeps the ETag alone: the MD5 of an entry found on disk comes with the listing that pins it."""
+    body = os.urandom(2 * BLOCK)
+    store_all(new_cache(tmp_path, 1 << 20), obj("k", body), body)
+    again = new_cache(tmp_path, 1 << 20)
+    listed = obj("k", body)._replace(md5=hashlib.md5(b"other").hexdigest())  # same version, another MD5
+    entry = again.pin(listed)
+    assert not again.verify_whole(entry)
+    again.unpin(entry)

@@ -24,7 +24,7 @@ def objects() -> dict[str, bytes]:
 
 def tree(store: MemoryStore, as_of: float | None = None) -> FrozenTree:
     built = FrozenTree(PREFIX, as_of)
-    rows = sorted((key[len(PREFIX):], *store.info(key)[1:]) for key in store.objects)
+    rows = sorted((key[len(PREFIX):], *store.info(key)[1:4]) for key in store.objects)
     built.add(Columns.of(rows[:4]))
     built.add(Columns.of(rows[4:]))
     return built.finish()

@@ -14,14 +14,14 @@ from nccidfs.cachedir import prepare
 from nccidfs.config import ReadConfig
 from nccidfs.errors import CorruptData, ObjectChanged, TransientError
 from nccidfs.fetch import WHOLE_READ, Fetcher, ReadCursor
-from tests.fakes import MemoryStore
+from tests.fakes import FailingStore, MemoryStore
 
 BLOCK = 4096
 BODY = os.urandom(BLOCK * 40 + 123)
 KEY = "training/xray/Covid1/s/t/x.dcm"
 
 
-def make(tmp_path: Path, store: MemoryStore, cache_size: int = 1 << 24, deadline: float = 5.0,
+def make(tmp_path: Path, store: MemoryStore | FailingStore, cache_size: int = 1 << 24, deadline: float = 5.0,
          max_window: int = BLOCK * 16, **read: int | bool) -> tuple[Fetcher, DiskCache]:
     config = ReadConfig(block_size=BLOCK, initial_window=BLOCK * 4, max_window=max_window, part_size=BLOCK * 8,
                         fetch_threads=4, **read)
@@ -121,7 +121,8 @@ def test_reads_are_served_uncached_when_the_cache_has_no_room(tmp_path: Path) ->
 
 
 def test_a_slow_store_gives_an_error_within_the_deadline(tmp_path: Path) -> None:
-    store = MemoryStore({KEY: BODY}, latency=3.0)
+    store = FailingStore({KEY: BODY})
+    store.fail("get", KEY, error=None, stall=3.0)
     fetcher, cache = make(tmp_path, store, deadline=0.5)
     entry = cache.pin(store.info(KEY))
     started = time.monotonic()
@@ -183,4 +184,65 @@ def test_with_verification_off_an_object_is_served_and_cached_as_s3_sent_it(tmp_
     entry = cache.pin(store.info(KEY))
     assert fetcher.read(entry, 0, WHOLE_READ, ReadCursor()) == bytes(size)
     cache.unpin(entry)
+    fetcher.shutdown()
+
+
+OTHER = "training/ct/Covid2/s/t/y.dcm"
+
+
+def test_a_key_whose_gets_fail_fails_only_its_own_reads(tmp_path: Path) -> None:
+    store = FailingStore({KEY: BODY, OTHER: BODY[:BLOCK]})
+    fault = store.fail("get", KEY)
+    fetcher, cache = make(tmp_path, store)
+    failing, other = cache.pin(store.info(KEY)), cache.pin(store.info(OTHER))
+    with pytest.raises(TransientError):
+        fetcher.read(failing, 0, 10)
+    assert fetcher.read(other, 0, 10) == BODY[:10]
+    assert fault.hits == 1 and store.requests["get"] == 1  # the failed GET never reached the store
+    fetcher.shutdown()
+
+
+def test_a_failure_answers_the_kernels_retry_at_once_and_is_forgotten_after_a_moment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("nccidfs.fetch.FAILURE_MEMORY", 0.2)
+    store = FailingStore({KEY: BODY})
+    fault = store.fail("get", KEY, times=1)
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    with pytest.raises(TransientError):
+        fetcher.read(entry, 0, 10)
+    with pytest.raises(TransientError):
+        fetcher.read(entry, 0, 10)
+    assert fault.hits == 1  # the retry was answered from the failure remembered, without a GET
+    time.sleep(0.3)
+    assert fetcher.read(entry, 0, 10) == BODY[:10]
+    assert fetcher.fetch_blocks(entry, 0, 1) == 0  # its block was stored as any other: nothing left to fetch
+    fetcher.shutdown()
+
+
+def test_a_replaced_object_is_not_remembered_as_a_failure(tmp_path: Path) -> None:
+    """Only transient failures answer the next read at once; a changed object is asked again."""
+    store = FailingStore({KEY: BODY})
+    fault = store.fail("get", KEY, error=ObjectChanged, times=1)
+    fetcher, cache = make(tmp_path, store)
+    entry = cache.pin(store.info(KEY))
+    with pytest.raises(ObjectChanged):
+        fetcher.read(entry, 0, 10)
+    assert fetcher.read(entry, 0, 10) == BODY[:10] and fault.hits == 1 and store.requests["get"] == 1
+    fetcher.shutdown()
+
+
+def test_reads_go_on_while_listings_fail_and_one_stalled_object_holds_up_no_other(tmp_path: Path) -> None:
+    store = FailingStore({KEY: BODY, OTHER: BODY[:BLOCK]})
+    store.fail("list")
+    store.fail("get", "training/xray/", error=None, stall=3.0)
+    fetcher, cache = make(tmp_path, store, deadline=0.5)
+    stalled, other = cache.pin(store.info(KEY)), cache.pin(store.info(OTHER))
+    with pytest.raises(TransientError):
+        store.list_dir("training/ct/")
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        fetcher.read(stalled, 0, 10)
+    assert fetcher.read(other, 0, 10) == BODY[:10]
+    assert time.monotonic() - started < 1.5
     fetcher.shutdown()

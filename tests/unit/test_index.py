@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,34 +13,19 @@ from nccidfs.index import ListingIndex
 from nccidfs.namespace import Namespace
 from nccidfs.objects import Entry, ObjectInfo
 from tests.clock import FakeClock
-from tests.fakes import MemoryStore
+from tests.fakes import FailingStore, MemoryStore
 
+MD5 = "0123456789abcdef0123456789abcdef"
 KEYS = {
     "training/ct/Covid1/1.2/1.3/a.dcm": b"a" * 100,
     "training/data/Covid1/status_2020-05-01.json": b'{"Pseudonym": "Covid1"}',
 }
 
 
-class FlakyStore(MemoryStore):
-    """A MemoryStore that can be switched off, like an endpoint that stops answering."""
-
-    down = False
-
-    def list_dir(self, prefix: str):  # type: ignore[no-untyped-def]
-        if self.down:
-            raise TransientError(f"list {prefix}: unreachable")
-        return super().list_dir(prefix)
-
-    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None):  # type: ignore[no-untyped-def]
-        if self.down:
-            raise TransientError(f"list {prefix}: unreachable")
-        return super().list_tree(prefix, start_after, end)
-
-
 TTL = 300.0
 
 
-def namespace(store: MemoryStore, path: Path, clock: Clock = REAL_CLOCK) -> Namespace:
+def namespace(store: MemoryStore | FailingStore, path: Path, clock: Clock = REAL_CLOCK) -> Namespace:
     return Namespace(store, "training/", ["ct", "data"], TTL, 10_000, ListingIndex(path / "index.db", {"bucket": "b"}),
                      clock=clock)
 
@@ -71,10 +57,10 @@ def test_rows_of_an_earlier_run_are_refreshed_in_the_background(tmp_path: Path) 
 
 
 def test_offline_serves_the_saved_listing_and_fails_without_one(tmp_path: Path) -> None:
-    store, clock = FlakyStore(KEYS), FakeClock()
+    store, clock = FailingStore(KEYS), FakeClock()
     ns = namespace(store, tmp_path, clock)
     ns.list("/data/Covid1")
-    store.down = True
+    store.fail("list")  # the endpoint stops answering listings
     clock.advance(TTL)
     assert list(ns.list("/data/Covid1")) == ["status_2020-05-01.json"]
     with pytest.raises(TransientError):
@@ -135,16 +121,34 @@ def test_a_folder_larger_than_the_memory_bound_is_looked_up_row_by_row(tmp_path:
     assert ns.cached_entries() < 1000
 
 
-@pytest.mark.parametrize("etag", ["0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef-3",
-                                  "0123456789ABCDEF0123456789ABCDEF", "not-hex-but-32-characters-long!!", ""])
-def test_etags_come_back_as_they_were_listed(tmp_path: Path, etag: str) -> None:
+@pytest.mark.parametrize(("etag", "md5"), [
+    ("0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+    ("0123456789abcdef0123456789abcdef", None), ("0123456789abcdef0123456789abcdef-3", None),
+    ("0123456789ABCDEF0123456789ABCDEF", None), ("not-hex-but-32-characters-long!!", None), ("", None)])
+def test_etags_and_md5s_come_back_as_they_were_listed(tmp_path: Path, etag: str, md5: str | None) -> None:
     index = ListingIndex(tmp_path / "index.db", {})
-    obj = ObjectInfo("training/ct/P/a.dcm", 7, etag, 1_600_000_000.5)
+    obj = ObjectInfo("training/ct/P/a.dcm", 7, etag, 1_600_000_000.5, md5)
     index.put([("training/ct/P/", {"a.dcm": Entry("a.dcm", False, 7, obj.mtime, obj)})], time.time())
     found = index.lookup("training/ct/P/", "a.dcm", 0.0)
     assert found is not None and found.obj == obj
     stored = index.get("training/ct/P/", 0.0)
     assert stored is not None and stored[1]["a.dcm"].obj == obj
+
+
+@pytest.mark.parametrize("in_one_statement", [True, False])
+def test_an_index_written_before_md5s_were_listed_gives_the_md5_of_each_packed_etag(
+        tmp_path: Path, in_one_statement: bool) -> None:
+    """An earlier version stored the same columns, an MD5 ETag packed as its 16 bytes: such a row reads
+    back with its MD5, so the cache still checks objects listed before an upgrade."""
+    index = ListingIndex(tmp_path / "index.db", {})
+    index._reads_in_one_statement = in_one_statement
+    index.put([("training/ct/P/", {})], time.time())
+    with sqlite3.connect(tmp_path / "index.db") as db:
+        db.execute("INSERT INTO entries VALUES (1, 'a.dcm', 7, ?, 1.0), (1, 'b.dcm', 8, 'abc-2', 2.0)",
+                   (bytes.fromhex(MD5),))
+    stored = index.get("training/ct/P/", 0.0)
+    assert stored is not None
+    assert [(e.obj.etag, e.obj.md5) for e in stored[1].values() if e.obj] == [(MD5, MD5), ("abc-2", None)]
 
 
 @pytest.mark.parametrize("count", [0, 1, 4, 5, 255, 256, 257, 341, 1000])
@@ -156,7 +160,8 @@ def test_a_listing_of_any_length_comes_back_whole_after_a_replacement(tmp_path: 
     def listing(size: int) -> dict[str, Entry]:
         entries = {f"d{n:04}": Entry(f"d{n:04}", True, mtime=5.0) for n in range(size % 3)}
         for n in range(size - len(entries)):
-            obj = ObjectInfo(f"{prefix}f{n:04}.dcm", n, f"{n:032x}" if n % 2 else f"{n:x}-2", 1_600_000_000.0 + n)
+            etag, md5 = (f"{n:032x}", f"{n:032x}") if n % 2 else (f"{n:x}-2", None)
+            obj = ObjectInfo(f"{prefix}f{n:04}.dcm", n, etag, 1_600_000_000.0 + n, md5)
             entries[f"f{n:04}.dcm"] = Entry(f"f{n:04}.dcm", False, n, obj.mtime, obj)
         return entries
 
@@ -179,7 +184,8 @@ def test_a_listing_comes_back_with_exactly_its_names_etags_and_times(tmp_path: P
     entries: dict[str, Entry] = {"dir": Entry("dir", True, mtime=3.0)}
     for n, name in enumerate(names):
         mtime = 1_620_000_000.123 + n * 1.001 if n % 3 else 0.1 + n
-        obj = ObjectInfo(prefix + name, n, "0123456789abcdef0123456789abcdef" if n % 2 else f"etag-ü-{n}", mtime)
+        etag, md5 = (MD5, MD5) if n % 2 else (f"etag-ü-{n}", None)
+        obj = ObjectInfo(prefix + name, n, etag, mtime, md5)
         entries[name] = Entry(name, False, n, mtime, obj)
     index.put([(prefix, entries), ("training/ct/Q/", {})], time.time())
     stored = index.get(prefix, 3.0)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nccidfs.errors import CorruptData
-from nccidfs.listparse import PAGE_KEY, parse_list_page, take_page
+from nccidfs.s3.listparse import PAGE_KEY, parse_list_page, take_page
 
 HEAD = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
         b"<Name>b</Name><Prefix>training/ct/</Prefix><IsTruncated>false</IsTruncated>")
@@ -44,6 +44,15 @@ def test_page_parser_reads_s3s_own_xml() -> None:
     assert page.objects[0].mtime == 1588334400.0
     assert page.prefixes == ["training/ct/Covid1/"] and page.truncated and page.token == "tok/en=="
 
+
+
+@pytest.mark.parametrize(("etag", "md5"), [
+    ("0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+    ("0123456789abcdef0123456789abcdef-2", None), ("0123456789ABCDEF0123456789ABCDEF", None)])
+def test_an_objects_md5_is_its_etag_only_for_a_single_part_upload(etag: str, md5: str | None) -> None:
+    body = HEAD + contents(KEY_A, STAMP, field("ETag", f"&quot;{etag}&quot;"), field("Size", "1")) + TAIL
+    (obj,) = parse_list_page(body).objects
+    assert (obj.etag, obj.md5) == (etag, md5)
 
 def test_an_element_missing_its_size_and_another_with_two_fail_the_page_instead_of_shifting_sizes() -> None:
     # Counted over the whole page these are two keys and two sizes; paired by position, 7 would go to b.dcm.

@@ -11,7 +11,7 @@ import pytest
 
 from nccidfs.config import S3Config
 from nccidfs.errors import CorruptData, NotFound, ObjectChanged, TransientError
-from nccidfs.store import Boto3Store
+from nccidfs.s3.store import Boto3Store
 from tests.hostile import HostileS3
 from tests.mounting import CREDENTIALS, PREFIX, create_bucket, s3_client
 

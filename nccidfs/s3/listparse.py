@@ -19,11 +19,13 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_plus
 
 from nccidfs.errors import CorruptData
 from nccidfs.objects import ObjectInfo
+from nccidfs.s3.etag import md5s_of_etags
 
 PAGE_KEY = "NccidfsPage"
 # What botocore's own parser is left to read once the page has been taken.
@@ -64,7 +66,7 @@ def _text(raw: bytes, url_encoded: bool) -> str:
 
 
 def parse_list_page(body: bytes) -> ListPage:
-    """Objects (with size, ETag and time), common prefixes and the continuation of one page.
+    """Objects (with size, ETag, time and the MD5 a plain ETag gives), common prefixes and the continuation of one page.
 
     Raises CorruptData for a page that does not have the shape S3 gives it.
     """
@@ -78,14 +80,16 @@ def _parse(body: bytes) -> ListPage:
     url_encoded = _URL_ENCODED.search(body) is not None
     times: dict[bytes, float] = {}
     objects = []
-    for number, (key, stamp, etag, size) in enumerate(_contents(body)):
+    rows = _contents(body)
+    etags = [etag.replace(b"&quot;", b"").strip(b'"').decode() for _, _, etag, _ in rows]
+    md5s = md5s_of_etags(etags)
+    for number, (key, stamp, _, size) in enumerate(rows):
         when = times.get(stamp)
         if when is None:
             when = times[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
         if not size.isdigit():
             raise ValueError(f"Contents element {number} has size {size[:32]!r}")
-        objects.append(ObjectInfo(_text(key, url_encoded), int(size),
-                                  etag.replace(b"&quot;", b"").strip(b'"').decode(), when))
+        objects.append(ObjectInfo(_text(key, url_encoded), int(size), etags[number], when, md5s[number]))
     prefixes = [_text(p, url_encoded) for p in _COMMON_PREFIX.findall(body)]
     token = _TOKEN.search(body)
     return ListPage(objects, prefixes, _TRUNCATED.search(body) is not None,
@@ -120,14 +124,14 @@ def take_page(response_dict: dict[str, Any], customized_response_dict: dict[str,
 
     A 200 answer with a body that is not one whole result (an error inside a 200, a body cut short) is
     marked 500, so botocore retries it and reports it as it does S3's errors: its own check for that,
-    which parses every page whole with ElementTree, is switched off (see :class:`~nccidfs.store.Boto3Store`).
+    which parses every page whole with ElementTree, is switched off (see :class:`~nccidfs.s3.store.Boto3Store`).
     """
     body = response_dict["body"]
-    if response_dict.get("status_code") != 200:
+    if response_dict.get("status_code") != HTTPStatus.OK:
         return
     if not _is_whole_result(body):
         if body:
-            response_dict["status_code"] = 500
+            response_dict["status_code"] = HTTPStatus.INTERNAL_SERVER_ERROR.value
         return
     customized_response_dict[PAGE_KEY] = parse_list_page(body)
     response_dict["body"] = _EMPTY_RESULT

@@ -1,8 +1,6 @@
-"""The storage seam: what nccidfs needs from S3, as a Protocol, and its boto3 implementation.
-
-Everything above this module sees :class:`ObjectInfo`, :class:`Listing` and the errors of
-:mod:`nccidfs.errors`; nothing above it imports boto3. Listings always use a prefix that ends in
-``/`` with delimiter ``/`` because the warehouse's IAM policy refuses any other form.
+"""The storage seam over S3: :class:`~nccidfs.store.protocol.ObjectStore` with boto3 for listings and
+:mod:`nccidfs.s3.get` for ranged GETs; the layers above see only the protocol. Listings always use a
+prefix that ends in ``/`` with delimiter ``/`` because the warehouse's IAM policy refuses any other form.
 
 A listing is bounded whatever the server says: all its pages together must arrive within the deadline,
 stay under :data:`MAX_PAGES` pages and :data:`MAX_ENTRIES` entries, and never repeat a continuation
@@ -15,24 +13,15 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from nccidfs.errors import (
-    AccessDenied,
-    ConfigError,
-    CorruptData,
-    NccidfsError,
-    NotFound,
-    ObjectChanged,
-    TransientError,
-)
-from nccidfs.listparse import PAGE_KEY, ListPage, take_page
-from nccidfs.metrics import Latencies
+from nccidfs.errors import ConfigError, CorruptData, NccidfsError, TransientError
 from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.s3.errors import INVALID_RANGE, classify, error_code
+from nccidfs.s3.listparse import PAGE_KEY, ListPage, take_page
+from nccidfs.store.stats import GET, LIST, RequestStats
 
 if TYPE_CHECKING:
     from nccidfs.config import S3Config
@@ -46,84 +35,32 @@ MAX_PAGES = 2_000
 MAX_ENTRIES = 2_000_000
 # A GET body is read in pieces of this size: a part of up to this size is one read and one copy.
 BODY_PIECE = 16 * 1024**2
-
-
-class ObjectStore(Protocol):
-    """What the filesystem asks of S3."""
-
-    def list_dir(self, prefix: str) -> Listing:
-        """Every page of one level under ``prefix`` (which ends in ``/``)."""
-
-    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
-        """Every object at any depth under ``prefix``, in one flat paginated listing (no prefixes); only
-        keys after ``start_after`` and before ``end`` when given (a run of sibling folders)."""
-
-    def probe(self, prefix: str) -> bool:
-        """True when ``prefix`` holds something; raises AccessDenied when it may not be listed."""
-
-    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
-        """Bytes ``[start, end)`` of the version of ``key`` whose ETag is ``etag``."""
-
-
-class RequestStats:
-    """Thread-safe counters of requests, bytes and errors, for ``status`` and the benchmark."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.bytes_fetched = 0
-        self.latencies = Latencies()  # for the daemon's metrics
-
-    def record(self, kind: str, nbytes: int = 0, error: str | None = None, seconds: float | None = None) -> None:
-        if seconds is not None:
-            self.latencies.observe(kind, seconds)
-        with self._lock:
-            self.requests[kind] += 1
-            self.bytes_fetched += nbytes
-            if error:
-                self.errors[error] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {"requests": dict(self.requests), "errors": dict(self.errors),
-                    "bytes_fetched": self.bytes_fetched}
-
-
-def _error_code(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", type(error).__name__))
-
-
-def classify(error: Exception, what: str) -> NccidfsError:
-    """Map a boto3/botocore exception to the nccidfs hierarchy, with a message safe to log."""
-    code = _error_code(error)
-    if code in ("NoSuchKey", "404", "NotFound"):
-        return NotFound(f"{what}: not found")
-    if code == "NoSuchBucket":
-        return NotFound(f"{what}: bucket does not exist")
-    if code in ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return AccessDenied(f"{what}: access denied ({code})")
-    if code in ("PreconditionFailed", "412"):
-        return ObjectChanged(f"{what}: object changed since it was listed")
-    return TransientError(f"{what}: {code}")
+# Attempts botocore makes at each request before this store's own retries take over.
+SDK_ATTEMPTS = 3
+# The pause before retry n is BACKOFF_FIRST * 2**n seconds, at most BACKOFF_MAX, times a random factor in
+# [BACKOFF_JITTER, 1) so that many readers retrying at once spread out.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 2.0
+BACKOFF_JITTER = 0.5
+# After this many failed attempts at one request, a WARNING says it is still failing.
+WARN_AFTER_ATTEMPTS = 3
 
 
 class Boto3Store:
-    """:class:`ObjectStore` over boto3 (listings) and :class:`~nccidfs.s3get.RangeGetter` (GETs), with short
-    timeouts and retries until the deadline."""
+    """:class:`~nccidfs.store.protocol.ObjectStore` over boto3 (listings) and
+    :class:`~nccidfs.s3.get.RangeGetter` (GETs), with short timeouts and retries until the deadline."""
 
-    def __init__(self, config: S3Config, max_attempts: int = 3) -> None:
+    def __init__(self, config: S3Config, max_attempts: int = SDK_ATTEMPTS, stats: RequestStats | None = None) -> None:
         import boto3
         import botocore.handlers
         import botocore.session
         from botocore.config import Config as BotoConfig
         from botocore.exceptions import ProfileNotFound
 
-        from nccidfs.s3get import RangeGetter
+        from nccidfs.s3.get import RangeGetter
 
         self.bucket = config.bucket
-        self.stats = RequestStats()
+        self.stats = stats or RequestStats()
         self._deadline = config.deadline
         # One attempt means "fail fast": the start-up probe must report an unreachable endpoint in seconds.
         self._retry = max_attempts > 1
@@ -179,13 +116,13 @@ class Boto3Store:
                 code = type(error).__name__
             except Exception as error:
                 failure = classify(error, what)
-                code = _error_code(error)
+                code = error_code(error)
             self.stats.record(kind, error=code, seconds=time.monotonic() - started)
             log.debug("%s %s failed after %.3fs: %s", kind, what, time.monotonic() - started, code)
-            pause = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            pause = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(BACKOFF_JITTER, 1.0)
             if not isinstance(failure, TransientError) or not self._retry or time.monotonic() + pause > deadline:
                 raise failure from None
-            if attempt == 2:
+            if attempt + 1 == WARN_AFTER_ATTEMPTS:
                 log.warning("%s: still failing (%s); retrying until %.0fs have passed", what, code, self._deadline)
             time.sleep(pause)
         raise AssertionError("unreachable")
@@ -198,7 +135,7 @@ class Boto3Store:
             raise CorruptData(f"list {params['Prefix']}: {error}") from None
         if page is None:  # a 200 answer that is no listing, and not an error botocore recognised either
             raise CorruptData(f"list {params['Prefix']}: the answer is not a ListBucketResult")
-        self.stats.record("ListObjectsV2", seconds=time.monotonic() - started)
+        self.stats.record(LIST, seconds=time.monotonic() - started)
         flat = "" if "Delimiter" in params else " (flat)"
         log.debug("LIST %s%s -> %d keys %d prefixes %.3fs", params["Prefix"], flat,
                   len(page.objects), len(page.prefixes), time.monotonic() - started)
@@ -218,7 +155,7 @@ class Boto3Store:
         tokens: set[str] = set()
         entries = 0
         while True:
-            page = self._retrying("ListObjectsV2", f"list {prefix}", lambda: self._list_page(params), deadline)
+            page = self._retrying(LIST, f"list {prefix}", lambda: self._list_page(params), deadline)
             yield page
             if max_keys or not page.truncated:
                 return
@@ -286,7 +223,7 @@ class Boto3Store:
                     pieces.append(piece)
                     got += len(piece)
             finally:
-                self.stats.record("GetObject", got - before, seconds=time.monotonic() - started)
+                self.stats.record(GET, got - before, seconds=time.monotonic() - started)
                 if got != end - start:
                     body.close()
                 body.release_conn()
@@ -295,20 +232,20 @@ class Boto3Store:
             if got != end - start:
                 raise TransientError(f"get {key}: body ended after {got} of {end - start} bytes")
 
-        self._retrying("GetObject", f"get {key} [{start}, {end})", fetch_rest)
+        self._retrying(GET, f"get {key} [{start}, {end})", fetch_rest)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def get_head(self, key: str, limit: int) -> bytes:
         """The first ``limit`` bytes of ``key`` as it is now (all of it when shorter), in one GET: for an
         object known by its name alone, such as a metadata twin whose folder was never listed. Nothing
         pins a version, so a caller that must know which one uses :meth:`get_range`."""
-        from nccidfs.s3get import GetError
+        from nccidfs.s3.get import GetError
 
         def fetch() -> bytes:
             try:
                 body = self._getter.open(key, 0, limit, None)
             except GetError as error:
-                if _error_code(error) == "InvalidRange":
+                if error_code(error) == INVALID_RANGE:
                     return b""  # an empty object has no byte 0
                 raise
             started = time.monotonic()
@@ -316,9 +253,9 @@ class Boto3Store:
                 data: bytes = body.read(limit)
             finally:
                 body.release_conn()
-            self.stats.record("GetObject", len(data))
+            self.stats.record(GET, len(data))
             log.debug("GET %s (its first %d bytes) -> %d bytes %.3fs", key, limit, len(data),
                       time.monotonic() - started)
             return data
 
-        return self._retrying("GetObject", f"get {key} (its first {limit} bytes)", fetch)
+        return self._retrying(GET, f"get {key} (its first {limit} bytes)", fetch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
@@ -26,11 +27,14 @@ from nccidfs.errors import CorruptData, ObjectChanged
 _PLACEHOLDER_KEY = "nccidfs-placeholder"
 # An error answer is read up to this many bytes for its code; a longer one is cut off, not read through.
 ERROR_BODY_LIMIT = 64 * 1024
-_ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+# S3's error codes are short words ("NoSuchKey", "SlowDown"); anything longer is not taken for one.
+ERROR_CODE_MAX = 64
+_ERROR_CODE = re.compile(rb"<Code>([^<]{1,%d})</Code>" % ERROR_CODE_MAX)
 
 
 class GetError(Exception):
-    """A GET that S3 answered with an error status; ``response`` mimics botocore's for :func:`classify`."""
+    """A GET that S3 answered with an error status; ``response`` mimics botocore's, for
+    :func:`~nccidfs.s3.errors.classify`."""
 
     def __init__(self, status: int, code: str) -> None:
         super().__init__(f"HTTP {status} {code}")
@@ -78,7 +82,7 @@ class RangeGetter:
 
 
 def _check(raw: Any, key: str, start: int, end: int, etag: str | None) -> None:
-    if raw.status not in (200, 206):
+    if raw.status not in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
         body = raw.read(ERROR_BODY_LIMIT)
         found = _ERROR_CODE.search(body)
         raise GetError(raw.status, found.group(1).decode("ascii", "replace") if found else str(raw.status))
@@ -86,9 +90,9 @@ def _check(raw: Any, key: str, start: int, end: int, etag: str | None) -> None:
     if length is not None and (not length.isdigit() or int(length) > end - start):
         raise CorruptData(f"get {key}: more bytes than asked for")
     content_range = raw.headers.get("Content-Range")
-    if raw.status == 206 and not (content_range or "").startswith(f"bytes {start}-"):
+    if raw.status == HTTPStatus.PARTIAL_CONTENT and not (content_range or "").startswith(f"bytes {start}-"):
         raise CorruptData(f"get {key}: the server sent another range ({content_range}) than bytes {start}-")
-    if raw.status == 200 and start != 0:
+    if raw.status == HTTPStatus.OK and start != 0:
         raise CorruptData(f"get {key}: the server sent the whole object when bytes {start}- were asked for")
     answered = raw.headers.get("ETag", "").strip('"')
     if etag is not None and answered and answered != etag:
