@@ -45,6 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mounted tests (marked ``fuse``) belong in tests/integration, so tests/unit runs without FUSE; where
+    FUSE is missing they are skipped."""
+    misplaced = [item.nodeid for item in items if "fuse" in item.keywords and item.nodeid.startswith("tests/unit/")]
+    if misplaced:
+        raise pytest.UsageError("mounted tests belong in tests/integration: " + ", ".join(misplaced))
     if fuse_available():
         return
     skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
