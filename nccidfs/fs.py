@@ -69,6 +69,10 @@ Listener = Callable[[str, ObjectInfo], None]
 ListingInvalidator = Callable[[str, bool], None]
 WHOLE_FILE_READ = 256 * 1024
 CONTROL_PATH = "/" + CONTROL
+# Keys remembered with the ETag they were last opened at (the kernel may keep their pages while it holds),
+# and keys whose cached bytes failed their MD5 since: bounds on memory, far above the files open at once.
+OPENED_KEPT = 100_000
+DISTRUSTED_KEPT = 10_000
 
 
 class FileSystem:
@@ -81,9 +85,9 @@ class FileSystem:
         self._handles: dict[int, OpenFile] = {}
         self._next_handle = itertools.count(1)
         self._lock = threading.Lock()
-        self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=100_000)
+        self._opened_etags: LRUCache[str, str] = LRUCache(maxsize=OPENED_KEPT)
         # Keys whose cached bytes failed their MD5: the kernel must not keep their pages.
-        self._distrusted: LRUCache[str, bool] = LRUCache(maxsize=10_000)
+        self._distrusted: LRUCache[str, bool] = LRUCache(maxsize=DISTRUSTED_KEPT)
         self._listeners: list[Listener] = []
         self._open_listeners: list[Listener] = []
         self._invalidate: Invalidator = lambda path, wait: None

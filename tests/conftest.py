@@ -7,14 +7,11 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from nccidfs.assembly import Assembly
 from nccidfs.demo.warehouse import DemoObject, generate_warehouse
-from nccidfs.store.protocol import ObjectStore
-from tests.core import assemble_core
+from tests.core import Cores
 from tests.mounting import CREDENTIALS, MOUNTED, PREFIX, fuse_available
 
 
@@ -45,6 +42,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mounted tests (marked ``fuse``) belong in tests/integration, so tests/unit runs without FUSE; where
+    FUSE is missing they are skipped."""
+    misplaced = [item.nodeid for item in items if "fuse" in item.keywords and item.nodeid.startswith("tests/unit/")]
+    if misplaced:
+        raise pytest.UsageError("mounted tests belong in tests/integration: " + ", ".join(misplaced))
     if fuse_available():
         return
     skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
@@ -92,21 +94,9 @@ def warehouse() -> list[DemoObject]:
     return generate_warehouse(prefix=PREFIX)
 
 
-class Cores:
-    """Assembles cores for one test (see tests.core.assemble_core) and closes them all after it."""
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-        self.made: list[Assembly] = []
-
-    def __call__(self, store: ObjectStore, folders: list[str] | None = None, **options: Any) -> Assembly:
-        assembly = assemble_core(self._directory / f"core{len(self.made)}", store, folders, **options)
-        self.made.append(assembly)
-        return assembly
-
-
 @pytest.fixture
 def cores(tmp_path: Path) -> Iterator[Cores]:
+    """Cores assembled in the test's directory, all closed after it."""
     made = Cores(tmp_path)
     yield made
     for assembly in made.made:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from nccidfs.assembly import Assembly, assemble
 from nccidfs.cachedir import prepare
@@ -37,3 +38,16 @@ def assemble_core(directory: Path, store: ObjectStore, folders: list[str] | None
     config = core_config(directory, prefix, ttl, read, cache_bytes)
     root: list[str] | Listing = store.list_dir(prefix) if folders is None else folders
     return assemble(config, store, root, prepare(config.cache.directory), lambda: STATUS, clock)
+
+
+class Cores:
+    """Assembles cores for one test (see :func:`assemble_core`); the ``cores`` fixture closes them after it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.made: list[Assembly] = []
+
+    def __call__(self, store: ObjectStore, folders: list[str] | None = None, **options: Any) -> Assembly:
+        assembly = assemble_core(self._directory / f"core{len(self.made)}", store, folders, **options)
+        self.made.append(assembly)
+        return assembly

@@ -16,8 +16,7 @@ from nccidfs.fs import FileSystem
 from nccidfs.mount import discover_root
 from nccidfs.objects import Listing
 from tests.clock import FakeClock
-from tests.conftest import Cores
-from tests.core import LISTING_TTL, TIMEOUT
+from tests.core import LISTING_TTL, TIMEOUT, Cores
 from tests.fakes import FailingStore
 
 SERIES = "training/ct/Covid1/1.2/1.3"

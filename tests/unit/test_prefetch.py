@@ -6,8 +6,7 @@ import dataclasses
 import time
 
 from nccidfs.prefetch import IN_ORDER
-from tests.conftest import Cores
-from tests.core import READ
+from tests.core import READ, Cores
 from tests.fakes import FailingStore
 
 SERIES = "training/ct/Covid2/2.1/2.2"
