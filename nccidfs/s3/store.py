@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import ConfigError, CorruptData, NccidfsError, TransientError
 from nccidfs.objects import Listing, ObjectInfo
 from nccidfs.s3.errors import INVALID_RANGE, classify, error_code
@@ -50,7 +51,10 @@ class Boto3Store:
     """:class:`~nccidfs.store.protocol.ObjectStore` over boto3 (listings) and
     :class:`~nccidfs.s3.get.RangeGetter` (GETs), with short timeouts and retries until the deadline."""
 
-    def __init__(self, config: S3Config, max_attempts: int = SDK_ATTEMPTS, stats: RequestStats | None = None) -> None:
+    def __init__(self, config: S3Config, max_attempts: int = SDK_ATTEMPTS, stats: RequestStats | None = None,
+                 clock: Clock = REAL_CLOCK) -> None:
+        """``clock`` times the deadlines and the back-off between attempts (requests' own latencies are
+        measured on the system's clock)."""
         import boto3
         import botocore.handlers
         import botocore.session
@@ -62,6 +66,7 @@ class Boto3Store:
         self.bucket = config.bucket
         self.stats = stats or RequestStats()
         self._deadline = config.deadline
+        self._clock = clock
         # One attempt means "fail fast": the start-up probe must report an unreachable endpoint in seconds.
         self._retry = max_attempts > 1
         core = botocore.session.Session()
@@ -106,7 +111,7 @@ class Boto3Store:
         default ``--timeout`` from now; a listing passes the deadline shared by all its pages).
         """
         if deadline is None:
-            deadline = time.monotonic() + self._deadline
+            deadline = self._clock.monotonic() + self._deadline
         for attempt in itertools.count():
             started = time.monotonic()
             try:
@@ -120,11 +125,11 @@ class Boto3Store:
             self.stats.record(kind, error=code, seconds=time.monotonic() - started)
             log.debug("%s %s failed after %.3fs: %s", kind, what, time.monotonic() - started, code)
             pause = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(BACKOFF_JITTER, 1.0)
-            if not isinstance(failure, TransientError) or not self._retry or time.monotonic() + pause > deadline:
+            if not isinstance(failure, TransientError) or not self._retry or self._clock.monotonic() + pause > deadline:
                 raise failure from None
             if attempt + 1 == WARN_AFTER_ATTEMPTS:
                 log.warning("%s: still failing (%s); retrying until %.0fs have passed", what, code, self._deadline)
-            time.sleep(pause)
+            self._clock.sleep(pause)
         raise AssertionError("unreachable")
 
     def _list_page(self, params: dict[str, Any]) -> ListPage:
@@ -151,7 +156,7 @@ class Boto3Store:
             params["StartAfter"] = start_after
         if max_keys:
             params["MaxKeys"] = max_keys
-        deadline = time.monotonic() + self._deadline
+        deadline = self._clock.monotonic() + self._deadline
         tokens: set[str] = set()
         entries = 0
         while True:
@@ -173,7 +178,7 @@ class Boto3Store:
             raise CorruptData(f"{what}: the server repeats a continuation token; the listing would never end")
         if len(tokens) + 1 >= MAX_PAGES or entries >= MAX_ENTRIES:
             raise CorruptData(f"{what}: more than {MAX_PAGES} pages or {MAX_ENTRIES} entries; refusing the rest")
-        if time.monotonic() >= deadline:
+        if self._clock.monotonic() >= deadline:
             raise TransientError(f"{what}: not complete after {len(tokens) + 1} pages in {self._deadline:.0f}s")
         return page.token
 

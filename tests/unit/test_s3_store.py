@@ -9,12 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.config import S3Config
 from nccidfs.errors import CorruptData, NotFound, ObjectChanged, TransientError
-from nccidfs.s3.store import Boto3Store
+from nccidfs.s3.store import BACKOFF_FIRST, BACKOFF_JITTER, BACKOFF_MAX, Boto3Store
+from tests.clock import FakeClock
 from tests.hostile import HostileS3
 from tests.mounting import CREDENTIALS, PREFIX, create_bucket, s3_client
 
+# The deadline of the GET that keeps getting an error: room for a few back-offs, not for many.
+BIG_ERROR_DEADLINE = 1.5
 ODD_KEYS = [f"{PREFIX}ct/Covid1/a b/c+d&e.dcm", f"{PREFIX}ct/Covid1/ünï/x<y>.json", f"{PREFIX}ct/Covid1/%41/z.dcm"]
 
 
@@ -76,8 +80,9 @@ def hostile(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileS3]:
         yield server
 
 
-def hostile_store(server: HostileS3, deadline: float = 5) -> Boto3Store:
-    return Boto3Store(S3Config(bucket=server.bucket, endpoint_url=server.endpoint_url, deadline=deadline))
+def hostile_store(server: HostileS3, deadline: float = 5, clock: Clock = REAL_CLOCK) -> Boto3Store:
+    return Boto3Store(S3Config(bucket=server.bucket, endpoint_url=server.endpoint_url, deadline=deadline),
+                      clock=clock)
 
 
 def test_a_repeated_continuation_token_ends_the_listing_at_once(hostile: HostileS3) -> None:
@@ -135,14 +140,19 @@ def test_a_get_answered_with_other_bytes_than_asked_for_fails(
 
 def test_a_huge_error_answer_is_classified_from_its_start_and_retried_until_the_deadline(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the start of an 8 MiB error body is read (for its code); the GET is retried, then fails."""
+    """Only the start of an 8 MiB error body is read (for its code); the GET is retried with a growing
+    back-off, then fails once the next pause would pass the deadline (timed on a clock the test owns)."""
     for variable, value in CREDENTIALS.items():
         monkeypatch.setenv(variable, value)
     key, body = f"{PREFIX}data/Covid1/bigerror.dcm", b"x" * 1000
+    clock = FakeClock()
     with HostileS3({key: body}, "hostile-bucket") as server:
-        store = hostile_store(server, deadline=1.5)
-        started = time.monotonic()
+        store = hostile_store(server, deadline=BIG_ERROR_DEADLINE, clock=clock)
         with pytest.raises(TransientError, match="InternalError"):
             store.get_range(key, 0, 10, hashlib.md5(body).hexdigest())
-        assert time.monotonic() - started < 4
         assert store.stats.snapshot()["bytes_fetched"] == 0
+    pauses = clock.slept
+    assert len(pauses) >= 3, f"retried {len(pauses)} times within a {BIG_ERROR_DEADLINE}s deadline"
+    assert all(BACKOFF_FIRST * BACKOFF_JITTER <= pause <= BACKOFF_MAX for pause in pauses)
+    assert pauses[-1] > pauses[0], "the back-off grows"
+    assert sum(pauses) <= BIG_ERROR_DEADLINE, "no pause runs past the deadline"
