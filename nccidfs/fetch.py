@@ -184,6 +184,22 @@ class Fetcher:
         with self.pinned(obj) as entry:
             return self.read(entry, 0, size)
 
+    def read_once(self, obj: ObjectInfo) -> bytes:
+        """A whole object read for one use, not kept: the images a generated file is made from (the file
+        made is what the cache keeps; storing its images too would write every byte twice). Served from the
+        cache or from a GET under way when either has the object; else one GET in the calling thread,
+        checked against its MD5 as any whole object is, and not stored."""
+        with self.pinned(obj) as entry:
+            with self._parts_lock:
+                flying = bool(self._parts.get(entry.digest))
+            if flying or self._cache.is_complete(entry):
+                return self.read(entry, 0, entry.size)
+            data = self._store.get_range(entry.key, 0, entry.size, entry.etag)
+            if self._config.verify and not self._cache.verify_bytes(entry, data):
+                self.on_discard(entry.key)
+                raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
+            return data
+
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
         """Fetch the missing blocks of ``[first, last)`` in the background pool and wait until they are
         stored (those already in flight too); returns the bytes this call downloaded."""

@@ -60,6 +60,9 @@ def native_pixels(dataset: Dataset) -> npt.NDArray[Any] | None:
         return None
     raw = np.frombuffer(data, "<u2", count=rows * columns).reshape(rows, columns)
     unused = _NATIVE_BITS - stored
+    if not unused:  # every bit stored: the values are the bytes as they are, read in place (no copy)
+        whole: npt.NDArray[Any] = raw.view("<i2") if signed else raw
+        return whole
     if not signed:
         unsigned: npt.NDArray[np.uint16] = raw & np.uint16((1 << stored) - 1)
         return unsigned

@@ -215,7 +215,7 @@ def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> bytes:
         fits = np.can_cast(pixels.dtype, plan.dtype)  # every value of the type fits: no scan of the pixels
         if not fits and pixels.size and (pixels.min() < limits.min or pixels.max() > limits.max):
             raise ValueError(f"{plan.slices[index]}: stored values do not fit {plan.dtype.name}")
-        return pixels.astype(plan.dtype).tobytes()
+        return pixels.astype(plan.dtype, copy=False).tobytes()  # one copy: the bytes of the slice
     slope, intercept = plan.rescale[index]
     return (pixels.astype(np.float64) * slope + intercept).astype(_FLOAT32).tobytes()
 

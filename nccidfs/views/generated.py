@@ -36,7 +36,7 @@ from nccidfs.views.registry import OPEN_INVALIDATION_WAIT, Invalidator, Snapshot
 log = logging.getLogger(__name__)
 
 # Objects (images, twins) read at once for the views, all views together.
-READ_THREADS = 16
+READ_THREADS = 32
 # Bytes made for open files and kept for their readers (whole PNGs, encoded slices: ranges do not end on
 # slice boundaries), all files together.
 MADE_BYTES = 48 * 1024 * 1024
@@ -68,8 +68,11 @@ class ObjectReader:
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def read_many(self, objects: Sequence[ObjectInfo]) -> list[bytes]:
-        futures = [self._pool.submit(self._read, obj) for obj in objects]
+    def read_many(self, objects: Sequence[ObjectInfo], keep: bool = True) -> list[bytes]:
+        """The objects' bytes, in order. ``keep=False`` for the images a generated file is made from: they
+        are read for that once and not stored in the cache, which keeps the file made instead."""
+        read = self._read if keep else self._fetcher.read_once
+        futures = [self._pool.submit(read, obj) for obj in objects]
         try:
             return [future.result(timeout=deadline.remaining(self._timeout)) for future in futures]
         except FutureTimeout:

@@ -118,7 +118,7 @@ class ImageView(SeriesLayer):
             with naming(ident):
                 # Reserved before the image is read: builds waiting for memory hold none.
                 with self._generated.budget.reserve(decoding_work(promised, image), "its PNG"):
-                    data = build_png(checked(self._reader.read_many([image])[0], promised))
+                    data = build_png(checked(self._reader.read_many([image], keep=False)[0], promised))
                 if len(data) != entry.size:
                     raise ValueError(f"the image is {len(data)} bytes as PNG, its metadata twin promised {entry.size}")
             log.debug("built %s (%d bytes) in %.2f s", "/".join([self.NAME, *parts]), len(data),

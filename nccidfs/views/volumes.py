@@ -49,7 +49,7 @@ def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: Obje
         by_image: dict[ObjectInfo, list[int]] = {}  # frames of one image: read and parse it once
         for index in wanted:
             by_image.setdefault(images[index], []).append(index)
-        for indices, body in zip(by_image.values(), reader.read_many(list(by_image)), strict=True):
+        for indices, body in zip(by_image.values(), reader.read_many(list(by_image), keep=False), strict=True):
             for index, data in zip(indices, encode(indices, body), strict=True):
                 known[index] = data
                 made.put((*scope, str(index)), data)

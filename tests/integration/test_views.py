@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -108,6 +109,20 @@ def test_a_generated_volume_survives_a_restart_without_fetching_again(
         again = (daemon.mountpoint / ".nccidfs" / "volumes" / modality / f"{rest}.nii").read_bytes()
         assert again == first
         assert image_gets(daemon) == before
+
+
+def test_a_volume_is_cached_and_the_images_it_was_made_from_are_not(
+        tmp_path: Path, s3_endpoint: str, warehouse: list[DemoObject]) -> None:
+    """The volume made is what the cache keeps: storing its images too would write every voxel twice."""
+    bucket = seed_demo_bucket(s3_endpoint, "nccid-views-cached", warehouse)
+    folder = series_folders(warehouse, "ct")[0]
+    with MountedDaemon(tmp_path / "mnt", s3_endpoint, tmp_path / "cache", tmp_path / "log", bucket=bucket,
+                       extra=["--no-prefetch"]) as daemon:
+        volume = (daemon.mountpoint / ".nccidfs" / "volumes" / f"{folder}.nii").read_bytes()
+        cached = [json.loads(path.read_bytes()) for path in (tmp_path / "cache").rglob("*.map")]
+    assert [doc["size"] for doc in cached if doc["key"].endswith(f"volumes/{folder}.nii")] == [len(volume)]
+    assert not [doc["key"] for doc in cached if doc["key"].endswith(".dcm")]
+    assert any(doc["key"].endswith(".json") for doc in cached)  # the twins are kept: they plan it again
 
 
 def test_the_catalog_builds_with_progress_and_holds_every_series_and_patient(

@@ -187,6 +187,31 @@ def test_with_verification_off_an_object_is_served_and_cached_as_s3_sent_it(tmp_
     fetcher.shutdown()
 
 
+def test_an_object_read_once_is_not_stored_and_one_in_the_cache_is_not_fetched(tmp_path: Path) -> None:
+    """The images a generated file is made from: the file made is kept, not its images too."""
+    store = MemoryStore({KEY: BODY, OTHER: BODY[:BLOCK * 3]})
+    fetcher, cache = make(tmp_path, store)
+    assert fetcher.read_once(store.info(KEY)) == BODY
+    assert store.ranges == [(KEY, 0, len(BODY))]  # one GET of the whole object
+    assert not list((tmp_path / "cache").rglob("*.data")) and cache.stats()["objects"] == 0
+    assert fetcher.read_start(store.info(OTHER), BLOCK * 3) == BODY[:BLOCK * 3]
+    gets = len(store.ranges)
+    assert fetcher.read_once(store.info(OTHER)) == BODY[:BLOCK * 3]  # cached: no GET
+    assert len(store.ranges) == gets
+    fetcher.shutdown()
+
+
+def test_an_object_read_once_is_checked_against_its_md5(tmp_path: Path) -> None:
+    store = ZeroingStore({KEY: BODY[:BLOCK * 6 + 7]})
+    fetcher, _ = make(tmp_path, store)
+    discarded: list[str] = []
+    fetcher.on_discard = discarded.append
+    with pytest.raises(CorruptData):
+        fetcher.read_once(store.info(KEY))
+    assert discarded == [KEY]
+    fetcher.shutdown()
+
+
 OTHER = "training/ct/Covid2/s/t/y.dcm"
 
 
