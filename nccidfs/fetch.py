@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +75,21 @@ def _uncovered(first: int, last: int, parts: list[InflightPart]) -> list[tuple[i
         runs = [piece for lo, hi in runs for piece in ((lo, min(hi, part.first)), (max(lo, part.last), hi))
                 if piece[0] < piece[1]]
     return runs
+
+
+class _CallingThread(Executor):
+    """Runs what is submitted at once, in the thread that submits it: for a caller that would only wait."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future
+
+
+_CALLING_THREAD = _CallingThread()
 
 
 @dataclass
@@ -133,8 +148,11 @@ class Fetcher:
             self._cache.unpin(entry)
 
     # -- reading --------------------------------------------------------------------------------
-    def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None) -> bytes:
-        """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end)."""
+    def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None,
+             here: bool = False) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end). ``here``: the GETs
+        the read needs run in the calling thread instead of the foreground pool (a caller with threads of
+        its own, that would only wait for them)."""
         end = min(offset + size, entry.size)
         if offset >= end:
             return b""
@@ -144,15 +162,17 @@ class Fetcher:
         if cursor is not None:
             fetch_last = self._read_ahead(entry, offset, size, end, cursor)
         for _attempt in range(READ_ATTEMPTS):
-            parts = self._ensure_or_fail_fast(entry, first, last, fetch_last)
+            parts = self._ensure_or_fail_fast(entry, first, last, fetch_last,
+                                              _CALLING_THREAD if here else self._foreground)
             data = self._assemble(entry, first, last, parts)
             if data is not None:
                 start = first * block
                 return data[offset - start:end - start]
         raise TransientError(f"{entry.key}: cached blocks kept failing verification")
 
-    def _ensure_or_fail_fast(self, entry: CacheEntry, first: int, last: int, fetch_last: int) -> list[InflightPart]:
-        """Like ``_ensure`` of ``[first, fetch_last)`` in the foreground pool when any block of ``[first,
+    def _ensure_or_fail_fast(self, entry: CacheEntry, first: int, last: int, fetch_last: int,
+                             pool: Executor) -> list[InflightPart]:
+        """Like ``_ensure`` of ``[first, fetch_last)`` in ``pool`` when any block of ``[first,
         last)`` is missing, but a failure is remembered for a moment.
 
         When a read-ahead page fails, the kernel asks again for the single page at once; answering that
@@ -171,7 +191,7 @@ class Fetcher:
         if failure is not None:
             raise failure
         try:
-            waits, started = self._ensure(entry, first, fetch_last, self._foreground)
+            waits, started = self._ensure(entry, first, fetch_last, pool)
             return waits + started
         except NccidfsError as error:
             if isinstance(error, TransientError):
@@ -179,10 +199,11 @@ class Fetcher:
                     self._failures[entry.digest] = error
             raise
 
-    def read_start(self, obj: ObjectInfo, size: int) -> bytes:
-        """The first ``size`` bytes of an object that no file handle holds open, pinned while read."""
+    def read_start(self, obj: ObjectInfo, size: int, here: bool = False) -> bytes:
+        """The first ``size`` bytes of an object that no file handle holds open, pinned while read
+        (``here``: as for :meth:`read`)."""
         with self.pinned(obj) as entry:
-            return self.read(entry, 0, size)
+            return self.read(entry, 0, size, here=here)
 
     def read_once(self, obj: ObjectInfo) -> bytes:
         """A whole object read for one use, not kept: the images a generated file is made from (the file
@@ -241,7 +262,7 @@ class Fetcher:
         return last
 
     # -- planning -------------------------------------------------------------------------------
-    def _ensure(self, entry: CacheEntry, first: int, last: int, pool: ThreadPoolExecutor,
+    def _ensure(self, entry: CacheEntry, first: int, last: int, pool: Executor,
                 wait: bool = True) -> tuple[list[InflightPart], list[InflightPart]]:
         """Start GETs for the missing blocks of ``[first, last)``; return the parts already in flight that
         cover some of them, and the parts started here."""

@@ -188,13 +188,15 @@ def encode_header(plan: VolumePlan) -> bytes:
 def encode_slice(plan: VolumePlan, index: int, dicom: bytes) -> bytes:
     """The voxels of slice ``index`` from its image's DICOM bytes: exactly ``plan.slice_bytes`` bytes.
     Raises ValueError when the image cannot be decoded or does not match its metadata."""
-    return encode_slices(plan, [index], dicom)[0]
+    return bytes(encode_slices(plan, [index], dicom)[0])
 
 
 def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes,
-                  parsed: Dataset | None = None) -> list[bytes]:
+                  parsed: Dataset | None = None) -> list[memoryview]:
     """The voxels of several slices that are frames or tiles of one image (or the one slice of a
-    single-frame image), the image parsed once (``parsed``: its dataset, when the caller has it)."""
+    single-frame image), the image parsed once (``parsed``: its dataset, when the caller has it).
+    Each is a view of ``plan.slice_bytes`` bytes: of the image's own pixel bytes when they are already the
+    voxels (a 16-bit slice stored as the volume stores it), so a volume copies them only into its file."""
     frames = [plan.frames[index] for index in indices]
     if plan.mosaic is not None:
         dataset, whole = read_pixels(dicom, parsed)
@@ -207,7 +209,7 @@ def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes,
     return [_encoded(plan, index, values) for index, values in zip(indices, pixels, strict=True)]
 
 
-def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> bytes:
+def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> memoryview:
     if pixels.shape != (plan.rows, plan.columns):
         raise ValueError(f"{plan.slices[index]}: pixels {pixels.shape}, metadata {plan.rows}x{plan.columns}")
     if plan.dtype != _FLOAT32:
@@ -215,12 +217,17 @@ def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> bytes:
         fits = np.can_cast(pixels.dtype, plan.dtype)  # every value of the type fits: no scan of the pixels
         if not fits and pixels.size and (pixels.min() < limits.min or pixels.max() > limits.max):
             raise ValueError(f"{plan.slices[index]}: stored values do not fit {plan.dtype.name}")
-        return pixels.astype(plan.dtype, copy=False).tobytes()  # one copy: the bytes of the slice
+        return _bytes_of(pixels.astype(plan.dtype, copy=False))
     slope, intercept = plan.rescale[index]
-    return (pixels.astype(np.float64) * slope + intercept).astype(_FLOAT32).tobytes()
+    return _bytes_of((pixels.astype(np.float64) * slope + intercept).astype(_FLOAT32))
 
 
-def volume_chunks(plan: VolumePlan, images: Mapping[str, bytes]) -> Iterator[bytes]:
+def _bytes_of(voxels: npt.NDArray[Any]) -> memoryview:
+    """The array's bytes in row-major order, without a copy when it is laid out so already."""
+    return np.ascontiguousarray(voxels).data.cast("B")
+
+
+def volume_chunks(plan: VolumePlan, images: Mapping[str, bytes]) -> Iterator[bytes | memoryview]:
     """The file in pieces: the header, then the slices, the frames of one image made together;
     ``images`` maps slice ids to DICOM."""
     yield encode_header(plan)

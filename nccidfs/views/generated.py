@@ -63,7 +63,7 @@ class ObjectReader:
         self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="derive")
 
     def _read(self, obj: ObjectInfo) -> bytes:
-        return self._fetcher.read_start(obj, obj.size)
+        return self._fetcher.read_start(obj, obj.size, here=True)  # this pool's thread waits anyway
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -37,31 +37,33 @@ log = logging.getLogger(__name__)
 
 
 def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: ObjectReader,
-                    encode: Callable[[list[int], bytes], list[bytes]], made: Made,
+                    encode: Callable[[list[int], bytes], list[memoryview]], made: Made,
                     scope: tuple[str, ...]) -> Producer:
     """Bytes of a volume file made from just the slices a range covers (each slice has a fixed place);
-    ``encode(indices, dicom)`` makes the slices ``indices``, frames of one image, from its bytes. Slices
-    made are kept in ``made`` under ``scope`` for a moment: ranges do not end on slice boundaries."""
+    ``encode(indices, dicom)`` makes the slices ``indices``, frames of one image, from its bytes. A slice
+    that a range cuts is kept in ``made`` under ``scope`` for a moment: the next range holds its rest."""
 
-    def slices(first: int, last: int) -> list[bytes]:
-        known = {index: data for index in range(first, last) if (data := made.get((*scope, str(index)))) is not None}
-        wanted = [index for index in range(first, last) if index not in known]
+    def slices(first: int, last: int) -> dict[int, bytes | memoryview]:
+        known: dict[int, bytes | memoryview] = {
+            index: data for index in range(first, last) if (data := made.get((*scope, str(index)))) is not None}
         by_image: dict[ObjectInfo, list[int]] = {}  # frames of one image: read and parse it once
-        for index in wanted:
-            by_image.setdefault(images[index], []).append(index)
+        for index in range(first, last):
+            if index not in known:
+                by_image.setdefault(images[index], []).append(index)
         for indices, body in zip(by_image.values(), reader.read_many(list(by_image), keep=False), strict=True):
-            for index, data in zip(indices, encode(indices, body), strict=True):
-                known[index] = data
-                made.put((*scope, str(index)), data)
-        return [known[index] for index in range(first, last)]
+            known.update(zip(indices, encode(indices, body), strict=True))
+        return known
 
     def produce(start: int, end: int) -> bytes:
         header = encode_header(plan)
-        pieces = [header[start:end]] if start < HEADER_BYTES else []
+        pieces: list[bytes | memoryview] = [header[start:end]] if start < HEADER_BYTES else []
         first = max(0, (start - HEADER_BYTES) // plan.slice_bytes)
         last = min(len(images), -(-(end - HEADER_BYTES) // plan.slice_bytes))
-        for index, data in zip(range(first, last), slices(first, last) if last > first else [], strict=True):
-            begin = HEADER_BYTES + index * plan.slice_bytes
+        made_here = slices(first, last) if last > first else {}
+        for index in range(first, last):
+            data, begin = made_here[index], HEADER_BYTES + index * plan.slice_bytes
+            if (begin < start or begin + plan.slice_bytes > end) and isinstance(data, memoryview):
+                made.put((*scope, str(index)), bytes(data))  # cut here: its rest is in the next range
             pieces.append(data[max(start, begin) - begin:min(end, begin + plan.slice_bytes) - begin])
         return b"".join(pieces)
 
@@ -150,7 +152,7 @@ class VolumeView(SeriesLayer):
         assert isinstance(outcome, VolumePlan)
         ordered = [images.images[ident] for ident in outcome.slices]
 
-        def encode(indices: list[int], dicom: bytes) -> list[bytes]:
+        def encode(indices: list[int], dicom: bytes) -> list[memoryview]:
             ident = outcome.slices[indices[0]]  # the slices of one image: its frames
             promised = planned.promised[ident]
             with naming(ident), self._generated.budget.reserve(decoding_work(promised, ordered[indices[0]]), "it"):
