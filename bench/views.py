@@ -3,8 +3,9 @@
     python bench/views.py --latency-ms 20 --scale 0.1 --runs 3
 
 1. A CT series of about 240 slices as one volume, cold (new cache, page cache dropped), time to the last
-   byte of ``.nccidfs/volumes/ct/.../<series>.nii``, against ``dcm2niix`` run over the same series in
-   the mount (also cold), and the volume read again warm from the cache.
+   byte of ``.nccidfs/volumes/ct/.../<series>.nii`` (its lookup plans it from the twins, its reads make
+   it from the images), against ``dcm2niix`` run over the same series in the mount (also cold), each run
+   with the daemon's CPU seconds, the ratio and the load average; and the volume read again warm.
 2. The catalog: ``nccidfs catalog build`` of the whole mounted warehouse: time, the daemon's CPU time, S3
    requests by kind (from the server's counters) and the daemon's peak RSS; then the same build again
    with nothing changed; then, as after new data arrives, the server restarted on the same port with
@@ -133,25 +134,38 @@ def timed(command: list[str]) -> float:
 
 
 def bench_volume(endpoint: str, runs: int, slices: int) -> None:
+    """Each run: the volume cold on a fresh mount, then dcm2niix cold on another, so each ratio compares
+    two reads made moments apart (load on a shared machine moves both); the daemon's CPU seconds beside."""
     with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, _):
         series = pick_series(mountpoint, slices)
     count = 0
+    rows: list[tuple[float, float, float, float, float, float]] = []
     cold, warm, reference, peaks = [], [], [], []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, pid):
             count = len(os.listdir(mountpoint / series))
             volume = mountpoint / ".nccidfs" / "volumes" / f"{series}.nii"
             drop_caches()
+            cpu = cpu_seconds(pid)
             cold.append(timed(["cat", str(volume)]))
+            cold_cpu = cpu_seconds(pid) - cpu
             drop_caches()
             warm.append(timed(["cat", str(volume)]))
             peaks.append(peak_rss_mib(pid))
-        with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, _):
+        with tempfile.TemporaryDirectory() as tmp, mounted(endpoint, Path(tmp)) as (mountpoint, pid):
             out = Path(tmp) / "out"
             out.mkdir()
             drop_caches()
+            cpu = cpu_seconds(pid)
             reference.append(timed(["dcm2niix", "-z", "n", "-o", str(out), str(mountpoint / series)]))
-    print(f"\n### A {count}-slice CT series as one volume, medians of {runs} runs\n")
+            reference_cpu = cpu_seconds(pid) - cpu
+        rows.append((cold[-1], cold_cpu, reference[-1], reference_cpu, reference[-1] / cold[-1], os.getloadavg()[0]))
+    print(f"\n### A {count}-slice CT series as one volume, each run\n")
+    print("| run | `cat` of the `.nii`, cold: s | daemon CPU s | dcm2niix over the mount, cold: s | daemon CPU s "
+          "| dcm2niix / `cat` | load (1 min) |\n|---|---|---|---|---|---|---|")
+    for number, row in enumerate(rows, 1):
+        print(f"| {number} | {row[0]:.2f} | {row[1]:.2f} | {row[2]:.2f} | {row[3]:.2f} | {row[4]:.2f} | {row[5]:.1f} |")
+    print(f"\n### Medians of {runs} runs\n")
     print("| what | seconds | ratio |\n|---|---|---|")
     print(f"| `cat` of the `.nii` view, cold (made from the images) | {statistics.median(cold):.2f} | 1.00 |")
     print(f"| dcm2niix over the same series in the mount, cold | {statistics.median(reference):.2f} | "
