@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from nccidfs import deadline
 from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import NccidfsError, NotFound, TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.layout import PATIENT_DEPTH
+from nccidfs.namespace.held import ENTRY_BYTES, HeldListings, Listed
 from nccidfs.namespace.readahead import WalkTracker, list_run, run_subtrees
 from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, split_path
 from nccidfs.objects import Entry, Listing
@@ -55,13 +56,12 @@ REVALIDATE_ON_OPEN = 0.5
 # How long a caller waits for a listing when no FUSE call's deadline applies.
 DEFAULT_TIMEOUT = 30.0
 
-Listed = tuple[float, dict[str, Entry]]  # (when it was listed, its entries)
-
 
 class Namespace:
     """Answers lookups and listings of mount paths from cached S3 listings.
 
-    Where a listing comes from, in order: memory (a bounded LRU of whole listings); the persisted index
+    Where a listing comes from, in order: memory (whole listings, small ones packed, within
+    ``max_entries`` KiB: :mod:`nccidfs.namespace.held`); the persisted index
     (whole, or row by row for a folder too large for memory); S3. Whatever is served past its TTL is
     refreshed in the background.
     """
@@ -82,9 +82,7 @@ class Namespace:
         # None: the prefix itself may be listed, and the root is its listing like any directory.
         self._fixed_root = None if isinstance(root, Listing) else {
             name: Entry(name, True, mtime=self._started) for name in sorted(root)}
-        # Each listing weighs its number of entries, so the bound is on names held, not directories.
-        self._listings: LRUCache[str, Listed] = LRUCache(maxsize=max_entries,
-                                                         getsizeof=lambda held: len(held[1]) + 1)
+        self._listings = HeldListings(prefix, max_entries * ENTRY_BYTES, self._started, SUBTREE_DEPTH)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
         self._backoff: TTLCache[str, bool] = TTLCache(maxsize=BACKOFF_FOLDERS, ttl=REVALIDATE_BACKOFF,
@@ -338,10 +336,7 @@ class Namespace:
         with self._lock:
             if generation is not None and generation != self._generation:
                 return
-            try:
-                self._listings[prefix] = held
-            except ValueError:
-                self._listings.pop(prefix, None)  # too large for memory: the index serves it row by row
+            self._listings.put(prefix, held)  # one too large for memory is not: the index serves it row by row
 
     # -- background work ------------------------------------------------------------------------
     def revalidate(self, path: str) -> None:
@@ -438,12 +433,10 @@ class Namespace:
     def _forget_under(self, prefix: str) -> int:
         with self._lock:
             self._generation += 1  # listings under way are not kept either
-            stale = [key for key in self._listings if key.startswith(prefix)]
-            for key in stale:
-                del self._listings[key]
+            stale = self._listings.drop_under(prefix)
             for key in [key for key in self._backoff if key.startswith(prefix)]:
                 del self._backoff[key]
-        return len(stale)
+        return stale
 
     def relist(self, path: str) -> dict[str, Entry]:
         """List directory ``path`` from S3 now (within the call's deadline): the listing is known stale."""
@@ -457,7 +450,7 @@ class Namespace:
 
     def cached_entries(self) -> int:
         with self._lock:
-            return int(self._listings.currsize)
+            return self._listings.names()
 
     def shutdown(self) -> None:
         """Drop the queued listings and wait for those under way: they write to the index, so this comes

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import AccessDenied, NotFound
 from nccidfs.namespace import Namespace
+from nccidfs.namespace.held import ENTRY_BYTES
 from nccidfs.namespace.readahead import RUN_KEYS, SIBLINGS_AHEAD
 from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, is_safe_name, split_path
 from nccidfs.objects import Listing, ObjectInfo
@@ -94,7 +95,7 @@ def test_listing_cache_is_bounded_by_entries() -> None:
     ns = make(store, max_entries=10)
     for i in range(50):
         ns.list(f"/data/Covid{i}")
-    assert ns._listings.currsize <= 10
+    assert ns._listings.size() <= 10 * ENTRY_BYTES
 
 
 def test_listing_errors_propagate_and_are_not_cached() -> None:
