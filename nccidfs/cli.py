@@ -109,8 +109,9 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                        help="how long a directory listing is trusted before S3 is asked again; at least 1 "
                             "(default: %(default)g)")
     mount.add_argument("--max-listing-entries", type=int, default=MountConfig.max_listing_entries, metavar="N",
-                       help="bound on directory entries held in memory; least recently used listings are "
-                            "dropped first; about 1 KiB each; the on-disk index keeps the rest (default: %(default)s)")
+                       help="bound on the memory listings take, in KiB: 1 KiB a name, a small listing packed in a "
+                            "few hundred bytes; least recently used listings are dropped first; the on-disk index "
+                            "keeps the rest (default: %(default)s)")
     mount.add_argument("--max-inodes", type=int, default=MountConfig.max_inodes, metavar="N",
                        help="bound on the files and directories the kernel may keep known to the daemon; past "
                             "it the kernel is asked to forget the oldest (default: %(default)s)")

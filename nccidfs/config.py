@@ -258,7 +258,8 @@ class MountConfig:
     allow_other: bool = False
     allow_root: bool = False
     listing_ttl: float = 300.0
-    # About 1 KiB of memory each; listings beyond the bound are read back from the on-disk index, not S3.
+    # KiB of memory for listings (1 KiB a name, a few hundred bytes a small listing held packed); listings
+    # beyond the bound are read back from the on-disk index, not S3.
     max_listing_entries: int = 50_000
     # Inode numbers held for the kernel; past it the kernel is asked to forget the oldest files.
     max_inodes: int = 250_000

@@ -13,6 +13,7 @@ served, since making its entries again for every call would cost more than it sa
 from __future__ import annotations
 
 import marshal
+from collections.abc import Iterable
 
 from cachetools import Cache, LRUCache
 
@@ -67,6 +68,7 @@ class HeldListings:
         self._dir_mtime = dir_mtime
         self._max_bytes = max_bytes
         self._groups = _Groups(max_bytes)
+        self._recent: tuple[bytes, _Packed, dict[str, Listed]] = (b"", {}, {})
 
     def _split(self, prefix: str) -> tuple[str, str]:
         """(the group's prefix, the prefix relative to it)."""
@@ -77,12 +79,21 @@ class HeldListings:
                 return prefix, ""
         return prefix[:at + 1], prefix[at + 1:]
 
+    def _decoded(self, blob: bytes) -> tuple[_Packed, dict[str, Listed]]:
+        """A group's packed listings, and those already made again: a walk reads each patient's group a
+        few times in a row (a directory's parent, then the directory), so the last one read is kept."""
+        recent, packed, made = self._recent
+        if blob is not recent:  # the same object: the group was not put again since
+            packed, made = marshal.loads(blob), {}
+            self._recent = (blob, packed, made)
+        return packed, made
+
     def _open(self, key: str) -> tuple[_Packed, dict[str, Listed]]:
         group = self._groups.get(key)
         if group is None:
             return {}, {}
         blob, served, _ = group
-        return (marshal.loads(blob) if blob else {}), dict(served or {})
+        return (dict(self._decoded(blob)[0]) if blob else {}), dict(served or {})
 
     def _close(self, key: str, packed: _Packed, served: dict[str, Listed]) -> None:
         if not packed and not served:
@@ -100,26 +111,37 @@ class HeldListings:
         blob, served, _ = group
         if served is not None and relative in served:
             return served[relative]
-        found = marshal.loads(blob).get(relative) if blob else None
-        if found is None:
+        if not blob:
             return None
-        return found[0], unpack(found[1], prefix, self._dir_mtime)
+        packed, made = self._decoded(blob)
+        listed = made.get(relative)
+        if listed is None:
+            found = packed.get(relative)
+            if found is None:
+                return None
+            listed = made[relative] = found[0], unpack(found[1], prefix, self._dir_mtime)
+        return listed
 
     def __contains__(self, prefix: str) -> bool:
         return self.get(prefix) is not None
 
-    def put(self, prefix: str, listed: Listed) -> None:
-        """Hold a listing in place of the one held; one too large for the whole bound is not held."""
-        key, relative = self._split(prefix)
-        packed, served = self._open(key)
-        packed.pop(relative, None)
-        served.pop(relative, None)
-        fetched, entries = listed
-        if len(entries) <= PACKED_ENTRIES:
-            packed[relative] = (fetched, pack(entries, prefix, self._dir_mtime))
-        elif (len(entries) + 1) * ENTRY_BYTES + GROUP_OVERHEAD <= self._max_bytes:
-            served[relative] = listed
-        self._close(key, packed, served)
+    def put(self, listings: Iterable[tuple[str, Listed]]) -> None:
+        """Hold these listings in place of those held, each group packed once; one too large for the whole
+        bound is not held."""
+        by_group: dict[str, list[tuple[str, str, Listed]]] = {}
+        for prefix, listed in listings:
+            key, relative = self._split(prefix)
+            by_group.setdefault(key, []).append((prefix, relative, listed))
+        for key, members in by_group.items():
+            packed, served = self._open(key)
+            for prefix, relative, (fetched, entries) in members:
+                packed.pop(relative, None)
+                served.pop(relative, None)
+                if len(entries) <= PACKED_ENTRIES:
+                    packed[relative] = (fetched, pack(entries, prefix, self._dir_mtime))
+                elif (len(entries) + 1) * ENTRY_BYTES + GROUP_OVERHEAD <= self._max_bytes:
+                    served[relative] = fetched, entries
+            self._close(key, packed, served)
 
     def drop_under(self, prefix: str) -> int:
         """Forget the listings at and below ``prefix``; returns how many were held."""

@@ -318,7 +318,8 @@ class Namespace:
                 self._report_changes(directory, held[1], entries)
             if held is None or held[1] != entries:
                 self.on_listing_change(self._mount_path(directory), False)
-            self._remember(directory, (fetched, entries))
+        with self._lock:
+            self._listings.put((directory, (fetched, entries)) for directory, entries in tree.items())
 
     def _mount_path(self, prefix: str) -> str:
         return "/" + prefix[len(self._prefix):].rstrip("/")
@@ -336,7 +337,7 @@ class Namespace:
         with self._lock:
             if generation is not None and generation != self._generation:
                 return
-            self._listings.put(prefix, held)  # one too large for memory is not: the index serves it row by row
+            self._listings.put([(prefix, held)])  # one too large for memory is not: the index serves it row by row
 
     # -- background work ------------------------------------------------------------------------
     def revalidate(self, path: str) -> None:
