@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from nccidfs import __version__
 from nccidfs.config import (
+    DEFAULT_ATTR_TIMEOUT,
     CacheConfig,
     Config,
     MountConfig,
@@ -119,7 +120,8 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                        help="a read or listing that S3 cannot serve within this time fails with EIO, "
                             "after retries (default: %(default)g)")
     mount.add_argument("--attr-timeout", type=float, default=MountConfig.attr_timeout, metavar="SECONDS",
-                       help="how long the kernel trusts a file's attributes and lookups (default: %(default)g)")
+                       help="how long the kernel trusts a file's attributes and lookups (default: until the "
+                            f"listing they came from is past --listing-ttl, at least {DEFAULT_ATTR_TIMEOUT:g} s)")
     mount.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=ReadConfig.prefetch,
                        help="when a .dcm is read past its header, fetch the rest of its series in the "
                             "background (default: on)")
