@@ -28,13 +28,11 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nccidfs import deadline
 from nccidfs.config import DEFAULT_ATTR_TIMEOUT, MountConfig
 from nccidfs.dicom import XATTR_PREFIX
-from nccidfs.dirents import PackedListing
 from nccidfs.errors import NccidfsError, to_errno
 from nccidfs.fs import FileSystem
 from nccidfs.inodes import Inodes
@@ -227,16 +225,6 @@ FUSE_UNKNOWN_INO = 0xFFFFFFFF  # what a listing says of an entry the kernel has 
 ENTRIES_MADE_KEPT = 4096
 
 
-@dataclass
-class _Snapshot:
-    """A listing read page by page: when it is past its TTL (monotonic time), its rows, and its plain
-    entries once a page of them was asked for."""
-
-    expires: float
-    rows: list[tuple[bytes, Entry]]
-    plain: PackedListing | None = None
-
-
 class _EntryParam(ctypes.Structure):
     _fields_ = [("ino", _ino), ("generation", ctypes.c_uint64), ("attr", mfusepy.c_stat),
                 ("attr_timeout", ctypes.c_double), ("entry_timeout", ctypes.c_double)]
@@ -299,6 +287,7 @@ def _declare() -> None:
         "fuse_reply_buf": (ctypes.c_int, (_req, void_p, size)),
         "fuse_reply_statfs": (ctypes.c_int, (_req, ctypes.POINTER(mfusepy.c_statvfs))),
         "fuse_reply_xattr": (ctypes.c_int, (_req, size)),
+        "fuse_add_direntry": (size, (_req, void_p, size, char_p, ctypes.POINTER(mfusepy.c_stat), _off)),
         "fuse_add_direntry_plus": (size, (_req, void_p, size, char_p, ctypes.POINTER(_EntryParam), _off)),
         "fuse_lowlevel_notify_inval_inode": (ctypes.c_int, (void_p, _ino, _off, _off)),
         "fuse_lowlevel_notify_inval_entry": (ctypes.c_int, (void_p, _ino, char_p, size)),
@@ -365,7 +354,8 @@ class Kernel:
         self._inodes = Inodes(max_inodes)
         self._listed: set[int] = set()  # directories whose listing the kernel may hold in its cache
         self._opened: Counter[int] = Counter()  # files open, which are never given up
-        self._listings: OrderedDict[int, _Snapshot] = OrderedDict()  # listings being read page by page
+        # Listings being read page by page: when they are past their TTL (monotonic time), and their rows.
+        self._listings: OrderedDict[int, tuple[float, list[tuple[bytes, Entry]]]] = OrderedDict()
         self._lock = threading.Lock()
         self._notes: queue.SimpleQueue[tuple[Callable[[], object], threading.Event | None]] = queue.SimpleQueue()
         self._giving_up = threading.Event()
@@ -573,15 +563,16 @@ class Kernel:
     def _opendir(self, req: int, ino: int, fi: Any) -> None:
         _lib.fuse_reply_err(req, errno.ENOSYS)  # no OPENDIR/RELEASEDIR from now on; the kernel caches listings
 
-    def _rows(self, ino: int, offset: int) -> _Snapshot:
-        """The listing of directory ``ino``: a new snapshot for its first page, the same one after."""
+    def _rows(self, ino: int, offset: int) -> tuple[float, list[tuple[bytes, Entry]]]:
+        """The listing of directory ``ino``, and when it is past its TTL (monotonic time): a new snapshot
+        for its first page, the same one after."""
         with self._lock:
             snapshot = self._listings.get(ino) if offset else None
         if snapshot is None:
             self._listed.add(ino)  # before it is read: a change seen meanwhile is then sent to the kernel
             entries, fresh = self._ops.readdir(self._path(ino), 0)
-            snapshot = _Snapshot(time.monotonic() + fresh, [(b".", _DOT), (b"..", _DOT)] + [
-                (entry.name.encode("utf-8", "surrogateescape"), entry) for entry in entries])
+            snapshot = time.monotonic() + fresh, [(b".", _DOT), (b"..", _DOT)] + [
+                (entry.name.encode("utf-8", "surrogateescape"), entry) for entry in entries]
             with self._lock:
                 self._listings[ino] = snapshot
                 self._listings.move_to_end(ino)
@@ -591,20 +582,22 @@ class Kernel:
 
     @_reply_errors
     def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
-        snapshot = self._rows(ino, offset)
-        if offset >= len(snapshot.rows):  # the read that finds the end: one a directory
-            _lib.fuse_reply_buf(req, None, 0)
-            return
-        if snapshot.plain is None:  # packed once, by whichever page comes first
-            snapshot.plain = PackedListing(((name, self._ops.mode_of(entry)) for name, entry in snapshot.rows),
-                                           FUSE_UNKNOWN_INO)
-        page = snapshot.plain.page(offset, size)
-        _lib.fuse_reply_buf(req, page, len(page))
+        _, rows = self._rows(ino, offset)
+        buf = ctypes.create_string_buffer(size)
+        address, used, unnumbered = ctypes.addressof(buf), 0, self._unnumbered
+        for index in range(offset, len(rows)):
+            name, entry = rows[index]
+            length = _lib.fuse_add_direntry(req, address + used, size - used, name,
+                                            ctypes.byref(unnumbered[self._ops.mode_of(entry)].attr), index + 1)
+            if used + length > size:
+                break
+            used += length
+        _lib.fuse_reply_buf(req, buf, used)
 
     @_reply_errors
     def _readdirplus(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
-        snapshot = self._rows(ino, offset)
-        rows, fresh = snapshot.rows, snapshot.expires - time.monotonic()
+        expires, rows = self._rows(ino, offset)
+        fresh = expires - time.monotonic()
         base = self._path(ino)
         base = "" if base == "/" else base
         buf = ctypes.create_string_buffer(size)
