@@ -353,6 +353,11 @@ class Kernel:
         self._negative_timeout = min(ttl, KERNEL_NEGATIVE_TIMEOUT)
         self._inodes = Inodes(max_inodes)
         self._listed: set[int] = set()  # directories whose listing the kernel may hold in its cache
+        # Directories the kernel was told their listing changed after it read it: their sub-directories' own
+        # listings may be older than theirs (see _entry_fresh). A listing made for the kernel's first read
+        # of a directory is reported too, while it reads (_reading): that is no change.
+        self._relisted: set[int] = set()
+        self._reading: set[int] = set()
         self._opened: Counter[int] = Counter()  # files open, which are never given up
         # Listings being read page by page: when they are past their TTL (monotonic time), and their rows.
         self._listings: OrderedDict[int, tuple[float, list[tuple[bytes, Entry]]]] = OrderedDict()
@@ -408,6 +413,7 @@ class Kernel:
         else:
             ino = self._inodes.number(path)
             numbers = [ino] if ino in self._listed else []
+            self._relisted.update(number for number in numbers if number not in self._reading)
         for ino in numbers:  # still listed: a reply under way may yet put the old listing in the cache
             self._note(functools.partial(_lib.fuse_lowlevel_notify_inval_inode, self.session, ino, 0, 0), 0.0)
 
@@ -514,6 +520,7 @@ class Kernel:
     def _forget_one(self, ino: int, count: int) -> None:
         if not self._inodes.forget(ino, count):
             self._listed.discard(ino)
+            self._relisted.discard(ino)
 
     def _path(self, ino: int) -> str:
         try:
@@ -570,7 +577,11 @@ class Kernel:
             snapshot = self._listings.get(ino) if offset else None
         if snapshot is None:
             self._listed.add(ino)  # before it is read: a change seen meanwhile is then sent to the kernel
-            entries, fresh = self._ops.readdir(self._path(ino), 0)
+            self._reading.add(ino)
+            try:
+                entries, fresh = self._ops.readdir(self._path(ino), 0)
+            finally:
+                self._reading.discard(ino)
             snapshot = time.monotonic() + fresh, [(b".", _DOT), (b"..", _DOT)] + [
                 (entry.name.encode("utf-8", "surrogateescape"), entry) for entry in entries]
             with self._lock:
@@ -598,6 +609,7 @@ class Kernel:
     def _readdirplus(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
         expires, rows = self._rows(ino, offset)
         fresh = expires - time.monotonic()
+        relisted = ino in self._relisted
         base = self._path(ino)
         base = "" if base == "/" else base
         buf = ctypes.create_string_buffer(size)
@@ -607,7 +619,7 @@ class Kernel:
             name, entry = rows[index]
             if index >= 2 and (entry.is_dir or files_too):
                 path = f"{base}/{entry.name}"
-                param = self._entry(path, entry, self._valid_for(self._entry_fresh(path, entry, fresh)))
+                param = self._entry(path, entry, self._valid_for(self._entry_fresh(path, entry, fresh, relisted)))
             else:
                 path, param = None, unnumbered[self._ops.mode_of(entry)]
             length = _lib.fuse_add_direntry_plus(req, address + used, size - used, name, ctypes.byref(param),
@@ -619,13 +631,18 @@ class Kernel:
                 self._looked_up(path, param.ino, entry)  # the kernel counts an entry with attributes as a lookup
         _lib.fuse_reply_buf(req, buf, used)
 
-    def _entry_fresh(self, path: str, entry: Entry, fresh: float) -> float:
+    def _entry_fresh(self, path: str, entry: Entry, fresh: float, relisted: bool) -> float:
         """How long the daemon answers the same for an entry of a listing fresh for ``fresh`` seconds: a
-        directory's attributes no longer than its own listing held, if older (its parent listed again since)."""
+        directory's attributes no longer than its own listing, which is older when its parent was listed
+        again since (``relisted``). A listing not held in memory is then taken as past its TTL (reading the
+        index for it would cost a walk more than it saves); otherwise it was not made yet, and will be
+        fresher than its parent's."""
         if not (entry.is_dir and self._until_listing_ttl and fresh > self._attr_timeout):
             return fresh
         own = self._ops.listing_fresh(path)
-        return fresh if own is None else min(fresh, own)
+        if own is None:
+            return 0.0 if relisted else fresh
+        return min(fresh, own)
 
     @_reply_errors
     def _statfs(self, req: int, ino: int) -> None:

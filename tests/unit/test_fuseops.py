@@ -66,3 +66,14 @@ def test_entries_made_from_one_template_keep_their_own_number_and_attributes() -
     assert (first.attr.st_mtimespec.tv_sec, first.attr.st_mtimespec.tv_nsec) == (1_700_000_000, 500_000_000)
     assert (small.attr.st_size, small.attr.st_blocks, small.attr.st_mtimespec.tv_sec) == (10, 1, 1_600_000_000)
     assert (large.attr.st_size, large.attr.st_blocks, large.attr.st_mtimespec.tv_sec) == (10_000, 20, 1_600_000_001)
+
+
+def test_a_sub_directory_is_kept_no_longer_than_its_own_listing() -> None:
+    made = kernel(attr_timeout=None)
+    held = {"/a/old": 30.0}
+    made._ops.listing_fresh = held.get  # type: ignore[method-assign]
+    old, new, file = fuseops.Entry("old", True), fuseops.Entry("new", True), fuseops.Entry("f", False)
+    assert made._entry_fresh("/a/old", old, 200.0, False) == 30.0
+    assert made._entry_fresh("/a/new", new, 200.0, False) == 200.0, "listed after its parent, when it is"
+    assert made._entry_fresh("/a/new", new, 200.0, True) == 0.0, "its parent listed again: it may be older"
+    assert made._entry_fresh("/a/f", file, 200.0, True) == 200.0, "a file's attributes are its parent listing's"
