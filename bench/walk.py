@@ -8,9 +8,10 @@ measures, each on a fresh mount and empty cache:
   time and the listings they cost;
 - ``find FOLDER -type f`` for each folder: seconds, files per second, listings, FUSE requests per
   directory (the daemon's counters), the daemon's CPU seconds (and per request), the load average, and
-  the daemon's largest VmRSS, sampled throughout; meanwhile a ``stat`` every 0.1 s of a file listed
-  before the walk (in another folder; each named again only after the kernel's attribute timeout),
-  timed; then the same ``find`` again on the same mount;
+  the daemon's largest VmRSS, sampled throughout; meanwhile a ``stat`` every 0.1 s beside a file listed
+  before the walk (in another folder), of a name that does not exist and was never asked for, so that
+  each reaches the daemon (the kernel keeps the names it was given until their listing's TTL), timed;
+  then the same ``find`` again on the same mount;
 - boto3's paginator over the same prefix (bench/index_modality.py), stopped after ``--boto3-max-keys``
   keys for the large folders, so its rate is measured without its hours;
 - the whole warehouse, extrapolated: each folder's keys at scale 1.0 over the rate measured here.
@@ -34,7 +35,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,6 @@ from mounts import Mounted, Nccidfs, Target, mounted, tool_env  # noqa: E402
 FOLDERS = ("data", "xray-metadata", "xray", "mri-metadata", "mri", "ct-metadata", "ct")
 PROBE_EVERY = 0.1
 PROFILE_RATE = 100  # py-spy samples a second
-ATTR_TIMEOUT = 5.0  # the daemon's default --attr-timeout: a name stat'ed again after this reaches the daemon
 
 
 def server_stats(endpoint: str, reset: bool = True) -> dict[str, object]:
@@ -105,7 +105,8 @@ class RssSampler:
 
 
 class Prober:
-    """Stats known files while something else runs, cycling slowly enough that each reaches the daemon."""
+    """Stats names beside known files while something else runs: each a name never asked for, which the
+    kernel cannot answer from its caches, and which the daemon answers (ENOENT) from the listing it holds."""
 
     def __init__(self, paths: list[Path]) -> None:
         self._paths = paths
@@ -114,11 +115,12 @@ class Prober:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        gap = max(PROBE_EVERY, (ATTR_TIMEOUT + 1) / max(1, len(self._paths)))
         index = 0
-        while not self._stop.wait(gap):
+        while not self._stop.wait(PROBE_EVERY):
+            known = self._paths[index % len(self._paths)]
             started = time.monotonic()
-            os.stat(self._paths[index % len(self._paths)])
+            with suppress(FileNotFoundError):
+                os.stat(known.with_name(f"{known.name}.probe{index}"))
             self.seconds.append(time.monotonic() - started)
             index += 1
 
@@ -204,12 +206,13 @@ def walk(endpoint: str, workdir: Path, nccidfs: Nccidfs, folder: str, probe_keys
         for path in probes:
             os.stat(path)  # listed before the walk
         listings(endpoint)
-        time.sleep(ATTR_TIMEOUT)  # so each probe reaches the daemon
         with RssSampler(mount.pid) as rss, Prober(probes) as prober, sampled(mount.pid, profile, folder):
             files, seconds, cpu, spent = timed_find(mount, folder)
         load = os.getloadavg()[0]
         lists = listings(endpoint)
-        _files, again, cpu_again, spent_again = timed_find(mount, folder)
+        held = json.loads((mnt / ".nccidfs" / "status.json").read_text())["listings"]["entries_in_memory"]
+        with sampled(mount.pid, profile, f"{folder}-again"):
+            _files, again, cpu_again, spent_again = timed_find(mount, folder)
     p90 = prober.p90_ms()
     requests = sum(spent.values())
     return {"files": files, "seconds": round(seconds, 2), "files_per_second": round(files / seconds),
@@ -218,6 +221,7 @@ def walk(endpoint: str, workdir: Path, nccidfs: Nccidfs, folder: str, probe_keys
             "listings": lists, "peak_rss_mib": round(rss.peak_kib / 1024), "probe_stats": len(prober.seconds),
             "probe_p90_ms": round(p90, 1) if p90 is not None else -1,
             "requests_per_directory": round(requests / directories, 2), "requests": spent,
+            "listing_names_in_memory": held,
             "second_seconds": round(again, 2), "second_daemon_cpu_seconds": round(cpu_again, 2),
             "second_requests": spent_again,
             "second_speedup": round(seconds / again, 1)}
@@ -261,8 +265,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9412)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared/ folder")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
-    parser.add_argument("--profile", type=Path, help="sample the daemon with py-spy (on PATH) during each first "
-                                                     "find; collapsed stacks to PROFILE/<folder>.txt")
+    parser.add_argument("--profile", type=Path, help="sample the daemon with py-spy (on PATH) during each find; "
+                                                     "collapsed stacks to PROFILE/<folder>.txt and <folder>-again.txt")
     args = parser.parse_args()
     os.environ.update(tool_env())
     endpoint = f"http://127.0.0.1:{args.port}"

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from nccidfs import __version__
 from nccidfs.config import (
+    DEFAULT_ATTR_TIMEOUT,
     CacheConfig,
     Config,
     MountConfig,
@@ -109,8 +110,9 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                        help="how long a directory listing is trusted before S3 is asked again; at least 1 "
                             "(default: %(default)g)")
     mount.add_argument("--max-listing-entries", type=int, default=MountConfig.max_listing_entries, metavar="N",
-                       help="bound on directory entries held in memory; least recently used listings are "
-                            "dropped first; about 1 KiB each; the on-disk index keeps the rest (default: %(default)s)")
+                       help="bound on the memory listings take, in KiB: 1 KiB a name, a small listing packed in a "
+                            "few hundred bytes; least recently used listings are dropped first; the on-disk index "
+                            "keeps the rest (default: %(default)s)")
     mount.add_argument("--max-inodes", type=int, default=MountConfig.max_inodes, metavar="N",
                        help="bound on the files and directories the kernel may keep known to the daemon; past "
                             "it the kernel is asked to forget the oldest (default: %(default)s)")
@@ -118,7 +120,8 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
                        help="a read or listing that S3 cannot serve within this time fails with EIO, "
                             "after retries (default: %(default)g)")
     mount.add_argument("--attr-timeout", type=float, default=MountConfig.attr_timeout, metavar="SECONDS",
-                       help="how long the kernel trusts a file's attributes and lookups (default: %(default)g)")
+                       help="how long the kernel trusts a file's attributes and lookups (default: until the "
+                            f"listing they came from is past --listing-ttl, at least {DEFAULT_ATTR_TIMEOUT:g} s)")
     mount.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=ReadConfig.prefetch,
                        help="when a .dcm is read past its header, fetch the rest of its series in the "
                             "background (default: on)")

@@ -41,6 +41,9 @@ METRICS_HOST = "127.0.0.1"  # --metrics-addr without a host listens on loopback 
 # A listing trusted for less than this would send S3 a listing for nearly every lookup of a walk: with a
 # TTL of 0 one `find` of 182 files cost 1,001 listings.
 MIN_LISTING_TTL = 1.0
+# The least the kernel trusts a name and its attributes without --attr-timeout, even when the listing it
+# came from is at or past its TTL: the daemon answers from its listing cache in microseconds meanwhile.
+DEFAULT_ATTR_TIMEOUT = 5.0
 MIN_LISTING_ENTRIES = 1000
 MIN_INODES = 100
 # sun_path holds 108 bytes including the terminating NUL.
@@ -258,14 +261,16 @@ class MountConfig:
     allow_other: bool = False
     allow_root: bool = False
     listing_ttl: float = 300.0
-    # About 1 KiB of memory each; listings beyond the bound are read back from the on-disk index, not S3.
+    # KiB of memory for listings (1 KiB a name, a few hundred bytes a small listing held packed); listings
+    # beyond the bound are read back from the on-disk index, not S3.
     max_listing_entries: int = 50_000
     # Inode numbers held for the kernel; past it the kernel is asked to forget the oldest files.
     max_inodes: int = 250_000
     readdirplus: bool = False
-    # How long the kernel trusts a file's attributes and a name's lookup before asking the daemon again. The
-    # daemon answers from its listing cache in microseconds, so a short time lets a refreshed listing show.
-    attr_timeout: float = 5.0
+    # How long the kernel trusts a file's attributes and a name's lookup before asking the daemon again. None:
+    # until the listing the name came from is past its TTL (the daemon would answer the same until then),
+    # at least DEFAULT_ATTR_TIMEOUT; a number: that long, as the user asked.
+    attr_timeout: float | None = None
     # Owner and group shown for every file; None means the mounting user's.
     uid: int | None = None
     gid: int | None = None
@@ -283,7 +288,8 @@ class MountConfig:
 
     def __post_init__(self) -> None:
         check_seconds("--listing-ttl", self.listing_ttl, MIN_LISTING_TTL)
-        check_seconds("--attr-timeout", self.attr_timeout, 0.0)
+        if self.attr_timeout is not None:
+            check_seconds("--attr-timeout", self.attr_timeout, 0.0)
         if self.max_listing_entries < MIN_LISTING_ENTRIES:
             raise ConfigError(f"--max-listing-entries must be at least {MIN_LISTING_ENTRIES}")
         if self.max_inodes < MIN_INODES:

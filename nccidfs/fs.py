@@ -106,12 +106,13 @@ class FileSystem:
         return status if self._kernel_counts is None else {**status, "kernel": self._kernel_counts()}
 
     def set_kernel(self, invalidate: Invalidator, invalidate_listing: ListingInvalidator,
-                   counts: Callable[[], dict[str, int]]) -> None:
+                   forget_name: Callable[[str], None], counts: Callable[[], dict[str, int]]) -> None:
         """What the kernel is told when the daemon learns its caches are wrong, and its request counts."""
         self._invalidate = invalidate
         self.control.invalidate = invalidate
         self._kernel_counts = counts
         self.namespace.on_change = lambda path: invalidate(path, 0.0)
+        self.namespace.on_removed = forget_name
         self.namespace.on_listing_change = invalidate_listing
 
     def discarded(self, key: str) -> None:
@@ -137,25 +138,46 @@ class FileSystem:
         return parts[1:]
 
     def lookup(self, path: str) -> Entry:
-        """The entry for ``path``. For a directory, its own listing is refreshed in the background if it is
-        past its TTL: the kernel asks for a directory's attributes before it reads the listing it keeps
-        (at most every ``--attr-timeout``), and otherwise would never ask for the listing again."""
+        return self.lookup_fresh(path)[0]
+
+    def lookup_fresh(self, path: str) -> tuple[Entry, float]:
+        """The entry for ``path``, and for how many seconds the daemon would give the same answer without
+        listing anything again: until its parent's listing is past its TTL, and for a directory its own
+        listing too; 0 under ``/.nccidfs/``, whose sizes change. A directory's own listing is refreshed in
+        the background if it is past its TTL: the kernel asks for a directory's attributes before it reads
+        the listing it keeps, and otherwise would never ask for the listing again."""
         parts = self._virtual(path)
         if parts is not None:
-            return self.control.lookup(parts)
-        entry = self.namespace.lookup(path)
+            return self.control.lookup(parts), 0.0
+        entry, fresh = self.namespace.lookup_fresh(path)
         if entry.is_dir:
-            self.namespace.revalidate(path)
-        return entry
+            own = self.namespace.revalidate(path)
+            if own is not None:
+                fresh = min(fresh, own)
+        return entry, fresh
 
     def readdir(self, path: str) -> list[Entry]:
+        return self.readdir_fresh(path)[0]
+
+    def readdir_fresh(self, path: str) -> tuple[list[Entry], float]:
+        """The entries of directory ``path``, and the seconds its listing stays within its TTL (0 under
+        ``/.nccidfs/``)."""
         parts = self._virtual(path)
         if parts is not None:
-            return list(self.control.list(parts).values())
+            return list(self.control.list(parts).values()), 0.0
         entry = self.namespace.lookup(path)
         if not entry.is_dir:
             raise NotFound(f"{path}: not a directory")
-        return list(self.namespace.list(path).values())
+        entries, fresh = self.namespace.list_fresh(path)
+        return list(entries.values()), fresh
+
+    def listing_fresh(self, path: str) -> float | None:
+        """How long directory ``path``'s own listing held in memory stays within its TTL (None when it is
+        not held): a directory's attributes are kept by the kernel no longer, since they are when the
+        kernel asks before reading the listing it keeps."""
+        if self._virtual(path) is not None:
+            return 0.0
+        return self.namespace.held_fresh(path)
 
     def readlink(self, path: str) -> str:
         parts = self._virtual(path)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nccidfs import deadline
-from nccidfs.config import MountConfig
+from nccidfs.config import DEFAULT_ATTR_TIMEOUT, MountConfig
 from nccidfs.dicom import XATTR_PREFIX
 from nccidfs.errors import NccidfsError, to_errno
 from nccidfs.fs import FileSystem
@@ -137,18 +137,27 @@ class FuseOperations:
         conn.max_background = MAX_BACKGROUND
         conn.congestion_threshold = CONGESTION_THRESHOLD
         log.info("mounted (libfuse %d)", libfuse_version())
-        self._fs.set_kernel(kernel.invalidate_path, kernel.invalidate_listing, kernel.counts)
+        self._fs.set_kernel(kernel.invalidate_path, kernel.invalidate_listing, kernel.forget_name, kernel.counts)
         if self._on_ready is not None:
             self._on_ready()
 
     @_errors_to_errno
-    def getattr(self, path: str, fh: Any = None) -> Entry:
-        """The entry itself: :class:`Kernel` fills the kernel's struct from it with :meth:`fill_stat`."""
-        return self._fs.lookup(path)
+    def getattr(self, path: str, fh: Any = None) -> tuple[Entry, float]:
+        """The entry itself (:class:`Kernel` fills the kernel's struct from it with :meth:`fill_stat`), and
+        for how many seconds the daemon would answer the same (:meth:`FileSystem.lookup_fresh`)."""
+        return self._fs.lookup_fresh(path)
 
     @_errors_to_errno
-    def readdir(self, path: str, fh: int) -> list[Entry]:
-        return self._fs.readdir(path)
+    def readdir(self, path: str, fh: int) -> tuple[list[Entry], float]:
+        return self._fs.readdir_fresh(path)
+
+    def listing_fresh(self, path: str) -> float | None:
+        """How long a directory's own listing held in memory stays fresh (None: not held, or not a
+        directory any more). Not bounded nor counted as a call: it only reads memory."""
+        try:
+            return self._fs.listing_fresh(path)
+        except NccidfsError:
+            return None
 
     def mode_of(self, entry: Entry) -> int:
         if entry.is_dir:
@@ -337,12 +346,21 @@ class Kernel:
         self._ops = operations
         self._attributes_for_files = attributes_for_files
         ttl = config.listing_ttl
-        self._attr_timeout = min(ttl, config.attr_timeout)
+        # Without --attr-timeout names and attributes are kept until their listing is past its TTL, and at
+        # least this long; with it, this long.
+        self._attr_timeout = min(ttl, DEFAULT_ATTR_TIMEOUT if config.attr_timeout is None else config.attr_timeout)
+        self._until_listing_ttl = config.attr_timeout is None
         self._negative_timeout = min(ttl, KERNEL_NEGATIVE_TIMEOUT)
         self._inodes = Inodes(max_inodes)
         self._listed: set[int] = set()  # directories whose listing the kernel may hold in its cache
+        # Directories the kernel was told their listing changed after it read it: their sub-directories' own
+        # listings may be older than theirs (see _entry_fresh). A listing made for the kernel's first read
+        # of a directory is reported too, while it reads (_reading): that is no change.
+        self._relisted: set[int] = set()
+        self._reading: set[int] = set()
         self._opened: Counter[int] = Counter()  # files open, which are never given up
-        self._listings: OrderedDict[int, list[tuple[bytes, Entry]]] = OrderedDict()
+        # Listings being read page by page: when they are past their TTL (monotonic time), and their rows.
+        self._listings: OrderedDict[int, tuple[float, list[tuple[bytes, Entry]]]] = OrderedDict()
         self._lock = threading.Lock()
         self._notes: queue.SimpleQueue[tuple[Callable[[], object], threading.Event | None]] = queue.SimpleQueue()
         self._giving_up = threading.Event()
@@ -386,14 +404,27 @@ class Kernel:
             self._note(lambda: _lib.fuse_lowlevel_notify_inval_inode(self.session, ino, 0, 0), wait)
 
     def invalidate_listing(self, path: str, subtree: bool) -> None:
-        """Drop the listing the kernel holds of directory ``path`` (and of those below it)."""
+        """Drop the listing the kernel holds of directory ``path`` (and, for ``subtree``, of those below it
+        and every name below it: the kernel may have been told to keep them until their listing's TTL)."""
         if subtree:
             numbers = [ino for ino in self._inodes.under(path) if ino in self._listed]
+            for name in self._inodes.names_in(path):  # the kernel drops a directory's names with its own
+                self.forget_name(f"{path.rstrip('/')}/{name}")
         else:
             ino = self._inodes.number(path)
             numbers = [ino] if ino in self._listed else []
+            self._relisted.update(number for number in numbers if number not in self._reading)
         for ino in numbers:  # still listed: a reply under way may yet put the old listing in the cache
             self._note(functools.partial(_lib.fuse_lowlevel_notify_inval_inode, self.session, ino, 0, 0), 0.0)
+
+    def forget_name(self, path: str) -> None:
+        """Have the kernel forget the name ``path`` (and all it holds below it), if it holds its directory."""
+        parent_path, _, name = path.rpartition("/")
+        parent = self._inodes.number(parent_path or "/")
+        if parent is not None:
+            encoded = name.encode("utf-8", "surrogateescape")
+            self._note(functools.partial(_lib.fuse_lowlevel_notify_inval_entry, self.session, parent, encoded,
+                                         len(encoded)), 0.0)
 
     def _note(self, send: Callable[[], object], wait: float) -> None:
         done = threading.Event() if wait else None
@@ -433,21 +464,27 @@ class Kernel:
         base = self._path(parent)
         return ("" if base == "/" else base) + "/" + name.decode("utf-8", "surrogateescape")
 
-    def _entry(self, path: str, entry: Entry) -> _EntryParam:
-        """The kernel's entry for ``entry``, with the number the kernel has (or will have) for it: a copy
-        of the one made for entries of its kind, size and time, with the number set."""
+    def _valid_for(self, fresh: float) -> float:
+        """How long the kernel may keep a name and its attributes that the daemon would answer the same for
+        ``fresh`` seconds (see :meth:`FileSystem.lookup_fresh`)."""
+        return max(fresh, self._attr_timeout) if self._until_listing_ttl else self._attr_timeout
+
+    def _entry(self, path: str, entry: Entry, valid_for: float) -> _EntryParam:
+        """The kernel's entry for ``entry``, kept ``valid_for`` seconds, with the number the kernel has (or
+        will have) for it: a copy of the one made for entries of its kind, size and time, with the number
+        and times set."""
         key = (entry.is_dir, entry.link, entry.size, entry.mtime)
         made = self._made.get(key)
         if made is None:
             param = _EntryParam()
             self._ops.fill_stat(param.attr, entry)
-            param.attr_timeout = param.entry_timeout = self._attr_timeout
             made = bytes(param)
             if len(self._made) >= ENTRIES_MADE_KEPT:
                 self._made.clear()
             self._made[key] = made
         param = _EntryParam.from_buffer_copy(made)
         param.ino = param.attr.st_ino = self._inodes.reserve(path)
+        param.attr_timeout = param.entry_timeout = valid_for
         return param
 
     def _looked_up(self, path: str, ino: int, entry: Entry) -> None:
@@ -458,13 +495,13 @@ class Kernel:
     def _lookup(self, req: int, parent: int, name: bytes) -> None:
         path = self._child(parent, name)
         try:
-            entry = self._ops.getattr(path)
+            entry, fresh = self._ops.getattr(path)
         except mfusepy.FuseOSError as error:
             if error.errno != errno.ENOENT:
                 raise
             _lib.fuse_reply_entry(req, self._absent)  # number 0: the name is known not to exist
             return
-        param = self._entry(path, entry)
+        param = self._entry(path, entry, self._valid_for(fresh))
         self._looked_up(path, param.ino, entry)
         if _lib.fuse_reply_entry(req, ctypes.byref(param)) != 0:
             self._inodes.forget(param.ino, 1)  # the request was interrupted: the kernel did not take the number
@@ -483,6 +520,7 @@ class Kernel:
     def _forget_one(self, ino: int, count: int) -> None:
         if not self._inodes.forget(ino, count):
             self._listed.discard(ino)
+            self._relisted.discard(ino)
 
     def _path(self, ino: int) -> str:
         try:
@@ -492,11 +530,11 @@ class Kernel:
 
     @_reply_errors
     def _getattr(self, req: int, ino: int, fi: Any) -> None:
-        entry = self._ops.getattr(self._path(ino))
+        entry, fresh = self._ops.getattr(self._path(ino))
         st = mfusepy.c_stat()
         self._ops.fill_stat(st, entry)
         st.st_ino = ino
-        _lib.fuse_reply_attr(req, ctypes.byref(st), self._attr_timeout)
+        _lib.fuse_reply_attr(req, ctypes.byref(st), self._valid_for(fresh))
 
     @_reply_errors
     def _readlink(self, req: int, ino: int) -> None:
@@ -532,25 +570,30 @@ class Kernel:
     def _opendir(self, req: int, ino: int, fi: Any) -> None:
         _lib.fuse_reply_err(req, errno.ENOSYS)  # no OPENDIR/RELEASEDIR from now on; the kernel caches listings
 
-    def _rows(self, ino: int, offset: int) -> list[tuple[bytes, Entry]]:
-        """The listing of directory ``ino``: a new snapshot for its first page, the same one after."""
+    def _rows(self, ino: int, offset: int) -> tuple[float, list[tuple[bytes, Entry]]]:
+        """The listing of directory ``ino``, and when it is past its TTL (monotonic time): a new snapshot
+        for its first page, the same one after."""
         with self._lock:
-            rows = self._listings.get(ino) if offset else None
-        if rows is None:
+            snapshot = self._listings.get(ino) if offset else None
+        if snapshot is None:
             self._listed.add(ino)  # before it is read: a change seen meanwhile is then sent to the kernel
-            entries = self._ops.readdir(self._path(ino), 0)
-            rows = [(b".", _DOT), (b"..", _DOT)] + [
+            self._reading.add(ino)
+            try:
+                entries, fresh = self._ops.readdir(self._path(ino), 0)
+            finally:
+                self._reading.discard(ino)
+            snapshot = time.monotonic() + fresh, [(b".", _DOT), (b"..", _DOT)] + [
                 (entry.name.encode("utf-8", "surrogateescape"), entry) for entry in entries]
             with self._lock:
-                self._listings[ino] = rows
+                self._listings[ino] = snapshot
                 self._listings.move_to_end(ino)
                 while len(self._listings) > self.READDIR_KEPT:
                     self._listings.popitem(last=False)
-        return rows
+        return snapshot
 
     @_reply_errors
     def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
-        rows = self._rows(ino, offset)
+        _, rows = self._rows(ino, offset)
         buf = ctypes.create_string_buffer(size)
         address, used, unnumbered = ctypes.addressof(buf), 0, self._unnumbered
         for index in range(offset, len(rows)):
@@ -564,7 +607,9 @@ class Kernel:
 
     @_reply_errors
     def _readdirplus(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
-        rows = self._rows(ino, offset)
+        expires, rows = self._rows(ino, offset)
+        fresh = expires - time.monotonic()
+        relisted = ino in self._relisted
         base = self._path(ino)
         base = "" if base == "/" else base
         buf = ctypes.create_string_buffer(size)
@@ -574,7 +619,7 @@ class Kernel:
             name, entry = rows[index]
             if index >= 2 and (entry.is_dir or files_too):
                 path = f"{base}/{entry.name}"
-                param = self._entry(path, entry)
+                param = self._entry(path, entry, self._valid_for(self._entry_fresh(path, entry, fresh, relisted)))
             else:
                 path, param = None, unnumbered[self._ops.mode_of(entry)]
             length = _lib.fuse_add_direntry_plus(req, address + used, size - used, name, ctypes.byref(param),
@@ -585,6 +630,19 @@ class Kernel:
             if path is not None:
                 self._looked_up(path, param.ino, entry)  # the kernel counts an entry with attributes as a lookup
         _lib.fuse_reply_buf(req, buf, used)
+
+    def _entry_fresh(self, path: str, entry: Entry, fresh: float, relisted: bool) -> float:
+        """How long the daemon answers the same for an entry of a listing fresh for ``fresh`` seconds: a
+        directory's attributes no longer than its own listing, which is older when its parent was listed
+        again since (``relisted``). A listing not held in memory is then taken as past its TTL (reading the
+        index for it would cost a walk more than it saves); otherwise it was not made yet, and will be
+        fresher than its parent's."""
+        if not (entry.is_dir and self._until_listing_ttl and fresh > self._attr_timeout):
+            return fresh
+        own = self._ops.listing_fresh(path)
+        if own is None:
+            return 0.0 if relisted else fresh
+        return min(fresh, own)
 
     @_reply_errors
     def _statfs(self, req: int, ino: int) -> None:

@@ -117,3 +117,10 @@ class Inodes:
         below = path.rstrip("/") + "/"
         with self._lock:
             return [ino for number, ino in self._numbers.items() if number == path or number.startswith(below)]
+
+    def names_in(self, path: str) -> list[str]:
+        """Names the kernel holds directly in directory ``path``."""
+        below = path.rstrip("/") + "/"
+        with self._lock:
+            return [number[len(below):] for number in self._numbers
+                    if len(number) > len(below) and number.startswith(below) and "/" not in number[len(below):]]

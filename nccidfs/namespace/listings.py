@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from nccidfs import deadline
 from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import NccidfsError, NotFound, TransientError
 from nccidfs.index import ListingIndex
 from nccidfs.layout import PATIENT_DEPTH
+from nccidfs.namespace.held import ENTRY_BYTES, HeldListings, Listed
 from nccidfs.namespace.readahead import WalkTracker, list_run, run_subtrees
 from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, split_path
 from nccidfs.objects import Entry, Listing
@@ -55,13 +56,12 @@ REVALIDATE_ON_OPEN = 0.5
 # How long a caller waits for a listing when no FUSE call's deadline applies.
 DEFAULT_TIMEOUT = 30.0
 
-Listed = tuple[float, dict[str, Entry]]  # (when it was listed, its entries)
-
 
 class Namespace:
     """Answers lookups and listings of mount paths from cached S3 listings.
 
-    Where a listing comes from, in order: memory (a bounded LRU of whole listings); the persisted index
+    Where a listing comes from, in order: memory (whole listings, small ones packed, within
+    ``max_entries`` KiB: :mod:`nccidfs.namespace.held`); the persisted index
     (whole, or row by row for a folder too large for memory); S3. Whatever is served past its TTL is
     refreshed in the background.
     """
@@ -82,9 +82,7 @@ class Namespace:
         # None: the prefix itself may be listed, and the root is its listing like any directory.
         self._fixed_root = None if isinstance(root, Listing) else {
             name: Entry(name, True, mtime=self._started) for name in sorted(root)}
-        # Each listing weighs its number of entries, so the bound is on names held, not directories.
-        self._listings: LRUCache[str, Listed] = LRUCache(maxsize=max_entries,
-                                                         getsizeof=lambda held: len(held[1]) + 1)
+        self._listings = HeldListings(prefix, max_entries * ENTRY_BYTES, self._started, SUBTREE_DEPTH)
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[dict[str, Entry]]] = {}
         self._backoff: TTLCache[str, bool] = TTLCache(maxsize=BACKOFF_FOLDERS, ttl=REVALIDATE_BACKOFF,
@@ -93,6 +91,8 @@ class Namespace:
         self._generation = 0  # bumped by every invalidation; a listing begun before one is not kept
         # Called with the mount path of a file that a new listing replaced or removed.
         self.on_change: Callable[[str], None] = lambda path: None
+        # Called with the mount path of a name that a new listing no longer shows.
+        self.on_removed: Callable[[str], None] = lambda path: None
         # Called with the mount path of a directory whose listing changed (and whether those below it too).
         self.on_listing_change: Callable[[str, bool], None] = lambda path, subtree: None
         self._walks = WalkTracker()
@@ -113,11 +113,16 @@ class Namespace:
     # -- answering ------------------------------------------------------------------------------
     def list(self, path: str) -> dict[str, Entry]:
         """The entries of directory ``path``."""
+        return self.list_fresh(path)[0]
+
+    def list_fresh(self, path: str) -> tuple[dict[str, Entry], float]:
+        """The entries of directory ``path``, and the seconds their listing stays within its TTL (see
+        :meth:`fresh_for`)."""
         parts = split_path(path)
         prefix = self._prefix_of(parts)
         if prefix is None:
             assert self._fixed_root is not None
-            return self._fixed_root
+            return self._fixed_root, 0.0
         if len(parts) == SUBTREE_DEPTH:
             self._visited(parts[:-1], parts[-1])
         known = self._known(prefix, parts)
@@ -125,20 +130,26 @@ class Namespace:
             fetched, entries = known
             self._revalidate_if_stale(prefix, fetched)
             if entries is not None:
-                return entries
+                return entries, self.fresh_for(fetched)
             stored = self._index.get(prefix, self._started)  # a folder too large to hold in memory
             if stored is not None:
-                return stored[1]
-        return self._list_once(prefix)
+                return stored[1], self.fresh_for(stored[0])
+        return self._list_once(prefix), self._ttl  # just listed (an upper bound: the kernel asks a moment late)
 
     def lookup(self, path: str) -> Entry:
         """The entry for ``path``, answered from its parent's listing (no request per file)."""
+        return self.lookup_fresh(path)[0]
+
+    def lookup_fresh(self, path: str) -> tuple[Entry, float]:
+        """The entry for ``path``, and the seconds its parent's listing stays within its TTL (see
+        :meth:`fresh_for`; 0 for a name found without a listing of its parent)."""
         parts = split_path(path)
         if not parts:
-            return Entry("", True, mtime=self._started)
+            return Entry("", True, mtime=self._started), 0.0
         parent, name = parts[:-1], parts[-1]
         prefix = self._prefix_of(parent)
         entry: Entry | None
+        fresh = 0.0
         if prefix is None:
             assert self._fixed_root is not None
             entry = self._fixed_root.get(name)
@@ -151,9 +162,27 @@ class Namespace:
                 self._revalidate_if_stale(prefix, fetched)
                 entry = (entries.get(name) if entries is not None
                          else self._index.lookup(prefix, name, self._started))
+                fresh = self.fresh_for(fetched)
         if entry is None:
             raise NotFound(path)
-        return entry
+        return entry, fresh
+
+    def fresh_for(self, fetched: float) -> float:
+        """Seconds until a listing made at ``fetched`` is past its TTL, when it would be listed again if
+        asked for: 0 for one saved by an earlier run, which is checked on its next use."""
+        if fetched < self._started:
+            return 0.0
+        return max(0.0, fetched + self._ttl - self._clock.time())
+
+    def held_fresh(self, path: str) -> float | None:
+        """:meth:`fresh_for` of directory ``path``'s own listing if it is held in memory (None otherwise: a
+        lookup in the index would cost a walk more than it saves)."""
+        prefix = self._prefix_of(split_path(path))
+        if prefix is None:
+            return None
+        with self._lock:
+            held = self._listings.get(prefix)
+        return None if held is None else self.fresh_for(held[0])
 
     def lookup_to_open(self, path: str) -> tuple[Entry, bool]:
         """Like :meth:`lookup`, but a listing saved by an earlier run is first checked against S3 for a
@@ -320,17 +349,23 @@ class Namespace:
                 self._report_changes(directory, held[1], entries)
             if held is None or held[1] != entries:
                 self.on_listing_change(self._mount_path(directory), False)
-            self._remember(directory, (fetched, entries))
+        with self._lock:
+            self._listings.put((directory, (fetched, entries)) for directory, entries in tree.items())
 
     def _mount_path(self, prefix: str) -> str:
         return "/" + prefix[len(self._prefix):].rstrip("/")
 
     def _report_changes(self, directory: str, old: dict[str, Entry], new: dict[str, Entry]) -> None:
         """Tell ``on_change`` of every file a new listing replaced or removed, so that the kernel forgets
-        the size and pages it holds for them at once rather than when its own cache expires."""
+        the size and pages it holds for them at once rather than when its own cache expires, and
+        ``on_removed`` of every name it no longer shows (or shows as another kind), so that the kernel
+        forgets the name."""
         for name, before in old.items():
-            if before.obj is not None and (name not in new or new[name].obj != before.obj):
+            after = new.get(name)
+            if before.obj is not None and (after is None or after.obj != before.obj):
                 self.on_change(self._mount_path(directory + name))
+            if after is None or after.is_dir != before.is_dir:
+                self.on_removed(self._mount_path(directory + name))
 
     def _remember(self, prefix: str, held: Listed, generation: int | None = None) -> None:
         """Hold a listing in memory; one read from the index is not held if an invalidation came since
@@ -338,23 +373,23 @@ class Namespace:
         with self._lock:
             if generation is not None and generation != self._generation:
                 return
-            try:
-                self._listings[prefix] = held
-            except ValueError:
-                self._listings.pop(prefix, None)  # too large for memory: the index serves it row by row
+            self._listings.put([(prefix, held)])  # one too large for memory is not: the index serves it row by row
 
     # -- background work ------------------------------------------------------------------------
-    def revalidate(self, path: str) -> None:
+    def revalidate(self, path: str) -> float | None:
         """Refresh directory ``path``'s own listing in the background if it is past its TTL (one held in
-        memory or in the index; one never made is not made here)."""
+        memory or in the index; one never made is not made here). Returns :meth:`fresh_for` of that listing,
+        None when there is none."""
         prefix = self._prefix_of(split_path(path))
         if prefix is None:
-            return
+            return None
         with self._lock:
             held = self._listings.get(prefix)
         fetched = held[0] if held is not None else (self._index.head(prefix) or (None, 0))[0]
-        if fetched is not None:
-            self._revalidate_if_stale(prefix, fetched)
+        if fetched is None:
+            return None
+        self._revalidate_if_stale(prefix, fetched)
+        return self.fresh_for(fetched)
 
     def _revalidate_if_stale(self, prefix: str, fetched: float) -> None:
         """Serve-then-refresh: a listing past its TTL, or saved by an earlier run, is listed again in the
@@ -438,12 +473,10 @@ class Namespace:
     def _forget_under(self, prefix: str) -> int:
         with self._lock:
             self._generation += 1  # listings under way are not kept either
-            stale = [key for key in self._listings if key.startswith(prefix)]
-            for key in stale:
-                del self._listings[key]
+            stale = self._listings.drop_under(prefix)
             for key in [key for key in self._backoff if key.startswith(prefix)]:
                 del self._backoff[key]
-        return len(stale)
+        return stale
 
     def relist(self, path: str) -> dict[str, Entry]:
         """List directory ``path`` from S3 now (within the call's deadline): the listing is known stale."""
@@ -457,7 +490,7 @@ class Namespace:
 
     def cached_entries(self) -> int:
         with self._lock:
-            return int(self._listings.currsize)
+            return self._listings.names()
 
     def shutdown(self) -> None:
         """Drop the queued listings and wait for those under way: they write to the index, so this comes

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from nccidfs.config import DEFAULT_ATTR_TIMEOUT
 from nccidfs.demo.warehouse import DemoObject
 from tests.mounting import (
     BUCKET,
@@ -76,6 +77,48 @@ def test_a_walk_sends_no_opendir_and_the_second_walk_is_served_by_the_kernel(
     before = listings(mount)
     assert find_files(root) == first
     assert listings(mount) == before, "the second walk's listings came from the kernel's cache"
+
+
+def test_a_second_walk_within_the_listing_ttl_sends_no_lookup(mount: MountedDaemon) -> None:
+    """Names are kept by the kernel until their listing is past its TTL, not only for the 5 s floor."""
+    root = mount.mountpoint / "xray-metadata"
+    first = find_files(root)
+    time.sleep(DEFAULT_ATTR_TIMEOUT + 1)
+    before = requests(mount)
+    assert find_files(root) == first
+    after = requests(mount)
+    assert after.get("lookup", 0) == before.get("lookup", 0), "the kernel asked again for names it was given"
+    assert after.get("getattr", 0) == before.get("getattr", 0)
+
+
+@pytest.mark.parametrize("how", ["refresh", "sighup"])
+def test_refresh_and_sighup_make_the_kernel_forget_the_names_it_keeps(
+        mount: MountedDaemon, s3_endpoint: str, bucket: str, how: str) -> None:
+    client = s3_client(s3_endpoint)
+    folder = mount.mountpoint / "data" / "Covid992"
+    key = f"{PREFIX}data/Covid992/{NEW_NAME}"
+    client.put_object(Bucket=bucket, Key=key, Body=b'{"Pseudonym": "Covid992"}')
+    try:
+        nccidfs_refresh(mount, folder)  # the upload shows
+        path = folder / NEW_NAME
+        assert path.stat().st_size > 0
+        client.delete_object(Bucket=bucket, Key=key)
+        assert path.exists(), "the kernel keeps the name while its listing is fresh"
+        if how == "refresh":
+            nccidfs_refresh(mount, folder)
+        else:
+            assert mount.process is not None
+            mount.process.send_signal(signal.SIGHUP)
+        # Well within the 5 s the kernel kept names for before: the daemon told it to forget them.
+        assert within(1.0, lambda: not path.exists()), f"{how} left the name in the kernel's cache"
+    finally:
+        client.delete_object(Bucket=bucket, Key=key)
+
+
+def nccidfs_refresh(mount: MountedDaemon, path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "nccidfs", "refresh", str(mount.mountpoint), str(path)],
+                            capture_output=True, text=True, timeout=60, env=daemon_env())
+    assert result.returncode == 0, result.stderr
 
 
 def test_refresh_and_sighup_drop_the_listing_the_kernel_keeps(mount: MountedDaemon, s3_endpoint: str,

@@ -88,7 +88,8 @@ def test_a_replacement_before_the_first_read_serves_the_new_version_or_fails_onc
     store = FailingStore(KEYS)
     filesystem = cores(store).fs
     invalidated: list[str] = []
-    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
+    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None,
+                          lambda path: None, dict)
     path = "/ct/Covid1/1.2/1.3/a.dcm"
     handle = filesystem.open(path).handle
     store.objects[f"{SERIES}/a.dcm"] = b"s" * 70_000  # the same size: served at once
@@ -153,7 +154,8 @@ def test_during_an_outage_cached_files_are_served_at_once_and_others_fail_within
 def test_a_discarded_object_is_never_kept_in_the_kernel_page_cache(cores: Cores) -> None:
     filesystem = cores(FailingStore(KEYS)).fs
     invalidated: list[str] = []
-    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
+    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None,
+                          lambda path: None, dict)
     path = "/ct/Covid1/1.2/1.3/b.dcm"
     read_all(filesystem, path)
     opened = filesystem.open(path)
@@ -205,7 +207,8 @@ def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(cores: C
     store, clock = FailingStore(KEYS), FakeClock()
     filesystem = cores(store, clock=clock).fs
     invalidated: list[str] = []
-    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None, dict)
+    filesystem.set_kernel(lambda path, wait: invalidated.append(path), lambda path, subtree: None,
+                          lambda path: None, dict)
     path = "/ct/Covid1/1.2/1.3/b.dcm"
     assert filesystem.lookup(path).size == 50_000
     store.objects[f"{SERIES}/b.dcm"] = b"b" * 10

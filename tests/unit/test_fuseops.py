@@ -29,23 +29,35 @@ def test_the_mfusepy_internals_nccidfs_binds_are_those_of_the_pinned_release() -
     assert {"want", "capable"} <= {f[0] for f in mfusepy.fuse_conn_info._fields_}
 
 
-def kernel() -> fuseops.Kernel:
+def kernel(attr_timeout: float | None = 3.0, listing_ttl: float = 300.0) -> fuseops.Kernel:
     from pathlib import Path
 
     from nccidfs.config import MountConfig
 
-    return fuseops.Kernel(fuseops.FuseOperations(None, uid=7, gid=8), MountConfig(Path("/m"), attr_timeout=3.0),
-                          attributes_for_files=True, max_inodes=100)
+    config = MountConfig(Path("/m"), attr_timeout=attr_timeout, listing_ttl=listing_ttl)
+    return fuseops.Kernel(fuseops.FuseOperations(None, uid=7, gid=8), config, attributes_for_files=True,
+                          max_inodes=100)
+
+
+def test_names_are_kept_until_their_listing_is_past_its_ttl_unless_attr_timeout_is_given() -> None:
+    by_default = kernel(attr_timeout=None)
+    assert by_default._valid_for(200.0) == 200.0
+    assert by_default._valid_for(1.0) == by_default._valid_for(0.0) == fuseops.DEFAULT_ATTR_TIMEOUT
+    assert kernel(attr_timeout=None, listing_ttl=2.0)._valid_for(0.0) == 2.0, "never past the TTL when it is shorter"
+    assert kernel(attr_timeout=3.0)._valid_for(200.0) == kernel(attr_timeout=3.0)._valid_for(0.0) == 3.0
+    same = fuseops.Entry("x", True, mtime=1.0)
+    kept_long, kept_short = by_default._entry("/a/x", same, 200.0), by_default._entry("/a/y", same, 5.0)
+    assert (kept_long.entry_timeout, kept_long.attr_timeout, kept_short.entry_timeout) == (200.0, 200.0, 5.0)
 
 
 def test_entries_made_from_one_template_keep_their_own_number_and_attributes() -> None:
     """The kernel's entries are copies of one made per kind, size and time: each must still carry its own
     inode number, and an entry of another size or time must not be answered with the first one's."""
     made = kernel()
-    first = made._entry("/a/one", fuseops.Entry("one", True, mtime=1_700_000_000.5))
-    second = made._entry("/a/two", fuseops.Entry("two", True, mtime=1_700_000_000.5))
-    small = made._entry("/a/f", fuseops.Entry("f", False, size=10, mtime=1_600_000_000.0))
-    large = made._entry("/a/g", fuseops.Entry("g", False, size=10_000, mtime=1_600_000_001.0))
+    first = made._entry("/a/one", fuseops.Entry("one", True, mtime=1_700_000_000.5), made._valid_for(200.0))
+    second = made._entry("/a/two", fuseops.Entry("two", True, mtime=1_700_000_000.5), made._valid_for(0.0))
+    small = made._entry("/a/f", fuseops.Entry("f", False, size=10, mtime=1_600_000_000.0), 3.0)
+    large = made._entry("/a/g", fuseops.Entry("g", False, size=10_000, mtime=1_600_000_001.0), 3.0)
     assert first.ino != second.ino and second.ino != small.ino != large.ino
     for param in (first, second, small, large):
         assert param.attr.st_ino == param.ino
@@ -54,3 +66,14 @@ def test_entries_made_from_one_template_keep_their_own_number_and_attributes() -
     assert (first.attr.st_mtimespec.tv_sec, first.attr.st_mtimespec.tv_nsec) == (1_700_000_000, 500_000_000)
     assert (small.attr.st_size, small.attr.st_blocks, small.attr.st_mtimespec.tv_sec) == (10, 1, 1_600_000_000)
     assert (large.attr.st_size, large.attr.st_blocks, large.attr.st_mtimespec.tv_sec) == (10_000, 20, 1_600_000_001)
+
+
+def test_a_sub_directory_is_kept_no_longer_than_its_own_listing() -> None:
+    made = kernel(attr_timeout=None)
+    held = {"/a/old": 30.0}
+    made._ops.listing_fresh = held.get  # type: ignore[method-assign]
+    old, new, file = fuseops.Entry("old", True), fuseops.Entry("new", True), fuseops.Entry("f", False)
+    assert made._entry_fresh("/a/old", old, 200.0, False) == 30.0
+    assert made._entry_fresh("/a/new", new, 200.0, False) == 200.0, "listed after its parent, when it is"
+    assert made._entry_fresh("/a/new", new, 200.0, True) == 0.0, "its parent listed again: it may be older"
+    assert made._entry_fresh("/a/f", file, 200.0, True) == 200.0, "a file's attributes are its parent listing's"

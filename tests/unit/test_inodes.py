@@ -40,3 +40,12 @@ def test_under_names_a_directory_and_everything_below_it() -> None:
     ct, patient, other = (looked_up(inodes, path, True) for path in ("/ct", "/ct/P1", "/ct-metadata"))
     assert sorted(inodes.under("/ct")) == sorted([ct, patient])
     assert set(inodes.under("/")) == {ROOT, ct, patient, other}
+
+
+def test_names_in_are_the_names_held_directly_in_a_directory() -> None:
+    inodes = Inodes(limit=10)
+    for path in ("/ct", "/ct/P1", "/ct/P1/s", "/ct/P2", "/ct-metadata"):
+        looked_up(inodes, path, True)
+    assert sorted(inodes.names_in("/ct")) == ["P1", "P2"]
+    assert sorted(inodes.names_in("/")) == ["ct", "ct-metadata"]
+    assert inodes.names_in("/ct/P2") == []

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import AccessDenied, NotFound
 from nccidfs.namespace import Namespace
+from nccidfs.namespace.held import ENTRY_BYTES
 from nccidfs.namespace.readahead import RUN_KEYS, SIBLINGS_AHEAD
 from nccidfs.namespace.rules import dir_prefix, entries_from_listing, entries_from_tree, is_safe_name, split_path
 from nccidfs.objects import Listing, ObjectInfo
@@ -77,6 +78,41 @@ def test_listing_is_cached_until_ttl_then_listed_again() -> None:
     assert store.requests["list"] == 2
 
 
+def test_a_name_is_fresh_until_its_listing_is_past_its_ttl() -> None:
+    """The kernel is told to keep a name as long as the daemon would answer it from the same listing."""
+    store, clock = MemoryStore(KEYS), FakeClock()
+    ns = make(store, ttl=300.0, clock=clock)
+    ns.list("/data/Covid1")
+    clock.advance(100.0)
+    entries, fresh = ns.list_fresh("/data/Covid1")
+    assert "status_2020-05-01.json" in entries and fresh == 200.0
+    assert ns.lookup_fresh("/data/Covid1/status_2020-05-01.json")[1] == 200.0
+    assert ns.held_fresh("/data/Covid1") == 200.0 and ns.revalidate("/data/Covid1") == 200.0
+    assert ns.held_fresh("/ct/Covid1") is None, "never listed"
+    clock.advance(250.0)
+    assert ns.lookup_fresh("/data/Covid1/status_2020-05-01.json")[1] == 0.0, "past the TTL: listed again"
+    assert ns.lookup_fresh("/data")[1] == 0.0, "the probed root is not a listing"
+
+
+def test_a_new_listing_reports_the_names_it_no_longer_shows() -> None:
+    keys = {**KEYS, "training/data/Covid1/data_2020-06-01.json": b"{}", "training/data/Covid1/x/y.json": b"{}"}
+    store, clock = MemoryStore(keys), FakeClock()
+    ns = make(store, ttl=300.0, clock=clock)
+    removed: list[str] = []
+    ns.on_removed = removed.append
+    assert len(ns.list("/data/Covid1")) == 3
+    del store.objects["training/data/Covid1/data_2020-06-01.json"]
+    del store.objects["training/data/Covid1/x/y.json"]
+    store.objects["training/data/Covid1/x"] = b"now a file"
+    clock.advance(300.0)
+    ns.list("/data/Covid1")
+    deadline = time.monotonic() + 5
+    while len(removed) < 2:
+        assert time.monotonic() < deadline, "the stale listing was never revalidated"
+        time.sleep(0.02)
+    assert sorted(removed) == ["/data/Covid1/data_2020-06-01.json", "/data/Covid1/x"]
+
+
 def test_invalidate_drops_a_subtree() -> None:
     store = MemoryStore(KEYS)
     ns = make(store)
@@ -94,7 +130,7 @@ def test_listing_cache_is_bounded_by_entries() -> None:
     ns = make(store, max_entries=10)
     for i in range(50):
         ns.list(f"/data/Covid{i}")
-    assert ns._listings.currsize <= 10
+    assert ns._listings.size() <= 10 * ENTRY_BYTES
 
 
 def test_listing_errors_propagate_and_are_not_cached() -> None:
