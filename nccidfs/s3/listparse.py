@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
+from itertools import repeat
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -33,15 +34,17 @@ _EMPTY_RESULT = (b'<?xml version="1.0" encoding="UTF-8"?>'
                  b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></ListBucketResult>')
 
 # A value never holds "<" (XML escapes it), so "[^<]*" reads it without backtracking.
-_FIELD = re.compile(rb"<(Key|Size|ETag|LastModified)>([^<]*)</\1>")
+_FIELD = re.compile(r"<(Key|Size|ETag|LastModified)>([^<]*)</\1>")
 _FIELD_COUNT = 4
 # A <Contents> element as S3 writes it: these fields in this order, with only the optional ones S3 adds
-# between them. A page whose every element matches is read in one scan; any other is read element by element.
+# between them, and the ETag in quotes (taken without them). A page whose every element matches is read in
+# one scan; any other is read element by element.
 _CANONICAL = re.compile(
-    rb"<Contents><Key>([^<]*)</Key><LastModified>([^<]*)</LastModified><ETag>([^<]*)</ETag>"
-    rb"(?:<Checksum(?:Algorithm|Type)>[^<]*</Checksum(?:Algorithm|Type)>)*<Size>([^<]*)</Size>"
-    rb"(?:<Owner>(?:<ID>[^<]*</ID>)?(?:<DisplayName>[^<]*</DisplayName>)?</Owner>)?"
-    rb"(?:<StorageClass>[^<]*</StorageClass>)?</Contents>")
+    r"<Contents><Key>([^<]*)</Key><LastModified>([^<]*)</LastModified>"
+    r'<ETag>(?:&quot;|")([^<&"]*)(?:&quot;|")</ETag>'
+    r"(?:<Checksum(?:Algorithm|Type)>[^<]*</Checksum(?:Algorithm|Type)>)*<Size>([^<]*)</Size>"
+    r"(?:<Owner>(?:<ID>[^<]*</ID>)?(?:<DisplayName>[^<]*</DisplayName>)?</Owner>)?"
+    r"(?:<StorageClass>[^<]*</StorageClass>)?</Contents>")
 _COMMON_PREFIX = re.compile(rb"<CommonPrefixes>\s*<Prefix>(.*?)</Prefix>\s*</CommonPrefixes>", re.S)
 _TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
 _TOKEN = re.compile(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", re.S)
@@ -58,8 +61,7 @@ class ListPage:
     token: str | None
 
 
-def _text(raw: bytes, url_encoded: bool) -> str:
-    text = raw.decode("utf-8")
+def _text(text: str, url_encoded: bool) -> str:
     if "&" in text:
         text = html.unescape(text)
     return unquote_plus(text) if url_encoded and ("%" in text or "+" in text) else text
@@ -77,40 +79,46 @@ def parse_list_page(body: bytes) -> ListPage:
 
 
 def _parse(body: bytes) -> ListPage:
-    url_encoded = _URL_ENCODED.search(body) is not None
-    times: dict[bytes, float] = {}
-    objects = []
+    """The page's fields column by column: a walk parses millions of keys, and a step a key in Python costs
+    more than the scan that finds them."""
+    # A substring test finds a tag ten times faster than a regular expression scanning the same bytes.
+    url_encoded = b"<EncodingType>" in body and _URL_ENCODED.search(body) is not None
     rows = _contents(body)
-    etags = [etag.replace(b"&quot;", b"").strip(b'"').decode() for _, _, etag, _ in rows]
-    md5s = md5s_of_etags(etags)
-    for number, (key, stamp, _, size) in enumerate(rows):
-        when = times.get(stamp)
-        if when is None:
-            when = times[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
-        if not size.isdigit():
-            raise ValueError(f"Contents element {number} has size {size[:32]!r}")
-        objects.append(ObjectInfo(_text(key, url_encoded), int(size), etags[number], when, md5s[number]))
-    prefixes = [_text(p, url_encoded) for p in _COMMON_PREFIX.findall(body)]
+    keys, stamps, etags, sizes = zip(*rows, strict=True) if rows else ((), (), (), ())
+    if not all(map(str.isdigit, sizes)):
+        number = next(n for n, size in enumerate(sizes) if not size.isdigit())
+        raise ValueError(f"Contents element {number} has size {sizes[number][:32]!r}")
+    if url_encoded or "&" in "".join(keys):
+        keys = tuple(_text(key, url_encoded) for key in keys)
+    times = {stamp: datetime.fromisoformat(stamp).timestamp() for stamp in set(stamps)}
+    # tuple.__new__ makes each ObjectInfo from its fields without a Python call a key (what the named
+    # tuple's own constructor does, one frame slower).
+    objects = list(map(tuple.__new__, repeat(ObjectInfo), zip(
+        keys, map(int, sizes), etags, map(times.__getitem__, stamps), md5s_of_etags(list(etags)), strict=True)))
+    prefixes = ([_text(p.decode("utf-8"), url_encoded) for p in _COMMON_PREFIX.findall(body)]
+                if b"<CommonPrefixes>" in body else [])
     token = _TOKEN.search(body)
     return ListPage(objects, prefixes, _TRUNCATED.search(body) is not None,
                     token.group(1).decode() if token else None)
 
 
-def _contents(body: bytes) -> list[tuple[bytes, bytes, bytes, bytes]]:
-    """(Key, LastModified, ETag, Size) of every ``<Contents>``: in one scan when every element has S3's
-    own layout, else element by element, each required to hold exactly one of each field."""
-    rows: list[tuple[bytes, bytes, bytes, bytes]] = _CANONICAL.findall(body)
-    if len(rows) == body.count(b"<Contents>"):
+def _contents(body: bytes) -> list[tuple[str, str, str, str]]:
+    """(Key, LastModified, ETag without its quotes, Size) of every ``<Contents>``: in one scan when every
+    element has S3's own layout, else element by element, each required to hold exactly one of each field."""
+    text = body.decode("utf-8")
+    rows: list[tuple[str, str, str, str]] = _CANONICAL.findall(text)
+    if len(rows) == text.count("<Contents>"):
         return rows
     rows = []
-    for number, chunk in enumerate(body.split(b"<Contents>")[1:]):
-        element, end, _ = chunk.partition(b"</Contents>")
+    for number, chunk in enumerate(text.split("<Contents>")[1:]):
+        element, end, _ = chunk.partition("</Contents>")
         found = _FIELD.findall(element)
         fields = dict(found)
         if not end or len(found) != _FIELD_COUNT or len(fields) != _FIELD_COUNT:
             raise ValueError(f"Contents element {number} does not hold exactly one Key, Size, ETag and "
                              "LastModified")
-        rows.append((fields[b"Key"], fields[b"LastModified"], fields[b"ETag"], fields[b"Size"]))
+        etag = fields["ETag"].replace("&quot;", "").strip('"')
+        rows.append((fields["Key"], fields["LastModified"], etag, fields["Size"]))
     return rows
 
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nccidfs.errors import CorruptData
+from nccidfs.s3.etag import md5_of_etag, md5s_of_etags
 from nccidfs.s3.listparse import PAGE_KEY, parse_list_page, take_page
 
 HEAD = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
@@ -124,3 +125,19 @@ def test_s3s_optional_fields_keep_the_one_scan_reading_and_a_mixed_page_is_read_
     for body, expected in ((HEAD + optional + TAIL, [("training/ct/a.dcm", 5)]),
                            (HEAD + optional + reordered + TAIL, [("training/ct/a.dcm", 5), ("training/ct/b.dcm", 6)])):
         assert [(o.key, o.size) for o in parse_list_page(body).objects] == expected
+
+
+@pytest.mark.parametrize("quoted", ["&quot;{}&quot;", '"{}"', "{}", '&quot;{}"'])
+def test_an_etag_reads_the_same_in_the_one_scan_reading_and_element_by_element(quoted: str) -> None:
+    etag = "0123456789abcdef0123456789abcdef"
+    canonical = (b"<Contents><Key>training/ct/a.dcm</Key><LastModified>2020-05-01T12:00:00.000Z</LastModified>"
+                 + field("ETag", quoted.format(etag)) + b"<Size>5</Size></Contents>")
+    reordered = contents(field("Size", "6"), KEY_B, field("ETag", quoted.format(etag)), STAMP)
+    for body in (HEAD + canonical + TAIL, HEAD + canonical + reordered + TAIL):
+        assert {(o.etag, o.md5) for o in parse_list_page(body).objects} == {(etag, etag)}
+
+
+@given(st.lists(st.one_of(st.text("0123456789abcdef", min_size=32, max_size=32),
+                          st.text("0123456789abcdefABCDEF-é", max_size=34)), max_size=20))
+def test_the_md5s_of_a_pages_etags_at_once_are_those_of_each(etags: list[str]) -> None:
+    assert md5s_of_etags(etags) == [md5_of_etag(etag) for etag in etags]

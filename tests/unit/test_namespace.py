@@ -249,3 +249,13 @@ def test_a_fast_walk_lists_each_patient_once() -> None:
         assert list(ns.list(f"/data/{name}")) == ["status_2020-05-01.json"]
     time.sleep(0.5)
     assert store.requests["list"] <= 1 + 2 + 2, "the folder, two patients, then runs of the rest"
+
+
+def test_a_key_listed_twice_in_a_flat_listing_keeps_its_first_object_as_per_directory() -> None:
+    prefix = "training/ct/P/"
+    first, again = (ObjectInfo(f"{prefix}s/a.json", size, "e", 0.0) for size in (1, 2))
+    others = [ObjectInfo(f"{prefix}s/{name}.json", 3, "e", 0.0) for name in ("b", "c")]
+    listing = Listing((), (first, *others, again))
+    tree = entries_from_tree(listing, prefix, 0.0)
+    assert tree[f"{prefix}s/"]["a.json"].size == 1
+    assert tree[f"{prefix}s/"] == entries_from_listing(Listing((), (first, *others, again)), f"{prefix}s/", 0.0)
