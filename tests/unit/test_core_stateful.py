@@ -125,7 +125,13 @@ class CoreMachine(BucketMachine):
         self.store.down, self.store.stall = False, 0.0
 
     def cache_bytes(self) -> int:
-        return sum(entry.stat().st_size for entry in (self.run_dir / "cache").rglob("*") if entry.is_file())
+        """The cache's bytes on disk, from a scan that no file vanished during (a temporary file renamed
+        by a write finishing meanwhile): such a scan is made again, never counted short."""
+        while True:
+            try:
+                return sum(entry.stat().st_size for entry in (self.run_dir / "cache").rglob("*") if entry.is_file())
+            except FileNotFoundError:
+                continue
 
 
 def test_the_core_keeps_the_mounts_promises_across_random_histories(tmp_path: Path) -> None:
