@@ -18,7 +18,7 @@ from nccidfs.config import Config, MountConfig, S3Config
 from nccidfs.errors import AccessDenied, ConfigError, NotFound, TransientError
 from nccidfs.log import strip_credentials
 from nccidfs.objects import Listing
-from nccidfs.s3.store import SDK_ATTEMPTS, Boto3Store
+from nccidfs.s3.store import Boto3Store
 from nccidfs.store.protocol import ObjectStore
 from nccidfs.store.stats import RequestStats
 
@@ -138,7 +138,7 @@ def open_store(s3: S3Config, fail_fast: bool = False, stats: RequestStats | None
     """The object store these settings reach: S3, through boto3 (the one backend so far; a second one is
     chosen here). ``fail_fast``: one attempt per request, for a probe that must answer in seconds;
     ``stats``: counters to share with an earlier store, instead of new ones."""
-    return Boto3Store(s3, max_attempts=1 if fail_fast else SDK_ATTEMPTS, stats=stats)
+    return Boto3Store(s3, retry=not fail_fast, stats=stats)
 
 
 def connect(s3: S3Config) -> tuple[ObjectStore, list[str] | Listing]:

@@ -1,11 +1,12 @@
-"""Ranged GETs of objects without the SDK's per-request machinery.
+"""The bucket's two HTTP GETs, ranged reads of objects and listing pages, without the SDK's per-request machinery.
 
 A botocore call costs about 1 ms of interpreter time (event hooks, parameter validation, endpoint rules,
-response parsing) on top of the request itself, and with many readers the interpreter lock makes that
-the daemon's limit. A GET of a byte range needs none of it. The bucket's URL is asked of botocore once,
-so its addressing and endpoint rules still decide it. Each request is signed by botocore's SigV4 signer
-and sent through botocore's own HTTP session, with the same proxies, CA bundle and timeouts as the
-client. The body is then read straight from the connection.
+response parsing) on top of the request itself, and with many readers, or a walk's listings, the
+interpreter lock makes that the daemon's limit. Neither request needs any of it. The bucket's URL is asked
+of botocore once, so its addressing and endpoint rules still decide it. Each request is signed by
+botocore's SigV4 signer and sent through botocore's own HTTP session, with the same proxies, CA bundle and
+timeouts as the client. An object's body is then read straight from the connection; a listing page whole,
+within :data:`PAGE_LIMIT` bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import socket
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -30,24 +31,30 @@ ERROR_BODY_LIMIT = 64 * 1024
 # S3's error codes are short words ("NoSuchKey", "SlowDown"); anything longer is not taken for one.
 ERROR_CODE_MAX = 64
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,%d})</Code>" % ERROR_CODE_MAX)
+# A listing page of 1,000 keys is about 400 KB; a longer answer is no page S3 sends, and is refused.
+PAGE_LIMIT = 16 * 1024**2
 
 
 class GetError(Exception):
-    """A GET that S3 answered with an error status; ``response`` mimics botocore's, for
-    :func:`~nccidfs.s3.errors.classify`."""
+    """A GET that S3 answered with an error status (or a listing with no page); ``response`` mimics
+    botocore's, for :func:`~nccidfs.s3.errors.classify`."""
 
     def __init__(self, status: int, code: str) -> None:
         super().__init__(f"HTTP {status} {code}")
         self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
 
 
-class RangeGetter:
-    """Opens signed ranged GETs pinned to an ETag; the caller reads the body from the returned response."""
+class SignedGets:
+    """Signed ranged GETs pinned to an ETag (the caller reads the body from the returned response), and
+    signed ListObjectsV2 pages."""
 
     def __init__(self, client: Any, credentials: Any, bucket: str, *, connect_timeout: float,
                  read_timeout: float, max_connections: int, verify: str | bool) -> None:
         url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": _PLACEHOLDER_KEY})
         self._bucket_url = url.split("?", 1)[0][:-len(_PLACEHOLDER_KEY)]
+        # The bucket itself, as botocore addresses it for a listing: "https://bucket.host/" virtual-hosted,
+        # "http://host/bucket" path-style.
+        self._listing_url = self._bucket_url if urlsplit(self._bucket_url).path == "/" else self._bucket_url[:-1]
         self._credentials = credentials
         self._region = client.meta.region_name
         keepalive = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
@@ -67,11 +74,7 @@ class RangeGetter:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag is not None:
             headers["If-Match"] = f'"{etag}"'
-        request = AWSRequest("GET", self._bucket_url + quote(key, safe="/~"), headers=headers)
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-        prepared = request.prepare()
-        prepared.stream_output = True
-        raw = self._http.send(prepared).raw
+        raw = self._send(AWSRequest("GET", self._bucket_url + quote(key, safe="/~"), headers=headers))
         try:
             _check(raw, key, start, end, etag)
         except BaseException:
@@ -81,11 +84,45 @@ class RangeGetter:
         return raw
 
 
+    def list_page(self, query: dict[str, str]) -> bytes:
+        """The body of one ListObjectsV2 page (``query`` in S3's names: prefix, delimiter, start-after,
+        continuation-token, max-keys), keys URL-encoded as botocore asks for them.
+
+        Raises :class:`GetError` for an error answer, and for a body longer than :data:`PAGE_LIMIT`.
+        """
+        raw = self._send(AWSRequest("GET", self._listing_url,
+                                    params={"list-type": "2", **query, "encoding-type": "url"}))
+        try:
+            if raw.status != HTTPStatus.OK:
+                _raise_error(raw)
+            body: bytes = raw.read(PAGE_LIMIT + 1)
+            if len(body) > PAGE_LIMIT:
+                raise GetError(raw.status, f"a listing page of more than {PAGE_LIMIT} bytes")
+        except BaseException:
+            raw.close()
+            raise
+        finally:
+            raw.release_conn()
+        return body
+
+    def _send(self, request: AWSRequest) -> Any:
+        """The urllib3 response of ``request``, signed, its body not read yet."""
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        prepared = request.prepare()
+        prepared.stream_output = True
+        return self._http.send(prepared).raw
+
+
+def _raise_error(raw: Any) -> None:
+    """The :class:`GetError` of an error answer, with S3's code from its body (read up to a bound)."""
+    body = raw.read(ERROR_BODY_LIMIT)
+    found = _ERROR_CODE.search(body)
+    raise GetError(raw.status, found.group(1).decode("ascii", "replace") if found else str(raw.status))
+
+
 def _check(raw: Any, key: str, start: int, end: int, etag: str | None) -> None:
     if raw.status not in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
-        body = raw.read(ERROR_BODY_LIMIT)
-        found = _ERROR_CODE.search(body)
-        raise GetError(raw.status, found.group(1).decode("ascii", "replace") if found else str(raw.status))
+        _raise_error(raw)
     length = raw.headers.get("Content-Length")
     if length is not None and (not length.isdigit() or int(length) > end - start):
         raise CorruptData(f"get {key}: more bytes than asked for")

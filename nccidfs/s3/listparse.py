@@ -1,12 +1,10 @@
-"""A fast parser for ListObjectsV2 pages, plugged into botocore in place of its generic XML parser.
+"""A fast parser for ListObjectsV2 pages, in place of botocore's generic XML parser.
 
 botocore parses about 16,000 keys a second on one core, which makes a flat listing of a whole modality
 (millions of keys) parse-bound. A page has a fixed, flat shape, so a handful of regular expressions over
-the raw bytes read it many times faster. botocore still signs, sends, retries and raises errors; only
-successful pages are read here. A page is taken only when it is one whole ``ListBucketResult`` document;
-anything else (an ``<Error>`` document, a body cut short) is marked as an error and left to botocore,
-which retries it. This replaces botocore's own check for an error inside a 200 answer, which parsed
-every page whole with ElementTree and took half the daemon's time on a walk.
+the raw bytes read it many times faster. A page is taken only when it is one whole ``ListBucketResult``
+document; anything else in a 200 answer (an ``<Error>`` document, a body cut short) is a transient error,
+retried as S3's own errors are, and an empty one is no listing at all.
 
 Each ``<Contents>`` element is read as a unit: it must hold exactly one Key, Size, ETag and LastModified,
 or the whole page is refused with :class:`~nccidfs.errors.CorruptData`. A field missing from one element
@@ -19,19 +17,12 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from http import HTTPStatus
 from itertools import repeat
-from typing import Any
 from urllib.parse import unquote_plus
 
-from nccidfs.errors import CorruptData
+from nccidfs.errors import CorruptData, TransientError
 from nccidfs.objects import ObjectInfo
 from nccidfs.s3.etag import md5s_of_etags
-
-PAGE_KEY = "NccidfsPage"
-# What botocore's own parser is left to read once the page has been taken.
-_EMPTY_RESULT = (b'<?xml version="1.0" encoding="UTF-8"?>'
-                 b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></ListBucketResult>')
 
 # A value never holds "<" (XML escapes it), so "[^<]*" reads it without backtracking.
 _FIELD = re.compile(r"<(Key|Size|ETag|LastModified)>([^<]*)</\1>")
@@ -70,8 +61,13 @@ def _text(text: str, url_encoded: bool) -> str:
 def parse_list_page(body: bytes) -> ListPage:
     """Objects (with size, ETag, time and the MD5 a plain ETag gives), common prefixes and the continuation of one page.
 
-    Raises CorruptData for a page that does not have the shape S3 gives it.
+    Raises CorruptData for a page that does not have the shape S3 gives it (or for no answer at all), and
+    TransientError for an answer that is not one whole ListBucketResult (an error inside a 200, or cut short).
     """
+    if not body.strip():
+        raise CorruptData("the answer is not a ListBucketResult")
+    if not _is_whole_result(body):
+        raise TransientError("the answer is not one whole ListBucketResult (an error inside a 200, or cut short)")
     try:
         return _parse(body)
     except ValueError as error:  # also bad UTF-8, a bad number or a bad timestamp
@@ -125,21 +121,3 @@ def _contents(body: bytes) -> list[tuple[str, str, str, str]]:
 def _is_whole_result(body: bytes) -> bool:
     """A ListBucketResult document from its start to its end tag (not an error, not cut short)."""
     return _WHOLE_RESULT.match(body) is not None and body.rstrip().endswith(_RESULT_END)
-
-
-def take_page(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
-    """botocore ``before-parse.s3.ListObjectsV2`` hook: parse a successful page here, hand botocore a stub.
-
-    A 200 answer with a body that is not one whole result (an error inside a 200, a body cut short) is
-    marked 500, so botocore retries it and reports it as it does S3's errors: its own check for that,
-    which parses every page whole with ElementTree, is switched off (see :class:`~nccidfs.s3.store.Boto3Store`).
-    """
-    body = response_dict["body"]
-    if response_dict.get("status_code") != HTTPStatus.OK:
-        return
-    if not _is_whole_result(body):
-        if body:
-            response_dict["status_code"] = HTTPStatus.INTERNAL_SERVER_ERROR.value
-        return
-    customized_response_dict[PAGE_KEY] = parse_list_page(body)
-    response_dict["body"] = _EMPTY_RESULT

@@ -1,5 +1,6 @@
-"""The storage seam over S3: :class:`~nccidfs.store.protocol.ObjectStore` with boto3 for listings and
-:mod:`nccidfs.s3.get` for ranged GETs; the layers above see only the protocol. Listings always use a
+"""The storage seam over S3: :class:`~nccidfs.store.protocol.ObjectStore` with :mod:`nccidfs.s3.get` for
+listing pages and ranged GETs (boto3 finds the credentials, region and the bucket's URL); the layers above
+see only the protocol. Listings always use a
 prefix that ends in ``/`` with delimiter ``/`` because the warehouse's IAM policy refuses any other form.
 
 A listing is bounded whatever the server says: all its pages together must arrive within the deadline,
@@ -21,7 +22,7 @@ from nccidfs.clock import REAL_CLOCK, Clock
 from nccidfs.errors import ConfigError, CorruptData, NccidfsError, TransientError
 from nccidfs.objects import Listing, ObjectInfo
 from nccidfs.s3.errors import INVALID_RANGE, classify, error_code
-from nccidfs.s3.listparse import PAGE_KEY, ListPage, take_page
+from nccidfs.s3.listparse import ListPage, parse_list_page
 from nccidfs.store.stats import GET, LIST, RequestStats
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ MAX_PAGES = 2_000
 MAX_ENTRIES = 2_000_000
 # A GET body is read in pieces of this size: a part of up to this size is one read and one copy.
 BODY_PIECE = 16 * 1024**2
-# Attempts botocore makes at each request before this store's own retries take over.
-SDK_ATTEMPTS = 3
 # The pause before retry n is BACKOFF_FIRST * 2**n seconds, at most BACKOFF_MAX, times a random factor in
 # [BACKOFF_JITTER, 1) so that many readers retrying at once spread out.
 BACKOFF_FIRST = 0.1
@@ -49,26 +48,26 @@ WARN_AFTER_ATTEMPTS = 3
 
 class Boto3Store:
     """:class:`~nccidfs.store.protocol.ObjectStore` over boto3 (listings) and
-    :class:`~nccidfs.s3.get.RangeGetter` (GETs), with short timeouts and retries until the deadline."""
+    :class:`~nccidfs.s3.get.SignedGets` (listing pages and GETs), with short timeouts and retries until the
+    deadline."""
 
-    def __init__(self, config: S3Config, max_attempts: int = SDK_ATTEMPTS, stats: RequestStats | None = None,
+    def __init__(self, config: S3Config, retry: bool = True, stats: RequestStats | None = None,
                  clock: Clock = REAL_CLOCK) -> None:
-        """``clock`` times the deadlines and the back-off between attempts (requests' own latencies are
-        measured on the system's clock)."""
+        """Without ``retry`` a failed request fails at once: the start-up probe must report an unreachable
+        endpoint in seconds. ``clock`` times the deadlines and the back-off between attempts (requests'
+        own latencies are measured on the system's clock)."""
         import boto3
-        import botocore.handlers
         import botocore.session
         from botocore.config import Config as BotoConfig
         from botocore.exceptions import ProfileNotFound
 
-        from nccidfs.s3.get import RangeGetter
+        from nccidfs.s3.get import SignedGets
 
         self.bucket = config.bucket
         self.stats = stats or RequestStats()
         self._deadline = config.deadline
         self._clock = clock
-        # One attempt means "fail fast": the start-up probe must report an unreachable endpoint in seconds.
-        self._retry = max_attempts > 1
+        self._retry = retry
         core = botocore.session.Session()
         try:
             session = boto3.session.Session(botocore_session=core, profile_name=config.profile)
@@ -82,7 +81,6 @@ class Boto3Store:
             region_name=config.region,
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
             max_pool_connections=config.max_connections,
             s3={"addressing_style": "path"} if config.endpoint_url else {},
             tcp_keepalive=True,
@@ -92,14 +90,7 @@ class Boto3Store:
             response_checksum_validation="when_required",
         )
         self._client: Any = session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
-        # Listings are the only S3 calls left to botocore. take_page parses their pages and marks an error
-        # inside a 200 answer itself; botocore's own check for that parses every page whole again, with
-        # ElementTree, and is switched off (if this botocore has it under that name).
-        self._client.meta.events.register_first("before-parse.s3.ListObjectsV2", take_page)
-        botocore_check = getattr(botocore.handlers, "_handle_200_error", None)
-        if botocore_check is not None:
-            self._client.meta.events.unregister("before-parse.s3.*", botocore_check)
-        self._getter = RangeGetter(self._client, credentials, self.bucket, connect_timeout=config.connect_timeout,
+        self._gets = SignedGets(self._client, credentials, self.bucket, connect_timeout=config.connect_timeout,
                                    read_timeout=config.read_timeout, max_connections=config.max_connections,
                                    verify=core.get_config_variable("ca_bundle") or True)
 
@@ -132,42 +123,40 @@ class Boto3Store:
             self._clock.sleep(pause)
         raise AssertionError("unreachable")
 
-    def _list_page(self, params: dict[str, Any]) -> ListPage:
+    def _list_page(self, query: dict[str, str]) -> ListPage:
         started = time.monotonic()
         try:
-            page: ListPage | None = self._client.list_objects_v2(**params).get(PAGE_KEY)
-        except CorruptData as error:
-            raise CorruptData(f"list {params['Prefix']}: {error}") from None
-        if page is None:  # a 200 answer that is no listing, and not an error botocore recognised either
-            raise CorruptData(f"list {params['Prefix']}: the answer is not a ListBucketResult")
+            page = parse_list_page(self._gets.list_page(query))
+        except (CorruptData, TransientError) as error:
+            raise type(error)(f"list {query['prefix']}: {error}") from None
         self.stats.record(LIST, seconds=time.monotonic() - started)
-        flat = "" if "Delimiter" in params else " (flat)"
-        log.debug("LIST %s%s -> %d keys %d prefixes %.3fs", params["Prefix"], flat,
+        flat = "" if "delimiter" in query else " (flat)"
+        log.debug("LIST %s%s -> %d keys %d prefixes %.3fs", query["prefix"], flat,
                   len(page.objects), len(page.prefixes), time.monotonic() - started)
         return page
 
     def _pages(self, prefix: str, delimiter: bool = True, max_keys: int | None = None,
                start_after: str = "") -> Iterator[ListPage]:
         """The pages of one listing, checked against the bounds in this module's docstring."""
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        query = {"prefix": prefix}
         if delimiter:
-            params["Delimiter"] = "/"
+            query["delimiter"] = "/"
         if start_after:
-            params["StartAfter"] = start_after
+            query["start-after"] = start_after
         if max_keys:
-            params["MaxKeys"] = max_keys
+            query["max-keys"] = str(max_keys)
         deadline = self._clock.monotonic() + self._deadline
         tokens: set[str] = set()
         entries = 0
         while True:
-            page = self._retrying(LIST, f"list {prefix}", lambda: self._list_page(params), deadline)
+            page = self._retrying(LIST, f"list {prefix}", lambda: self._list_page(query), deadline)
             yield page
             if max_keys or not page.truncated:
                 return
             entries += len(page.objects) + len(page.prefixes)
             token = self._continuation(prefix, page, tokens, entries, deadline)
             tokens.add(token)
-            params["ContinuationToken"] = token
+            query["continuation-token"] = token
 
     def _continuation(self, prefix: str, page: ListPage, tokens: set[str], entries: int, deadline: float) -> str:
         """The token of the next page, unless a bad server would make the listing endless or too large."""
@@ -221,7 +210,7 @@ class Boto3Store:
             nonlocal got
             begin = start + got
             started = time.monotonic()
-            body = self._getter.open(key, begin, end, etag)
+            body = self._gets.open(key, begin, end, etag)
             before = got
             try:
                 while got < end - start and (piece := body.read(min(BODY_PIECE, end - start - got))):
@@ -248,7 +237,7 @@ class Boto3Store:
 
         def fetch() -> bytes:
             try:
-                body = self._getter.open(key, 0, limit, None)
+                body = self._gets.open(key, 0, limit, None)
             except GetError as error:
                 if error_code(error) == INVALID_RANGE:
                     return b""  # an empty object has no byte 0

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nccidfs.errors import CorruptData
+from nccidfs.errors import CorruptData, TransientError
 from nccidfs.s3.etag import md5_of_etag, md5s_of_etags
-from nccidfs.s3.listparse import PAGE_KEY, parse_list_page, take_page
+from nccidfs.s3.listparse import parse_list_page
 
 HEAD = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
         b"<Name>b</Name><Prefix>training/ct/</Prefix><IsTruncated>false</IsTruncated>")
@@ -93,27 +93,19 @@ def test_fields_in_any_order_stay_with_their_own_key(objects: list[tuple[str, in
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code></Error>',  # an error inside a 200
     HEAD + contents(KEY_A, STAMP, ETAG, field("Size", "1")),                                # cut short
 ])
-def test_the_hook_marks_anything_but_one_whole_result_as_an_error_for_botocore(body: bytes) -> None:
-    response = {"status_code": 200, "body": body}
-    taken: dict[str, object] = {}
-    take_page(response, taken)
-    assert taken == {} and response == {"status_code": 500, "body": body}
+def test_anything_but_one_whole_result_is_a_transient_error(body: bytes) -> None:
+    with pytest.raises(TransientError, match="not one whole ListBucketResult"):
+        parse_list_page(body)
 
 
-def test_the_hook_leaves_an_empty_answer_and_error_statuses_to_botocore() -> None:
-    for response in ({"status_code": 200, "body": b""}, {"status_code": 503, "body": b"<Error/>"}):
-        before = dict(response)
-        taken: dict[str, object] = {}
-        take_page(response, taken)
-        assert taken == {} and response == before
+def test_an_empty_answer_is_no_listing() -> None:
+    with pytest.raises(CorruptData, match="not a ListBucketResult"):
+        parse_list_page(b"")
 
 
-def test_the_hook_takes_a_whole_result_and_hands_botocore_a_stub() -> None:
-    response = {"status_code": 200, "body": HEAD + contents(KEY_A, STAMP, ETAG, field("Size", "1")) + TAIL + b"\n"}
-    taken: dict[str, object] = {}
-    take_page(response, taken)
-    assert [o.key for o in taken[PAGE_KEY].objects] == ["training/ct/a.dcm"]  # type: ignore[attr-defined]
-    assert b"<Contents>" not in response["body"]  # type: ignore[operator]
+def test_a_whole_result_is_read_with_the_blank_after_it() -> None:
+    body = HEAD + contents(KEY_A, STAMP, ETAG, field("Size", "1")) + TAIL + b"\n"
+    assert [o.key for o in parse_list_page(body).objects] == ["training/ct/a.dcm"]
 
 
 def test_s3s_optional_fields_keep_the_one_scan_reading_and_a_mixed_page_is_read_element_by_element() -> None:

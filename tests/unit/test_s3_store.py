@@ -156,3 +156,10 @@ def test_a_huge_error_answer_is_classified_from_its_start_and_retried_until_the_
     assert all(BACKOFF_FIRST * BACKOFF_JITTER <= pause <= BACKOFF_MAX for pause in pauses)
     assert pauses[-1] > pauses[0], "the back-off grows"
     assert sum(pauses) <= BIG_ERROR_DEADLINE, "no pause runs past the deadline"
+
+
+def test_a_listing_answered_with_an_error_status_gives_s3s_error(hostile: HostileS3) -> None:
+    store = Boto3Store(S3Config(bucket="another-bucket", endpoint_url=hostile.endpoint_url, deadline=5))
+    with pytest.raises(NotFound, match="bucket does not exist"):
+        store.list_dir(f"{PREFIX}data/")
+
