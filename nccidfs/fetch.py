@@ -54,6 +54,8 @@ READ_ATTEMPTS = 3
 WHOLE_READER_PARTS = 4
 # A first read this large is the kernel's read-ahead for a reader of the whole file.
 WHOLE_READ = 128 * 1024
+# Bytes read with :meth:`Fetcher.read_store_later` that wait to be stored; past this a reader stores its own.
+STORE_LATER_BYTES = 16 * 1024**2
 
 
 @dataclass(eq=False)
@@ -77,21 +79,6 @@ def _uncovered(first: int, last: int, parts: list[InflightPart]) -> list[tuple[i
     return runs
 
 
-class _CallingThread(Executor):
-    """Runs what is submitted at once, in the thread that submits it: for a caller that would only wait."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:
-            future.set_exception(error)
-        return future
-
-
-_CALLING_THREAD = _CallingThread()
-
-
 @dataclass
 class ReadCursor:
     """Per open file: where the next sequential read would start and how far ahead we fetch."""
@@ -109,6 +96,8 @@ class Fetcher:
         self._deadline = deadline
         self._foreground = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fetch")
         self._background = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="readahead")
+        self._storer = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._waiting_bytes = 0  # read_store_later's, not stored yet (guarded by _counter_lock)
         self._counter_lock = threading.Lock()
         self._in_flight: dict[int, tuple[str, int]] = {}
         self._parts_lock = threading.Lock()
@@ -128,6 +117,7 @@ class Fetcher:
     def shutdown(self) -> None:
         self._foreground.shutdown(wait=False, cancel_futures=True)
         self._background.shutdown(wait=False, cancel_futures=True)
+        self._storer.shutdown(wait=False, cancel_futures=True)
 
     # -- pins -----------------------------------------------------------------------------------
     def pin(self, obj: ObjectInfo) -> CacheEntry:
@@ -148,11 +138,8 @@ class Fetcher:
             self._cache.unpin(entry)
 
     # -- reading --------------------------------------------------------------------------------
-    def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None,
-             here: bool = False) -> bytes:
-        """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end). ``here``: the GETs
-        the read needs run in the calling thread instead of the foreground pool (a caller with threads of
-        its own, that would only wait for them)."""
+    def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end)."""
         end = min(offset + size, entry.size)
         if offset >= end:
             return b""
@@ -162,8 +149,7 @@ class Fetcher:
         if cursor is not None:
             fetch_last = self._read_ahead(entry, offset, size, end, cursor)
         for _attempt in range(READ_ATTEMPTS):
-            parts = self._ensure_or_fail_fast(entry, first, last, fetch_last,
-                                              _CALLING_THREAD if here else self._foreground)
+            parts = self._ensure_or_fail_fast(entry, first, last, fetch_last, self._foreground)
             data = self._assemble(entry, first, last, parts)
             if data is not None:
                 start = first * block
@@ -199,27 +185,62 @@ class Fetcher:
                     self._failures[entry.digest] = error
             raise
 
-    def read_start(self, obj: ObjectInfo, size: int, here: bool = False) -> bytes:
-        """The first ``size`` bytes of an object that no file handle holds open, pinned while read
-        (``here``: as for :meth:`read`)."""
+    def read_start(self, obj: ObjectInfo, size: int) -> bytes:
+        """The first ``size`` bytes of an object that no file handle holds open, pinned while read."""
         with self.pinned(obj) as entry:
-            return self.read(entry, 0, size, here=here)
+            return self.read(entry, 0, size)
 
     def read_once(self, obj: ObjectInfo) -> bytes:
         """A whole object read for one use, not kept: the images a generated file is made from (the file
         made is what the cache keeps; storing its images too would write every byte twice). Served from the
         cache or from a GET under way when either has the object; else one GET in the calling thread,
         checked against its MD5 as any whole object is, and not stored."""
+        return self._read_whole(obj)[0]
+
+    def read_store_later(self, obj: ObjectInfo) -> bytes:
+        """A whole object as :meth:`read_once` reads it, then stored in the cache by a thread of its own:
+        for a reader that needs the bytes at once and the cache to keep them (the metadata twins a view is
+        planned from), which then waits for no file to be made. Within :data:`STORE_LATER_BYTES` waiting,
+        else stored before it is returned."""
+        data, fetched = self._read_whole(obj)
+        if fetched:
+            with self._counter_lock:
+                later = self._waiting_bytes + len(data) <= STORE_LATER_BYTES
+                self._waiting_bytes += len(data) if later else 0
+            if later:
+                self._storer.submit(self._store_whole, obj, data, len(data))
+            else:
+                self._store_whole(obj, data, 0)
+        return data
+
+    def _read_whole(self, obj: ObjectInfo) -> tuple[bytes, bool]:
+        """The object's bytes, and whether they were fetched for this call (not from the cache or a GET
+        under way)."""
         with self.pinned(obj) as entry:
             with self._parts_lock:
                 flying = bool(self._parts.get(entry.digest))
             if flying or self._cache.is_complete(entry):
-                return self.read(entry, 0, entry.size)
+                return self.read(entry, 0, entry.size), False
             data = self._store.get_range(entry.key, 0, entry.size, entry.etag)
             if self._config.verify and not self._cache.verify_bytes(entry, data):
                 self.on_discard(entry.key)
                 raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
-            return data
+            return data, True
+
+    def _store_whole(self, obj: ObjectInfo, data: bytes, waiting: int) -> None:
+        """Store a whole object fetched and checked already, unless the cache has it or a GET of it is
+        under way; ``waiting``: its bytes counted as waiting, released once done."""
+        try:
+            with self.pinned(obj) as entry:
+                with self._parts_lock:
+                    flying = bool(self._parts.get(entry.digest))
+                if not flying and not self._cache.is_complete(entry) and self._cache.verify_bytes(entry, data):
+                    self._cache.store_blocks(entry, 0, data)
+        except OSError as error:  # only the cache misses it: the reader has its bytes
+            log.warning("could not store %s in the cache: %s", obj.key, error)
+        finally:
+            with self._counter_lock:
+                self._waiting_bytes -= waiting
 
     def fetch_blocks(self, entry: CacheEntry, first: int, last: int) -> int:
         """Fetch the missing blocks of ``[first, last)`` in the background pool and wait until they are

@@ -25,7 +25,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 _TRANSFER_SYNTAX = "00020010"  # (0002,0010) TransferSyntaxUID: in a twin only when it kept the file meta
 _NATIVE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
-_NATIVE_BITS = 16
+NATIVE_BITS = 16
 
 
 def read_pixels(dicom: bytes, parsed: Dataset | None = None) -> tuple[Dataset, npt.NDArray[Any]]:
@@ -49,17 +49,24 @@ def native_pixels(dataset: Dataset) -> npt.NDArray[Any] | None:
     meta = getattr(dataset, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     frames = dataset.get("NumberOfFrames")
-    if (syntax not in _NATIVE_SYNTAXES or dataset.get("BitsAllocated") != _NATIVE_BITS
+    if (syntax not in _NATIVE_SYNTAXES or dataset.get("BitsAllocated") != NATIVE_BITS
             or dataset.get("SamplesPerPixel", 1) != 1 or frames not in (None, "", 1, "1")):
         return None
     rows, columns, stored, signed = (dataset.get(keyword) for keyword in
                                      ("Rows", "Columns", "BitsStored", "PixelRepresentation"))
     data = dataset.get("PixelData")
     if (not all(isinstance(value, int) for value in (rows, columns, stored)) or signed not in (0, 1)
-            or not 1 <= stored <= _NATIVE_BITS or not isinstance(data, bytes) or len(data) < rows * columns * 2):
+            or not 1 <= stored <= NATIVE_BITS or not isinstance(data, bytes) or len(data) < rows * columns * 2):
         return None
-    raw = np.frombuffer(data, "<u2", count=rows * columns).reshape(rows, columns)
-    unused = _NATIVE_BITS - stored
+    return native_values(data, 0, rows, columns, stored, signed == 1)
+
+
+def native_values(buffer: bytes, offset: int, rows: int, columns: int, stored: int,
+                  signed: bool) -> npt.NDArray[Any]:
+    """The stored values of 16-bit pixels at ``offset`` in ``buffer``: the bits above ``stored`` cleared,
+    or copies of the sign bit when ``signed``, as pydicom's decoder gives them."""
+    raw = np.frombuffer(buffer, "<u2", count=rows * columns, offset=offset).reshape(rows, columns)
+    unused = NATIVE_BITS - stored
     if not unused:  # every bit stored: the values are the bytes as they are, read in place (no copy)
         whole: npt.NDArray[Any] = raw.view("<i2") if signed else raw
         return whole
@@ -68,7 +75,6 @@ def native_pixels(dataset: Dataset) -> npt.NDArray[Any] | None:
         return unsigned
     shifted: npt.NDArray[np.int16] = (raw << np.uint16(unused)).view("<i2") >> unused  # back arithmetically:
     return shifted  # the sign bit copied into the bits above BitsStored
-
 
 
 def read_frames(dicom: bytes, frames: Sequence[int]) -> list[npt.NDArray[Any]]:

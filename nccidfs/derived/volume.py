@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from nccidfs.derived.agreement import Expected, checked_image, checked_plain_pixels
 from nccidfs.derived.bids import json_values, sidecar_fields
 from nccidfs.derived.frames import SINGLE, NotFrames, frames_of
 from nccidfs.derived.mosaic import Mosaic, NotMosaic, check_slice_normal, mosaic_of, tiles_of
@@ -207,6 +208,16 @@ def encode_slices(plan: VolumePlan, indices: Sequence[int], dicom: bytes,
     else:
         pixels = read_frames(dicom, frames)
     return [_encoded(plan, index, values) for index, values in zip(indices, pixels, strict=True)]
+
+
+def encode_checked(plan: VolumePlan, indices: Sequence[int], dicom: bytes, promised: Expected) -> list[memoryview]:
+    """As ``encode_slices``, once the image is shown to be the image its twin promised (``checked_image``);
+    a plain 16-bit slice (most CT) is checked and read without pydicom."""
+    if plan.mosaic is None and all(plan.frames[index] == SINGLE for index in indices):
+        pixels = checked_plain_pixels(dicom, promised)
+        if pixels is not None:
+            return [_encoded(plan, index, pixels) for index in indices]
+    return encode_slices(plan, indices, *checked_image(dicom, promised))
 
 
 def _encoded(plan: VolumePlan, index: int, pixels: npt.NDArray[Any]) -> memoryview:

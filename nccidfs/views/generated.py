@@ -62,16 +62,14 @@ class ObjectReader:
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="derive")
 
-    def _read(self, obj: ObjectInfo) -> bytes:
-        return self._fetcher.read_start(obj, obj.size, here=True)  # this pool's thread waits anyway
-
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def read_many(self, objects: Sequence[ObjectInfo], keep: bool = True) -> list[bytes]:
-        """The objects' bytes, in order. ``keep=False`` for the images a generated file is made from: they
-        are read for that once and not stored in the cache, which keeps the file made instead."""
-        read = self._read if keep else self._fetcher.read_once
+        """The objects' bytes, in order, each read in one of this reader's threads. Kept in the cache (stored
+        once they are returned: the twins a file is planned from); ``keep=False`` for the images a generated
+        file is made from: they are read for that once and not stored, the cache keeps the file made."""
+        read = self._fetcher.read_store_later if keep else self._fetcher.read_once
         futures = [self._pool.submit(read, obj) for obj in objects]
         try:
             return [future.result(timeout=deadline.remaining(self._timeout)) for future in futures]

@@ -8,13 +8,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from nccidfs.derived.agreement import checked_image
 from nccidfs.derived.volume import (
     HEADER_BYTES,
     Rejection,
     VolumePlan,
+    encode_checked,
     encode_header,
-    encode_slices,
     plan_volume,
     sidecar,
 )
@@ -156,7 +155,7 @@ class VolumeView(SeriesLayer):
             ident = outcome.slices[indices[0]]  # the slices of one image: its frames
             promised = planned.promised[ident]
             with naming(ident), self._generated.budget.reserve(decoding_work(promised, ordered[indices[0]]), "it"):
-                return encode_slices(outcome, indices, *checked_image(dicom, promised))
+                return encode_checked(outcome, indices, dicom, promised)
 
         name, inputs = f"{self.NAME}/" + "/".join(parts), images.inputs()
         produce = volume_producer(outcome, ordered, self._reader, encode, self._generated.made,

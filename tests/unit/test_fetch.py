@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nccidfs import fetch
 from nccidfs.cache import DiskCache
 from nccidfs.cachedir import prepare
 from nccidfs.config import ReadConfig
@@ -198,6 +199,37 @@ def test_an_object_read_once_is_not_stored_and_one_in_the_cache_is_not_fetched(t
     gets = len(store.ranges)
     assert fetcher.read_once(store.info(OTHER)) == BODY[:BLOCK * 3]  # cached: no GET
     assert len(store.ranges) == gets
+    fetcher.shutdown()
+
+
+def test_an_object_read_to_store_later_is_returned_then_stored_once(tmp_path: Path) -> None:
+    """The twins a view is planned from: the reader has the bytes at once, the cache has them a moment later,
+    and a second read sends no GET."""
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path, store)
+    assert fetcher.read_store_later(store.info(KEY)) == BODY
+    assert store.ranges == [(KEY, 0, len(BODY))]
+    fetcher._storer.submit(lambda: None).result(timeout=5)  # the store, queued first, is done
+    entry = cache.pin(store.info(KEY))
+    assert cache.is_complete(entry) and cache.verify_whole(entry)
+    cache.unpin(entry)
+    assert fetcher.read_store_later(store.info(KEY)) == BODY
+    assert len(store.ranges) == 1
+    fetcher.shutdown()
+
+
+def test_objects_waiting_to_be_stored_are_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past STORE_LATER_BYTES waiting, the reader stores its object itself before it returns."""
+    monkeypatch.setattr(fetch, "STORE_LATER_BYTES", len(BODY) - 1)
+    store = MemoryStore({KEY: BODY})
+    fetcher, cache = make(tmp_path, store)
+    release = threading.Event()
+    fetcher._storer.submit(release.wait, 5)  # the store thread is busy: nothing queued would be stored yet
+    assert fetcher.read_store_later(store.info(KEY)) == BODY
+    entry = cache.pin(store.info(KEY))
+    assert cache.is_complete(entry)  # stored by the reader
+    cache.unpin(entry)
+    release.set()
     fetcher.shutdown()
 
 
