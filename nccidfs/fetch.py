@@ -217,9 +217,7 @@ class Fetcher:
         """The object's bytes, and whether they were fetched for this call (not from the cache or a GET
         under way)."""
         with self.pinned(obj) as entry:
-            with self._parts_lock:
-                flying = bool(self._parts.get(entry.digest))
-            if flying or self._cache.is_complete(entry):
+            if self._held_or_coming(entry):
                 return self.read(entry, 0, entry.size), False
             data = self._store.get_range(entry.key, 0, entry.size, entry.etag)
             if self._config.verify and not self._cache.verify_bytes(entry, data):
@@ -227,14 +225,18 @@ class Fetcher:
                 raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
             return data, True
 
+    def _held_or_coming(self, entry: CacheEntry) -> bool:
+        """Whether the cache holds the whole object, or a GET of part of it is under way."""
+        with self._parts_lock:
+            flying = bool(self._parts.get(entry.digest))
+        return flying or self._cache.is_complete(entry)
+
     def _store_whole(self, obj: ObjectInfo, data: bytes, waiting: int) -> None:
         """Store a whole object fetched and checked already, unless the cache has it or a GET of it is
         under way; ``waiting``: its bytes counted as waiting, released once done."""
         try:
             with self.pinned(obj) as entry:
-                with self._parts_lock:
-                    flying = bool(self._parts.get(entry.digest))
-                if not flying and not self._cache.is_complete(entry) and self._cache.verify_bytes(entry, data):
+                if not self._held_or_coming(entry) and self._cache.verify_bytes(entry, data):
                     self._cache.store_blocks(entry, 0, data)
         except OSError as error:  # only the cache misses it: the reader has its bytes
             log.warning("could not store %s in the cache: %s", obj.key, error)

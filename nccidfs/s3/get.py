@@ -36,8 +36,8 @@ PAGE_LIMIT = 16 * 1024**2
 
 
 class GetError(Exception):
-    """A GET that S3 answered with an error status (or a listing with no page); ``response`` mimics
-    botocore's, for :func:`~nccidfs.s3.errors.classify`."""
+    """A GET that S3 answered with an error status; ``response`` mimics botocore's, for
+    :func:`~nccidfs.s3.errors.classify`."""
 
     def __init__(self, status: int, code: str) -> None:
         super().__init__(f"HTTP {status} {code}")
@@ -83,12 +83,12 @@ class SignedGets:
             raise
         return raw
 
-
     def list_page(self, query: dict[str, str]) -> bytes:
         """The body of one ListObjectsV2 page (``query`` in S3's names: prefix, delimiter, start-after,
         continuation-token, max-keys), keys URL-encoded as botocore asks for them.
 
-        Raises :class:`GetError` for an error answer, and for a body longer than :data:`PAGE_LIMIT`.
+        Raises :class:`GetError` for an error answer, and :class:`CorruptData` for a body longer than
+        :data:`PAGE_LIMIT` (no S3 sends one, so it is not asked for again).
         """
         raw = self._send(AWSRequest("GET", self._listing_url,
                                     params={"list-type": "2", **query, "encoding-type": "url"}))
@@ -97,7 +97,7 @@ class SignedGets:
                 _raise_error(raw)
             body: bytes = raw.read(PAGE_LIMIT + 1)
             if len(body) > PAGE_LIMIT:
-                raise GetError(raw.status, f"a listing page of more than {PAGE_LIMIT} bytes")
+                raise CorruptData(f"a listing page of more than {PAGE_LIMIT} bytes")
         except BaseException:
             raw.close()
             raise

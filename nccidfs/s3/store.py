@@ -1,7 +1,7 @@
 """The storage seam over S3: :class:`~nccidfs.store.protocol.ObjectStore` with :mod:`nccidfs.s3.get` for
 listing pages and ranged GETs (boto3 finds the credentials, region and the bucket's URL); the layers above
-see only the protocol. Listings always use a
-prefix that ends in ``/`` with delimiter ``/`` because the warehouse's IAM policy refuses any other form.
+see only the protocol. Listings always use a prefix that ends in ``/`` with delimiter ``/`` because the
+warehouse's IAM policy refuses any other form.
 
 A listing is bounded whatever the server says: all its pages together must arrive within the deadline,
 stay under :data:`MAX_PAGES` pages and :data:`MAX_ENTRIES` entries, and never repeat a continuation
@@ -47,9 +47,8 @@ WARN_AFTER_ATTEMPTS = 3
 
 
 class Boto3Store:
-    """:class:`~nccidfs.store.protocol.ObjectStore` over boto3 (listings) and
-    :class:`~nccidfs.s3.get.SignedGets` (listing pages and GETs), with short timeouts and retries until the
-    deadline."""
+    """:class:`~nccidfs.store.protocol.ObjectStore` over :class:`~nccidfs.s3.get.SignedGets` (listing pages
+    and GETs; boto3 for credentials and the bucket's URL), with short timeouts and retries until the deadline."""
 
     def __init__(self, config: S3Config, retry: bool = True, stats: RequestStats | None = None,
                  clock: Clock = REAL_CLOCK) -> None:

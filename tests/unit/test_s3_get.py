@@ -11,6 +11,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from nccidfs.config import S3Config
+from nccidfs.errors import CorruptData
 from nccidfs.s3.store import Boto3Store
 from tests.mounting import CREDENTIALS
 
@@ -67,3 +68,15 @@ def test_a_listing_page_asks_what_botocore_asks(call: dict[str, Any], endpoint: 
     assert parse_qs(urlsplit(mine.url).query) == parse_qs(urlsplit(botocores.url).query)
     assert mine.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
     assert "/eu-west-2/s3/aws4_request" in mine.headers["Authorization"]
+
+
+def test_a_listing_page_past_the_bound_is_corrupt_and_not_asked_for_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("nccidfs.s3.get.PAGE_LIMIT", len(PAGE) - 1)
+    store = Boto3Store(S3Config(bucket="nccid-data-warehouse-prod", endpoint_url="http://127.0.0.1:9", deadline=5))
+    sent: list[Any] = []
+    store._gets._http = SimpleNamespace(send=lambda prepared: sent.append(prepared) or SimpleNamespace(raw=_Body()))
+    with pytest.raises(CorruptData, match="listing page of more than"):
+        store.list_dir("training/ct/")
+    assert len(sent) == 1
