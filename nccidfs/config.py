@@ -241,6 +241,9 @@ class ReadConfig:
     initial_window: int = 256 * 1024
     max_window: int = 64 * 1024**2
     part_size: int = 8 * 1024**2
+    # How far from a sequential reader's furthest read a read may be and still be the same reader's: the
+    # kernel's read-ahead requests (1 MiB each) arrive out of order, several at once.
+    reorder_slack: int = 8 * 1024**2
     fetch_threads: int = 16
     prefetch: bool = True
     prefetch_threads: int = 8

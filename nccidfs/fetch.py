@@ -8,7 +8,10 @@
   larger object a read-ahead window of four parts at once.
 - Any other sequential reader gets a read-ahead window that starts at ``initial_window``; windows double
   up to ``max_window``, fetched in the background as parallel GETs of at most ``part_size``. A window
-  slides: each part the reader uses up is replaced by the next at once.
+  slides: each part the reader uses up is replaced by the next at once. The kernel sends a sequential
+  reader's read-ahead as several requests at once, answered by several threads, so they arrive out of
+  order: a read within ``reorder_slack`` of the furthest one, or inside the window fetched ahead, still
+  belongs to the same reader's stream, and only a read elsewhere starts the window again.
 - Bytes just fetched are served from memory; only other reads go to the cache file.
 - Every wait is bounded: by the part's own deadline (fixed when its GET starts, so a second reader of a
   stalled part does not wait a whole deadline again) and by what is left of the FUSE call's deadline.
@@ -81,7 +84,7 @@ def _uncovered(first: int, last: int, parts: list[InflightPart]) -> list[tuple[i
 
 @dataclass
 class ReadCursor:
-    """Per open file: where the next sequential read would start and how far ahead we fetch."""
+    """Per open file: where the furthest read of a sequential reader ended, and how far ahead we fetch."""
 
     next_offset: int = 0
     window: int = 0
@@ -253,7 +256,7 @@ class Fetcher:
         return sum(len(part.future.result()) for part in started)
 
     def _read_ahead(self, entry: CacheEntry, offset: int, size: int, end: int, cursor: ReadCursor) -> int:
-        """Grow the window on sequential reads and keep ``window`` bytes fetched ahead of ``end``.
+        """Grow the window on sequential reads and keep ``window`` bytes fetched ahead of the furthest.
 
         Returns the block the caller's own fetch should reach: the whole object, in one GET, when a first
         read from its start asks for :data:`WHOLE_READ` bytes or more (the kernel's read-ahead of a reader
@@ -265,21 +268,25 @@ class Fetcher:
         if through and entry.size <= self._config.part_size:
             cursor.next_offset = cursor.ahead_until = entry.size
             return entry.block_count
-        if offset == cursor.next_offset and (offset > 0 or through):
+        reached = cursor.next_offset  # the end of the stream's furthest read; 0 before any read
+        slack = self._config.reorder_slack
+        in_stream = reached > 0 and reached - slack <= offset <= max(reached + slack, cursor.ahead_until)
+        if not (through or in_stream):
+            cursor.window, cursor.ahead_until, cursor.next_offset = 0, 0, end
+        elif end > reached:
             # A reader of the whole file starts with a window of several parts; any other, with the initial one.
             start_window = WHOLE_READER_PARTS * self._config.part_size if through else self._config.initial_window
             cursor.window = min(max(cursor.window * 2, start_window), self._config.max_window)
-        elif offset != cursor.next_offset:
-            cursor.window, cursor.ahead_until = 0, 0
-        cursor.next_offset = end
+            cursor.next_offset = end
         last = -(-end // block)
         # The window slides: once the reader has used up a part of it, the next part is asked for, so the
         # GETs of a reader of a large object overlap instead of starting in waves.
+        reached = cursor.next_offset
         refill_below = max(cursor.window // 2, cursor.window - self._config.part_size)
-        if not cursor.window or end >= entry.size or cursor.ahead_until - end > refill_below:
+        if not cursor.window or reached >= entry.size or cursor.ahead_until - reached > refill_below:
             return last
-        start = max(end, cursor.ahead_until)
-        stop = min(end + cursor.window, entry.size)
+        start = max(reached, cursor.ahead_until)
+        stop = min(reached + cursor.window, entry.size)
         cursor.ahead_until = stop
         self._ensure(entry, start // block, -(-stop // block), self._background, wait=False)
         return last

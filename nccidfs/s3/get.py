@@ -3,9 +3,9 @@
 A botocore call costs about 1 ms of interpreter time (event hooks, parameter validation, endpoint rules,
 response parsing) on top of the request itself, and with many readers, or a walk's listings, the
 interpreter lock makes that the daemon's limit. Neither request needs any of it. The bucket's URL is asked
-of botocore once, so its addressing and endpoint rules still decide it. Each request is signed by
-botocore's SigV4 signer and sent through botocore's own HTTP session, with the same proxies, CA bundle and
-timeouts as the client. An object's body is then read straight from the connection; a listing page whole,
+of botocore once, so its addressing and endpoint rules still decide it. Each request is signed as botocore
+signs it (:mod:`nccidfs.s3.sign`) and sent over the connections of :mod:`nccidfs.s3.http`, with the
+client's CA bundle and timeouts. An object's body is then read straight from the connection; a listing page whole,
 within :data:`PAGE_LIMIT` bytes.
 """
 
@@ -17,12 +17,11 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.httpsession import URLLib3Session
 from botocore.utils import get_environ_proxies
 
 from nccidfs.errors import CorruptData, ObjectChanged
+from nccidfs.s3.http import Connections, ProxiedSession
+from nccidfs.s3.sign import Signer, canonical_query
 
 # A key whose presigned URL shows where keys go in the bucket's URLs.
 _PLACEHOLDER_KEY = "nccidfs-placeholder"
@@ -55,17 +54,15 @@ class SignedGets:
         # The bucket itself, as botocore addresses it for a listing: "https://bucket.host/" virtual-hosted,
         # "http://host/bucket" path-style.
         self._listing_url = self._bucket_url if urlsplit(self._bucket_url).path == "/" else self._bucket_url[:-1]
-        self._credentials = credentials
-        self._region = client.meta.region_name
+        self._signer = Signer(credentials, client.meta.region_name)
         keepalive = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-        # (The type stubs of URLLib3Session are narrower than what botocore itself passes it.)
-        options: dict[str, Any] = {"verify": verify, "timeout": (connect_timeout, read_timeout),
-                                   "socket_options": keepalive}
-        self._http = URLLib3Session(proxies=get_environ_proxies(self._bucket_url),
-                                    max_pool_connections=max_connections, **options)
+        options: dict[str, Any] = {"connect_timeout": connect_timeout, "read_timeout": read_timeout,
+                                   "max_idle": max_connections, "verify": verify, "socket_options": keepalive}
+        proxies = get_environ_proxies(self._bucket_url)
+        self._http = ProxiedSession(proxies, **options) if proxies else Connections(self._bucket_url, **options)
 
     def open(self, key: str, start: int, end: int, etag: str | None) -> Any:
-        """The urllib3 response of ``GET key`` for bytes ``[start, end)``, its status and headers checked.
+        """The response to ``GET key`` for bytes ``[start, end)``, its status and headers checked.
 
         Raises :class:`GetError` for an error answer, :class:`ObjectChanged` when the server answers for
         another version, and :class:`CorruptData` when it answers with other bytes than those asked for.
@@ -74,7 +71,7 @@ class SignedGets:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag is not None:
             headers["If-Match"] = f'"{etag}"'
-        raw = self._send(AWSRequest("GET", self._bucket_url + quote(key, safe="/~"), headers=headers))
+        raw = self._send(self._bucket_url + quote(key, safe="/~"), headers)
         try:
             _check(raw, key, start, end, etag)
         except BaseException:
@@ -90,8 +87,8 @@ class SignedGets:
         Raises :class:`GetError` for an error answer, and :class:`CorruptData` for a body longer than
         :data:`PAGE_LIMIT` (no S3 sends one, so it is not asked for again).
         """
-        raw = self._send(AWSRequest("GET", self._listing_url,
-                                    params={"list-type": "2", **query, "encoding-type": "url"}))
+        raw = self._send(f"{self._listing_url}?{canonical_query({'list-type': '2', **query, 'encoding-type': 'url'})}",
+                         {})
         try:
             if raw.status != HTTPStatus.OK:
                 _raise_error(raw)
@@ -105,12 +102,9 @@ class SignedGets:
             raw.release_conn()
         return body
 
-    def _send(self, request: AWSRequest) -> Any:
-        """The urllib3 response of ``request``, signed, its body not read yet."""
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-        prepared = request.prepare()
-        prepared.stream_output = True
-        return self._http.send(prepared).raw
+    def _send(self, url: str, headers: dict[str, str]) -> Any:
+        """The response to a signed ``GET url``, its body not read yet."""
+        return self._http.send("GET", url, self._signer.sign("GET", url, headers))
 
 
 def _raise_error(raw: Any) -> None:

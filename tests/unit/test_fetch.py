@@ -86,6 +86,33 @@ def test_a_full_window_stays_ahead_of_a_sequential_reader(tmp_path: Path) -> Non
     assert all(a[1] <= b[0] for a, b in zip(fetched, fetched[1:], strict=False)), "no byte fetched twice"
 
 
+def test_reads_that_arrive_out_of_order_keep_the_read_ahead_window(tmp_path: Path) -> None:
+    """The kernel sends a sequential reader's read-ahead as several requests at once, answered by several
+    threads, so they arrive out of order: the window grows as for reads in order, the bytes fetched ahead
+    stay ahead, and only a read away from the stream starts it again."""
+    body = os.urandom(BLOCK * 200)
+    store = MemoryStore({KEY: body})
+    fetcher, cache = make(tmp_path, store, max_window=BLOCK * 32, reorder_slack=BLOCK * 4)
+    entry = cache.pin(store.info(KEY))
+    cursor = ReadCursor()
+    lowest = len(body)
+    for first in range(0, 120, 4):  # each group of four blocks arrives in the order 1, 0, 3, 2
+        for block in (first + 1, first, first + 3, first + 2):
+            assert fetcher.read(entry, block * BLOCK, BLOCK, cursor) == body[block * BLOCK:(block + 1) * BLOCK]
+            if cursor.window == BLOCK * 32:
+                lowest = min(lowest, cursor.ahead_until - cursor.next_offset)
+    assert cursor.window == BLOCK * 32
+    assert lowest >= BLOCK * (32 - 8)
+    fetched = sorted((start, end) for _, start, end in store.ranges)
+    assert all(a[1] <= b[0] for a, b in zip(fetched, fetched[1:], strict=False)), "no byte fetched twice"
+    fetcher.read(entry, BLOCK * 190, BLOCK, cursor)  # past the window fetched ahead and the slack: another reader
+    assert cursor.window == 0
+    fetcher.read(entry, BLOCK * 196, BLOCK, cursor)  # ahead, but further than the slack allows
+    assert cursor.window == 0
+    fetcher.read(entry, BLOCK * 10, BLOCK, cursor)  # further back than the slack allows
+    assert cursor.window == 0 and cursor.next_offset == BLOCK * 11
+
+
 def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
     store = MemoryStore({KEY: BODY}, latency=0.2)
     fetcher, cache = make(tmp_path, store)

@@ -47,7 +47,7 @@ def test_a_listing_page_asks_what_botocore_asks(call: dict[str, Any], endpoint: 
         monkeypatch.setenv(name, value)
     store = Boto3Store(S3Config(bucket="nccid-data-warehouse-prod", endpoint_url=endpoint, region="eu-west-2"))
     ours: list[Any] = []
-    store._gets._http = SimpleNamespace(send=lambda prepared: ours.append(prepared) or SimpleNamespace(raw=_Body()))
+    store._gets._http = SimpleNamespace(send=lambda method, url, headers: ours.append((url, headers)) or _Body())
     theirs: list[Any] = []
 
     def answer(request: Any, **_: Any) -> AWSResponse:
@@ -59,15 +59,15 @@ def test_a_listing_page_asks_what_botocore_asks(call: dict[str, Any], endpoint: 
     names = {"Prefix": "prefix", "Delimiter": "delimiter", "StartAfter": "start-after", "MaxKeys": "max-keys",
              "ContinuationToken": "continuation-token"}
     store._list_page({names[name]: str(value) for name, value in call.items()})
-    (mine,), (botocores,) = ours, theirs
+    ((url, headers),), (botocores,) = ours, theirs
     # Without an endpoint both go to the bucket's own host: botocore names its region there, the GETs'
     # presigned form does not (S3 answers both), so the host is compared where an endpoint fixes it.
     parts = slice(0, 3) if endpoint else slice(2, 3)
-    assert urlsplit(mine.url)[parts] == urlsplit(botocores.url)[parts]
-    assert urlsplit(mine.url).hostname.startswith("nccid-data-warehouse-prod.") or endpoint  # type: ignore[union-attr]
-    assert parse_qs(urlsplit(mine.url).query) == parse_qs(urlsplit(botocores.url).query)
-    assert mine.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
-    assert "/eu-west-2/s3/aws4_request" in mine.headers["Authorization"]
+    assert urlsplit(url)[parts] == urlsplit(botocores.url)[parts]
+    assert urlsplit(url).hostname.startswith("nccid-data-warehouse-prod.") or endpoint  # type: ignore[union-attr]
+    assert parse_qs(urlsplit(url).query) == parse_qs(urlsplit(botocores.url).query)
+    assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
+    assert "/eu-west-2/s3/aws4_request" in headers["Authorization"]
 
 
 def test_a_listing_page_past_the_bound_is_corrupt_and_not_asked_for_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +76,7 @@ def test_a_listing_page_past_the_bound_is_corrupt_and_not_asked_for_again(monkey
     monkeypatch.setattr("nccidfs.s3.get.PAGE_LIMIT", len(PAGE) - 1)
     store = Boto3Store(S3Config(bucket="nccid-data-warehouse-prod", endpoint_url="http://127.0.0.1:9", deadline=5))
     sent: list[Any] = []
-    store._gets._http = SimpleNamespace(send=lambda prepared: sent.append(prepared) or SimpleNamespace(raw=_Body()))
+    store._gets._http = SimpleNamespace(send=lambda method, url, headers: sent.append(url) or _Body())
     with pytest.raises(CorruptData, match="listing page of more than"):
         store.list_dir("training/ct/")
     assert len(sent) == 1
