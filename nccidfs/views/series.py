@@ -138,6 +138,13 @@ class SeriesLayer:
     def lookup(self, parts: Parts) -> Entry:
         if not parts:
             return self._dir(self.NAME)
+        if 1 < len(parts) <= self.FILE_DEPTH and parts[0] in self.list([]):
+            # A folder of the mirrored tree, looked up by name as the tree looks it up (a patient from the
+            # listing of its own subtree), not in the listing of its whole parent: a modality folder holds
+            # thousands of patients, and a cold open of a volume would wait for every page of it.
+            if not self._namespace.lookup("/" + "/".join(parts)).is_dir:
+                raise NotFound("/".join(parts))
+            return self._dir(parts[-1])
         entry = self.list(parts[:-1]).get(parts[-1])
         if entry is None:
             raise NotFound("/".join(parts))

@@ -17,7 +17,7 @@ from nccidfs.mount import discover_root
 from nccidfs.objects import Listing
 from tests.clock import FakeClock
 from tests.core import LISTING_TTL, TIMEOUT, Cores
-from tests.fakes import FailingStore
+from tests.fakes import FailingStore, MemoryStore
 
 SERIES = "training/ct/Covid1/1.2/1.3"
 KEYS = {
@@ -220,6 +220,33 @@ def test_a_background_listing_that_finds_a_replacement_tells_the_kernel(cores: C
         assert time.monotonic() < give_up, invalidated
         time.sleep(0.01)
     assert filesystem.lookup(path).size == 10
+
+
+class ListingRecorder(MemoryStore):
+    """The in-memory store, recording the folders it is asked to list."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        super().__init__(objects)
+        self.listed: list[str] = []
+
+    def list_dir(self, prefix: str) -> Listing:
+        self.listed.append(prefix)
+        return super().list_dir(prefix)
+
+
+def test_a_view_folder_is_looked_up_without_listing_its_whole_modality(cores: Cores) -> None:
+    """A volume opened by its path finds its patient as the mirrored tree does, from the patient's own
+    listing: a modality folder holds thousands of patients, and listing all of them would hold up a cold open."""
+    store = ListingRecorder(KEYS)
+    filesystem = cores(store, folders=["ct", "ct-metadata", "data"]).fs
+    for folder in ("/.nccidfs/volumes/ct/Covid1", "/.nccidfs/volumes/ct/Covid1/1.2"):
+        assert filesystem.lookup(folder).is_dir
+    assert filesystem.lookup("/.nccidfs/volumes/ct/Covid1/1.2/1.3.json").size > 0
+    assert "training/ct/" not in store.listed
+    for missing in ("/.nccidfs/volumes/ct/Covid2", "/.nccidfs/volumes/ct/Covid1/9.9",
+                    "/.nccidfs/volumes/ct/Covid1/1.2/1.3/a.dcm", "/.nccidfs/volumes/data/Covid1"):
+        with pytest.raises(NotFound):
+            filesystem.lookup(missing)
 
 
 def test_a_name_that_only_begins_like_the_control_folder_is_mirrored(cores: Cores) -> None:

@@ -145,8 +145,9 @@ def forward_proxy() -> Iterator[tuple[str, list[str]]]:
 
         def do_GET(self) -> None:
             seen.append(self.path)
-            request = urllib.request.Request(self.path, headers={k: v for k, v in self.headers.items()
-                                                                 if k.lower() not in ("proxy-connection", "connection")})
+            hop_by_hop = ("proxy-connection", "connection")
+            headers = {name: value for name, value in self.headers.items() if name.lower() not in hop_by_hop}
+            request = urllib.request.Request(self.path, headers=headers)
             try:
                 answer: Any = direct.open(request, timeout=10)
             except urllib.error.HTTPError as error:
