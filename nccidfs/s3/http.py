@@ -69,11 +69,8 @@ class Connections:
         self._origin = (parts.scheme, parts.netloc)
         self._host, self._port = parts.hostname or "", parts.port
         self._tls: ssl.SSLContext | None = None
-        if parts.scheme == "https":
-            self._tls = ssl.create_default_context(cafile=get_cert_path(True) if verify is True else verify or None)
-            if verify is False:
-                self._tls.check_hostname = False
-                self._tls.verify_mode = ssl.CERT_NONE
+        if parts.scheme == "https":  # verify: as botocore's, a CA bundle's path, or True for its own bundle
+            self._tls = ssl.create_default_context(cafile=verify if isinstance(verify, str) else get_cert_path(True))
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._max_idle = max_idle

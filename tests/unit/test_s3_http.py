@@ -4,16 +4,24 @@ endpoint behind a proxy is reached through the proxy."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
+import ssl
 import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from nccidfs.config import S3Config
 from nccidfs.s3.http import Connections, ProxiedSession
@@ -28,7 +36,7 @@ class Server:
     ``drop_after`` n, a connection's request after its n-th is read and left unanswered: the connection is
     closed, as a server closes a connection that sat idle too long just as a request arrives."""
 
-    def __init__(self, drop_after: int = 0) -> None:
+    def __init__(self, drop_after: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.connections = 0
         self.requests = 0
         server = self
@@ -57,7 +65,9 @@ class Server:
 
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._http.server_address[1]}/"
+        if tls is not None:
+            self._http.socket = tls.wrap_socket(self._http.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._http.server_address[1]}/"
 
     @contextmanager
     def running(self) -> Iterator[Server]:
@@ -70,8 +80,8 @@ class Server:
             self._http.server_close()
 
 
-def pool(url: str, max_idle: int = 4) -> Connections:
-    return Connections(url, connect_timeout=2, read_timeout=2, max_idle=max_idle, verify=True, socket_options=[])
+def pool(url: str, max_idle: int = 4, verify: str | bool = True) -> Connections:
+    return Connections(url, connect_timeout=2, read_timeout=2, max_idle=max_idle, verify=verify, socket_options=[])
 
 
 def get(connections: Connections, url: str, read: int = len(BODY)) -> bytes:
@@ -131,6 +141,53 @@ def test_a_url_of_another_endpoint_is_refused() -> None:
     connections = pool("http://127.0.0.1:9/")
     with pytest.raises(ValueError, match="not this pool's endpoint"):
         connections.send("GET", "http://127.0.0.2:9/object", {})
+
+
+def certificate(directory: Path, names: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate for ``names`` (host names or IP addresses) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    alternatives: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alternatives.append(x509.DNSName(name))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / f"{names[0]}.pem", directory / f"{names[0]}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def tls_server(cert: tuple[Path, Path]) -> Server:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*cert)
+    return Server(tls=context)
+
+
+def test_https_is_verified_against_the_ca_bundle_given(tmp_path: Path) -> None:
+    cert = certificate(tmp_path, ["127.0.0.1"])
+    with tls_server(cert).running() as server:
+        connections = pool(server.url, verify=str(cert[0]))
+        assert [get(connections, server.url) for _ in range(3)] == [BODY] * 3
+        assert server.connections == 1
+        with pytest.raises(ssl.SSLCertVerificationError):
+            get(pool(server.url), server.url)  # the default bundle does not know this certificate
+
+
+def test_https_refuses_a_certificate_for_another_host(tmp_path: Path) -> None:
+    cert = certificate(tmp_path, ["s3.example.org"])
+    with tls_server(cert).running() as server, pytest.raises(ssl.SSLCertVerificationError,
+                                                             match="IP address mismatch|hostname"):
+        get(pool(server.url, verify=str(cert[0])), server.url)
 
 
 @contextmanager
