@@ -5,8 +5,8 @@ response parsing) on top of the request itself, and with many readers, or a walk
 interpreter lock makes that the daemon's limit. Neither request needs any of it. The bucket's URL is asked
 of botocore once, so its addressing and endpoint rules still decide it. Each request is signed as botocore
 signs it (:mod:`nccidfs.s3.sign`) and sent over the connections of :mod:`nccidfs.s3.http`, with the
-client's CA bundle and timeouts. An object's body is then read straight from the connection; a listing page whole,
-within :data:`PAGE_LIMIT` bytes.
+client's CA bundle and timeouts. An object's body is then read straight from the connection; a listing
+page whole, within :data:`PAGE_LIMIT` bytes.
 """
 
 from __future__ import annotations
