@@ -96,9 +96,11 @@ class Boto3Store:
     def _retrying(self, kind: str, what: str, call: Callable[[], T], deadline: float | None = None) -> T:
         """Run ``call`` until it succeeds, fails for good, or the deadline passes (then TransientError).
 
-        botocore already retries a failed request a few times; this loop also covers failures while a
-        body streams and keeps trying, with jittered backoff, for as long as the deadline allows (by
-        default ``--timeout`` from now; a listing passes the deadline shared by all its pages).
+        Besides a request sent again at once when a kept-alive connection proves closed (see
+        :mod:`nccidfs.s3.http`), this loop is the only retry: a refused connection, a timeout, a transient
+        error status or a body cut short are tried again, with jittered backoff, for as long as the
+        deadline allows (by default ``--timeout`` from now; a listing passes the deadline shared by all
+        its pages).
         """
         if deadline is None:
             deadline = self._clock.monotonic() + self._deadline
