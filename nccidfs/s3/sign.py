@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 # The payload hash of a request without a body, which S3 wants signed over plain HTTP and HTTPS alike.
@@ -33,9 +33,8 @@ def canonical_query(params: Mapping[str, str]) -> str:
     return "&".join(f"{name}={value}" for name, value in pairs)
 
 
-def signed_host(url: str) -> str:
+def signed_host(parts: SplitResult) -> str:
     """The host header as SigV4 signs it: the URL's host, with its port unless that is the scheme's default."""
-    parts = urlsplit(url)
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
     if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme):
         host = f"{host}:{parts.port}"
@@ -62,7 +61,7 @@ class Signer:
             signed["X-Amz-Security-Token"] = credentials.token
         parts = urlsplit(url)
         canonical_headers = {name.lower(): " ".join(value.split()) for name, value in signed.items()}
-        canonical_headers.setdefault("host", signed_host(url))
+        canonical_headers.setdefault("host", signed_host(parts))
         names = sorted(canonical_headers)
         request = "\n".join((method, parts.path, parts.query,
                              "".join(f"{name}:{canonical_headers[name]}\n" for name in names),
