@@ -4,12 +4,14 @@
 
 Runs ../shared/scale/synths3.py with an added latency per request, times boto3's paginator over
 ``training/FOLDER/`` (how users index today), keeps the keys it listed, and serves them as a tree from
-memory through ``bench/floor/walkfloor.c``: libfuse's low-level API in C, answering the requests a walk of
-nccidfs sends (no OPENDIR or RELEASEDIR, READDIRPLUS with each sub-directory's attributes, names valid
-for 300 s), with no network and no Python. ``find FOLDER -type f`` over it, page cache dropped, on a new
-mount each run, then again on the same mount, is the least a walk through FUSE costs here: what the
-kernel's round trips and ``find`` cost. Prints the requests per directory, the CPU seconds of the
-C daemon and of ``find``, and the ratio to boto3's time.
+memory through two small daemons that answer the requests a walk of nccidfs sends (no OPENDIR or
+RELEASEDIR, READDIRPLUS with each sub-directory's attributes, names valid for 300 s), with no network:
+``bench/floor/walkfloor.c``, libfuse's low-level API in C, and ``bench/floor/walkfloor.py``, the same
+through the ctypes bindings nccidfs uses, every answer made before the mount. ``find FOLDER -type f``
+over each, page cache dropped, on a new mount each run, then again on the same mount: with C, the least
+a walk through FUSE costs here (the kernel's round trips and ``find``); with Python, the least it costs
+a daemon written as nccidfs is. Prints the requests per directory, the CPU seconds of the daemon and of
+``find``, and the ratio to boto3's time.
 
 Needs gcc and libfuse3's headers (``apt-get install gcc pkg-config libfuse3-dev``); runs as root.
 """
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -34,6 +37,7 @@ from index_modality import BUCKET, REPO, boto3_paginator, start_synths3  # noqa:
 from run import drop_caches  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parent / "floor" / "walkfloor.c"
+PYTHON_FLOOR = SOURCE.with_suffix(".py")
 PORT = 9417
 
 
@@ -71,6 +75,37 @@ def counters(line: str) -> dict[str, int]:
     return {words[i]: int(words[i + 1]) for i in range(0, len(words) - 1, 2)}
 
 
+@dataclass
+class Walked:
+    first: float
+    find_cpu: float
+    daemon_cpu: float
+    found: int
+    second: float
+    requests: dict[str, int]
+
+
+def walk_floor(command: list[str], keys: Path, mountpoint: Path, folder: str) -> Walked:
+    """``find FOLDER -type f`` twice over a floor daemon mounted afresh, page cache dropped before the first."""
+    mountpoint.mkdir()
+    daemon = subprocess.Popen([*command, str(keys), str(mountpoint)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        while not os.path.ismount(mountpoint):
+            if daemon.poll() is not None:
+                raise SystemExit(f"{command[-1]} did not mount")
+            time.sleep(0.05)
+        drop_caches()
+        cpu = cpu_seconds(daemon.pid)
+        first, find_cpu, found = timed_find(mountpoint / folder)
+        daemon_cpu = cpu_seconds(daemon.pid) - cpu
+        second = timed_find(mountpoint / folder)[0]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+        out, _ = daemon.communicate(timeout=60)
+    return Walked(first, find_cpu, daemon_cpu, found, second, counters(out))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0)
@@ -98,39 +133,25 @@ def main() -> int:
           f"boto3's paginator at {args.latency_ms:g} ms a request, median of {args.runs}: "
           f"{statistics.median(paginator):.2f} s ({', '.join(f'{s:.2f}' for s in paginator)}); "
           f"load average {os.getloadavg()[0]:.1f}\n")
-    print("| run | first `find`: s | find CPU s | daemon CPU s | requests a directory | second `find`: s "
-          "| first / boto3 |\n|---|---|---|---|---|---|---|")
-    firsts = []
+    print("| daemon | run | first `find`: s | find CPU s | daemon CPU s | daemon CPU a request: us "
+          "| requests a directory | second `find`: s | first / boto3 |\n|---|---|---|---|---|---|---|---|---|")
+    firsts: dict[str, list[float]] = {"C": [], "Python": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        binary = build(workdir)
+        daemons = {"C": [str(build(workdir))], "Python": [sys.executable, str(PYTHON_FLOOR)]}
         (workdir / "keys").write_text("".join(key + "\n" for key in keys))
         for run in range(1, args.runs + 1):
-            mountpoint = workdir / f"mnt{run}"
-            mountpoint.mkdir()
-            daemon = subprocess.Popen([str(binary), str(workdir / "keys"), str(mountpoint)],
-                                      stdout=subprocess.PIPE, text=True)
-            try:
-                while not os.path.ismount(mountpoint):
-                    if daemon.poll() is not None:
-                        raise SystemExit("walkfloor did not mount")
-                    time.sleep(0.05)
-                drop_caches()
-                cpu = cpu_seconds(daemon.pid)
-                first, find_cpu, found = timed_find(mountpoint / args.folder)
-                daemon_cpu = cpu_seconds(daemon.pid) - cpu
-                second = timed_find(mountpoint / args.folder)[0]
-            finally:
-                subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-                out, _ = daemon.communicate(timeout=30)
-            assert found == len(keys), f"the walk found {found} files of {len(keys)}"
-            asked = counters(out)
-            per_folder = sum(v for k, v in asked.items() if k != "nodes") / len(folders)
-            firsts.append(first)
-            print(f"| {run} | {first:.2f} | {find_cpu:.2f} | {daemon_cpu:.2f} | {per_folder:.2f} | {second:.2f} "
-                  f"| {first / statistics.median(paginator):.2f} |")
-    print(f"\nfirst `find`, median of {args.runs}: {statistics.median(firsts):.2f} s, "
-          f"{statistics.median(firsts) / statistics.median(paginator):.2f}x boto3's paginator")
+            for name, command in daemons.items():
+                walked = walk_floor(command, workdir / "keys", workdir / f"mnt-{name}-{run}", args.folder)
+                assert walked.found == len(keys), f"the walk found {walked.found} files of {len(keys)}"
+                requests = sum(count for kind, count in walked.requests.items() if kind != "nodes")
+                firsts[name].append(walked.first)
+                print(f"| {name} | {run} | {walked.first:.2f} | {walked.find_cpu:.2f} | {walked.daemon_cpu:.2f} "
+                      f"| {walked.daemon_cpu / requests * 1e6:.0f} | {requests / len(folders):.2f} "
+                      f"| {walked.second:.2f} | {walked.first / statistics.median(paginator):.2f} |")
+    for name, times in firsts.items():
+        print(f"\nfirst `find` with the {name} daemon, median of {args.runs}: {statistics.median(times):.2f} s, "
+              f"{statistics.median(times) / statistics.median(paginator):.2f}x boto3's paginator")
     return 0
 
 
