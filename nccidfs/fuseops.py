@@ -354,10 +354,13 @@ class Kernel:
         self._inodes = Inodes(max_inodes)
         self._listed: set[int] = set()  # directories whose listing the kernel may hold in its cache
         # Directories the kernel was told their listing changed after it read it: their sub-directories' own
-        # listings may be older than theirs (see _entry_fresh). A listing made for the kernel's first read
-        # of a directory is reported too, while it reads (_reading): that is no change.
+        # listings may be older than theirs (see _entry_fresh).
         self._relisted: set[int] = set()
-        self._reading: set[int] = set()
+        # Directories whose listing is being made for the kernel (how many reads at once), and how many
+        # changes were reported meanwhile: such a read takes the listing again rather than have the kernel
+        # drop what it is given (a directory's first listing is reported while the kernel waits for it).
+        self._reading: Counter[int] = Counter()
+        self._changed_while_read: Counter[int] = Counter()
         self._opened: Counter[int] = Counter()  # files open, which are never given up
         # Listings being read page by page: when they are past their TTL (monotonic time), and their rows.
         self._listings: OrderedDict[int, tuple[float, list[tuple[bytes, Entry]]]] = OrderedDict()
@@ -407,13 +410,19 @@ class Kernel:
         """Drop the listing the kernel holds of directory ``path`` (and, for ``subtree``, of those below it
         and every name below it: the kernel may have been told to keep them until their listing's TTL)."""
         if subtree:
-            numbers = [ino for ino in self._inodes.under(path) if ino in self._listed]
+            under = self._inodes.under(path)
+            with self._lock:
+                self._changed_while_read.update(ino for ino in under if ino in self._reading)
+            numbers = [ino for ino in under if ino in self._listed]
             for name in self._inodes.names_in(path):  # the kernel drops a directory's names with its own
                 self.forget_name(f"{path.rstrip('/')}/{name}")
         else:
             ino = self._inodes.number(path)
-            numbers = [ino] if ino in self._listed else []
-            self._relisted.update(number for number in numbers if number not in self._reading)
+            with self._lock:
+                if ino is not None and ino in self._reading:
+                    self._changed_while_read[ino] += 1  # the reads under way take the new listing
+                numbers = [ino] if ino in self._listed else []  # a listing the kernel was given
+                self._relisted.update(number for number in numbers if number not in self._reading)
         for ino in numbers:  # still listed: a reply under way may yet put the old listing in the cache
             self._note(functools.partial(_lib.fuse_lowlevel_notify_inval_inode, self.session, ino, 0, 0), 0.0)
 
@@ -576,12 +585,7 @@ class Kernel:
         with self._lock:
             snapshot = self._listings.get(ino) if offset else None
         if snapshot is None:
-            self._listed.add(ino)  # before it is read: a change seen meanwhile is then sent to the kernel
-            self._reading.add(ino)
-            try:
-                entries, fresh = self._ops.readdir(self._path(ino), 0)
-            finally:
-                self._reading.discard(ino)
+            entries, fresh = self._read_listing(ino)
             snapshot = time.monotonic() + fresh, [(b".", _DOT), (b"..", _DOT)] + [
                 (entry.name.encode("utf-8", "surrogateescape"), entry) for entry in entries]
             with self._lock:
@@ -590,6 +594,35 @@ class Kernel:
                 while len(self._listings) > self.READDIR_KEPT:
                     self._listings.popitem(last=False)
         return snapshot
+
+    def _read_listing(self, ino: int) -> tuple[list[Entry], float]:
+        """Directory ``ino``'s entries for the kernel, and how long they are fresh; taken again while a change
+        is reported during the read, so that what the kernel is given is the newest listing."""
+        with self._lock:
+            self._reading[ino] += 1
+            seen = self._changed_while_read[ino]
+        finished = False
+        try:
+            while True:
+                entries, fresh = self._ops.readdir(self._path(ino), 0)
+                with self._lock:
+                    if self._changed_while_read[ino] == seen:
+                        self._listed.add(ino)  # given to the kernel: a change from now on is sent to it
+                        self._stop_reading(ino)
+                        finished = True
+                        return entries, fresh
+                    seen = self._changed_while_read[ino]
+        finally:
+            if not finished:
+                with self._lock:
+                    self._stop_reading(ino)
+
+    def _stop_reading(self, ino: int) -> None:
+        """One read of directory ``ino``'s listing is over. Hold ``self._lock``."""
+        self._reading[ino] -= 1
+        if not self._reading[ino]:
+            del self._reading[ino]
+            self._changed_while_read.pop(ino, None)
 
     @_reply_errors
     def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:

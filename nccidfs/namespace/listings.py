@@ -342,15 +342,17 @@ class Namespace:
                 self._offline = False
                 log.warning("S3 answers again; listings are refreshed as they are used")
         self._index.put(tree.items(), fetched)
+        with self._lock:
+            before = {directory: self._listings.get(directory) for directory in tree}
+            self._listings.put((directory, (fetched, entries)) for directory, entries in tree.items())
+        # Reported once the new listings are what a read finds, so that a read made on hearing of a change
+        # gets the new one.
         for directory, entries in tree.items():
-            with self._lock:
-                held = self._listings.get(directory)
+            held = before[directory]
             if held is not None:
                 self._report_changes(directory, held[1], entries)
             if held is None or held[1] != entries:
                 self.on_listing_change(self._mount_path(directory), False)
-        with self._lock:
-            self._listings.put((directory, (fetched, entries)) for directory, entries in tree.items())
 
     def _mount_path(self, prefix: str) -> str:
         return "/" + prefix[len(self._prefix):].rstrip("/")

@@ -77,3 +77,50 @@ def test_a_sub_directory_is_kept_no_longer_than_its_own_listing() -> None:
     assert made._entry_fresh("/a/new", new, 200.0, False) == 200.0, "listed after its parent, when it is"
     assert made._entry_fresh("/a/new", new, 200.0, True) == 0.0, "its parent listed again: it may be older"
     assert made._entry_fresh("/a/f", file, 200.0, True) == 200.0, "a file's attributes are its parent listing's"
+
+
+def test_a_listing_reported_while_the_kernel_waits_for_it_is_given_not_invalidated() -> None:
+    """A directory's first listing is reported as a change while the kernel's READDIR waits for it: the
+    read takes the listing as it is once reported, and the kernel is not told to drop what it is given
+    (it would list the directory again on the next walk). A change once the read is over is sent."""
+    made = kernel(attr_timeout=None)
+    folder = fuseops.Entry("d", True)
+    ino = made._entry("/d", folder, 200.0).ino
+    made._looked_up("/d", ino, folder)  # the kernel was given the folder
+    notes: list[object] = []
+    made._note = lambda send, wait: notes.append(send)  # type: ignore[method-assign]
+    listings = [[fuseops.Entry("old", False)], [fuseops.Entry("new", False)]]
+    reads = []
+
+    def readdir(path: str, offset: int) -> tuple[list[fuseops.Entry], float]:
+        reads.append(path)
+        if len(reads) == 1:
+            made.invalidate_listing("/d", False)  # the namespace reporting the listing it just made
+        return listings[min(len(reads), 2) - 1], 200.0
+
+    made._ops.readdir = readdir  # type: ignore[method-assign]
+    _, rows = made._rows(ino, 0)  # the first page of a READDIR
+    assert [name for name, _ in rows] == [b".", b"..", b"new"] and reads == ["/d", "/d"]
+    assert notes == [], "the kernel was told to drop the listing it was being given"
+    made.invalidate_listing("/d", False)
+    assert len(notes) == 1, "a change after the kernel was given the listing must reach it"
+
+
+def test_a_refresh_while_the_kernel_waits_for_a_listing_has_the_read_take_it_again() -> None:
+    made = kernel(attr_timeout=None)
+    folder = fuseops.Entry("d", True)
+    ino = made._entry("/d", folder, 200.0).ino
+    made._looked_up("/d", ino, folder)
+    made._note = lambda send, wait: None  # type: ignore[method-assign]
+    reads: list[str] = []
+
+    def readdir(path: str, offset: int) -> tuple[list[fuseops.Entry], float]:
+        reads.append(path)
+        if len(reads) == 1:
+            made.invalidate_listing("/", True)  # nccidfs refresh, while the first read is under way
+            return [fuseops.Entry("before", False)], 200.0
+        return [fuseops.Entry("after", False)], 200.0
+
+    made._ops.readdir = readdir  # type: ignore[method-assign]
+    _, rows = made._rows(ino, 0)
+    assert [name for name, _ in rows] == [b".", b"..", b"after"]

@@ -113,6 +113,24 @@ def test_a_new_listing_reports_the_names_it_no_longer_shows() -> None:
     assert sorted(removed) == ["/data/Covid1/data_2020-06-01.json", "/data/Covid1/x"]
 
 
+
+def test_a_changed_listing_is_reported_once_a_read_finds_it() -> None:
+    """The kernel's adapter answers a change reported while it reads a directory by reading it again: at
+    the report, the namespace must already serve the new listing."""
+    store, clock = MemoryStore(KEYS), FakeClock()
+    ns = make(store, ttl=300.0, clock=clock)
+    ns.list("/data/Covid1")
+    seen_at_report: list[list[str]] = []
+    ns.on_listing_change = lambda path, subtree: seen_at_report.append(sorted(ns.list(path)))
+    store.objects["training/data/Covid1/data_2020-06-01.json"] = b"{}"
+    clock.advance(300.0)
+    ns.list("/data/Covid1")  # past the TTL: listed again in the background
+    deadline = time.monotonic() + 5
+    while not seen_at_report:
+        assert time.monotonic() < deadline, "the stale listing was never revalidated"
+        time.sleep(0.02)
+    assert seen_at_report[0] == ["data_2020-06-01.json", "status_2020-05-01.json"]
+
 def test_invalidate_drops_a_subtree() -> None:
     store = MemoryStore(KEYS)
     ns = make(store)
