@@ -706,31 +706,41 @@ class Kernel:
     # -- the mount --------------------------------------------------------------------------------------
     def serve(self, mountpoint: str, options: list[str], debug: bool) -> int:
         """Mount, serve with up to MAX_THREADS threads until unmounted or signalled, and unmount."""
-        argv = [b"nccidfs", b"-o", ",".join(options).encode()] + ([b"-d"] if debug else [])
-        args = _Args(len(argv), (ctypes.c_char_p * len(argv))(*argv), 0)
-        session = _lib.fuse_session_new(ctypes.byref(args), ctypes.byref(self._table),
-                                        ctypes.sizeof(self._table), None)
-        if not session:
-            raise NccidfsError("libfuse refused the mount options: " + ",".join(options))
+        return serve_session(self._table, mountpoint, options, debug, on_session=self._started)
+
+    def _started(self, session: int) -> None:
         self.session = session
+
+
+def serve_session(table: _LowLevelOps, mountpoint: str, options: list[str], debug: bool = False,
+                  on_session: Callable[[int], None] = lambda session: None, name: bytes = b"nccidfs") -> int:
+    """Mount with the low-level operations ``table``, serve with up to MAX_THREADS threads until unmounted
+    or signalled, and unmount; ``on_session`` is given the session before the mount (notifications need it).
+    Returns libfuse's loop result."""
+    argv = [name, b"-o", ",".join(options).encode()] + ([b"-d"] if debug else [])
+    args = _Args(len(argv), (ctypes.c_char_p * len(argv))(*argv), 0)
+    session = _lib.fuse_session_new(ctypes.byref(args), ctypes.byref(table), ctypes.sizeof(table), None)
+    if not session:
+        raise NccidfsError("libfuse refused the mount options: " + ",".join(options))
+    on_session(session)
+    try:
+        if _lib.fuse_set_signal_handlers(session) != 0:
+            raise NccidfsError("libfuse could not install its signal handlers")
         try:
-            if _lib.fuse_set_signal_handlers(session) != 0:
-                raise NccidfsError("libfuse could not install its signal handlers")
+            if _lib.fuse_session_mount(session, os.fsencode(mountpoint)) != 0:
+                raise NccidfsError(f"could not mount on {mountpoint} (see the lines above)")
+            loop = _lib.fuse_loop_cfg_create()
+            _lib.fuse_loop_cfg_set_max_threads(loop, MAX_THREADS)
+            _lib.fuse_loop_cfg_set_idle_threads(loop, MAX_THREADS)
             try:
-                if _lib.fuse_session_mount(session, os.fsencode(mountpoint)) != 0:
-                    raise NccidfsError(f"could not mount on {mountpoint} (see the lines above)")
-                loop = _lib.fuse_loop_cfg_create()
-                _lib.fuse_loop_cfg_set_max_threads(loop, MAX_THREADS)
-                _lib.fuse_loop_cfg_set_idle_threads(loop, MAX_THREADS)
-                try:
-                    return int(_lib.fuse_session_loop_mt_312(session, loop))
-                finally:
-                    _lib.fuse_loop_cfg_destroy(loop)
-                    _lib.fuse_session_unmount(session)
+                return int(_lib.fuse_session_loop_mt_312(session, loop))
             finally:
-                _lib.fuse_remove_signal_handlers(session)
+                _lib.fuse_loop_cfg_destroy(loop)
+                _lib.fuse_session_unmount(session)
         finally:
-            _lib.fuse_session_destroy(session)
+            _lib.fuse_remove_signal_handlers(session)
+    finally:
+        _lib.fuse_session_destroy(session)
 
 
 _DOT = Entry(".", True)

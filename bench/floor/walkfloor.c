@@ -29,6 +29,9 @@ struct node {
 
 static struct node *nodes;
 static size_t node_count, node_room;
+/* Every node by (parent, name), open addressing: a LOOKUP costs a hash, not a scan of its folder. */
+static size_t *by_name, by_name_mask;
+static size_t *parent_of;
 static atomic_ulong n_lookup, n_getattr, n_opendir, n_readdir, n_readdirplus;
 
 static size_t add_node(const char *name, size_t len, int is_dir) {
@@ -78,6 +81,41 @@ static void load(FILE *keys) {
     free(line);
 }
 
+static size_t name_hash(size_t parent, const char *name) {
+    size_t h = 1469598103934665603ULL ^ parent;
+    for (; *name; name++)
+        h = (h ^ (unsigned char)*name) * 1099511628211ULL;
+    return h;
+}
+
+/* The index of (parent, name): filled after load, read only while serving. Slot value 0 is empty (the
+ * root, node 0, is never a child). */
+static void index_names(void) {
+    size_t size = 1024;
+    while (size < 2 * node_count)
+        size *= 2;
+    by_name = calloc(size, sizeof *by_name);
+    parent_of = calloc(node_count, sizeof *parent_of);
+    by_name_mask = size - 1;
+    for (size_t parent = 0; parent < node_count; parent++)
+        for (size_t i = 0; i < nodes[parent].count; i++) {
+            size_t child = nodes[parent].children[i], slot = name_hash(parent, nodes[child].name) & by_name_mask;
+            while (by_name[slot])
+                slot = (slot + 1) & by_name_mask;
+            by_name[slot] = child;
+            parent_of[child] = parent;
+        }
+}
+
+static size_t find_child(size_t parent, const char *name) {
+    for (size_t slot = name_hash(parent, name) & by_name_mask; by_name[slot]; slot = (slot + 1) & by_name_mask) {
+        size_t node = by_name[slot];
+        if (parent_of[node] == parent && !strcmp(nodes[node].name, name))
+            return node;
+    }
+    return 0;
+}
+
 static void attributes(size_t node, struct stat *st) {
     memset(st, 0, sizeof *st);
     st->st_ino = node + 1;
@@ -95,15 +133,14 @@ static void entry_of(size_t node, struct fuse_entry_param *e) {
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     atomic_fetch_add(&n_lookup, 1);
-    struct node *p = &nodes[parent - 1];
-    for (size_t i = 0; i < p->count; i++)
-        if (!strcmp(nodes[p->children[i]].name, name)) {
-            struct fuse_entry_param e;
-            entry_of(p->children[i], &e);
-            fuse_reply_entry(req, &e);
-            return;
-        }
-    fuse_reply_err(req, ENOENT);
+    size_t child = find_child(parent - 1, name);
+    if (!child) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct fuse_entry_param e;
+    entry_of(child, &e);
+    fuse_reply_entry(req, &e);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
@@ -172,6 +209,7 @@ int main(int argc, char **argv) {
     }
     load(keys);
     fclose(keys);
+    index_names();
     char *fuse_argv[] = {argv[0], "-o", "ro,fsname=walkfloor,default_permissions", NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, fuse_argv);
     struct fuse_session *se = fuse_session_new(&args, &operations, sizeof operations, NULL);

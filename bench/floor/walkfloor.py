@@ -17,7 +17,8 @@ from collections import Counter
 from typing import Any
 
 from nccidfs import fuseops
-from nccidfs.fuseops import _Args, _EntryParam, _lib, _LowLevelOps
+from nccidfs.errors import NccidfsError
+from nccidfs.fuseops import _EntryParam, _lib, _LowLevelOps
 
 VALID_FOR = 300.0
 
@@ -119,21 +120,10 @@ def serve(tree: Tree, mountpoint: str) -> Counter[str]:
     handlers = {"lookup": lookup, "getattr": getattr_, "opendir": opendir, "readdir": readdir,
                 "readdirplus": readdirplus, "forget": forget, "forget_multi": forget_multi}
     table = _LowLevelOps(**{name: types[name](handler) for name, handler in handlers.items()})
-    argv = [b"walkfloor", b"-o", b"ro,fsname=walkfloor,default_permissions"]
-    args = _Args(len(argv), (ctypes.c_char_p * len(argv))(*argv), 0)
-    session = _lib.fuse_session_new(ctypes.byref(args), ctypes.byref(table), ctypes.sizeof(table), None)
-    if not session or _lib.fuse_set_signal_handlers(session) or _lib.fuse_session_mount(session, mountpoint.encode()):
-        raise SystemExit("walkfloor.py could not mount")
-    loop = _lib.fuse_loop_cfg_create()
-    _lib.fuse_loop_cfg_set_max_threads(loop, fuseops.MAX_THREADS)
-    _lib.fuse_loop_cfg_set_idle_threads(loop, fuseops.MAX_THREADS)
     try:
-        _lib.fuse_session_loop_mt_312(session, loop)
-    finally:
-        _lib.fuse_loop_cfg_destroy(loop)
-        _lib.fuse_session_unmount(session)
-        _lib.fuse_remove_signal_handlers(session)
-        _lib.fuse_session_destroy(session)
+        fuseops.serve_session(table, mountpoint, ["ro", "fsname=walkfloor", "default_permissions"], name=b"walkfloor")
+    except NccidfsError as error:
+        raise SystemExit(f"walkfloor.py: {error}") from None
     return counts
 
 
