@@ -63,7 +63,7 @@ from nccidfs.config import format_size
 from nccidfs.crc import joined_crc
 from nccidfs.errors import ConfigError
 from nccidfs.eviction import EvictionPolicy, LruPolicy
-from nccidfs.objects import ObjectInfo
+from nccidfs.objects import Chunk, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def block_size_for(size: int, base: int) -> int:
 _crc32 = isal_zlib.crc32
 
 
-def _block_crcs(data: bytes | bytearray, block: int) -> array[int]:
+def _block_crcs(data: Chunk | bytearray, block: int) -> array[int]:
     """The CRC32 of each block of ``data``, over views rather than copies."""
     view = memoryview(data)
     return array("I", (_crc32(view[i:i + block]) for i in range(0, len(view), block)))
@@ -428,7 +428,7 @@ class DiskCache:
         self._drop_blocks(entry, bad or list(range(first, last)))
         return None
 
-    def store_blocks(self, entry: CacheEntry, first: int, data: bytes) -> bool:
+    def store_blocks(self, entry: CacheEntry, first: int, data: Chunk) -> bool:
         """Write blocks starting at ``first`` and mark them present; False if the bound or the disk leaves
         no room (the caller then serves the bytes uncached). The caller holds a pin on the entry.
 
@@ -489,7 +489,7 @@ class DiskCache:
             entry.extent = 0
         return entry.charge
 
-    def verify_bytes(self, entry: CacheEntry, data: bytes) -> bool:
+    def verify_bytes(self, entry: CacheEntry, data: Chunk) -> bool:
         """Check the whole object's bytes, fetched but not yet stored, against its MD5; True when the
         store gave none (an S3 multipart upload). Checked in memory, they need not be read back."""
         if entry.md5 is None or len(data) != entry.size:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cachetools import TTLCache
 
@@ -42,8 +42,7 @@ from nccidfs import deadline
 from nccidfs.cache import CacheEntry, DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.errors import CorruptData, NccidfsError, TransientError
-from nccidfs.objects import ObjectInfo
-from nccidfs.store.protocol import ObjectStore
+from nccidfs.objects import Chunk, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,14 @@ WHOLE_READ = 128 * 1024
 STORE_LATER_BYTES = 16 * 1024**2
 
 
+class RangeSource(Protocol):
+    """What the fetcher reads from: an :class:`~nccidfs.store.protocol.ObjectStore`, or the makers of
+    generated files (:class:`~nccidfs.views.generated.Producers`), whose bytes may be a view."""
+
+    def get_range(self, key: str, start: int, end: int, etag: str) -> Chunk:
+        """Bytes ``[start, end)`` of the version of ``key`` whose ETag is ``etag``."""
+
+
 @dataclass(eq=False)
 class InflightPart:
     """A ranged GET under way for blocks ``[first, last)`` of one entry; its future yields the bytes, which
@@ -68,7 +75,7 @@ class InflightPart:
 
     first: int
     last: int
-    future: Future[bytes]
+    future: Future[Chunk]
     deadline: float
     settled: threading.Event = field(default_factory=threading.Event)
 
@@ -92,7 +99,7 @@ class ReadCursor:
 
 
 class Fetcher:
-    def __init__(self, store: ObjectStore, cache: DiskCache, config: ReadConfig, deadline: float) -> None:
+    def __init__(self, store: RangeSource, cache: DiskCache, config: ReadConfig, deadline: float) -> None:
         self._store = store
         self._cache = cache
         self._config = config
@@ -141,7 +148,7 @@ class Fetcher:
             self._cache.unpin(entry)
 
     # -- reading --------------------------------------------------------------------------------
-    def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None) -> bytes:
+    def read(self, entry: CacheEntry, offset: int, size: int, cursor: ReadCursor | None = None) -> Chunk:
         """Bytes ``[offset, offset + size)`` of the entry's object (short only at its end)."""
         end = min(offset + size, entry.size)
         if offset >= end:
@@ -191,7 +198,7 @@ class Fetcher:
     def read_start(self, obj: ObjectInfo, size: int) -> bytes:
         """The first ``size`` bytes of an object that no file handle holds open, pinned while read."""
         with self.pinned(obj) as entry:
-            return self.read(entry, 0, size)
+            return bytes(self.read(entry, 0, size))  # bytes already: no copy
 
     def read_once(self, obj: ObjectInfo) -> bytes:
         """A whole object read for one use, not kept: the images a generated file is made from (the file
@@ -221,8 +228,8 @@ class Fetcher:
         under way)."""
         with self.pinned(obj) as entry:
             if self._held_or_coming(entry):
-                return self.read(entry, 0, entry.size), False
-            data = self._store.get_range(entry.key, 0, entry.size, entry.etag)
+                return bytes(self.read(entry, 0, entry.size)), False
+            data = bytes(self._store.get_range(entry.key, 0, entry.size, entry.etag))  # no copy from a store
             if self._config.verify and not self._cache.verify_bytes(entry, data):
                 self.on_discard(entry.key)
                 raise CorruptData(f"{entry.key}: the bytes S3 sent do not match the ETag's MD5")
@@ -386,9 +393,9 @@ class Fetcher:
             self._in_flight.pop(id(part), None)
         part.settled.set()
 
-    def _assemble(self, entry: CacheEntry, first: int, last: int, parts: list[InflightPart]) -> bytes | None:
+    def _assemble(self, entry: CacheEntry, first: int, last: int, parts: list[InflightPart]) -> Chunk | None:
         """Blocks ``[first, last)`` from the bytes of the parts just fetched, the rest from the cache file."""
-        pieces: list[bytes] = []
+        pieces: list[Chunk] = []
         block = first
         while block < last:
             part = next((p for p in parts if p.first <= block < p.last and p.future.done()), None)

@@ -33,7 +33,7 @@ from nccidfs.errors import NotFound, ObjectChanged
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace import Namespace
 from nccidfs.namespace.rules import split_path
-from nccidfs.objects import Entry, ObjectInfo
+from nccidfs.objects import Chunk, Entry, ObjectInfo
 from nccidfs.views.registry import CONTROL, OPEN_INVALIDATION_WAIT, ControlFolder, Invalidator, VirtualFile
 from nccidfs.xattrs import TagReader
 
@@ -217,7 +217,7 @@ class FileSystem:
             self._handles[handle] = open_file
             return handle
 
-    def read(self, handle: int, offset: int, size: int) -> bytes:
+    def read(self, handle: int, offset: int, size: int) -> Chunk:
         open_file = self._handles[handle]
         if open_file.virtual is not None:
             return open_file.virtual.read(offset, size)

@@ -37,7 +37,7 @@ from nccidfs.errors import NccidfsError, to_errno
 from nccidfs.fs import FileSystem
 from nccidfs.inodes import Inodes
 from nccidfs.metrics import FILESYSTEM
-from nccidfs.objects import Entry
+from nccidfs.objects import Chunk, Entry
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # noqa: E402
@@ -193,7 +193,7 @@ class FuseOperations:
         return 0
 
     @_errors_to_errno
-    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+    def read(self, path: str, size: int, offset: int, fi: Any) -> Chunk:
         return self._fs.read(fi.fh, offset, size)
 
     @_errors_to_errno
@@ -561,7 +561,11 @@ class Kernel:
     @_reply_errors
     def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
         data = self._ops.read("", size, offset, fi.contents)
-        _lib.fuse_reply_buf(req, data, len(data))
+        if isinstance(data, memoryview) and not data.readonly:  # memory a generated file was made in
+            _lib.fuse_reply_buf(req, (ctypes.c_char * data.nbytes).from_buffer(data), data.nbytes)
+        else:
+            reply = bytes(data)  # bytes already: no copy
+            _lib.fuse_reply_buf(req, reply, len(reply))
 
     @_reply_errors
     def _release(self, req: int, ino: int, fi: Any) -> None:

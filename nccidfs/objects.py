@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+# Bytes read: ``bytes``, or a view of a block of memory made for a generated file, handed on down to the
+# kernel's reply without a copy (a volume's part is 8 MiB; copying each into ``bytes`` and slicing it for
+# each read cost page faults with the interpreter lock held).
+Chunk = bytes | memoryview
+
 
 class ObjectInfo(NamedTuple):
     """One object as the listing describes it; size and time never need a HEAD.

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from nccidfs.cohort.tree import FrozenTree
@@ -25,6 +26,8 @@ from nccidfs.errors import ConfigError, NccidfsError, NotFound, ObjectChanged
 from nccidfs.objects import Listing
 from nccidfs.store.protocol import ObjectStore
 from nccidfs.store.stats import RequestStats
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class ChangeReport:
         self._reported: set[str] = set()
         self._lock = threading.Lock()
 
-    def read(self, key: str, etag: str, read: Callable[[], bytes]) -> bytes:
+    def read(self, key: str, etag: str, read: Callable[[], T]) -> T:
         try:
             return read()
         except ObjectChanged:

@@ -31,7 +31,7 @@ from nccidfs.config import S3Config
 from nccidfs.errors import ConfigError, NotFound
 from nccidfs.fetch import Fetcher, ReadCursor
 from nccidfs.namespace.rules import is_safe_name
-from nccidfs.objects import Entry
+from nccidfs.objects import Chunk, Entry
 from nccidfs.views.registry import Parts, VirtualFile
 
 LOADED_COHORTS = 2
@@ -67,7 +67,7 @@ class CohortFile:
         self._fetcher, self._entry = fetcher, entry
         self._cursor = ReadCursor()
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> Chunk:
         return REPORT.read(self._entry.key, self._entry.etag,
                            lambda: self._fetcher.read(self._entry, offset, size, self._cursor))
 

@@ -30,7 +30,7 @@ from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.errors import CorruptData, NotFound, TransientError
 from nccidfs.fetch import Fetcher, ReadCursor
-from nccidfs.objects import Listing, ObjectInfo
+from nccidfs.objects import Chunk, ObjectInfo
 from nccidfs.views.registry import OPEN_INVALIDATION_WAIT, Invalidator, Snapshot, VirtualFile
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class ObjectReader:
                 future.cancel()
 
 
-Producer = Callable[[int, int], bytes]
+Producer = Callable[[int, int], Chunk]
 
 
 class Sidecar(Snapshot):
@@ -99,7 +99,6 @@ class Producers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._producers: dict[tuple[str, str], tuple[Producer, int]] = {}
-        self.stats = None  # making bytes is no request to count
 
     def add(self, obj: ObjectInfo, produce: Producer) -> None:
         with self._lock:
@@ -112,7 +111,7 @@ class Producers:
             if opened > 1:
                 self._producers[(obj.key, obj.etag)] = (produce, opened - 1)
 
-    def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+    def get_range(self, key: str, start: int, end: int, etag: str) -> Chunk:
         with self._lock:
             found = self._producers.get((key, etag))
         if found is None:
@@ -121,15 +120,6 @@ class Producers:
             return found[0](start, end)
         except ValueError as error:  # an image pydicom cannot decode, or one that does not match its twin
             raise CorruptData(f"{key}: {error}") from None
-
-    def list_dir(self, prefix: str) -> Listing:
-        raise NotFound(prefix)
-
-    def list_tree(self, prefix: str, start_after: str = "", end: str | None = None) -> Listing:
-        raise NotFound(prefix)
-
-    def probe(self, prefix: str) -> bool:
-        return False
 
 
 class GeneratedFile:
@@ -144,7 +134,7 @@ class GeneratedFile:
         self._cursor = ReadCursor()
         self.direct_io = direct_io
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> Chunk:
         return self._generated.fetcher.read(self._entry, offset, size, self._cursor)
 
     def release(self) -> None:
@@ -214,7 +204,7 @@ class Generated:
     def _guarded(self, name: str, version: str, produce: Producer) -> Producer:
         """``produce``, remembering why it failed: the file is then listed with the reason instead."""
 
-        def guarded(start: int, end: int) -> bytes:
+        def guarded(start: int, end: int) -> Chunk:
             try:
                 return produce(start, end)
             except ValueError as error:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from nccidfs.config import CONTROL_DIR
 from nccidfs.errors import NotFound
-from nccidfs.objects import Entry
+from nccidfs.objects import Chunk, Entry
 
 CONTROL = CONTROL_DIR
 Parts = Sequence[str]
@@ -28,7 +28,7 @@ OPEN_INVALIDATION_WAIT = 0.2
 class VirtualFile(Protocol):
     """An open virtual file: its bytes are fixed from open to release."""
 
-    def read(self, offset: int, size: int) -> bytes: ...
+    def read(self, offset: int, size: int) -> Chunk: ...
 
     def release(self) -> None: ...
 

@@ -15,6 +15,7 @@ from nccidfs.errors import CorruptData
 from nccidfs.objects import ObjectInfo
 from nccidfs.views.generated import Generated, Made, Producers, whole_producer
 from nccidfs.views.registry import OPEN_INVALIDATION_WAIT
+from nccidfs.views.volumes import joined
 
 
 def test_a_whole_file_is_built_once_for_ranges_asked_at_once() -> None:
@@ -95,3 +96,32 @@ def test_a_failed_version_is_remembered_with_its_reason(
     assert views.failure("volumes/a.nii", [ObjectInfo("training/ct/a.dcm", 1, "e2", 0.0)]) is None
     assert sum("listed with this reason" in record.getMessage() for record in caplog.records) == 1
     assert {path for path, _ in told} == {"/.nccidfs/volumes/a.nii", "/.nccidfs/volumes/a.json"}
+
+
+def test_a_file_made_as_views_reads_whole_from_memory_and_then_from_the_cache(
+        generated: tuple[Generated, list[tuple[str, float]]]) -> None:
+    views, _ = generated
+    inputs = [ObjectInfo("training/ct/a.dcm", 1, "e1", 0.0)]
+    content = bytes(index % 251 for index in range(300_000))
+    made = []
+
+    def produce(start: int, end: int) -> memoryview:
+        made.append((start, end))
+        return joined([content[start:end]], end - start)
+
+    opened = views.open("volumes/a.nii", inputs, len(content), produce)
+    pieces = [opened.read(offset, 65_536) for offset in range(0, len(content), 65_536)]
+    opened.release()
+    assert b"".join(pieces) == content and made
+    made.clear()
+    again = views.open("volumes/a.nii", inputs, len(content), produce)
+    assert bytes(again.read(1_000, 200_000)) == content[1_000:201_000] and made == []
+    again.release()
+
+
+def test_a_part_is_joined_from_bytes_and_typed_views_exactly() -> None:
+    pixels = memoryview(bytes(range(16))).cast("h")  # a slice's voxels, a view of int16
+    part = joined([b"head", pixels, b"", memoryview(b"tail")[1:]], 4 + 16 + 3)
+    assert not part.readonly and part.tobytes() == b"head" + bytes(range(16)) + b"ail"
+    with pytest.raises(ValueError, match="made from 7"):
+        joined([b"head", b"ail"], 8)  # never a part with bytes nobody wrote
