@@ -19,9 +19,10 @@
 
 The fetcher owns everything about requests under way (parts in flight, deadlines, failure memory); the
 cache only holds blocks, and is asked which blocks are present, never reached into. Readers pin the
-object they read through the fetcher (:meth:`Fetcher.pin`, :meth:`Fetcher.pinned`). Talks to an
-:class:`~nccidfs.store.protocol.ObjectStore` and a :class:`~nccidfs.cache.DiskCache` only; the order in which
-its locks and the cache's are taken is in :mod:`nccidfs.cache`.
+object they read through the fetcher (:meth:`Fetcher.pin`, :meth:`Fetcher.pinned`). Talks to a
+:class:`RangeSource` (an object store, or the makers of generated files) and a
+:class:`~nccidfs.cache.DiskCache` only; the order in which its locks and the cache's are taken is in
+:mod:`nccidfs.cache`.
 """
 
 from __future__ import annotations
