@@ -35,6 +35,7 @@ import boto3
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_modality import BUCKET, REPO, boto3_paginator, start_synths3  # noqa: E402
 from run import drop_caches  # noqa: E402
+from views import cpu_seconds  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parent / "floor" / "walkfloor.c"
 PYTHON_FLOOR = SOURCE.with_suffix(".py")
@@ -53,11 +54,6 @@ def keys_of(endpoint: str, folder: str) -> list[str]:
     client = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-2")
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"training/{folder}/")
     return [item["Key"].removeprefix("training/") for page in pages for item in page.get("Contents", ())]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_find(path: Path) -> tuple[float, float, int]:
