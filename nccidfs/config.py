@@ -200,7 +200,8 @@ class S3Config:
     read_timeout: float = 10.0
     # A FUSE call that needs S3 gives EIO after this long at most.
     deadline: float = 30.0
-    max_connections: int = 32
+    # Connections kept open for the next request: as many as the views read twins at once (PLAN_THREADS).
+    max_connections: int = 64
     folders: tuple[str, ...] = KNOWN_FOLDERS
 
     def __post_init__(self) -> None:

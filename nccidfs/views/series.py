@@ -190,19 +190,20 @@ class SeriesLayer:
             reason = f"the series' metadata twins take {total} bytes, over the {MAX_SERIES_TWIN_BYTES} parsed " \
                      "for one series"
             return {**parsed, **dict.fromkeys(readable, reason)}
-        for ident, body in zip(readable, self._reader.read_many([series.twins[i] for i in readable]), strict=True):
-            parsed[ident] = _parse_twin(ident, body)
+        documents = self._reader.read_each([series.twins[ident] for ident in readable], _parse_twin)
+        for ident, document in zip(readable, documents, strict=True):
+            parsed[ident] = document if isinstance(document, dict) else f"{ident}: its metadata twin {document}"
         return parsed
 
 
-def _parse_twin(ident: str, body: bytes) -> dict[str, Any] | str:
-    """A twin as a DICOM JSON object, or the reason it is none (not JSON, too deep, not an object)."""
+def _parse_twin(body: bytes) -> dict[str, Any] | str:
+    """A twin as a DICOM JSON object, or why it is none (not JSON, too deep, not an object)."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):  # ValueError covers bad UTF-8 and bad JSON
-        return f"{ident}: its metadata twin is not a DICOM JSON object (not JSON, or nested too deep)"
+        return "is not a DICOM JSON object (not JSON, or nested too deep)"
     if not isinstance(document, dict):
-        return f"{ident}: its metadata twin is not a DICOM JSON object ({type(document).__name__})"
+        return f"is not a DICOM JSON object ({type(document).__name__})"
     return document
 
 

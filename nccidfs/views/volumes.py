@@ -51,7 +51,8 @@ def volume_producer(plan: VolumePlan, images: Sequence[ObjectInfo], reader: Obje
         for index in range(first, last):
             if index not in known:
                 by_image.setdefault(images[index], []).append(index)
-        for indices, body in zip(by_image.values(), reader.read_many(list(by_image), keep=False), strict=True):
+        bodies = reader.read_many(list(by_image), keep=False, rank=HEADER_BYTES + first * plan.slice_bytes)
+        for indices, body in zip(by_image.values(), bodies, strict=True):
             known.update(zip(indices, encode(indices, body), strict=True))
         return known
 

@@ -3,6 +3,7 @@ one producer for all opens of a version, the kernel told of a new size, a failur
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,10 +13,12 @@ import pytest
 from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.errors import CorruptData
+from nccidfs.fetch import Fetcher
 from nccidfs.objects import ObjectInfo
-from nccidfs.views.generated import Generated, Made, Producers, whole_producer
+from nccidfs.views.generated import Generated, Made, ObjectReader, Producers, whole_producer
 from nccidfs.views.registry import OPEN_INVALIDATION_WAIT
 from nccidfs.views.volumes import joined
+from tests.fakes import MemoryStore
 
 
 def test_a_whole_file_is_built_once_for_ranges_asked_at_once() -> None:
@@ -125,3 +128,40 @@ def test_a_part_is_joined_from_bytes_and_typed_views_exactly() -> None:
     assert not part.readonly and part.tobytes() == b"head" + bytes(range(16)) + b"ail"
     with pytest.raises(ValueError, match="made from 7"):
         joined([b"head", b"ail"], 8)  # never a part with bytes nobody wrote
+
+
+def _reader(tmp_path: Path, store: MemoryStore) -> ObjectReader:
+    cache = DiskCache(tmp_path, 1 << 24, "test", 32 * 1024)
+    return ObjectReader(Fetcher(store, cache, ReadConfig(), 5.0), 5.0)
+
+
+def test_an_object_asked_for_again_while_it_is_read_is_read_once(tmp_path: Path) -> None:
+    """Two parts of a volume that share an image's slices, asked for at once, make one GET of it."""
+    store = MemoryStore({"training/ct/a.dcm": b"A" * 5000, "training/ct/b.dcm": b"B" * 5000}, latency=0.2)
+    reader = _reader(tmp_path, store)
+    a, b = store.info("training/ct/a.dcm"), store.info("training/ct/b.dcm")
+    with ThreadPoolExecutor(2) as callers:
+        first = callers.submit(reader.read_many, [a, b], False, 0)
+        second = callers.submit(reader.read_many, [b], False, 8)
+        assert first.result(timeout=5) == [b"A" * 5000, b"B" * 5000]
+        assert second.result(timeout=5) == [b"B" * 5000]
+    assert sorted(key for key, _start, _end in store.ranges) == ["training/ct/a.dcm", "training/ct/b.dcm"]
+    assert reader.read_many([b], keep=False) == [b"B" * 5000]  # once done and left, a new read
+    assert store.requests["get"] == 3
+    reader.shutdown()
+
+
+def test_what_is_made_of_each_object_is_made_in_the_reading_thread_once_per_kind(tmp_path: Path) -> None:
+    store = MemoryStore({"training/ct-metadata/a.json": b'{"a": 1}'})
+    reader = _reader(tmp_path, store)
+    twin = store.info("training/ct-metadata/a.json")
+    readers: list[str] = []
+
+    def parse(body: bytes) -> int:
+        readers.append(threading.current_thread().name)
+        return len(body)
+
+    assert reader.read_each([twin], parse) == [8]
+    assert reader.read_many([twin]) == [b'{"a": 1}']
+    assert readers and readers[0].startswith("plan")  # a thread of the reader's, not the caller
+    reader.shutdown()
