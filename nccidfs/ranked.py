@@ -33,6 +33,9 @@ class RankedPool:
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
+        # Workers waiting for a call and not yet promised one. Once every worker is started it may count
+        # ahead (a worker back from a call takes one that waited, promised to nobody); only whether to
+        # start another worker is decided from it, and then none is started anyway.
         self._idle = 0
         self._closed = False
 

@@ -95,13 +95,15 @@ class ObjectReader:
         """As :meth:`read_many`, with ``then`` applied to each object's bytes in the thread that read them:
         the twins of a series are parsed while the rest are still on their way, not all after the last."""
         read = self._fetcher.read_store_later if keep else self._fetcher.read_once
-        futures = [self._join(obj, read, then, rank, self._pools[keep]) for obj in objects]
+        futures: list[Future[T]] = []
         try:
+            for obj in objects:
+                futures.append(self._join(obj, read, then, rank, self._pools[keep]))
             return [future.result(timeout=deadline.remaining(self._timeout)) for future in futures]
         except FutureTimeout:
             raise TransientError(f"reading {len(objects)} objects took over {self._timeout:g}s") from None
         finally:
-            for obj in objects:
+            for obj in objects[:len(futures)]:
                 self._leave(obj, then)
 
     def _join(self, obj: ObjectInfo, read: Callable[[ObjectInfo], bytes], then: Callable[[bytes], T],

@@ -165,3 +165,17 @@ def test_what_is_made_of_each_object_is_made_in_the_reading_thread_once_per_kind
     assert reader.read_many([twin]) == [b'{"a": 1}']
     assert readers and readers[0].startswith("plan")  # a thread of the reader's, not the caller
     reader.shutdown()
+
+
+def test_a_reader_shut_down_refuses_new_reads_and_forgets_those_it_joined(tmp_path: Path) -> None:
+    store = MemoryStore({"training/ct/a.dcm": b"A" * 10, "training/ct/b.dcm": b"B" * 10}, latency=0.3)
+    reader = _reader(tmp_path, store)
+    a, b = store.info("training/ct/a.dcm"), store.info("training/ct/b.dcm")
+    with ThreadPoolExecutor(1) as caller:
+        first = caller.submit(reader.read_many, [a], False)
+        time.sleep(0.1)  # a's GET is under way
+        reader.shutdown()
+        with pytest.raises(RuntimeError):
+            reader.read_many([a, b], keep=False)  # joins a's read, then b cannot start
+        assert first.result(timeout=5) == [b"A" * 10]
+    assert reader._reading == {}  # nobody waits on a's read any more, so nothing is kept of it
