@@ -353,8 +353,8 @@ class DiskCache:
             if entry._pins > 0:
                 return
             fd, entry.fd = entry.fd, None  # closed outside the lock: no pin is left, so nobody else uses it
-            if entry.map_bytes == 0:
-                self._forget(entry)  # never stored anything: leave no trace
+            if entry.map_bytes == 0:  # never stored anything: leave no trace (no file, if it never opened one)
+                self._forget(entry, on_disk=fd is not None)
             else:
                 self._evict_until(0, other)
         if fd is not None:
@@ -630,13 +630,17 @@ class DiskCache:
                 return True
         return False
 
-    def _forget(self, entry: CacheEntry) -> None:
-        """Drop an unpinned entry from the index and the disk. Hold ``_lock``."""
+    def _forget(self, entry: CacheEntry, on_disk: bool = True) -> None:
+        """Drop an unpinned entry from the index and, if it has files (``on_disk``), from the disk. Hold
+        ``_lock``. (An entry that never opened its data file has none: a file left by an interrupted run is
+        deleted at start-up. Most reads for one use are such entries, and two unlinks each cost more than
+        their reads' own bookkeeping.)"""
         del self._entries[entry.digest]
         self._policy.forget(entry.digest)
         self._used -= entry.charge
-        entry.map_path.unlink(missing_ok=True)
-        entry.data_path.unlink(missing_ok=True)
+        if on_disk:
+            entry.map_path.unlink(missing_ok=True)
+            entry.data_path.unlink(missing_ok=True)
 
     # -- reporting ------------------------------------------------------------------------------
     @property

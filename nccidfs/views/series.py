@@ -18,7 +18,6 @@ reason in its ``.json`` instead of the file. Names over
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from nccidfs.derived.agreement import HEADER_SLACK, Expected, expected
+from nccidfs.dicom import json_document
 from nccidfs.errors import NotFound
 from nccidfs.layout import TWIN_SUFFIX, image_id, is_image, twin_folder
 from nccidfs.namespace import Namespace
@@ -199,7 +199,7 @@ class SeriesLayer:
 def _parse_twin(body: bytes) -> dict[str, Any] | str:
     """A twin as a DICOM JSON object, or why it is none (not JSON, too deep, not an object)."""
     try:
-        document = json.loads(body)
+        document = json_document(body)
     except (ValueError, RecursionError):  # ValueError covers bad UTF-8 and bad JSON
         return "is not a DICOM JSON object (not JSON, or nested too deep)"
     if not isinstance(document, dict):

@@ -291,3 +291,24 @@ def test_an_entry_read_back_after_a_restart_is_checked_against_the_md5_its_pin_b
     entry = again.pin(listed)
     assert not again.verify_whole(entry)
     again.unpin(entry)
+
+
+def test_an_entry_that_wrote_its_data_but_not_its_map_leaves_no_file_when_unpinned(tmp_path: Path) -> None:
+    """Unpinning an entry that stored nothing leaves no trace; one whose data file was written before its
+    map failed must still delete that file (only an entry that never opened one skips the unlinks)."""
+    cache = new_cache(tmp_path, 1 << 20)
+    empty = cache.used_bytes
+    body = os.urandom(BLOCK)
+    entry = cache.pin(obj("k", body))
+    entry.base.parent.mkdir(parents=True, exist_ok=True)
+    entry.base.with_suffix(".map.tmp").mkdir()  # the map cannot be written: the data file is, first
+    with pytest.raises(IsADirectoryError):
+        cache.store_blocks(entry, 0, body)
+    assert entry.data_path.exists()
+    cache.unpin(entry)
+    entry.base.with_suffix(".map.tmp").rmdir()
+    assert list(entry.base.parent.iterdir()) == []
+    untouched = cache.pin(obj("other", body))
+    cache.unpin(untouched)
+    assert not untouched.data_path.exists() and not untouched.map_path.exists()
+    assert cache.used_bytes == empty

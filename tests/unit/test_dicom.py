@@ -14,6 +14,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydicom import dcmread, dcmwrite
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset
@@ -23,7 +25,14 @@ from pydicom.valuerep import PersonName
 from nccidfs.cache import DiskCache
 from nccidfs.config import ReadConfig
 from nccidfs.demo.warehouse import generate_warehouse
-from nccidfs.dicom import MAX_VALUE_BYTES, tags_from_dicom_header, tags_from_metadata_json, undeflate, xattr_name
+from nccidfs.dicom import (
+    MAX_VALUE_BYTES,
+    json_document,
+    tags_from_dicom_header,
+    tags_from_metadata_json,
+    undeflate,
+    xattr_name,
+)
 from nccidfs.fetch import Fetcher
 from nccidfs.xattrs import MAX_HEADER_BYTES, TagReader
 from tests import crafted
@@ -357,3 +366,40 @@ def test_a_deflated_stream_that_is_not_deflate_gives_no_tags() -> None:
     with pytest.raises(ValueError):
         undeflate(broken, 1 << 20)
     assert tags_from_dicom_header(broken, complete=True) == {}
+
+
+def _as_json_loads_decodes(raw: bytes) -> str:
+    """What json.loads makes of ``raw``, or the kind of error it raises (repr: NaN is not equal to itself)."""
+    try:
+        return repr(json.loads(raw))
+    except (ValueError, RecursionError) as error:
+        return type(error).__name__
+
+
+def _as_json_document_decodes(raw: bytes) -> str:
+    try:
+        return repr(json_document(raw))
+    except (ValueError, RecursionError) as error:
+        return type(error).__name__
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(value=_JSON_VALUES, ensure_ascii=st.booleans())
+def test_a_json_document_is_decoded_as_json_loads_decodes_it(value: Any, ensure_ascii: bool) -> None:
+    """Lone surrogates, NaN, huge integers: what msgspec refuses goes the json.loads way, so the answer is
+    the same."""
+    raw = json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+    assert _as_json_document_decodes(raw) == _as_json_loads_decodes(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a": 1, "a": 2}', b'{"a": "\\ud800"}', b'{"a": NaN}', b'{"a": -Infinity}', b'{"a": 1e400}',
+    b"\xef\xbb\xbf{}", b'{"a": "\xff"}', b'{"a": 1} x', b"[" * 100_000 + b"]" * 100_000, b"", b"null",
+    b"1" * 5000])
+def test_json_that_msgspec_refuses_is_decoded_or_refused_as_json_loads_does(raw: bytes) -> None:
+    assert _as_json_document_decodes(raw) == _as_json_loads_decodes(raw)

@@ -245,6 +245,17 @@ def test_an_object_read_to_store_later_is_returned_then_stored_once(tmp_path: Pa
     fetcher.shutdown()
 
 
+def test_objects_read_to_store_later_are_stored_by_a_thread_that_runs_only_on_idle_cores(tmp_path: Path) -> None:
+    """The stores are file creations, costly system calls: a reader waiting for a core must not wait for them."""
+    store = MemoryStore({KEY: BODY})
+    fetcher, _ = make(tmp_path, store)
+    assert fetcher.read_store_later(store.info(KEY)) == BODY
+    storer = fetcher._storer.submit(threading.get_native_id).result(timeout=5)
+    assert os.sched_getscheduler(storer) == os.SCHED_IDLE
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE  # the reader's own is untouched
+    fetcher.shutdown()
+
+
 def test_objects_waiting_to_be_stored_are_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past STORE_LATER_BYTES waiting, the reader stores its object itself before it returns."""
     monkeypatch.setattr(fetch, "STORE_LATER_BYTES", len(BODY) - 1)
